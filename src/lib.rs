@@ -1,0 +1,27 @@
+//! heartbeatd: a liveness daemon for long-lived TCP clients.
+//!
+//! Clients send a small frame every few seconds; the daemon declares a client
+//! offline after its configured silence, or as soon as TCP itself reports the
+//! loss (FIN, RST, kernel keepalive, `TCP_USER_TIMEOUT`), and says why in one
+//! log line per event. The wire protocols are specified in `PROTOCOL.md`;
+//! [`wire`] implements them as pure codecs.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! socket bytes → wire codec (pure) → Conn (state, deadlines) → Event → sinks
+//! ```
+//!
+//! The daemon is one thread around one `mio::Poll` ([`server`]); idle
+//! deadlines live in a hashed timer wheel ([`wheel`]). The reconnecting
+//! client agent lives in [`client`].
+
+pub mod client;
+pub mod config;
+pub mod conn;
+pub mod event;
+pub mod logging;
+pub mod server;
+pub mod sockopt;
+pub mod wheel;
+pub mod wire;
