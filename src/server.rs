@@ -1,1 +1,863 @@
-//! (being written)
+//! The event loop: one `mio::Poll` for the listeners, the client sockets and
+//! the signals, one timer wheel for every deadline, one thread.
+//!
+//! The loop owns the connection table (`Slab<Conn>`), the listeners, the id
+//! registry and the wheel. It moves bytes between sockets and [`Conn`]s,
+//! turns their decisions into events, and knows nothing of wire formats.
+//!
+//! Invariants:
+//! - Exactly one offline event per online event: [`Server::close`] is the
+//!   only place a connection leaves the online state, and it runs once per
+//!   connection (`Conn::closing`).
+//! - A closed connection is freed only after the current batch of poll
+//!   events (or, while shutting down, once its BYE is written), so a stale
+//!   event in the same batch finds it marked `closing` instead of a reused
+//!   slot.
+//! - Every armed wheel timer belongs to a live listener or a connection that
+//!   is not closing; `close` cancels the connection's timer.
+//! - The poll sleeps until the wheel's next expiry (never a fixed busy
+//!   tick), or not at all while a connection has read budget left over.
+//! - Only start-up (binding the configured listeners) and a failing poll stop
+//!   the daemon; every client error closes that client alone.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::config::{self, Config, ListenerConfig, Protocol};
+use crate::conn::{Conn, Progress};
+use crate::event::{self, Client, Event, Logfmt, OfflineReason};
+use crate::logging;
+use crate::sockopt;
+use crate::wheel::Wheel;
+use crate::wire::native::{error_code, Frame};
+
+/// Buckets in the timer wheel. With the default 100 ms tick one revolution
+/// is 102.4 s, longer than any sensible heartbeat timeout, so most timers
+/// fire on their first visit.
+const WHEEL_SLOTS: usize = 1024;
+
+/// Size of the read buffer shared by all connections.
+const READ_BUF: usize = 64 * 1024;
+
+/// Bytes one connection may read per poll round before the others get a
+/// turn. The socket stays readable; the loop comes back to it without
+/// sleeping.
+const READ_BUDGET: usize = 256 * 1024;
+
+/// How long accepting pauses after the process or system ran out of file
+/// descriptors. Pending connections wait in the kernel's backlog meanwhile.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(250);
+
+/// Poll events handled per round.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// Listener tokens start here; tokens below are connection slab keys.
+const LISTENER_BASE: usize = 1 << 40;
+
+/// The token of the signal pipe.
+const SIGNAL_TOKEN: Token = Token(usize::MAX);
+
+/// Something the wheel wakes the loop for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// A connection's handshake, ping or silence deadline.
+    Conn(usize),
+    /// Retry accepting on a listener paused by fd exhaustion.
+    ResumeAccept(usize),
+}
+
+/// Why the daemon could not start or keep running.
+#[derive(Debug)]
+pub struct ServerError {
+    /// What was being done, naming the listener or resource.
+    pub op: String,
+    /// The OS error.
+    pub source: io::Error,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.op, self.source)
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+fn failed(op: impl Into<String>) -> impl FnOnce(io::Error) -> ServerError {
+    let op = op.into();
+    move |source| ServerError { op, source }
+}
+
+/// A bound listener and its configuration.
+struct Listener {
+    cfg: ListenerConfig,
+    /// `None` once shutdown has begun: the config stays for the offline
+    /// events of the listener's clients.
+    socket: Option<TcpListener>,
+    /// Accepting is paused until a `ResumeAccept` timer (fd exhaustion).
+    paused: bool,
+}
+
+/// The daemon: everything the loop owns.
+pub struct Server {
+    poll: Poll,
+    config: Config,
+    config_path: Option<PathBuf>,
+    listeners: Slab<Listener>,
+    conns: Slab<Conn>,
+    wheel: Wheel<Timer>,
+    /// Online native clients by HELLO id, for replacement.
+    ids: HashMap<Box<str>, usize>,
+    /// Open connections per peer IP, for `max_per_address`.
+    per_address: HashMap<IpAddr, usize>,
+    next_session: u64,
+    signals: Signals,
+    buf: Vec<u8>,
+    /// Closed this round; freed after the batch.
+    doomed: Vec<usize>,
+    /// Connections whose read budget ran out while still readable.
+    again: Vec<usize>,
+    /// Set once shutdown has begun: the instant it must be over.
+    stop_by: Option<Instant>,
+}
+
+impl Server {
+    /// Binds every configured listener and installs the signal handlers.
+    /// `config_path` is re-read on SIGHUP; `None` means the embedded config.
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Server, ServerError> {
+        let poll = Poll::new().map_err(failed("creating the poll"))?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+            .map_err(failed("installing signal handlers"))?;
+        poll.registry()
+            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
+            .map_err(failed("registering signals"))?;
+        let now = Instant::now();
+        let mut server = Server {
+            wheel: Wheel::new(config.daemon.tick, WHEEL_SLOTS, now),
+            poll,
+            config_path,
+            listeners: Slab::new(),
+            conns: Slab::new(),
+            ids: HashMap::new(),
+            per_address: HashMap::new(),
+            next_session: 1,
+            signals,
+            buf: vec![0; READ_BUF],
+            doomed: Vec::new(),
+            again: Vec::new(),
+            stop_by: None,
+            config: config.clone(),
+        };
+        for cfg in config.listeners {
+            server.open_listener(cfg)?;
+        }
+        Ok(server)
+    }
+
+    /// The bound address of each listener, by name (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(_, l)| {
+                let address = l.socket.as_ref()?.local_addr().ok()?;
+                Some((l.cfg.name.clone(), address))
+            })
+            .collect()
+    }
+
+    /// Runs until SIGTERM or SIGINT and a graceful shutdown. Returns an
+    /// error only if the poll itself fails.
+    pub fn run(&mut self) -> Result<(), ServerError> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let mut expired = Vec::new();
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ServerError {
+                    op: "polling".into(),
+                    source: e,
+                });
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    SIGNAL_TOKEN => self.on_signals(now),
+                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, now),
+                    Token(key) => self.on_conn_event(key, event.is_writable(), now),
+                }
+            }
+            for key in std::mem::take(&mut self.again) {
+                self.on_conn_event(key, false, now);
+            }
+            self.wheel.advance(now, &mut expired);
+            for timer in expired.drain(..) {
+                match timer {
+                    Timer::Conn(key) => self.on_conn_timer(key, now),
+                    Timer::ResumeAccept(lkey) => {
+                        if let Some(l) = self.listeners.get_mut(lkey) {
+                            l.paused = false;
+                            self.accept(lkey, now);
+                        }
+                    }
+                }
+            }
+            self.free_doomed();
+            if let Some(stop_by) = self.stop_by {
+                if self.conns.is_empty() || now >= stop_by {
+                    info!("stopped clients_dropped={}", self.conns.len());
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let next = [self.wheel.next_expiry(), self.stop_by]
+            .into_iter()
+            .flatten()
+            .min()?;
+        Some(next.saturating_duration_since(now))
+    }
+
+    // ---- listeners -------------------------------------------------------
+
+    fn open_listener(&mut self, cfg: ListenerConfig) -> Result<(), ServerError> {
+        let what = format!("listener {} on {}", cfg.name, cfg.address);
+        let mut socket = sockopt::bind_listener(cfg.address, &cfg.tcp)
+            .map_err(failed(format!("binding {what}")))?;
+        let entry = self.listeners.vacant_entry();
+        self.poll
+            .registry()
+            .register(
+                &mut socket,
+                Token(LISTENER_BASE + entry.key()),
+                Interest::READABLE,
+            )
+            .map_err(failed(format!("registering {what}")))?;
+        let address = socket
+            .local_addr()
+            .map_err(failed(format!("reading the address of {what}")))?;
+        let tcp = match sockopt::effective(&socket) {
+            Ok(eff) => eff.to_string(),
+            Err(e) => format!("tcp_options_unreadable={}", Logfmt(&e.to_string())),
+        };
+        info!(
+            "listening listener={} address={} proto={} interval_ms={} timeout_ms={} {}",
+            Logfmt(&cfg.name),
+            address,
+            cfg.protocol,
+            cfg.interval.as_millis(),
+            cfg.timeout.as_millis(),
+            tcp
+        );
+        entry.insert(Listener {
+            cfg,
+            socket: Some(socket),
+            paused: false,
+        });
+        Ok(())
+    }
+
+    fn close_listener(&mut self, lkey: usize, now: Instant) {
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.listener == lkey && !c.closing)
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            self.say_bye(key);
+            self.close(
+                key,
+                OfflineReason::Shutdown,
+                Some("listener removed".into()),
+                now,
+            );
+        }
+        let l = self.listeners.remove(lkey);
+        if let Some(mut socket) = l.socket {
+            // The socket closes on drop; deregistering first keeps the
+            // poll's interest list exact, and its failure changes nothing.
+            let _ = self.poll.registry().deregister(&mut socket);
+        }
+        info!(
+            "listener-closed listener={} address={}",
+            Logfmt(&l.cfg.name),
+            l.cfg.address
+        );
+    }
+
+    fn accept(&mut self, lkey: usize, now: Instant) {
+        loop {
+            let Some(l) = self.listeners.get(lkey) else {
+                return;
+            };
+            let Some(socket) = &l.socket else { return };
+            if l.paused {
+                return;
+            }
+            match socket.accept() {
+                Ok((stream, peer)) => self.admit(lkey, stream, peer, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if is_resource_exhaustion(&e) => {
+                    // Accepting again at once would fail again and, with a
+                    // level of pending connections, spin a core: pause this
+                    // listener and let the wheel retry.
+                    warn!(
+                        "accept-paused listener={} error={} retry_ms={}",
+                        Logfmt(&l.cfg.name),
+                        Logfmt(&e.to_string()),
+                        ACCEPT_PAUSE.as_millis()
+                    );
+                    if let Some(l) = self.listeners.get_mut(lkey) {
+                        l.paused = true;
+                    }
+                    self.wheel
+                        .insert(now + ACCEPT_PAUSE, Timer::ResumeAccept(lkey));
+                    return;
+                }
+                // A connection that died in the backlog (ECONNABORTED) or an
+                // interrupted call costs only itself.
+                Err(e) => debug!(
+                    "accept-failed listener={} error={}",
+                    Logfmt(&l.cfg.name),
+                    Logfmt(&e.to_string())
+                ),
+            }
+        }
+    }
+
+    fn admit(&mut self, lkey: usize, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+        let daemon = &self.config.daemon;
+        let cfg = &self.listeners[lkey].cfg;
+        let from_peer = self.per_address.get(&peer.ip()).copied().unwrap_or(0);
+        let refusal = if self.conns.len() >= daemon.max_clients {
+            Some(("max_clients", daemon.max_clients))
+        } else if daemon.max_per_address > 0 && from_peer >= daemon.max_per_address {
+            Some(("max_per_address", daemon.max_per_address))
+        } else {
+            None
+        };
+        if let Some((limit, value)) = refusal {
+            warn!(
+                "refused peer={} listener={} limit={} value={}",
+                peer,
+                Logfmt(&cfg.name),
+                limit,
+                value
+            );
+            if cfg.protocol == Protocol::Native {
+                let mut out = Vec::new();
+                crate::wire::native::encode(
+                    &Frame::Error {
+                        code: error_code::SERVER_FULL,
+                        message: "server full",
+                    },
+                    &mut out,
+                );
+                // Best effort: the socket is fresh, so 20-odd bytes fit its
+                // buffer; a failure only means the client learns by FIN.
+                let _ = io::Write::write(&mut stream, &out);
+            }
+            return;
+        }
+        if let Err(e) = sockopt::apply(&stream, &cfg.tcp) {
+            warn!(
+                "sockopt-failed peer={} listener={} error={}",
+                peer,
+                Logfmt(&cfg.name),
+                Logfmt(&e.to_string())
+            );
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(key), Interest::READABLE)
+        {
+            warn!(
+                "register-failed peer={} error={}",
+                peer,
+                Logfmt(&e.to_string())
+            );
+            return;
+        }
+        entry.insert(Conn::new(stream, peer, lkey, cfg.protocol, now));
+        *self.per_address.entry(peer.ip()).or_insert(0) += 1;
+        if self.conns[key].is_online() {
+            self.conns[key].session = self.take_session();
+            self.emit_online(key);
+        }
+        self.arm(key);
+    }
+
+    // ---- connections -----------------------------------------------------
+
+    fn on_conn_event(&mut self, key: usize, writable: bool, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.closing {
+            if writable && self.stop_by.is_some() {
+                self.drain_after_close(key);
+            }
+            return;
+        }
+        let cfg = &self.listeners[conn.listener].cfg;
+        let (mut progress, more) = conn.read_some(&mut self.buf, READ_BUDGET, now, cfg);
+        if more {
+            self.again.push(key);
+        }
+        if progress == Progress::Hello {
+            progress = self.on_hello(key, now);
+        }
+        self.settle(key, progress, now);
+    }
+
+    fn on_conn_timer(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.timer = None;
+        if conn.closing {
+            return;
+        }
+        let cfg = &self.listeners[conn.listener].cfg;
+        let progress = conn.on_timer(now, cfg);
+        self.settle(key, progress, now);
+        if !self.conns[key].closing {
+            self.arm(key);
+        }
+    }
+
+    /// Finishes a handler: closes on `Close`, else flushes output and keeps
+    /// the poll interest in step with the output queue.
+    fn settle(&mut self, key: usize, progress: Progress, now: Instant) {
+        let progress = match progress {
+            Progress::Continue => self.conns[key].flush(),
+            other => other,
+        };
+        match progress {
+            Progress::Close(reason, detail) => self.close(key, reason, detail, now),
+            Progress::Hello | Progress::Continue => self.update_interest(key, now),
+        }
+    }
+
+    /// Resolves a HELLO: replaces an older connection with the same id,
+    /// puts this one online, then handles the bytes that followed the HELLO.
+    fn on_hello(&mut self, key: usize, now: Instant) -> Progress {
+        let Some(id) = self.conns[key].id.clone() else {
+            return Progress::Close(OfflineReason::Error, Some("HELLO without id".into()));
+        };
+        if let Some(&older) = self.ids.get(&id) {
+            self.conns[older].queue_error(
+                error_code::REPLACED,
+                "replaced by a newer connection with the same id",
+            );
+            self.close(
+                older,
+                OfflineReason::Replaced,
+                Some(format!("by session {}", self.next_session)),
+                now,
+            );
+        }
+        let session = self.take_session();
+        let conn = &mut self.conns[key];
+        let cfg = &self.listeners[conn.listener].cfg;
+        conn.welcome(session, now, cfg);
+        self.ids.insert(id, key);
+        self.emit_online(key);
+        self.arm(key);
+        let conn = &mut self.conns[key];
+        let cfg = &self.listeners[conn.listener].cfg;
+        conn.resume(now, cfg)
+    }
+
+    fn take_session(&mut self) -> u64 {
+        let session = self.next_session;
+        self.next_session += 1;
+        session
+    }
+
+    /// Arms (or moves) the connection's timer at its next deadline.
+    fn arm(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        let deadline = conn.next_deadline(&self.listeners[conn.listener].cfg);
+        match (deadline, conn.timer) {
+            (Some(at), Some(id)) => self.wheel.reschedule(id, at),
+            (Some(at), None) => conn.timer = Some(self.wheel.insert(at, Timer::Conn(key))),
+            (None, Some(id)) => {
+                self.wheel.cancel(id);
+                conn.timer = None;
+            }
+            (None, None) => {}
+        }
+    }
+
+    fn update_interest(&mut self, key: usize, now: Instant) {
+        let conn = &mut self.conns[key];
+        let want = conn.wants_write();
+        if want == conn.writable_registered {
+            return;
+        }
+        let interest = if want {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        match self
+            .poll
+            .registry()
+            .reregister(&mut conn.stream, Token(key), interest)
+        {
+            Ok(()) => conn.writable_registered = want,
+            Err(e) => self.close(
+                key,
+                OfflineReason::Error,
+                Some(format!("reregister: {e}")),
+                now,
+            ),
+        }
+    }
+
+    /// Ends a connection: sends what is queued (an ERROR or BYE), emits the
+    /// offline event if it was online, and schedules it to be freed. Runs
+    /// at most once per connection.
+    fn close(&mut self, key: usize, reason: OfflineReason, detail: Option<String>, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.closing {
+            return;
+        }
+        conn.closing = true;
+        if let Some(id) = conn.timer.take() {
+            self.wheel.cancel(id);
+        }
+        // Best effort for the last frame; its failure changes nothing.
+        let _ = conn.flush();
+        let listener = &self.listeners[conn.listener].cfg.name;
+        if conn.is_online() {
+            let id = conn.client_id();
+            event::emit(&Event::Offline {
+                client: Client {
+                    id: &id,
+                    peer: conn.peer,
+                    listener,
+                    proto: conn.proto,
+                    session: conn.session,
+                },
+                reason,
+                silent: now.saturating_duration_since(conn.last_activity),
+                connected: now.saturating_duration_since(conn.since),
+                detail: detail.as_deref(),
+            });
+            if let Some(id) = &conn.id {
+                if self.ids.get(id) == Some(&key) {
+                    self.ids.remove(id);
+                }
+            }
+        } else {
+            info!(
+                "handshake-failed peer={} listener={} error={}",
+                conn.peer,
+                Logfmt(listener),
+                Logfmt(detail.as_deref().unwrap_or(reason.as_str()))
+            );
+        }
+        if let Some(n) = self.per_address.get_mut(&conn.peer.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(&conn.peer.ip());
+            }
+        }
+        // While stopping, a BYE that did not fit the socket buffer gets the
+        // rest of the grace period to drain.
+        if self.stop_by.is_some() && conn.wants_write() {
+            if !conn.writable_registered {
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                conn.writable_registered = self
+                    .poll
+                    .registry()
+                    .reregister(&mut conn.stream, Token(key), interest)
+                    .is_ok();
+            }
+            if conn.writable_registered {
+                return;
+            }
+        }
+        self.doomed.push(key);
+    }
+
+    fn drain_after_close(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn.flush() != Progress::Continue || !conn.wants_write() {
+            self.doomed.push(key);
+        }
+    }
+
+    fn free_doomed(&mut self) {
+        for key in self.doomed.drain(..) {
+            if let Some(mut conn) = self.conns.try_remove(key) {
+                // Closing the fd removes it from epoll anyway; deregistering
+                // first is tidy and its failure harmless.
+                let _ = self.poll.registry().deregister(&mut conn.stream);
+            }
+        }
+    }
+
+    fn emit_online(&self, key: usize) {
+        let conn = &self.conns[key];
+        let id = conn.client_id();
+        event::emit(&Event::Online(Client {
+            id: &id,
+            peer: conn.peer,
+            listener: &self.listeners[conn.listener].cfg.name,
+            proto: conn.proto,
+            session: conn.session,
+        }));
+    }
+
+    /// Queues BYE `shutdown` on a native connection.
+    fn say_bye(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn.proto == Protocol::Native {
+            conn.queue_frame(&Frame::Bye("shutdown"));
+        }
+    }
+
+    // ---- signals ---------------------------------------------------------
+
+    fn on_signals(&mut self, now: Instant) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for signal in pending {
+            match signal {
+                SIGTERM | SIGINT => self.begin_shutdown(signal, now),
+                SIGHUP => self.reload(now),
+                SIGUSR1 => self.log_clients(now),
+                _ => {}
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, signal: i32, now: Instant) {
+        if self.stop_by.is_some() {
+            // A second stop signal: the operator wants out now. Every
+            // offline event was already emitted when shutdown began.
+            info!("stop-now signal={signal}");
+            self.stop_by = Some(now);
+            return;
+        }
+        let grace = self.config.daemon.shutdown_grace;
+        info!(
+            "shutdown signal={} clients={} grace_ms={}",
+            signal,
+            self.conns.len(),
+            grace.as_millis()
+        );
+        self.stop_by = Some(now + grace);
+        for (_, l) in self.listeners.iter_mut() {
+            if let Some(mut socket) = l.socket.take() {
+                let _ = self.poll.registry().deregister(&mut socket);
+            }
+        }
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.closing)
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            self.say_bye(key);
+            self.close(key, OfflineReason::Shutdown, None, now);
+        }
+    }
+
+    fn reload(&mut self, now: Instant) {
+        if self.stop_by.is_some() {
+            return;
+        }
+        let Some(path) = self.config_path.clone() else {
+            info!("reload-skipped reason=\"no config file: running on the embedded config\"");
+            return;
+        };
+        match config::load(&path) {
+            Ok(new) => self.apply_config(new, now),
+            Err(e) => error!(
+                "reload-failed keeping=running-config error={}",
+                Logfmt(&e.to_string())
+            ),
+        }
+    }
+
+    /// Applies a validated config: daemon limits and log level at once;
+    /// listeners matched by name. A listener whose address or protocol
+    /// changed is closed and reopened; its clients go offline (`shutdown`).
+    fn apply_config(&mut self, mut new: Config, now: Instant) {
+        if new.daemon.tick != self.config.daemon.tick {
+            warn!(
+                "reload-tick-ignored running_ms={} configured_ms={} reason=\"tick changes take a restart\"",
+                self.config.daemon.tick.as_millis(),
+                new.daemon.tick.as_millis()
+            );
+            new.daemon.tick = self.config.daemon.tick;
+        }
+        logging::set_level(new.daemon.log_level);
+        let (mut added, mut removed, mut changed) = (0, 0, 0);
+        let current: Vec<(usize, ListenerConfig)> = self
+            .listeners
+            .iter()
+            .map(|(k, l)| (k, l.cfg.clone()))
+            .collect();
+        for (lkey, old) in current {
+            match new.listeners.iter().find(|n| n.name == old.name) {
+                Some(n) if n.address == old.address && n.protocol == old.protocol => {
+                    if *n != old {
+                        self.update_listener(lkey, n.clone(), now);
+                        changed += 1;
+                    }
+                }
+                _ => {
+                    self.close_listener(lkey, now);
+                    removed += 1;
+                }
+            }
+        }
+        for cfg in &new.listeners {
+            if self.listeners.iter().any(|(_, l)| l.cfg.name == cfg.name) {
+                continue;
+            }
+            match self.open_listener(cfg.clone()) {
+                Ok(()) => added += 1,
+                Err(e) => error!(
+                    "listener-failed listener={} error={}",
+                    Logfmt(&cfg.name),
+                    Logfmt(&e.to_string())
+                ),
+            }
+        }
+        self.config = new;
+        info!(
+            "reloaded listeners={} added={} removed={} changed={}",
+            self.listeners.len(),
+            added,
+            removed,
+            changed
+        );
+    }
+
+    /// Applies new settings to a running listener and its clients: fresh
+    /// socket options, re-armed deadlines, and a fresh WELCOME to native
+    /// clients when their interval or timeout changed.
+    fn update_listener(&mut self, lkey: usize, cfg: ListenerConfig, now: Instant) {
+        let old = std::mem::replace(&mut self.listeners[lkey].cfg, cfg);
+        let l = &self.listeners[lkey];
+        let timing = old.interval != l.cfg.interval || old.timeout != l.cfg.timeout;
+        let tcp = old.tcp != l.cfg.tcp;
+        if let (true, Some(socket)) = (tcp, &l.socket) {
+            if let Err(e) = sockopt::apply(socket, &l.cfg.tcp) {
+                warn!(
+                    "sockopt-failed listener={} error={}",
+                    Logfmt(&l.cfg.name),
+                    Logfmt(&e.to_string())
+                );
+            }
+        }
+        info!(
+            "listener-updated listener={} interval_ms={} timeout_ms={}",
+            Logfmt(&l.cfg.name),
+            l.cfg.interval.as_millis(),
+            l.cfg.timeout.as_millis()
+        );
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.listener == lkey && !c.closing)
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            let conn = &mut self.conns[key];
+            let cfg = &self.listeners[lkey].cfg;
+            if tcp {
+                if let Err(e) = sockopt::apply(&conn.stream, &cfg.tcp) {
+                    warn!(
+                        "sockopt-failed peer={} error={}",
+                        conn.peer,
+                        Logfmt(&e.to_string())
+                    );
+                }
+            }
+            if timing && conn.proto == Protocol::Native && conn.is_online() {
+                conn.queue_welcome(cfg);
+            }
+            self.settle(key, Progress::Continue, now);
+            if !self.conns[key].closing {
+                self.arm(key);
+            }
+        }
+    }
+
+    fn log_clients(&self, now: Instant) {
+        let online: Vec<&Conn> = self
+            .conns
+            .iter()
+            .map(|(_, c)| c)
+            .filter(|c| c.is_online() && !c.closing)
+            .collect();
+        info!(
+            "clients online={} connections={}",
+            online.len(),
+            self.conns.len()
+        );
+        for conn in online {
+            info!(
+                "client client={} peer={} listener={} proto={} session={} online_ms={} silent_ms={}",
+                Logfmt(&conn.client_id()),
+                conn.peer,
+                Logfmt(&self.listeners[conn.listener].cfg.name),
+                conn.proto,
+                conn.session,
+                now.saturating_duration_since(conn.since).as_millis(),
+                now.saturating_duration_since(conn.last_activity).as_millis()
+            );
+        }
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Reads and validates the config for the binary: the file at `path`, or the
+/// embedded default.
+pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, config::ConfigError> {
+    match path {
+        Some(p) => config::load(p),
+        None => config::embedded(),
+    }
+}

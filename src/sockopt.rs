@@ -1,1 +1,262 @@
-//! (being written)
+//! Socket options, one small function each: keepalive, user timeout,
+//! nodelay, and how listening sockets are made.
+//!
+//! Every error names the option it was setting, so a log line says which
+//! knob the kernel refused. Nothing here knows about clients or the loop.
+//!
+//! Trade-offs, stated once:
+//! - Keepalive probes only run while nothing is unacknowledged; with data in
+//!   flight the retransmission timer rules instead. `TCP_USER_TIMEOUT` bounds
+//!   that second case, and when set it also replaces `TCP_KEEPCNT` as the
+//!   keepalive cut-off (the kernel drops the connection once the user
+//!   timeout has passed since the last ACK and at least one probe went
+//!   unanswered). That is why the config insists on
+//!   `user_timeout >= keepalive_idle + keepalive_interval * keepalive_count`.
+//! - `TCP_NODELAY` is on by default: frames are tiny and latency is the
+//!   product; Nagle would hold a PONG for the peer's delayed ACK.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+use socket2::{Domain, SockRef, Socket, Type};
+
+use crate::config::TcpConfig;
+
+/// Pending connections the kernel queues per listener before refusing.
+/// Large, because a fleet reconnecting after an outage arrives at once.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// An option the kernel refused, named.
+#[derive(Debug)]
+pub struct SockoptError {
+    /// The option, as in `man 7 tcp`: `TCP_KEEPIDLE`, `SO_KEEPALIVE`, ...
+    pub option: &'static str,
+    /// The kernel's answer.
+    pub source: io::Error,
+}
+
+impl fmt::Display for SockoptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "setting {}: {}", self.option, self.source)
+    }
+}
+
+impl std::error::Error for SockoptError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// The options as the kernel reports them after [`apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Effective {
+    /// `SO_KEEPALIVE`.
+    pub keepalive: bool,
+    /// `TCP_KEEPIDLE`.
+    pub keepalive_idle: Duration,
+    /// `TCP_KEEPINTVL`.
+    pub keepalive_interval: Duration,
+    /// `TCP_KEEPCNT`.
+    pub keepalive_count: u32,
+    /// `TCP_USER_TIMEOUT`; zero is the kernel default.
+    pub user_timeout: Duration,
+    /// `TCP_NODELAY`.
+    pub nodelay: bool,
+}
+
+impl fmt::Display for Effective {
+    /// logfmt keys, in the units the kernel uses.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "keepalive={} keepalive_idle_s={} keepalive_interval_s={} keepalive_count={} user_timeout_ms={} nodelay={}",
+            self.keepalive,
+            self.keepalive_idle.as_secs(),
+            self.keepalive_interval.as_secs(),
+            self.keepalive_count,
+            self.user_timeout.as_millis(),
+            self.nodelay
+        )
+    }
+}
+
+/// Applies a listener's `[tcp]` options to one socket.
+pub fn apply<S: AsFd>(socket: &S, tcp: &TcpConfig) -> Result<(), SockoptError> {
+    let sock = SockRef::from(socket);
+    if tcp.keepalive_idle.is_zero() {
+        set_keepalive(&sock, false)?;
+    } else {
+        set_keepalive(&sock, true)?;
+        set_keepidle(&sock, tcp.keepalive_idle)?;
+        set_keepintvl(&sock, tcp.keepalive_interval)?;
+        set_keepcnt(&sock, tcp.keepalive_count)?;
+    }
+    set_user_timeout(&sock, tcp.user_timeout)?;
+    set_nodelay(&sock, tcp.nodelay)
+}
+
+/// Reads the options back from the kernel.
+pub fn effective<S: AsFd>(socket: &S) -> Result<Effective, SockoptError> {
+    let sock = SockRef::from(socket);
+    let named = |option| move |source| SockoptError { option, source };
+    Ok(Effective {
+        keepalive: sock.keepalive().map_err(named("SO_KEEPALIVE"))?,
+        keepalive_idle: sock.tcp_keepalive_time().map_err(named("TCP_KEEPIDLE"))?,
+        keepalive_interval: sock
+            .tcp_keepalive_interval()
+            .map_err(named("TCP_KEEPINTVL"))?,
+        keepalive_count: sock.tcp_keepalive_retries().map_err(named("TCP_KEEPCNT"))?,
+        user_timeout: sock
+            .tcp_user_timeout()
+            .map_err(named("TCP_USER_TIMEOUT"))?
+            .unwrap_or(Duration::ZERO),
+        nodelay: sock.tcp_nodelay().map_err(named("TCP_NODELAY"))?,
+    })
+}
+
+fn set_keepalive(sock: &SockRef<'_>, on: bool) -> Result<(), SockoptError> {
+    sock.set_keepalive(on).map_err(|source| SockoptError {
+        option: "SO_KEEPALIVE",
+        source,
+    })
+}
+
+fn set_keepidle(sock: &SockRef<'_>, idle: Duration) -> Result<(), SockoptError> {
+    set_tcp_int(sock, libc::TCP_KEEPIDLE, "TCP_KEEPIDLE", secs(idle))
+}
+
+fn set_keepintvl(sock: &SockRef<'_>, interval: Duration) -> Result<(), SockoptError> {
+    set_tcp_int(sock, libc::TCP_KEEPINTVL, "TCP_KEEPINTVL", secs(interval))
+}
+
+fn set_keepcnt(sock: &SockRef<'_>, count: u32) -> Result<(), SockoptError> {
+    let count = i32::try_from(count).unwrap_or(i32::MAX);
+    set_tcp_int(sock, libc::TCP_KEEPCNT, "TCP_KEEPCNT", count)
+}
+
+fn set_user_timeout(sock: &SockRef<'_>, timeout: Duration) -> Result<(), SockoptError> {
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    set_tcp_int(sock, libc::TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT", ms)
+}
+
+fn set_nodelay(sock: &SockRef<'_>, on: bool) -> Result<(), SockoptError> {
+    sock.set_tcp_nodelay(on).map_err(|source| SockoptError {
+        option: "TCP_NODELAY",
+        source,
+    })
+}
+
+/// Keepalive options are whole seconds in the kernel; round up so a
+/// configured "1500ms" never probes early, and never send 0 (invalid).
+fn secs(d: Duration) -> i32 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i32::try_from(s.max(1)).unwrap_or(i32::MAX)
+}
+
+/// One `setsockopt(IPPROTO_TCP, name, int)`; socket2 sets the keepalive
+/// trio in one call whose error cannot say which option failed.
+fn set_tcp_int(
+    sock: &SockRef<'_>,
+    name: libc::c_int,
+    option: &'static str,
+    value: i32,
+) -> Result<(), SockoptError> {
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the fd is open for the borrow's lifetime, and the pointer and
+    // length describe a live c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            name,
+            (&value as *const libc::c_int).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(SockoptError {
+            option,
+            source: io::Error::last_os_error(),
+        })
+    }
+}
+
+/// Makes a non-blocking listening socket bound to `address`, with
+/// `SO_REUSEADDR` (so a restart does not wait out TIME_WAIT) and the
+/// listener's TCP options (so their effective values can be logged).
+pub fn bind_listener(address: SocketAddr, tcp: &TcpConfig) -> io::Result<mio::net::TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    if address.is_ipv6() {
+        // An IPv6 listener serves only IPv6, so "[::]" and "0.0.0.0" can
+        // both be configured on one port.
+        socket.set_only_v6(true)?;
+    }
+    apply(&socket, tcp).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
+/// Takes the socket's pending error (`SO_ERROR`), if any.
+pub fn take_error<S: AsFd>(socket: &S) -> io::Result<Option<io::Error>> {
+    SockRef::from(socket).take_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(idle_s: u64, user_timeout_ms: u64) -> TcpConfig {
+        TcpConfig {
+            keepalive_idle: Duration::from_secs(idle_s),
+            keepalive_interval: Duration::from_secs(2),
+            keepalive_count: 4,
+            user_timeout: Duration::from_millis(user_timeout_ms),
+            nodelay: true,
+        }
+    }
+
+    #[test]
+    fn applied_options_read_back() {
+        let listener =
+            bind_listener("127.0.0.1:0".parse().expect("addr"), &tcp(7, 15_000)).expect("bind");
+        let eff = effective(&listener).expect("read back");
+        assert_eq!(
+            eff,
+            Effective {
+                keepalive: true,
+                keepalive_idle: Duration::from_secs(7),
+                keepalive_interval: Duration::from_secs(2),
+                keepalive_count: 4,
+                user_timeout: Duration::from_millis(15_000),
+                nodelay: true,
+            }
+        );
+    }
+
+    #[test]
+    fn zero_idle_turns_keepalive_off() {
+        let listener =
+            bind_listener("127.0.0.1:0".parse().expect("addr"), &tcp(0, 0)).expect("bind");
+        let eff = effective(&listener).expect("read back");
+        assert!(!eff.keepalive);
+        assert_eq!(eff.user_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn keepalive_seconds_round_up_and_never_zero() {
+        assert_eq!(secs(Duration::from_millis(1500)), 2);
+        assert_eq!(secs(Duration::from_millis(1)), 1);
+        assert_eq!(secs(Duration::from_secs(3)), 3);
+    }
+}
