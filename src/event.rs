@@ -152,16 +152,18 @@ impl fmt::Display for Event<'_> {
                     c.session
                 )
             }
-            Event::Offline {
-                client: c,
-                reason,
-                silent,
-                connected,
-                detail,
-            } => {
-                write!(f, "offline client={} peer={} listener={} session={} reason={} silent_ms={} connected_ms={}",
-                    Logfmt(c.id), c.peer, Logfmt(c.listener), c.session, reason,
-                    silent.as_millis(), connected.as_millis())?;
+            Event::Offline { client: c, reason, silent, connected, detail } => {
+                write!(
+                    f,
+                    "offline client={} peer={} listener={} session={} reason={} silent_ms={} connected_ms={}",
+                    Logfmt(c.id),
+                    c.peer,
+                    Logfmt(c.listener),
+                    c.session,
+                    reason,
+                    silent.as_millis(),
+                    connected.as_millis()
+                )?;
                 if let Some(detail) = detail {
                     write!(f, " detail={}", Logfmt(detail))?;
                 }
@@ -193,11 +195,7 @@ impl Event<'_> {
     fn to_journal(&self, journal: &Journal) {
         let message = self.to_string();
         let c = self.client();
-        let (peer, session, priority) = (
-            c.peer.to_string(),
-            c.session.to_string(),
-            self.priority().to_string(),
-        );
+        let (peer, session, priority) = (c.peer.to_string(), c.session.to_string(), self.priority().to_string());
         let mut fields = vec![
             ("MESSAGE", message.as_str()),
             ("PRIORITY", priority.as_str()),
@@ -214,12 +212,7 @@ impl Event<'_> {
                 fields.push(("MESSAGE_ID", ONLINE_MESSAGE_ID));
                 fields.push(("HEARTBEAT_EVENT", "online"));
             }
-            Event::Offline {
-                reason,
-                silent: s,
-                connected: d,
-                ..
-            } => {
+            Event::Offline { reason, silent: s, connected: d, .. } => {
                 (silent, connected) = (s.as_millis().to_string(), d.as_millis().to_string());
                 fields.push(("MESSAGE_ID", OFFLINE_MESSAGE_ID));
                 fields.push(("HEARTBEAT_EVENT", "offline"));
@@ -252,11 +245,8 @@ pub struct Logfmt<'a>(pub &'a str);
 
 impl fmt::Display for Logfmt<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bare = !self.0.is_empty()
-            && self
-                .0
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
+        let bare =
+            !self.0.is_empty() && self.0.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
         if bare {
             return f.write_str(self.0);
         }
@@ -321,11 +311,7 @@ mod tests {
                 connected: Duration::ZERO,
                 detail: None,
             };
-            let want = if reason.is_orderly() {
-                log::Level::Info
-            } else {
-                log::Level::Warn
-            };
+            let want = if reason.is_orderly() { log::Level::Info } else { log::Level::Warn };
             assert_eq!(e.level(), want, "{reason}");
         }
     }

@@ -35,17 +35,13 @@ pub struct Journal {
 impl Journal {
     /// Prepares to send to the journal socket at `path`.
     pub fn new(path: &Path) -> io::Result<Journal> {
-        Ok(Journal {
-            socket: UnixDatagram::unbound()?,
-            path: path.to_owned(),
-        })
+        Ok(Journal { socket: UnixDatagram::unbound()?, path: path.to_owned() })
     }
 
     /// The journal socket named by `$HEARTBEATD_JOURNAL_SOCKET`, or the
     /// default one.
     pub fn from_env() -> io::Result<Journal> {
-        let path = std::env::var_os(SOCKET_ENV)
-            .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);
+        let path = std::env::var_os(SOCKET_ENV).map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);
         Journal::new(&path)
     }
 
@@ -77,9 +73,7 @@ pub fn encode(fields: &[(&str, &str)], out: &mut Vec<u8>) {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('_')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// The syslog priority for a log level (`PRIORITY=`).
@@ -121,11 +115,7 @@ mod tests {
 
     #[test]
     fn simple_and_multiline_values_round_trip() {
-        let fields = [
-            ("MESSAGE", "online client=a"),
-            ("DETAIL", "two\nlines"),
-            ("PRIORITY", "6"),
-        ];
+        let fields = [("MESSAGE", "online client=a"), ("DETAIL", "two\nlines"), ("PRIORITY", "6")];
         let mut out = Vec::new();
         encode(&fields, &mut out);
         let mut want = b"MESSAGE=online client=a\nDETAIL\n".to_vec();
@@ -139,16 +129,13 @@ mod tests {
 
     #[test]
     fn sends_one_datagram_per_entry() {
-        let dir =
-            std::env::temp_dir().join(format!("heartbeatd-journal-unit-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("heartbeatd-journal-unit-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join("socket");
         let _ = std::fs::remove_file(&path);
         let receiver = UnixDatagram::bind(&path).expect("bind");
         let journal = Journal::new(&path).expect("journal");
-        journal
-            .send(&[("MESSAGE", "hello"), ("PRIORITY", "5")])
-            .expect("send");
+        journal.send(&[("MESSAGE", "hello"), ("PRIORITY", "5")]).expect("send");
         let mut buf = [0u8; 512];
         let n = receiver.recv(&mut buf).expect("recv");
         assert_eq!(&buf[..n], b"MESSAGE=hello\nPRIORITY=5\n");

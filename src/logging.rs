@@ -24,9 +24,7 @@ static JOURNAL: OnceLock<Journal> = OnceLock::new();
 pub fn init(level: LevelFilter) {
     if systemd::stderr_is_journal() {
         if let Ok(journal) = Journal::from_env() {
-            if JOURNAL.set(journal).is_ok()
-                && log::set_boxed_logger(Box::new(JournalLogger)).is_ok()
-            {
+            if JOURNAL.set(journal).is_ok() && log::set_boxed_logger(Box::new(JournalLogger)).is_ok() {
                 set_level(level);
                 return;
             }
@@ -41,12 +39,7 @@ pub fn init(level: LevelFilter) {
     // The logger is installed once per process; a second init (tests, or a
     // binary that initialises early and again after reading its config) only
     // needs the level change below.
-    let _ = TermLogger::init(
-        LevelFilter::Trace,
-        config,
-        TerminalMode::Stderr,
-        ColorChoice::Never,
-    );
+    let _ = TermLogger::init(LevelFilter::Trace, config, TerminalMode::Stderr, ColorChoice::Never);
     set_level(level);
 }
 
@@ -86,11 +79,7 @@ impl Log for JournalLogger {
         to_journal(
             journal,
             &message,
-            &[
-                ("MESSAGE", &message),
-                ("PRIORITY", &priority),
-                ("SYSLOG_IDENTIFIER", journal::IDENTIFIER),
-            ],
+            &[("MESSAGE", &message), ("PRIORITY", &priority), ("SYSLOG_IDENTIFIER", journal::IDENTIFIER)],
         );
     }
 

@@ -34,12 +34,9 @@ impl Notifier {
     /// an abstract socket); otherwise every call is a no-op.
     pub fn from_env() -> Notifier {
         let target = env::var_os("NOTIFY_SOCKET").and_then(|path| {
-            let address = notify_address(path.as_encoded_bytes())
-                .map_err(|e| debug!("notify-disabled error={e}"))
-                .ok()?;
-            let socket = UnixDatagram::unbound()
-                .map_err(|e| debug!("notify-disabled error={e}"))
-                .ok()?;
+            let address =
+                notify_address(path.as_encoded_bytes()).map_err(|e| debug!("notify-disabled error={e}")).ok()?;
+            let socket = UnixDatagram::unbound().map_err(|e| debug!("notify-disabled error={e}")).ok()?;
             Some((socket, address))
         });
         Notifier { target }
@@ -101,10 +98,7 @@ fn notify_address(path: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
             use std::os::unix::ffi::OsStrExt;
             std::os::unix::net::SocketAddr::from_pathname(std::ffi::OsStr::from_bytes(path))
         }
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "NOTIFY_SOCKET is neither a path nor @abstract",
-        )),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "NOTIFY_SOCKET is neither a path nor @abstract")),
     }
 }
 
@@ -124,10 +118,7 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// `CLOCK_MONOTONIC` in microseconds, the clock systemd's `MONOTONIC_USEC`
 /// refers to.
 pub fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always
     // exists on Linux, so the call cannot fail.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
@@ -152,17 +143,11 @@ pub struct ActivatedSocket {
 /// `$LISTEN_FDS` fds from fd 3 when `$LISTEN_PID` is this process. The
 /// variables are removed so nothing adopts the fds twice.
 pub fn take_listen_fds() -> Vec<ActivatedSocket> {
-    let pid_ok = env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|p| p == std::process::id());
-    let count: RawFd = env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    let names: Vec<String> = env::var("LISTEN_FDNAMES")
-        .map(|n| n.split(':').map(str::to_owned).collect())
-        .unwrap_or_default();
+    let pid_ok =
+        env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()).is_some_and(|p| p == std::process::id());
+    let count: RawFd = env::var("LISTEN_FDS").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let names: Vec<String> =
+        env::var("LISTEN_FDNAMES").map(|n| n.split(':').map(str::to_owned).collect()).unwrap_or_default();
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         env::remove_var(var);
     }
@@ -186,10 +171,7 @@ pub fn take_listen_fds() -> Vec<ActivatedSocket> {
                 .get(usize::try_from(i).ok()?)
                 .filter(|n| !n.is_empty() && n.as_str() != "unknown" && n.as_str() != "stored")
                 .cloned();
-            let address = socket2::SockRef::from(&fd)
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket());
+            let address = socket2::SockRef::from(&fd).local_addr().ok().and_then(|a| a.as_socket());
             Some(ActivatedSocket { fd, name, address })
         })
         .collect()
@@ -240,9 +222,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let receiver = UnixDatagram::bind(&path).expect("bind");
         let address = notify_address(path.as_os_str().as_encoded_bytes()).expect("address");
-        let notifier = Notifier {
-            target: Some((UnixDatagram::unbound().expect("socket"), address)),
-        };
+        let notifier = Notifier { target: Some((UnixDatagram::unbound().expect("socket"), address)) };
         notifier.ready("serving 0 clients\nsecond line");
         let mut buf = [0u8; 256];
         let n = receiver.recv(&mut buf).expect("recv");
