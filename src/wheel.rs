@@ -136,10 +136,7 @@ impl<T: Copy> Wheel<T> {
     /// # Panics
     /// If `slots` is not a power of two or `tick` is zero.
     pub fn new(tick: Duration, slots: usize, start: Instant) -> Self {
-        assert!(
-            slots.is_power_of_two(),
-            "timer wheel slots must be a power of two, got {slots}"
-        );
+        assert!(slots.is_power_of_two(), "timer wheel slots must be a power of two, got {slots}");
         assert!(!tick.is_zero(), "timer wheel tick must be non-zero");
         Wheel {
             tick,
@@ -173,12 +170,7 @@ impl<T: Copy> Wheel<T> {
 
     /// Arms a timer that fires at or after `at`, carrying `value`.
     pub fn insert(&mut self, at: Instant, value: T) -> TimerId {
-        let node = Node {
-            prev: NIL,
-            next: NIL,
-            deadline: self.deadline_tick(at),
-            value,
-        };
+        let node = Node { prev: NIL, next: NIL, deadline: self.deadline_tick(at), value };
         let idx = self.alloc(node);
         self.link(idx);
         self.len += 1;
@@ -190,10 +182,7 @@ impl<T: Copy> Wheel<T> {
     /// # Panics
     /// If `id` is not armed (fired or cancelled).
     pub fn reschedule(&mut self, id: TimerId, at: Instant) {
-        assert!(
-            self.is_armed(id),
-            "reschedule of a timer that is not armed: {id:?}"
-        );
+        assert!(self.is_armed(id), "reschedule of a timer that is not armed: {id:?}");
         self.unlink(id.0);
         self.nodes[id.0 as usize].deadline = self.deadline_tick(at);
         self.link(id.0);
@@ -322,9 +311,7 @@ impl<T: Copy> Wheel<T> {
     /// True when `id` names an armed timer (a reused index names the timer
     /// now using it).
     fn is_armed(&self, id: TimerId) -> bool {
-        self.nodes
-            .get(id.0 as usize)
-            .is_some_and(|node| node.prev != VACANT)
+        self.nodes.get(id.0 as usize).is_some_and(|node| node.prev != VACANT)
     }
 
     /// Stores `node` in a free slot, reusing freed ones first, and returns
@@ -362,11 +349,7 @@ impl<T: Copy> Wheel<T> {
         let head = self.heads[list];
         if list == self.overdue_list() {
             // An empty overdue list's bound is stale: restart it.
-            self.overdue_min = if head == NIL {
-                deadline
-            } else {
-                self.overdue_min.min(deadline)
-            };
+            self.overdue_min = if head == NIL { deadline } else { self.overdue_min.min(deadline) };
         } else {
             self.occupied[list / WORD_BITS] |= 1 << (list % WORD_BITS);
         }
@@ -381,12 +364,7 @@ impl<T: Copy> Wheel<T> {
 
     /// Takes armed node `idx` out of its list, leaving it armed but unlinked.
     fn unlink(&mut self, idx: u32) {
-        let Node {
-            prev,
-            next,
-            deadline,
-            ..
-        } = self.nodes[idx as usize];
+        let Node { prev, next, deadline, .. } = self.nodes[idx as usize];
         let list = self.list_of(deadline);
         if prev == NIL {
             self.heads[list] = next;
@@ -646,10 +624,7 @@ mod tests {
             wheel.insert(start + ticks(2) - Duration::from_micros(value), value);
         }
         assert_eq!(fire(&mut wheel, start + ticks(1)), []);
-        assert_eq!(
-            fire(&mut wheel, start + ticks(2)),
-            (0..100).collect::<Vec<_>>()
-        );
+        assert_eq!(fire(&mut wheel, start + ticks(2)), (0..100).collect::<Vec<_>>());
     }
 
     #[test]
