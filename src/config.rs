@@ -184,12 +184,8 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config, Config
         .into_iter()
         .enumerate()
         .map(|(index, raw)| {
-            let ctx = ListenerSource {
-                source: &source,
-                prefix: format!("listener[{index}]"),
-                tick: daemon.tick,
-                base_dir,
-            };
+            let ctx =
+                ListenerSource { source: &source, prefix: format!("listener[{index}]"), tick: daemon.tick, base_dir };
             let listener = ctx.listener(raw)?;
             seen.check(&ctx, &listener)?;
             Ok(listener.config)
@@ -325,12 +321,7 @@ struct Source<'a> {
 
 impl Source<'_> {
     /// An error at the start of `span`, if known.
-    fn error(
-        &self,
-        span: Option<Range<usize>>,
-        key: Option<String>,
-        message: impl Into<String>,
-    ) -> ConfigError {
+    fn error(&self, span: Option<Range<usize>>, key: Option<String>, message: impl Into<String>) -> ConfigError {
         ConfigError {
             origin: self.origin.to_owned(),
             line: span.map(|span| self.line_of(span.start)),
@@ -346,11 +337,7 @@ impl Source<'_> {
 
     /// 1-based line of byte `offset`.
     fn line_of(&self, offset: usize) -> usize {
-        let before = self
-            .text
-            .as_bytes()
-            .get(..offset)
-            .unwrap_or(self.text.as_bytes());
+        let before = self.text.as_bytes().get(..offset).unwrap_or(self.text.as_bytes());
         1 + before.iter().filter(|&&b| b == b'\n').count()
     }
 
@@ -367,29 +354,15 @@ impl Source<'_> {
     fn duration(&self, value: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
         let text = value.get_ref();
         let duration = humantime::parse_duration(text).map_err(|e| {
-            self.at(
-                value,
-                key,
-                format!(
-                    "invalid duration {text:?} ({e}); write e.g. \"100ms\", \"3s\" or \"5min\""
-                ),
-            )
+            self.at(value, key, format!("invalid duration {text:?} ({e}); write e.g. \"100ms\", \"3s\" or \"5min\""))
         })?;
         if duration > MAX_DURATION {
-            return Err(self.at(
-                value,
-                key,
-                format!("{text:?} is too long: at most {MAX_DURATION_TEXT}"),
-            ));
+            return Err(self.at(value, key, format!("{text:?} is too long: at most {MAX_DURATION_TEXT}")));
         }
         // Durations travel as milliseconds; a fraction would be silently
         // dropped (an interval of "500us" would reach clients as 0 ms).
         if duration.subsec_nanos() % 1_000_000 != 0 {
-            return Err(self.at(
-                value,
-                key,
-                format!("{text:?} is not a whole number of milliseconds"),
-            ));
+            return Err(self.at(value, key, format!("{text:?} is not a whole number of milliseconds")));
         }
         Ok(duration)
     }
@@ -412,11 +385,7 @@ impl Source<'_> {
             } else {
                 format!("{}..={}", show(*range.start()), show(*range.end()))
             };
-            return Err(self.at(
-                value,
-                key,
-                format!("must be {allowed}, got {}", show(duration)),
-            ));
+            return Err(self.at(value, key, format!("must be {allowed}, got {}", show(duration))));
         }
         Ok(duration)
     }
@@ -441,13 +410,7 @@ impl Source<'_> {
             };
             return Err(self.at(value, key, format!("must be {allowed}, got {number}")));
         }
-        T::try_from(number).map_err(|_| {
-            self.at(
-                value,
-                key,
-                format!("{number} is too large for this platform"),
-            )
-        })
+        T::try_from(number).map_err(|_| self.at(value, key, format!("{number} is too large for this platform")))
     }
 
     /// Validates the `[daemon]` table.
@@ -465,32 +428,20 @@ impl Source<'_> {
                     return Err(self.at(
                         value,
                         "daemon.log_level",
-                        format!(
-                        "unknown log level {other:?}: use off, error, warn, info, debug or trace"
-                    ),
+                        format!("unknown log level {other:?}: use off, error, warn, info, debug or trace"),
                     ))
                 }
             },
         };
         Ok(DaemonConfig {
-            tick: self.duration_in(
-                raw.tick.as_ref(),
-                "daemon.tick",
-                MIN_TICK..=MAX_TICK,
-                DEFAULT_TICK,
-            )?,
+            tick: self.duration_in(raw.tick.as_ref(), "daemon.tick", MIN_TICK..=MAX_TICK, DEFAULT_TICK)?,
             max_clients: self.int_in(
                 raw.max_clients.as_ref(),
                 "daemon.max_clients",
                 1..=i64::MAX,
                 DEFAULT_MAX_CLIENTS,
             )?,
-            max_per_address: self.int_in(
-                raw.max_per_address.as_ref(),
-                "daemon.max_per_address",
-                0..=i64::MAX,
-                0,
-            )?,
+            max_per_address: self.int_in(raw.max_per_address.as_ref(), "daemon.max_per_address", 0..=i64::MAX, 0)?,
             shutdown_grace: self.duration_in(
                 raw.shutdown_grace.as_ref(),
                 "daemon.shutdown_grace",
@@ -542,19 +493,15 @@ impl ListenerSource<'_> {
             )
         };
 
-        let name = raw.name.as_ref().ok_or_else(|| {
-            missing(
-                "name",
-                "a unique name of 1..=64 characters from A-Z a-z 0-9 _ . -",
-            )
-        })?;
+        let name = raw
+            .name
+            .as_ref()
+            .ok_or_else(|| missing("name", "a unique name of 1..=64 characters from A-Z a-z 0-9 _ . -"))?;
         self.check_name(name)?;
-        let address = raw.address.as_ref().ok_or_else(|| {
-            missing(
-                "address",
-                "ip:port to listen on, e.g. \"127.0.0.1:7700\" or \"[::1]:7700\"",
-            )
-        })?;
+        let address = raw
+            .address
+            .as_ref()
+            .ok_or_else(|| missing("address", "ip:port to listen on, e.g. \"127.0.0.1:7700\" or \"[::1]:7700\""))?;
         let socket_address = address.get_ref().parse::<SocketAddr>().map_err(|_| {
             self.at(
                 address,
@@ -589,28 +536,12 @@ impl ListenerSource<'_> {
         let legacy_raw = (&[Legacy, Raw][..], "legacy and raw");
         let framed = (&[Native, Legacy][..], "native and legacy");
         let protocol_only = [
-            (
-                "handshake_timeout",
-                raw.handshake_timeout.as_ref().map(Spanned::span),
-                native,
-            ),
-            (
-                "server_ping",
-                raw.server_ping.as_ref().map(Spanned::span),
-                native,
-            ),
+            ("handshake_timeout", raw.handshake_timeout.as_ref().map(Spanned::span), native),
+            ("server_ping", raw.server_ping.as_ref().map(Spanned::span), native),
             ("tokens", raw.tokens.as_ref().map(Spanned::span), native),
-            (
-                "tokens_file",
-                raw.tokens_file.as_ref().map(Spanned::span),
-                native,
-            ),
+            ("tokens_file", raw.tokens_file.as_ref().map(Spanned::span), native),
             ("echo", raw.echo.as_ref().map(Spanned::span), legacy_raw),
-            (
-                "max_frame",
-                raw.max_frame.as_ref().map(Spanned::span),
-                framed,
-            ),
+            ("max_frame", raw.max_frame.as_ref().map(Spanned::span), framed),
         ];
         for (field, span, (allowed, users)) in protocol_only {
             if span.is_some() && !allowed.contains(&protocol) {
@@ -640,12 +571,8 @@ impl ListenerSource<'_> {
             // Raw never reaches the check: max_frame was rejected above.
             Native | Raw => NATIVE_MAX_FRAME,
         };
-        let max_frame = self.source.int_in(
-            raw.max_frame.as_ref(),
-            &self.key("max_frame"),
-            max_frame_range,
-            DEFAULT_MAX_FRAME,
-        )?;
+        let max_frame =
+            self.source.int_in(raw.max_frame.as_ref(), &self.key("max_frame"), max_frame_range, DEFAULT_MAX_FRAME)?;
         let tokens = self.tokens(&raw)?;
         let tcp = self.tcp(raw.tcp.unwrap_or_default())?;
 
@@ -672,9 +599,7 @@ impl ListenerSource<'_> {
     /// break one.
     fn check_name(&self, name: &Spanned<String>) -> Result<(), ConfigError> {
         let text = name.get_ref();
-        let valid_chars = text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        let valid_chars = text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if text.is_empty() || text.chars().count() > MAX_NAME_LEN || !valid_chars {
             return Err(self.at(
                 name,
@@ -686,12 +611,7 @@ impl ListenerSource<'_> {
     }
 
     /// The silence timeout: `timeout` as given, or `interval * misses`.
-    fn timeout(
-        &self,
-        raw: &RawListener,
-        protocol: Protocol,
-        interval: Duration,
-    ) -> Result<Duration, ConfigError> {
+    fn timeout(&self, raw: &RawListener, protocol: Protocol, interval: Duration) -> Result<Duration, ConfigError> {
         if let (Some(misses), Some(timeout)) = (&raw.misses, &raw.timeout) {
             return Err(self.at(
                 timeout,
@@ -709,12 +629,7 @@ impl ListenerSource<'_> {
             return self.check_timeout(timeout, shown, value.span(), "timeout", protocol, interval);
         }
 
-        let misses = self.source.int_in(
-            raw.misses.as_ref(),
-            &self.key("misses"),
-            MISSES,
-            DEFAULT_MISSES,
-        )?;
+        let misses = self.source.int_in(raw.misses.as_ref(), &self.key("misses"), MISSES, DEFAULT_MISSES)?;
         // Blame what the operator wrote: misses if given, else interval.
         // The defaults alone (15s) always pass, as a tick is at most 1s.
         let (span, field) = match (&raw.misses, &raw.interval) {
@@ -723,11 +638,7 @@ impl ListenerSource<'_> {
             (None, None) => return Ok(DEFAULT_INTERVAL * DEFAULT_MISSES),
         };
         let timeout = interval * misses;
-        let shown = format!(
-            "timeout = interval {} * misses {misses} = {}",
-            show(interval),
-            show(timeout)
-        );
+        let shown = format!("timeout = interval {} * misses {misses} = {}", show(interval), show(timeout));
         if timeout > MAX_DURATION {
             return Err(self.source.error(
                 Some(span),
@@ -749,10 +660,7 @@ impl ListenerSource<'_> {
         protocol: Protocol,
         interval: Duration,
     ) -> Result<Duration, ConfigError> {
-        let error = |message: String| {
-            self.source
-                .error(Some(span.clone()), Some(self.key(field)), message)
-        };
+        let error = |message: String| self.source.error(Some(span.clone()), Some(self.key(field)), message);
         if timeout.is_zero() {
             // Only raw may rely on TCP alone: native and legacy clients are
             // required to send, so their silence must be detected.
@@ -787,11 +695,9 @@ impl ListenerSource<'_> {
     /// given.
     fn tokens(&self, raw: &RawListener) -> Result<Vec<Vec<u8>>, ConfigError> {
         match (&raw.tokens, &raw.tokens_file) {
-            (Some(_), Some(file)) => Err(self.at(
-                file,
-                "tokens_file",
-                "give either tokens or tokens_file, not both".to_owned(),
-            )),
+            (Some(_), Some(file)) => {
+                Err(self.at(file, "tokens_file", "give either tokens or tokens_file, not both".to_owned()))
+            }
             (Some(list), None) => {
                 // An empty list would silently turn authentication off.
                 if list.get_ref().is_empty() {
@@ -829,13 +735,8 @@ impl ListenerSource<'_> {
     fn tokens_file(&self, file: &Spanned<String>) -> Result<Vec<Vec<u8>>, ConfigError> {
         let path = self.base_dir.join(file.get_ref());
         let shown = path.display();
-        let contents = fs::read(&path).map_err(|e| {
-            self.at(
-                file,
-                "tokens_file",
-                format!("cannot read tokens file {shown}: {e}"),
-            )
-        })?;
+        let contents = fs::read(&path)
+            .map_err(|e| self.at(file, "tokens_file", format!("cannot read tokens file {shown}: {e}")))?;
         let mut tokens = Vec::new();
         for (number, line) in contents.split(|&b| b == b'\n').enumerate() {
             let token = line.trim_ascii();
@@ -891,18 +792,10 @@ impl ListenerSource<'_> {
         // With keepalive off, the probe settings are unused and not checked.
         if keepalive {
             self.keepalive_time(raw.keepalive_idle.as_ref(), idle, &key("keepalive_idle"))?;
-            self.keepalive_time(
-                raw.keepalive_interval.as_ref(),
-                interval,
-                &key("keepalive_interval"),
-            )?;
+            self.keepalive_time(raw.keepalive_interval.as_ref(), interval, &key("keepalive_interval"))?;
         }
         // At most 32767s + 32767s * 127, which fits MAX_DURATION.
-        let probes = if keepalive {
-            idle + interval * count
-        } else {
-            Duration::ZERO
-        };
+        let probes = if keepalive { idle + interval * count } else { Duration::ZERO };
         let user_timeout = match &raw.user_timeout {
             None => probes,
             Some(value) => {
@@ -937,16 +830,9 @@ impl ListenerSource<'_> {
 
     /// Checks a keepalive time the kernel takes in whole seconds,
     /// 1..=32767; `value` is `None` for a default, which is valid.
-    fn keepalive_time(
-        &self,
-        value: Option<&Spanned<String>>,
-        time: Duration,
-        key: &str,
-    ) -> Result<(), ConfigError> {
+    fn keepalive_time(&self, value: Option<&Spanned<String>>, time: Duration, key: &str) -> Result<(), ConfigError> {
         match value {
-            Some(value)
-                if time.is_zero() || time.subsec_nanos() != 0 || time > MAX_KEEPALIVE_TIME =>
-            {
+            Some(value) if time.is_zero() || time.subsec_nanos() != 0 || time > MAX_KEEPALIVE_TIME => {
                 Err(self.source.at(
                     value,
                     key,
@@ -974,45 +860,22 @@ struct Seen {
 
 impl Seen {
     /// Rejects a listener whose name or address an earlier one has.
-    fn check(
-        &mut self,
-        ctx: &ListenerSource<'_>,
-        listener: &CheckedListener,
-    ) -> Result<(), ConfigError> {
+    fn check(&mut self, ctx: &ListenerSource<'_>, listener: &CheckedListener) -> Result<(), ConfigError> {
         let config = &listener.config;
         let here = |span: &Range<usize>| (ctx.prefix.clone(), ctx.source.line_of(span.start));
-        let duplicate =
-            |field: &str, value: String, span: &Range<usize>, (first, line): (String, usize)| {
-                ctx.source.error(
-                    Some(span.clone()),
-                    Some(ctx.key(field)),
-                    format!(
-                    "duplicate listener {field} {value}: already used by {first} on line {line}"
-                ),
-                )
-            };
-        if let Some(first) = self
-            .names
-            .insert(config.name.clone(), here(&listener.name_span))
-        {
-            return Err(duplicate(
-                "name",
-                format!("{:?}", config.name),
-                &listener.name_span,
-                first,
-            ));
+        let duplicate = |field: &str, value: String, span: &Range<usize>, (first, line): (String, usize)| {
+            ctx.source.error(
+                Some(span.clone()),
+                Some(ctx.key(field)),
+                format!("duplicate listener {field} {value}: already used by {first} on line {line}"),
+            )
+        };
+        if let Some(first) = self.names.insert(config.name.clone(), here(&listener.name_span)) {
+            return Err(duplicate("name", format!("{:?}", config.name), &listener.name_span, first));
         }
         if config.address.port() != 0 {
-            if let Some(first) = self
-                .addresses
-                .insert(config.address, here(&listener.address_span))
-            {
-                return Err(duplicate(
-                    "address",
-                    config.address.to_string(),
-                    &listener.address_span,
-                    first,
-                ));
+            if let Some(first) = self.addresses.insert(config.address, here(&listener.address_span)) {
+                return Err(duplicate("address", config.address.to_string(), &listener.address_span, first));
             }
         }
         Ok(())
@@ -1043,12 +906,12 @@ fn key_in_table(table: &toml::de::DeTable<'_>, offset: usize) -> Option<String> 
 fn key_in_value(value: &toml::de::DeValue<'_>, offset: usize) -> Option<String> {
     match value {
         toml::de::DeValue::Table(table) => key_in_table(table, offset).map(|key| format!(".{key}")),
-        toml::de::DeValue::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
-            match key_in_value(item.get_ref(), offset) {
+        toml::de::DeValue::Array(items) => {
+            items.iter().enumerate().find_map(|(i, item)| match key_in_value(item.get_ref(), offset) {
                 Some(rest) => Some(format!("[{i}]{rest}")),
                 None => covers(&item.span(), offset).then(|| format!("[{i}]")),
-            }
-        }),
+            })
+        }
         _ => None,
     }
 }
@@ -1169,8 +1032,7 @@ mod tests {
 
     /// `#key = value` lines: an option commented out at its default.
     fn is_commented_key(line: &str) -> bool {
-        line.strip_prefix('#')
-            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_lowercase()))
+        line.strip_prefix('#').is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_lowercase()))
     }
 
     #[test]
@@ -1201,9 +1063,7 @@ mod tests {
         let examples: Vec<String> = EMBEDDED[main.len()..]
             .lines()
             .map(|line| match line.strip_prefix('#') {
-                Some(rest) if rest.starts_with(|c: char| c == '[' || c.is_ascii_lowercase()) => {
-                    rest.to_string()
-                }
+                Some(rest) if rest.starts_with(|c: char| c == '[' || c.is_ascii_lowercase()) => rest.to_string(),
                 _ => line.to_string(),
             })
             .collect();
@@ -1213,10 +1073,7 @@ mod tests {
         };
         assert_eq!(native.protocol, Protocol::Native);
         assert_eq!(legacy.protocol, Protocol::Legacy);
-        assert_eq!(
-            (legacy.timeout, legacy.echo, legacy.max_frame),
-            (secs(30), true, 4096)
-        );
+        assert_eq!((legacy.timeout, legacy.echo, legacy.max_frame), (secs(30), true, 4096));
         assert_eq!(raw.protocol, Protocol::Raw);
         assert_eq!(raw.timeout, Duration::ZERO);
         assert_eq!(raw.tcp.user_timeout, secs(18));
@@ -1252,10 +1109,7 @@ mod tests {
             "nodelay",
         ];
         for key in keys {
-            assert!(
-                EMBEDDED.contains(&format!("{key} ")) || EMBEDDED.contains(&format!("{key}\n")),
-                "{key}"
-            );
+            assert!(EMBEDDED.contains(&format!("{key} ")) || EMBEDDED.contains(&format!("{key}\n")), "{key}");
         }
     }
 
@@ -1274,10 +1128,7 @@ mod tests {
         );
         let l = &config.listeners[0];
         assert_eq!(l.protocol, Protocol::Native);
-        assert_eq!(
-            (l.interval, l.timeout, l.handshake_timeout),
-            (secs(3), secs(15), secs(5))
-        );
+        assert_eq!((l.interval, l.timeout, l.handshake_timeout), (secs(3), secs(15), secs(5)));
         assert_eq!((l.server_ping, l.echo, l.max_frame), (false, false, 1024));
         assert!(l.tokens.is_empty());
         assert_eq!(l.tcp, default_tcp());
@@ -1295,25 +1146,16 @@ mod tests {
             );
         let config = parse_ok(&text);
         assert_eq!(config.daemon.tick, ms(10));
-        assert_eq!(
-            (config.daemon.max_clients, config.daemon.max_per_address),
-            (7, 2)
-        );
+        assert_eq!((config.daemon.max_clients, config.daemon.max_per_address), (7, 2));
         assert_eq!(config.daemon.shutdown_grace, Duration::ZERO);
         assert_eq!(config.daemon.log_level, log::LevelFilter::Trace);
         let l = &config.listeners[0];
-        assert_eq!(
-            (l.interval, l.timeout, l.handshake_timeout),
-            (secs(1), secs(4), secs(2))
-        );
+        assert_eq!((l.interval, l.timeout, l.handshake_timeout), (secs(1), secs(4), secs(2)));
         assert_eq!((l.server_ping, l.max_frame), (true, 16));
         assert_eq!(l.tokens, vec![b"t1".to_vec(), b"t2".to_vec()]);
         // Keepalive off: user_timeout defaults to the kernel's (0).
         assert_eq!(l.tcp.keepalive_idle, Duration::ZERO);
-        assert_eq!(
-            (l.tcp.keepalive_count, l.tcp.user_timeout, l.tcp.nodelay),
-            (9, Duration::ZERO, false)
-        );
+        assert_eq!((l.tcp.keepalive_count, l.tcp.user_timeout, l.tcp.nodelay), (9, Duration::ZERO, false));
     }
 
     #[test]
@@ -1324,25 +1166,13 @@ mod tests {
             key: Some("daemon.tick".into()),
             message: "must be 1ms..=1s, got 2s".into(),
         };
-        assert_eq!(
-            e.to_string(),
-            "/etc/heartbeatd/heartbeatd.toml:7: daemon.tick: must be 1ms..=1s, got 2s"
-        );
+        assert_eq!(e.to_string(), "/etc/heartbeatd/heartbeatd.toml:7: daemon.tick: must be 1ms..=1s, got 2s");
         e.key = None;
-        assert_eq!(
-            e.to_string(),
-            "/etc/heartbeatd/heartbeatd.toml:7: must be 1ms..=1s, got 2s"
-        );
+        assert_eq!(e.to_string(), "/etc/heartbeatd/heartbeatd.toml:7: must be 1ms..=1s, got 2s");
         e.line = None;
-        assert_eq!(
-            e.to_string(),
-            "/etc/heartbeatd/heartbeatd.toml: must be 1ms..=1s, got 2s"
-        );
+        assert_eq!(e.to_string(), "/etc/heartbeatd/heartbeatd.toml: must be 1ms..=1s, got 2s");
         e.key = Some("listener".into());
-        assert_eq!(
-            e.to_string(),
-            "/etc/heartbeatd/heartbeatd.toml: listener: must be 1ms..=1s, got 2s"
-        );
+        assert_eq!(e.to_string(), "/etc/heartbeatd/heartbeatd.toml: listener: must be 1ms..=1s, got 2s");
     }
 
     #[test]
@@ -1356,158 +1186,54 @@ mod tests {
 
     #[test]
     fn unknown_keys() {
-        assert_err(
-            "[daemon]\ntick = \"1s\"\nbogus = 1\n",
-            3,
-            "daemon.bogus",
-            "unknown field `bogus`",
-        );
-        assert_err(
-            &listener("\n\n\ninterval = \"1s\"\nmisess = 3\n"),
-            8,
-            "listener[0].misess",
-            "unknown field",
-        );
+        assert_err("[daemon]\ntick = \"1s\"\nbogus = 1\n", 3, "daemon.bogus", "unknown field `bogus`");
+        assert_err(&listener("\n\n\ninterval = \"1s\"\nmisess = 3\n"), 8, "listener[0].misess", "unknown field");
         assert_err(
             &listener("[listener.tcp]\nnodelay = true\nkeepalive = \"1s\"\n"),
             6,
             "listener[0].tcp.keepalive",
             "unknown field",
         );
-        assert_err(
-            &listener("tcp = { nodelay = true, idle = 1 }\n"),
-            4,
-            "listener[0].tcp.idle",
-            "unknown field",
-        );
-        assert_err(
-            &format!("{}listeners = 1\n", listener("")),
-            4,
-            "listener[0].listeners",
-            "unknown field",
-        );
+        assert_err(&listener("tcp = { nodelay = true, idle = 1 }\n"), 4, "listener[0].tcp.idle", "unknown field");
+        assert_err(&format!("{}listeners = 1\n", listener("")), 4, "listener[0].listeners", "unknown field");
         assert_err("deamon = 1\n", 1, "deamon", "unknown field");
         // In the second listener.
-        let two = format!(
-            "{}{}",
-            listener(""),
-            listener("prot = 1\n")
-                .replace("\"a\"", "\"b\"")
-                .replace("7700", "7701")
-        );
+        let two =
+            format!("{}{}", listener(""), listener("prot = 1\n").replace("\"a\"", "\"b\"").replace("7700", "7701"));
         assert_err(&two, 7, "listener[1].prot", "unknown field");
     }
 
     #[test]
     fn wrong_types() {
-        assert_err(
-            "[daemon]\ntick = 5\n",
-            2,
-            "daemon.tick",
-            "expected a string",
-        );
+        assert_err("[daemon]\ntick = 5\n", 2, "daemon.tick", "expected a string");
         assert_err("daemon = 5\n", 1, "daemon", "invalid type");
-        assert_err(
-            &listener("echo = \"yes\"\n"),
-            4,
-            "listener[0].echo",
-            "expected a boolean",
-        );
-        assert_err(
-            &listener("tokens = [\"x\",\n  3]\n"),
-            5,
-            "listener[0].tokens[1]",
-            "expected a string",
-        );
-        assert_err(
-            &listener("misses = 2.5\n"),
-            4,
-            "listener[0].misses",
-            "invalid type",
-        );
+        assert_err(&listener("echo = \"yes\"\n"), 4, "listener[0].echo", "expected a boolean");
+        assert_err(&listener("tokens = [\"x\",\n  3]\n"), 5, "listener[0].tokens[1]", "expected a string");
+        assert_err(&listener("misses = 2.5\n"), 4, "listener[0].misses", "invalid type");
         assert_err("listener = 3\n", 1, "listener", "invalid type");
     }
 
     #[test]
     fn unparsable_and_inexact_durations() {
-        assert_err(
-            &listener("interval = \"3 parsecs\"\n"),
-            4,
-            "listener[0].interval",
-            "invalid duration",
-        );
-        assert_err(
-            &listener("interval = \"\"\n"),
-            4,
-            "listener[0].interval",
-            "invalid duration",
-        );
-        assert_err(
-            &listener("interval = \"1500us\"\n"),
-            4,
-            "listener[0].interval",
-            "whole number of milliseconds",
-        );
-        assert_eq!(
-            only(&listener("interval = \"1s 500ms\"\n")).interval,
-            ms(1500)
-        );
+        assert_err(&listener("interval = \"3 parsecs\"\n"), 4, "listener[0].interval", "invalid duration");
+        assert_err(&listener("interval = \"\"\n"), 4, "listener[0].interval", "invalid duration");
+        assert_err(&listener("interval = \"1500us\"\n"), 4, "listener[0].interval", "whole number of milliseconds");
+        assert_eq!(only(&listener("interval = \"1s 500ms\"\n")).interval, ms(1500));
     }
 
     #[test]
     fn numbers_out_of_range() {
-        assert_err(
-            "[daemon]\nmax_clients = -1\n",
-            2,
-            "daemon.max_clients",
-            "must be >= 1, got -1",
-        );
-        assert_err(
-            "[daemon]\nmax_clients = 0\n",
-            2,
-            "daemon.max_clients",
-            ">= 1",
-        );
-        assert_err(
-            "[daemon]\nmax_per_address = -5\n",
-            2,
-            "daemon.max_per_address",
-            ">= 0",
-        );
-        assert_err(
-            &listener("misses = 0\n"),
-            4,
-            "listener[0].misses",
-            "1..=1000",
-        );
-        assert_err(
-            &listener("misses = 1001\n"),
-            4,
-            "listener[0].misses",
-            "1..=1000",
-        );
+        assert_err("[daemon]\nmax_clients = -1\n", 2, "daemon.max_clients", "must be >= 1, got -1");
+        assert_err("[daemon]\nmax_clients = 0\n", 2, "daemon.max_clients", ">= 1");
+        assert_err("[daemon]\nmax_per_address = -5\n", 2, "daemon.max_per_address", ">= 0");
+        assert_err(&listener("misses = 0\n"), 4, "listener[0].misses", "1..=1000");
+        assert_err(&listener("misses = 1001\n"), 4, "listener[0].misses", "1..=1000");
         assert_eq!(only(&listener("misses = 1000\n")).timeout, secs(3000));
-        assert_err(
-            &listener("max_frame = 15\n"),
-            4,
-            "listener[0].max_frame",
-            "16..=65535",
-        );
-        assert_err(
-            &listener("max_frame = 65536\n"),
-            4,
-            "listener[0].max_frame",
-            "16..=65535",
-        );
+        assert_err(&listener("max_frame = 15\n"), 4, "listener[0].max_frame", "16..=65535");
+        assert_err(&listener("max_frame = 65536\n"), 4, "listener[0].max_frame", "16..=65535");
         assert_eq!(only(&listener("max_frame = 65535\n")).max_frame, 65535);
-        assert_eq!(
-            only(&listener("protocol = \"legacy\"\nmax_frame = 0\n")).max_frame,
-            0
-        );
-        assert_eq!(
-            only(&listener("protocol = \"legacy\"\nmax_frame = 16777216\n")).max_frame,
-            16_777_216
-        );
+        assert_eq!(only(&listener("protocol = \"legacy\"\nmax_frame = 0\n")).max_frame, 0);
+        assert_eq!(only(&listener("protocol = \"legacy\"\nmax_frame = 16777216\n")).max_frame, 16_777_216);
         assert_err(
             &listener("protocol = \"legacy\"\nmax_frame = 16777217\n"),
             5,
@@ -1520,73 +1246,32 @@ mod tests {
             "listener[0].tcp.keepalive_count",
             "1..=127",
         );
-        assert_err(
-            &listener("[listener.tcp]\nkeepalive_count = 0\n"),
-            5,
-            "listener[0].tcp.keepalive_count",
-            "1..=127",
-        );
+        assert_err(&listener("[listener.tcp]\nkeepalive_count = 0\n"), 5, "listener[0].tcp.keepalive_count", "1..=127");
     }
 
     #[test]
     fn duration_ranges() {
-        assert_err(
-            "[daemon]\ntick = \"2s\"\n",
-            2,
-            "daemon.tick",
-            "1ms..=1s, got 2s",
-        );
+        assert_err("[daemon]\ntick = \"2s\"\n", 2, "daemon.tick", "1ms..=1s, got 2s");
         assert_err("[daemon]\ntick = \"0s\"\n", 2, "daemon.tick", "1ms..=1s");
         assert_eq!(
-            parse_ok(&format!(
-                "[daemon]\ntick = \"1s\"\n{}",
-                listener("interval = \"1s\"\ntimeout = \"2s\"\n")
-            ))
-            .daemon
-            .tick,
+            parse_ok(&format!("[daemon]\ntick = \"1s\"\n{}", listener("interval = \"1s\"\ntimeout = \"2s\"\n")))
+                .daemon
+                .tick,
             secs(1)
         );
-        assert_err(
-            "[daemon]\nshutdown_grace = \"5min 1s\"\n",
-            2,
-            "daemon.shutdown_grace",
-            "0s..=5m",
-        );
+        assert_err("[daemon]\nshutdown_grace = \"5min 1s\"\n", 2, "daemon.shutdown_grace", "0s..=5m");
         assert_eq!(
-            parse_ok(&format!(
-                "[daemon]\nshutdown_grace = \"5min\"\n{}",
-                listener("")
-            ))
-            .daemon
-            .shutdown_grace,
+            parse_ok(&format!("[daemon]\nshutdown_grace = \"5min\"\n{}", listener(""))).daemon.shutdown_grace,
             secs(300)
         );
-        assert_err(
-            &listener("interval = \"0s\"\n"),
-            4,
-            "listener[0].interval",
-            "at least 1ms",
-        );
-        assert_err(
-            &listener("handshake_timeout = \"0s\"\n"),
-            4,
-            "listener[0].handshake_timeout",
-            "at least 1ms",
-        );
+        assert_err(&listener("interval = \"0s\"\n"), 4, "listener[0].interval", "at least 1ms");
+        assert_err(&listener("handshake_timeout = \"0s\"\n"), 4, "listener[0].handshake_timeout", "at least 1ms");
     }
 
     #[test]
     fn durations_must_fit_u32_milliseconds() {
-        assert_eq!(
-            only(&listener("interval = \"4294967295ms\"\nmisses = 1\n")).timeout,
-            ms(u64::from(u32::MAX))
-        );
-        assert_err(
-            &listener("interval = \"4294967296ms\"\nmisses = 1\n"),
-            4,
-            "listener[0].interval",
-            "too long",
-        );
+        assert_eq!(only(&listener("interval = \"4294967295ms\"\nmisses = 1\n")).timeout, ms(u64::from(u32::MAX)));
+        assert_err(&listener("interval = \"4294967296ms\"\nmisses = 1\n"), 4, "listener[0].interval", "too long");
         assert_err(
             &listener("[listener.tcp]\nuser_timeout = \"60days\"\n"),
             5,
@@ -1594,49 +1279,22 @@ mod tests {
             "too long",
         );
         // interval * misses overflows: blame misses.
-        assert_err(
-            &listener("interval = \"30days\"\nmisses = 2\n"),
-            5,
-            "listener[0].misses",
-            "too long",
-        );
+        assert_err(&listener("interval = \"30days\"\nmisses = 2\n"), 5, "listener[0].misses", "too long");
         // ...or the interval when misses is the default.
-        assert_err(
-            &listener("interval = \"10days\"\n"),
-            4,
-            "listener[0].interval",
-            "too long",
-        );
+        assert_err(&listener("interval = \"10days\"\n"), 4, "listener[0].interval", "too long");
     }
 
     #[test]
     fn timeout_shorter_than_two_ticks() {
-        let text = format!(
-            "[daemon]\ntick = \"100ms\"\n{}",
-            listener("interval = \"50ms\"\ntimeout = \"150ms\"\n")
-        );
+        let text = format!("[daemon]\ntick = \"100ms\"\n{}", listener("interval = \"50ms\"\ntimeout = \"150ms\"\n"));
         let e = parse_err(&text);
-        assert_eq!(
-            (e.line, e.key.as_deref()),
-            (Some(7), Some("listener[0].timeout"))
-        );
-        assert!(
-            e.message.contains("150ms")
-                && e.message.contains("100ms")
-                && e.message.contains("200ms"),
-            "{e}"
-        );
+        assert_eq!((e.line, e.key.as_deref()), (Some(7), Some("listener[0].timeout")));
+        assert!(e.message.contains("150ms") && e.message.contains("100ms") && e.message.contains("200ms"), "{e}");
         // Exactly two ticks is enough.
-        let ok = format!(
-            "[daemon]\ntick = \"100ms\"\n{}",
-            listener("interval = \"50ms\"\ntimeout = \"200ms\"\n")
-        );
+        let ok = format!("[daemon]\ntick = \"100ms\"\n{}", listener("interval = \"50ms\"\ntimeout = \"200ms\"\n"));
         assert_eq!(parse_ok(&ok).listeners[0].timeout, ms(200));
         // A derived timeout is checked too, blaming what was written.
-        let derived = format!(
-            "[daemon]\ntick = \"100ms\"\n{}",
-            listener("interval = \"50ms\"\nmisses = 3\n")
-        );
+        let derived = format!("[daemon]\ntick = \"100ms\"\n{}", listener("interval = \"50ms\"\nmisses = 3\n"));
         assert_err(&derived, 7, "listener[0].misses", "two ticks");
     }
 
@@ -1648,50 +1306,25 @@ mod tests {
             "listener[0].timeout",
             "shorter than interval 3s",
         );
-        assert_eq!(
-            only(&listener("interval = \"3s\"\ntimeout = \"3s\"\n")).timeout,
-            secs(3)
-        );
+        assert_eq!(only(&listener("interval = \"3s\"\ntimeout = \"3s\"\n")).timeout, secs(3));
     }
 
     #[test]
     fn misses_or_timeout() {
-        assert_eq!(
-            only(&listener("interval = \"2s\"\nmisses = 4\n")).timeout,
-            secs(8)
-        );
+        assert_eq!(only(&listener("interval = \"2s\"\nmisses = 4\n")).timeout, secs(8));
         assert_eq!(only(&listener("interval = \"2s\"\n")).timeout, secs(10));
-        assert_eq!(
-            only(&listener("interval = \"2s\"\ntimeout = \"7s\"\n")).timeout,
-            secs(7)
-        );
+        assert_eq!(only(&listener("interval = \"2s\"\ntimeout = \"7s\"\n")).timeout, secs(7));
         let e = parse_err(&listener("misses = 4\ntimeout = \"7s\"\n"));
-        assert_eq!(
-            (e.line, e.key.as_deref()),
-            (Some(5), Some("listener[0].timeout"))
-        );
-        assert!(
-            e.message.contains("not both") && e.message.contains("line 4"),
-            "{e}"
-        );
+        assert_eq!((e.line, e.key.as_deref()), (Some(5), Some("listener[0].timeout")));
+        assert!(e.message.contains("not both") && e.message.contains("line 4"), "{e}");
     }
 
     #[test]
     fn zero_timeout_only_for_raw() {
         let raw = only(&listener("protocol = \"raw\"\ntimeout = \"0s\"\n"));
         assert_eq!((raw.protocol, raw.timeout), (Protocol::Raw, Duration::ZERO));
-        assert_err(
-            &listener("timeout = \"0s\"\n"),
-            4,
-            "listener[0].timeout",
-            "only for raw listeners, not native",
-        );
-        assert_err(
-            &listener("protocol = \"legacy\"\ntimeout = \"0s\"\n"),
-            5,
-            "listener[0].timeout",
-            "not legacy",
-        );
+        assert_err(&listener("timeout = \"0s\"\n"), 4, "listener[0].timeout", "only for raw listeners, not native");
+        assert_err(&listener("protocol = \"legacy\"\ntimeout = \"0s\"\n"), 5, "listener[0].timeout", "not legacy");
     }
 
     #[test]
@@ -1700,22 +1333,12 @@ mod tests {
         // Defaults: 15s + 5s * 3 = 30s; equal is allowed.
         assert_eq!(tcp("user_timeout = \"30s\"\n").user_timeout, secs(30));
         let e = parse_err(&listener("[listener.tcp]\nuser_timeout = \"29999ms\"\n"));
-        assert_eq!(
-            (e.line, e.key.as_deref()),
-            (Some(5), Some("listener[0].tcp.user_timeout"))
-        );
-        assert!(
-            e.message
-                .contains("would cut keepalive probes short: needs >= 30s"),
-            "{e}"
-        );
+        assert_eq!((e.line, e.key.as_deref()), (Some(5), Some("listener[0].tcp.user_timeout")));
+        assert!(e.message.contains("would cut keepalive probes short: needs >= 30s"), "{e}");
         // Custom probes: 10s + 2s * 4 = 18s.
         let custom = "keepalive_idle = \"10s\"\nkeepalive_interval = \"2s\"\nkeepalive_count = 4\n";
         assert_eq!(tcp(custom).user_timeout, secs(18));
-        assert_eq!(
-            tcp(&format!("{custom}user_timeout = \"18s\"\n")).user_timeout,
-            secs(18)
-        );
+        assert_eq!(tcp(&format!("{custom}user_timeout = \"18s\"\n")).user_timeout, secs(18));
         assert_err(
             &listener(&format!("[listener.tcp]\n{custom}user_timeout = \"17s\"\n")),
             8,
@@ -1724,27 +1347,14 @@ mod tests {
         );
         // 0s keeps the kernel default; with keepalive off anything goes.
         assert_eq!(tcp("user_timeout = \"0s\"\n").user_timeout, Duration::ZERO);
-        assert_eq!(
-            tcp("keepalive_idle = \"0s\"\nuser_timeout = \"1s\"\n").user_timeout,
-            secs(1)
-        );
+        assert_eq!(tcp("keepalive_idle = \"0s\"\nuser_timeout = \"1s\"\n").user_timeout, secs(1));
     }
 
     #[test]
     fn keepalive_times_are_whole_kernel_seconds() {
         let key = "listener[0].tcp.keepalive_interval";
-        assert_err(
-            &listener("[listener.tcp]\nkeepalive_interval = \"0s\"\n"),
-            5,
-            key,
-            "1s..=32767s",
-        );
-        assert_err(
-            &listener("[listener.tcp]\nkeepalive_interval = \"1500ms\"\n"),
-            5,
-            key,
-            "whole seconds",
-        );
+        assert_err(&listener("[listener.tcp]\nkeepalive_interval = \"0s\"\n"), 5, key, "1s..=32767s");
+        assert_err(&listener("[listener.tcp]\nkeepalive_interval = \"1500ms\"\n"), 5, key, "whole seconds");
         assert_err(
             &listener("[listener.tcp]\nkeepalive_idle = \"32768s\"\n"),
             5,
@@ -1753,59 +1363,28 @@ mod tests {
         );
         // Unused while keepalive is off.
         assert_eq!(
-            only(&listener(
-                "[listener.tcp]\nkeepalive_idle = \"0s\"\nkeepalive_interval = \"0s\"\n"
-            ))
-            .tcp
-            .keepalive_interval,
+            only(&listener("[listener.tcp]\nkeepalive_idle = \"0s\"\nkeepalive_interval = \"0s\"\n"))
+                .tcp
+                .keepalive_interval,
             Duration::ZERO
         );
     }
 
     #[test]
     fn duplicate_names_and_addresses() {
-        let second = |name: &str, address: &str| {
-            format!("\n[[listener]]\nname = \"{name}\"\naddress = \"{address}\"\n")
-        };
-        let e = parse_err(&format!(
-            "{}{}",
-            listener(""),
-            second("a", "127.0.0.1:7701")
-        ));
-        assert_eq!(
-            (e.line, e.key.as_deref()),
-            (Some(6), Some("listener[1].name"))
-        );
-        assert!(
-            e.message.contains("\"a\"") && e.message.contains("listener[0] on line 2"),
-            "{e}"
-        );
-        let e = parse_err(&format!(
-            "{}{}",
-            listener(""),
-            second("b", "127.0.0.1:7700")
-        ));
-        assert_eq!(
-            (e.line, e.key.as_deref()),
-            (Some(7), Some("listener[1].address"))
-        );
-        assert!(
-            e.message.contains("127.0.0.1:7700") && e.message.contains("listener[0] on line 3"),
-            "{e}"
-        );
+        let second =
+            |name: &str, address: &str| format!("\n[[listener]]\nname = \"{name}\"\naddress = \"{address}\"\n");
+        let e = parse_err(&format!("{}{}", listener(""), second("a", "127.0.0.1:7701")));
+        assert_eq!((e.line, e.key.as_deref()), (Some(6), Some("listener[1].name")));
+        assert!(e.message.contains("\"a\"") && e.message.contains("listener[0] on line 2"), "{e}");
+        let e = parse_err(&format!("{}{}", listener(""), second("b", "127.0.0.1:7700")));
+        assert_eq!((e.line, e.key.as_deref()), (Some(7), Some("listener[1].address")));
+        assert!(e.message.contains("127.0.0.1:7700") && e.message.contains("listener[0] on line 3"), "{e}");
         // IPv6 spelled differently is still the same address.
-        let v6 = format!(
-            "{}{}",
-            listener("").replace("127.0.0.1", "[::1]"),
-            second("b", "[0::1]:7700")
-        );
+        let v6 = format!("{}{}", listener("").replace("127.0.0.1", "[::1]"), second("b", "[0::1]:7700"));
         assert_err(&v6, 7, "listener[1].address", "duplicate listener address");
         // Port 0 picks a free port: no clash.
-        let free = format!(
-            "{}{}",
-            listener("").replace("7700", "0"),
-            second("b", "127.0.0.1:0")
-        );
+        let free = format!("{}{}", listener("").replace("7700", "0"), second("b", "127.0.0.1:0"));
         assert_eq!(parse_ok(&free).listeners.len(), 2);
         let other_ip = format!("{}{}", listener(""), second("b", "127.0.0.2:7700"));
         assert_eq!(parse_ok(&other_ip).listeners.len(), 2);
@@ -1824,36 +1403,12 @@ mod tests {
     #[test]
     fn options_only_for_some_protocols() {
         let cases = [
-            (
-                "native",
-                "echo = true",
-                "echo applies only to legacy and raw listeners, not native",
-            ),
-            (
-                "legacy",
-                "handshake_timeout = \"5s\"",
-                "handshake_timeout applies only to native listeners, not legacy",
-            ),
-            (
-                "raw",
-                "server_ping = false",
-                "server_ping applies only to native listeners, not raw",
-            ),
-            (
-                "legacy",
-                "tokens = [\"x\"]",
-                "tokens applies only to native listeners",
-            ),
-            (
-                "raw",
-                "tokens_file = \"t\"",
-                "tokens_file applies only to native listeners",
-            ),
-            (
-                "raw",
-                "max_frame = 1024",
-                "max_frame applies only to native and legacy listeners, not raw",
-            ),
+            ("native", "echo = true", "echo applies only to legacy and raw listeners, not native"),
+            ("legacy", "handshake_timeout = \"5s\"", "handshake_timeout applies only to native listeners, not legacy"),
+            ("raw", "server_ping = false", "server_ping applies only to native listeners, not raw"),
+            ("legacy", "tokens = [\"x\"]", "tokens applies only to native listeners"),
+            ("raw", "tokens_file = \"t\"", "tokens_file applies only to native listeners"),
+            ("raw", "max_frame = 1024", "max_frame applies only to native and legacy listeners, not raw"),
         ];
         for (protocol, option, message) in cases {
             let text = listener(&format!("protocol = \"{protocol}\"\n{option}\n"));
@@ -1868,41 +1423,20 @@ mod tests {
 
     #[test]
     fn names_addresses_protocols_and_levels() {
-        assert_err(
-            "[[listener]]\naddress = \"127.0.0.1:1\"\n",
-            1,
-            "listener[0].name",
-            "name is required",
-        );
-        assert_err(
-            "[[listener]]\nname = \"a\"\n",
-            1,
-            "listener[0].address",
-            "address is required",
-        );
+        assert_err("[[listener]]\naddress = \"127.0.0.1:1\"\n", 1, "listener[0].name", "name is required");
+        assert_err("[[listener]]\nname = \"a\"\n", 1, "listener[0].address", "address is required");
         for bad in ["", "has space", "ünï", &"x".repeat(65)] {
             let text = listener("").replace("\"a\"", &format!("{bad:?}"));
             assert_err(&text, 2, "listener[0].name", "1..=64 characters");
         }
         let longest = "A-z_0.9".repeat(9) + "x";
-        assert_eq!(
-            only(&listener("").replace("\"a\"", &format!("{longest:?}"))).name,
-            longest
-        );
+        assert_eq!(only(&listener("").replace("\"a\"", &format!("{longest:?}"))).name, longest);
         for bad in ["localhost:7700", "127.0.0.1", "::1:7700", "127.0.0.1:65536"] {
             let text = listener("").replace("127.0.0.1:7700", bad);
             assert_err(&text, 3, "listener[0].address", "not ip:port");
         }
-        assert_eq!(
-            only(&listener("").replace("127.0.0.1:7700", "[::1]:0")).address,
-            "[::1]:0".parse().unwrap()
-        );
-        assert_err(
-            &listener("protocol = \"http\"\n"),
-            4,
-            "listener[0].protocol",
-            "native, legacy or raw",
-        );
+        assert_eq!(only(&listener("").replace("127.0.0.1:7700", "[::1]:0")).address, "[::1]:0".parse().unwrap());
+        assert_err(&listener("protocol = \"http\"\n"), 4, "listener[0].protocol", "native, legacy or raw");
         assert_err(
             "[daemon]\nlog_level = \"verbose\"\n",
             2,
@@ -1922,97 +1456,43 @@ mod tests {
 
     #[test]
     fn inline_tokens() {
-        assert_err(
-            &listener("tokens = []\n"),
-            4,
-            "listener[0].tokens",
-            "at least one token",
-        );
-        assert_err(
-            &listener("tokens = [\"ok\", \"\"]\n"),
-            4,
-            "listener[0].tokens[1]",
-            "1..=255 bytes",
-        );
+        assert_err(&listener("tokens = []\n"), 4, "listener[0].tokens", "at least one token");
+        assert_err(&listener("tokens = [\"ok\", \"\"]\n"), 4, "listener[0].tokens[1]", "1..=255 bytes");
         let long = "t".repeat(256);
-        assert_err(
-            &listener(&format!("tokens = [\"{long}\"]\n")),
-            4,
-            "listener[0].tokens[0]",
-            "256 bytes",
-        );
+        assert_err(&listener(&format!("tokens = [\"{long}\"]\n")), 4, "listener[0].tokens[0]", "256 bytes");
         let longest = "t".repeat(255);
-        assert_eq!(
-            only(&listener(&format!("tokens = [\"{longest}\"]\n"))).tokens,
-            vec![longest.into_bytes()]
-        );
-        assert_err(
-            &listener("tokens = [\"x\"]\ntokens_file = \"t\"\n"),
-            5,
-            "listener[0].tokens_file",
-            "not both",
-        );
+        assert_eq!(only(&listener(&format!("tokens = [\"{longest}\"]\n"))).tokens, vec![longest.into_bytes()]);
+        assert_err(&listener("tokens = [\"x\"]\ntokens_file = \"t\"\n"), 5, "listener[0].tokens_file", "not both");
     }
 
     #[test]
     fn tokens_file_is_resolved_and_read() {
         let dir = temp_dir("tokens");
-        fs::write(
-            dir.join("tokens"),
-            "# comment\n\n  alpha  \r\n\t\nbeta\n  # indented comment\ngamma",
-        )
-        .unwrap();
+        fs::write(dir.join("tokens"), "# comment\n\n  alpha  \r\n\t\nbeta\n  # indented comment\ngamma").unwrap();
         let expected = vec![b"alpha".to_vec(), b"beta".to_vec(), b"gamma".to_vec()];
         let relative = parse(&listener("tokens_file = \"tokens\"\n"), "test.toml", &dir).unwrap();
         assert_eq!(relative.listeners[0].tokens, expected);
-        let absolute = format!(
-            "tokens_file = {:?}\n",
-            dir.join("tokens").display().to_string()
-        );
+        let absolute = format!("tokens_file = {:?}\n", dir.join("tokens").display().to_string());
         let absolute = parse(&listener(&absolute), "test.toml", Path::new("/elsewhere")).unwrap();
         assert_eq!(absolute.listeners[0].tokens, expected);
 
         // load() resolves against the config file's directory.
-        fs::write(
-            dir.join("heartbeatd.toml"),
-            listener("tokens_file = \"tokens\"\n"),
-        )
-        .unwrap();
-        assert_eq!(
-            load(&dir.join("heartbeatd.toml")).unwrap().listeners[0].tokens,
-            expected
-        );
+        fs::write(dir.join("heartbeatd.toml"), listener("tokens_file = \"tokens\"\n")).unwrap();
+        assert_eq!(load(&dir.join("heartbeatd.toml")).unwrap().listeners[0].tokens, expected);
 
         let e = parse(&listener("tokens_file = \"missing\"\n"), "test.toml", &dir).unwrap_err();
-        assert_eq!(
-            (e.line, e.key.as_deref()),
-            (Some(4), Some("listener[0].tokens_file"))
-        );
-        assert!(
-            e.message
-                .contains(&dir.join("missing").display().to_string()),
-            "{e}"
-        );
+        assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("listener[0].tokens_file")));
+        assert!(e.message.contains(&dir.join("missing").display().to_string()), "{e}");
         assert!(e.message.contains("No such file"), "{e}");
 
         fs::write(dir.join("empty"), "# nothing yet\n\n   \n").unwrap();
         let e = parse(&listener("tokens_file = \"empty\"\n"), "test.toml", &dir).unwrap_err();
-        assert_eq!(
-            (e.line, e.key.as_deref()),
-            (Some(4), Some("listener[0].tokens_file"))
-        );
-        assert!(
-            e.message.contains(&dir.join("empty").display().to_string())
-                && e.message.contains("no token"),
-            "{e}"
-        );
+        assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("listener[0].tokens_file")));
+        assert!(e.message.contains(&dir.join("empty").display().to_string()) && e.message.contains("no token"), "{e}");
 
         fs::write(dir.join("long"), format!("ok\n{}\n", "x".repeat(256))).unwrap();
         let e = parse(&listener("tokens_file = \"long\"\n"), "test.toml", &dir).unwrap_err();
-        assert!(
-            e.message.contains("line 2") && e.message.contains("1..=255 bytes"),
-            "{e}"
-        );
+        assert!(e.message.contains("line 2") && e.message.contains("1..=255 bytes"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -2028,13 +1508,7 @@ mod tests {
         let path = dir.join("bad.toml");
         fs::write(&path, "[daemon]\ntick = \"2s\"\n").unwrap();
         let e = load(&path).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "{}:2: daemon.tick: must be 1ms..=1s, got 2s",
-                path.display()
-            )
-        );
+        assert_eq!(e.to_string(), format!("{}:2: daemon.tick: must be 1ms..=1s, got 2s", path.display()));
         fs::remove_dir_all(&dir).unwrap();
     }
 
