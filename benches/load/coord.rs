@@ -34,7 +34,7 @@ struct WorkerProc {
 struct Measured {
     step: Step,
     secs: f64,
-    server: Option<Duration>,
+    server: Option<Sample>,
     generator: Duration,
 }
 
@@ -46,14 +46,19 @@ impl Measured {
     /// The common fields of a result line.
     fn fields(&self) -> String {
         let us = |q: f64| self.step.rtt.quantile(q) as f64 / 1e3;
-        let server = self.server.map_or(String::from("-"), |d| format!("{:.3}", d.as_secs_f64()));
-        let per_reply = match self.server {
-            Some(d) if self.step.replies > 0 => format!("{:.0}", d.as_nanos() as f64 / self.step.replies as f64),
-            _ => "-".into(),
+        let server = self.server.map_or(String::from("-"), |s| format!("{:.3}", s.cpu().as_secs_f64()));
+        let per_reply = |d: Duration| match self.step.replies {
+            0 => String::from("-"),
+            n => format!("{:.0}", d.as_nanos() as f64 / n as f64),
+        };
+        let (total, user, system) = match self.server {
+            Some(s) => (per_reply(s.cpu()), per_reply(s.user), per_reply(s.system)),
+            None => ("-".into(), "-".into(), "-".into()),
         };
         format!(
             "sent_per_s={:.0} replies_per_s={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1} lost={} \
-             server_cpu_s={} server_cpu_ns_per_reply={} server_core_pct={} gen_cpu_s={:.3} gen_core_pct={:.1}",
+             server_cpu_s={} server_cpu_ns_per_reply={} server_user_ns_per_reply={} server_sys_ns_per_reply={} \
+             server_core_pct={} gen_cpu_s={:.3} gen_core_pct={:.1}",
             self.per_s(self.step.sent),
             self.per_s(self.step.replies),
             us(0.5),
@@ -62,8 +67,10 @@ impl Measured {
             us(1.0),
             self.step.lost,
             server,
-            per_reply,
-            self.server.map_or(String::from("-"), |d| format!("{:.2}", 100.0 * d.as_secs_f64() / self.secs)),
+            total,
+            user,
+            system,
+            self.server.map_or(String::from("-"), |s| format!("{:.2}", 100.0 * s.cpu().as_secs_f64() / self.secs)),
             self.generator.as_secs_f64(),
             100.0 * self.generator.as_secs_f64() / self.secs,
         )
@@ -89,7 +96,11 @@ pub fn run(args: &Args) -> Result<(), String> {
         ready.failed += r.failed;
         ready.secs = ready.secs.max(r.secs);
     }
-    std::thread::sleep(Duration::from_secs_f64(args.settle));
+    // Memory settles for the idle and load modes; a detect step must start
+    // at once, before short timeouts run out.
+    if !matches!(args.mode, Mode::Detect { .. }) {
+        std::thread::sleep(Duration::from_secs_f64(args.settle));
+    }
     let after = args.server_pid.map(procstat::sample).transpose()?;
     report_connect(args, &ready, nworkers, before, after);
     if ready.connected == 0 {
@@ -157,8 +168,8 @@ impl Ctx<'_> {
         for worker in &mut self.workers {
             step.merge(&Step::parse(&read_line(worker)?)?);
         }
-        let server = server0.zip(server1).map(|(a, b)| b.cpu.saturating_sub(a.cpu));
-        Ok(Measured { step, secs, server, generator: gen1.cpu.saturating_sub(gen0.cpu) })
+        let server = server0.zip(server1).map(|(a, b)| b.since(&a));
+        Ok(Measured { step, secs, server, generator: gen1.since(&gen0).cpu() })
     }
 
     /// Finds the highest offered rate whose replies keep up with p99 under
@@ -212,6 +223,9 @@ fn spawn(args: &Args, w: usize, first: usize, count: usize, nworkers: usize) -> 
         if ip.is_loopback() {
             cmd.args(["--source", &Ipv4Addr::new(127, 0, 0, 1 + w as u8).to_string()]);
         }
+    }
+    if let Mode::Detect { interval_ms, .. } = args.mode {
+        cmd.args(["--beat-ms", &interval_ms.to_string()]);
     }
     let mut child =
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().map_err(|e| format!("starting worker {w}: {e}"))?;

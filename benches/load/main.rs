@@ -152,6 +152,9 @@ pub enum Mode {
         /// Local address to connect from.
         #[arg(long)]
         source: Option<IpAddr>,
+        /// Heartbeat online clients this often (ms) while connecting.
+        #[arg(long)]
+        beat_ms: Option<f64>,
     },
 }
 
@@ -162,7 +165,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match &args.mode {
-        Mode::Worker { first, count, source } => worker::run(worker::Setup {
+        Mode::Worker { first, count, source, beat_ms } => worker::run(worker::Setup {
             addr: args.addr,
             source: *source,
             proto: args.proto,
@@ -173,6 +176,7 @@ fn main() -> ExitCode {
             keepalive_s: args.keepalive,
             concurrency: args.concurrency,
             connect_timeout: Duration::from_secs_f64(args.connect_timeout),
+            beat_every: beat_ms.map(|ms| Duration::from_secs_f64(ms / 1e3)),
         }),
         _ => coord::run(&args),
     };

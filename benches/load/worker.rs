@@ -14,7 +14,9 @@
 //! - `idle secs=S`: no traffic; only watches for connections the server
 //!   drops.
 //! - `detect interval=MS lead=MS spread=MS timeout=MS grace=MS`: clients
-//!   heartbeat every `interval`; client `g` of `total` stops at
+//!   heartbeat every `interval` (they also do so while the connect phase
+//!   lasts, when the worker was started with a beat interval, so that short
+//!   timeouts do not expire before the step); client `g` of `total` stops at
 //!   `lead + spread * g / total` and keeps its socket open; when the server
 //!   closes it, the error `close seen − (last heartbeat sent + timeout)` is
 //!   recorded. Ends when every client is detected or `grace` after the last
@@ -49,6 +51,9 @@ const SEND_BURST: u64 = 4096;
 const DRAIN: Duration = Duration::from_secs(1);
 /// Poll events per round.
 const EVENTS: usize = 4096;
+/// How often the connect phase looks for clients due a heartbeat, and its
+/// longest poll.
+const BEAT_SCAN: Duration = Duration::from_millis(100);
 
 /// What a worker is given at start.
 pub struct Setup {
@@ -73,6 +78,9 @@ pub struct Setup {
     pub concurrency: usize,
     /// Time allowed for the connect phase.
     pub connect_timeout: Duration,
+    /// Heartbeat each online client this often while the others connect
+    /// (detect steps, whose timeouts are short), or never.
+    pub beat_every: Option<Duration>,
 }
 
 /// Where a connection is.
@@ -180,11 +188,19 @@ impl Worker {
     fn connect_all(&mut self) -> Ready {
         let start = self.now();
         let deadline = start + self.setup.connect_timeout.as_nanos() as u64;
+        let mut last_scan = start;
         while self.settled < self.setup.count && self.now() < deadline {
             while self.conns.len() < self.setup.count && self.conns.len() - self.settled < self.setup.concurrency {
                 self.open();
             }
-            self.poll_once(Some(Duration::from_millis(100)));
+            self.poll_once(Some(BEAT_SCAN));
+            if let Some(every) = self.setup.beat_every {
+                let now = self.now();
+                if now - last_scan >= BEAT_SCAN.as_nanos() as u64 {
+                    last_scan = now;
+                    self.beat_silent(now.saturating_sub(every.as_nanos() as u64));
+                }
+            }
         }
         let mut ready = Ready::default();
         for i in 0..self.conns.len() {
@@ -200,6 +216,15 @@ impl Worker {
         ready.failed += (self.setup.count - self.conns.len()) as u64;
         ready.secs = self.last_online.saturating_sub(start) as f64 / 1e9;
         ready
+    }
+
+    /// Sends a heartbeat on every online connection silent since `since`.
+    fn beat_silent(&mut self, since: u64) {
+        for i in 0..self.conns.len() {
+            if self.conns[i].state == State::Online && self.conns[i].last_beat <= since {
+                self.send(i);
+            }
+        }
     }
 
     /// Starts one non-blocking connect.
@@ -348,6 +373,9 @@ impl Worker {
         }
         let rate = online.len() as f64 * 1e9 / interval.max(1) as f64;
         let end = self.window.end;
+        // Every client beats now, so none has been silent longer than one
+        // interval when the paced round-robin reaches it.
+        self.beat_silent(u64::MAX);
         // A stopped client sends no more; the step is over once every
         // client has been closed.
         self.paced(t0, end, rate, |w, i| w.now() < w.conns[i].stop_at, |w| w.online_count == 0);

@@ -1,0 +1,101 @@
+//! Codec microbenchmarks: the cost of decoding and encoding one frame of
+//! each kind the heartbeat path sees, with the daemon's own pure codecs
+//! (`heartbeatd::wire`), and of decoding a read buffer full of PINGs the
+//! way a connection does (frame after frame from one slice).
+//!
+//! Run with `cargo bench --bench codec`; each result is time per frame.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use heartbeatd::wire::legacy::{self, Header, Kind};
+use heartbeatd::wire::native::{self, Frame};
+
+/// The daemon's default `max_frame`.
+const MAX_FRAME: usize = 1024;
+/// PINGs in the buffer of the stream benchmark.
+const STREAM_FRAMES: usize = 1000;
+
+/// The frames the benchmarks decode and encode, by name.
+fn frames() -> Vec<(&'static str, Frame<'static>)> {
+    vec![
+        ("ping", Frame::Ping(b"")),
+        ("pong-8", Frame::Pong(b"12345678")),
+        ("hello", Frame::Hello { version: native::VERSION, id: "sensor-00042.rack-7", token: b"s3cret" }),
+        ("welcome", Frame::Welcome { interval_ms: 3000, timeout_ms: 15000, session: 42 }),
+    ]
+}
+
+fn encoded(frame: &Frame<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    native::encode(frame, &mut out);
+    out
+}
+
+fn native_decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("native/decode");
+    group.throughput(Throughput::Elements(1));
+    for (name, frame) in frames() {
+        let bytes = encoded(&frame);
+        group.bench_function(name, |b| b.iter(|| native::decode(black_box(&bytes), MAX_FRAME)));
+    }
+    group.finish();
+}
+
+fn native_encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("native/encode");
+    group.throughput(Throughput::Elements(1));
+    for (name, frame) in frames() {
+        // Into a buffer with room, as a connection's output queue has.
+        let mut out = Vec::with_capacity(512);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                native::encode(black_box(&frame), &mut out);
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+fn native_stream(c: &mut Criterion) {
+    let mut stream = Vec::new();
+    for _ in 0..STREAM_FRAMES {
+        native::encode(&Frame::Ping(b""), &mut stream);
+    }
+    let mut group = c.benchmark_group("native/decode-stream");
+    group.throughput(Throughput::Elements(STREAM_FRAMES as u64));
+    group.bench_function("ping", |b| {
+        b.iter(|| {
+            let mut at = 0;
+            let mut n = 0;
+            while let Ok(Some((_, used))) = native::decode(black_box(&stream[at..]), MAX_FRAME) {
+                at += used;
+                n += 1;
+            }
+            n
+        })
+    });
+    group.finish();
+}
+
+fn legacy_codec(c: &mut Criterion) {
+    let heartbeat = Header { kind: Kind::Heartbeat, length: 0 };
+    let mut bytes = Vec::new();
+    legacy::encode_header(heartbeat, &mut bytes);
+    let mut group = c.benchmark_group("legacy");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("decode/heartbeat", |b| b.iter(|| legacy::decode_header(black_box(&bytes), MAX_FRAME)));
+    group.bench_function("encode/heartbeat", |b| {
+        b.iter_batched_ref(
+            || Vec::with_capacity(64),
+            |out| legacy::encode_header(black_box(heartbeat), out),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, native_decode, native_encode, native_stream, legacy_codec);
+criterion_main!(benches);
