@@ -1,0 +1,325 @@
+#!/usr/bin/env bash
+# heartbeatd against mosquitto, on this machine, in one run, with one load
+# generator (target/release/heartbeat-load, source in benches/load/).
+#
+#   bash benches/compare.sh            # full run (about 6 minutes)
+#   bash benches/compare.sh --quick    # smaller N, shorter steps (under 2 minutes)
+#   bash benches/compare.sh --max-n 50000   # the "largest N" row at 50,000 (root
+#                                           # raises the fd limit as needed)
+#
+# Installs mosquitto when missing (root: apt-get). Both servers run one at a
+# time on loopback, pinned to the last CPU; the generator is pinned to CPU 0.
+# Prints one markdown table (both systems, the ratio, the targets) and keeps
+# it with the raw generator output in target/compare/. What each row measures
+# and how is in docs/BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=full
+max_n=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) mode=quick ;;
+    --max-n) max_n=$2; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "compare: unknown argument $1 (try --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+# ---- parameters ------------------------------------------------------------
+if [ "$mode" = quick ]; then
+  n_mem=2000 idle_secs=5
+  rate_clients=5000 rate=50000 rate_warmup=1 rate_secs=3
+  sweep_steps=2 sweep_warmup=0.5 sweep_secs=1.5
+  det_clients=2000 det_interval=1000 det_keepalive=1 det_timeout=1500 det_lead=1500 det_spread=1000 det_grace=2000
+  default_max_n=5000
+else
+  n_mem=10000 idle_secs=30
+  rate_clients=5000 rate=50000 rate_warmup=2 rate_secs=10
+  sweep_steps=6 sweep_warmup=1 sweep_secs=4
+  det_clients=10000 det_interval=2000 det_keepalive=2 det_timeout=3000 det_lead=4000 det_spread=4000 det_grace=3000
+  default_max_n=
+fi
+tick_ms=100
+# Accepting: connects in flight per generator worker. Below mosquitto's
+# listen backlog (100) so neither server is measured by SYN retransmits.
+concurrency=64
+
+# ---- the machine -----------------------------------------------------------
+out_dir=target/compare
+mkdir -p "$out_dir"
+work=$(mktemp -d)
+server_pid=
+
+cleanup() {
+  if [ -n "$server_pid" ]; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+if ! command -v mosquitto >/dev/null 2>&1 && ! [ -x /usr/sbin/mosquitto ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "compare: mosquitto is missing; install it (apt-get install mosquitto) or run as root" >&2
+    exit 1
+  fi
+  echo "compare: installing mosquitto" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
+fi
+mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+# The package starts a system broker on port 1883; it is not ours to stop, and
+# ours listens elsewhere.
+
+echo "compare: building (release)" >&2
+cargo build --release --quiet --bin heartbeatd --bin heartbeat-load
+hbd=target/release/heartbeatd
+load=target/release/heartbeat-load
+
+hard=$(ulimit -Hn)
+if [ -z "$max_n" ]; then
+  max_n=${default_max_n:-$((hard - 100))}
+fi
+need=$((max_n + 200))
+if [ "$need" -gt "$hard" ]; then
+  # Only root may raise a hard limit (up to fs.nr_open).
+  ulimit -Hn "$need" 2>/dev/null || { echo "compare: --max-n $max_n needs an fd limit of $need (hard limit $hard): run as root" >&2; exit 1; }
+  hard=$need
+fi
+ulimit -n "$hard"
+
+if [ "$(nproc)" -ge 2 ]; then
+  server_cpu=$(($(nproc) - 1)) gen_cpu=0
+  pin_server=(taskset -c "$server_cpu") pin_gen=(taskset -c "$gen_cpu")
+  pinning="server on CPU $server_cpu, load generator on CPU $gen_cpu (taskset)"
+else
+  pin_server=() pin_gen=()
+  pinning="none (one CPU: server and generator share it)"
+fi
+
+# Busy share of all CPUs over 2 s while nothing of ours runs: other tenants.
+busy_pct() {
+  local a b
+  read -r _ u1 n1 s1 i1 w1 q1 sq1 st1 _ < /proc/stat
+  sleep 2
+  read -r _ u2 n2 s2 i2 w2 q2 sq2 st2 _ < /proc/stat
+  a=$(( (u2+n2+s2+q2+sq2+st2) - (u1+n1+s1+q1+sq1+st1) ))
+  b=$(( a + (i2+w2) - (i1+w1) ))
+  awk -v a="$a" -v b="$b" 'BEGIN { printf "%.0f", b ? 100 * a / b : 0 }'
+}
+
+free_port() {
+  local p
+  for p in $(seq "$1" $(($1 + 500))); do
+    if [ -z "$(ss -Htln "sport = :$p")" ]; then echo "$p"; return; fi
+  done
+  echo "compare: no free port from $1" >&2; exit 1
+}
+
+wait_listening() {
+  local i
+  for i in $(seq 100); do
+    [ -n "$(ss -Htln "sport = :$1")" ] && return
+    kill -0 "$server_pid" 2>/dev/null || { echo "compare: the server exited; see $2" >&2; exit 1; }
+    sleep 0.05
+  done
+  echo "compare: nothing listens on port $1; see $2" >&2; exit 1
+}
+
+# start_heartbeatd NAME INTERVAL TIMEOUT LOG_LEVEL
+start_heartbeatd() {
+  port=$(free_port 17700)
+  cat > "$work/$1.toml" <<EOF
+[daemon]
+tick = "${tick_ms}ms"
+max_clients = $((max_n + 1000))
+log_level = "$4"
+[[listener]]
+name = "bench"
+address = "127.0.0.1:$port"
+protocol = "native"
+interval = "$2"
+timeout = "$3"
+EOF
+  "${pin_server[@]}" "$hbd" --config "$work/$1.toml" 2> "$out_dir/$1.log" &
+  server_pid=$!
+  wait_listening "$port" "$out_dir/$1.log"
+}
+
+# start_mosquitto NAME MAX_KEEPALIVE LOGGING(none|notice)
+start_mosquitto() {
+  port=$(free_port 18830)
+  {
+    echo "listener $port 127.0.0.1"
+    echo "allow_anonymous true"
+    echo "persistence false"
+    # mosquitto accepts max_keepalive from 10 s; clients may ask for less.
+    echo "max_keepalive $(( $2 > 10 ? $2 : 10 ))"
+    echo "set_tcp_nodelay true"
+    if [ "$3" = notice ]; then
+      echo "log_dest stderr"
+      echo "log_type notice"
+      echo "log_timestamp_format %Y-%m-%dT%H:%M:%S"
+    else
+      echo "log_dest none"
+    fi
+  } > "$work/$1.conf"
+  "${pin_server[@]}" "$mosquitto_bin" -c "$work/$1.conf" 2> "$out_dir/$1.log" &
+  server_pid=$!
+  wait_listening "$port" "$out_dir/$1.log"
+}
+
+stop_server() {
+  kill -TERM "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=
+}
+
+# gen SYSTEM OUTFILE CLIENTS ARGS...: the generator against the running server.
+gen() {
+  local system=$1 outfile=$2 clients=$3
+  shift 3
+  local proto=(--proto native)
+  [ "$system" = mosquitto ] && proto=(--proto mqtt --keepalive "$keepalive")
+  "${pin_gen[@]}" "$load" --addr "127.0.0.1:$port" "${proto[@]}" --clients "$clients" \
+    --concurrency "$concurrency" --server-pid "$server_pid" "$@" > "$out_dir/$outfile" 2>> "$out_dir/generator.log"
+}
+
+# field FILE STEP KEY: a value from a generator result line.
+field() {
+  awk -v s="step=$2" -v k="$3" '$1 == "result" && $2 == s {
+    for (i = 3; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) { print kv[2]; exit } } }' "$out_dir/$1"
+}
+
+run_system() {
+  local s=$1 start
+  echo "compare: $s: memory, accept rate and idle CPU at N=$n_mem" >&2
+  if [ "$s" = heartbeatd ]; then start_heartbeatd "$s-idle" 60s 180s warn; else start_mosquitto "$s-idle" 60 none; fi
+  keepalive=60
+  gen "$s" "$s-idle.out" "$n_mem" --settle 2 idle --secs "$idle_secs"
+  stop_server
+
+  echo "compare: $s: memory at N=$max_n" >&2
+  if [ "$s" = heartbeatd ]; then start_heartbeatd "$s-maxn" 60s 180s warn; else start_mosquitto "$s-maxn" 60 none; fi
+  gen "$s" "$s-maxn.out" "$max_n" --settle 2 idle --secs 1
+  stop_server
+
+  echo "compare: $s: CPU per heartbeat at $rate/s over $rate_clients clients; sustained rates" >&2
+  # Timeouts far above the offered intervals: only the work per heartbeat
+  # counts here. 100 ms interval, 15 s timeout; MQTT keepalive 10 s (x1.5).
+  if [ "$s" = heartbeatd ]; then start_heartbeatd "$s-load" 100ms 15s warn; else start_mosquitto "$s-load" 10 none; fi
+  keepalive=10
+  gen "$s" "$s-rate.out" "$rate_clients" rate --rate "$rate" --warmup "$rate_warmup" --secs "$rate_secs"
+  for c in 1000 5000; do
+    gen "$s" "$s-sweep-$c.out" "$c" sweep --steps "$sweep_steps" --warmup "$sweep_warmup" --secs "$sweep_secs"
+  done
+  stop_server
+
+  echo "compare: $s: detection error over $det_clients clients" >&2
+  # Same silence timeout for both: heartbeatd's timeout, mosquitto's
+  # keepalive x 1.5. Both log each detection.
+  if [ "$s" = heartbeatd ]; then
+    start_heartbeatd "$s-detect" "${det_interval}ms" "${det_timeout}ms" warn
+  else
+    start_mosquitto "$s-detect" "$det_keepalive" notice
+  fi
+  keepalive=$det_keepalive
+  gen "$s" "$s-detect.out" "$det_clients" detect --interval-ms "$det_interval" --timeout-ms "$det_timeout" \
+    --lead-ms "$det_lead" --spread-ms "$det_spread" --grace-ms "$det_grace"
+  stop_server
+}
+
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+t0=$SECONDS
+: > "$out_dir/generator.log"
+background=$(busy_pct)
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+run_system heartbeatd
+run_system mosquitto
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+elapsed=$((SECONDS - t0))
+
+# ---- the table ---------------------------------------------------------------
+# row LABEL HB MQ BETTER(lower|higher) TARGET_CHECK
+# TARGET_CHECK is an awk condition on h (heartbeatd) and m (mosquitto), or "-".
+row() {
+  awk -v label="$1" -v h="$2" -v m="$3" -v better="$4" -v target="$5" -v cond="$6" 'BEGIN {
+    if (h == "" || h == "-" || m == "" || m == "-" || m + 0 == 0 || h + 0 == 0) ratio = "n/a"
+    else if (better == "lower") ratio = sprintf("%.2fx better", m / h)
+    else ratio = sprintf("%.2fx better", h / m)
+    if (ratio != "n/a" && ((better == "lower" && h > m) || (better == "higher" && h < m)))
+      ratio = (better == "lower") ? sprintf("%.2fx worse", h / m) : sprintf("%.2fx worse", m / h)
+    met = "-"
+    if (cond != "-") met = (cond == "1") ? "met" : "MISSED"
+    printf "| %s | %s | %s | %s | %s | %s |\n", label, h, m, ratio, target, met
+  }'
+}
+# check COND H M: "1" when the awk condition holds for h and m.
+check() {
+  awk -v h="$2" -v m="$3" "BEGIN { if (h == \"\" || h == \"-\") { print 0; exit } print (($1) ? 1 : 0) }"
+}
+
+H() { field "heartbeatd-$1.out" "$2" "$3"; }
+M() { field "mosquitto-$1.out" "$2" "$3"; }
+
+mem_h=$(H idle connect rss_bytes_per_conn) mem_m=$(M idle connect rss_bytes_per_conn)
+memx_h=$(H maxn connect rss_bytes_per_conn) memx_m=$(M maxn connect rss_bytes_per_conn)
+cpu_h=$(H rate rate server_cpu_ns_per_reply) cpu_m=$(M rate rate server_cpu_ns_per_reply)
+s1_h=$(H sweep-1000 sweep replies_per_s) s1_m=$(M sweep-1000 sweep replies_per_s)
+s5_h=$(H sweep-5000 sweep replies_per_s) s5_m=$(M sweep-5000 sweep replies_per_s)
+acc_h=$(H idle connect connects_per_s) acc_m=$(M idle connect connects_per_s)
+accx_h=$(H maxn connect connects_per_s) accx_m=$(M maxn connect connects_per_s)
+idle_h=$(H idle idle server_core_pct) idle_m=$(M idle idle server_core_pct)
+dmax_h=$(H detect detect err_max_ms) dmax_m=$(M detect detect err_max_ms)
+fmt_n() { printf "%'d" "$1" 2>/dev/null || echo "$1"; }
+
+table=$(
+  echo "| metric | heartbeatd | mosquitto | heartbeatd vs mosquitto | target | |"
+  echo "|---|---:|---:|---|---|---|"
+  row "user memory per idle connection, N=$(fmt_n "$n_mem") (B, RSS delta / N)" "$mem_h" "$mem_m" lower "≤ 256 B" "$(check 'h <= 256' "$mem_h" "$mem_m")"
+  row "user memory per idle connection, N=$(fmt_n "$max_n") (B)" "$memx_h" "$memx_m" lower "≤ 256 B" "$(check 'h <= 256' "$memx_h" "$memx_m")"
+  row "CPU per heartbeat at $(fmt_n "$rate")/s, $(fmt_n "$rate_clients") clients (ns, user+sys)" "$cpu_h" "$cpu_m" lower "≤ ½ mosquitto" "$(check 'h <= m / 2' "$cpu_h" "$cpu_m")"
+  row "sustained heartbeats/s, 1,000 clients (p99 RTT < 10 ms)" "$s1_h" "$s1_m" higher "≥ 2× mosquitto" "$(check 'h >= 2 * m' "$s1_h" "$s1_m")"
+  row "sustained heartbeats/s, 5,000 clients (p99 RTT < 10 ms)" "$s5_h" "$s5_m" higher "≥ 2× mosquitto" "$(check 'h >= 2 * m' "$s5_h" "$s5_m")"
+  row "accept rate, N=$(fmt_n "$n_mem") (connections/s with handshake)" "$acc_h" "$acc_m" higher "-" "-"
+  row "accept rate, N=$(fmt_n "$max_n") (connections/s with handshake)" "$accx_h" "$accx_m" higher "-" "-"
+  row "idle CPU, N=$(fmt_n "$n_mem") idle clients over ${idle_secs} s (% of a core)" "$idle_h" "$idle_m" lower "≤ 0.5 %" "$(check 'h <= 0.5' "$idle_h" "$idle_m")"
+  for q in min median max; do
+    h=$(H detect detect "err_${q}_ms") m=$(M detect detect "err_${q}_ms")
+    if [ "$q" = max ]; then
+      row "detection error, $(fmt_n "$det_clients") clients, $q (ms)" "$h" "$m" lower "≤ tick + 20 ms = $((tick_ms + 20)) ms" "$(check "h <= $((tick_ms + 20))" "$h" "$m")"
+    else
+      row "detection error, $(fmt_n "$det_clients") clients, $q (ms)" "$h" "$m" lower "-" "-"
+    fi
+  done
+)
+
+details=$(
+  for s in heartbeatd mosquitto; do
+    echo "- $s: CPU per heartbeat run: $(field "$s-rate.out" rate replies_per_s) replies/s of $(field "$s-rate.out" rate offered_per_s) offered, p50/p99/p999 RTT $(field "$s-rate.out" rate p50_us)/$(field "$s-rate.out" rate p99_us)/$(field "$s-rate.out" rate p999_us) µs, server $(field "$s-rate.out" rate server_core_pct) % of a core, generator $(field "$s-rate.out" rate gen_core_pct) %"
+    for c in 1000 5000; do
+      echo "- $s: $c clients: saturation (1 in flight per client) $(field "$s-sweep-$c.out" sweep-max replies_per_s)/s at p99 $(field "$s-sweep-$c.out" sweep-max p99_us) µs (server $(field "$s-sweep-$c.out" sweep-max server_core_pct) %, generator $(field "$s-sweep-$c.out" sweep-max gen_core_pct) %); best passing open-loop rate $(field "$s-sweep-$c.out" sweep best_offered_per_s)/s at p99 $(field "$s-sweep-$c.out" sweep p99_us) µs"
+    done
+    echo "- $s: detection: $(field "$s-detect.out" detect detected) detected, $(field "$s-detect.out" detect undetected) undetected, $(field "$s-detect.out" detect lost) dropped while heartbeating; p99 error $(field "$s-detect.out" detect err_p99_ms) ms"
+  done
+)
+
+report=$(cat <<EOF
+## heartbeatd vs mosquitto ($mode run, $started)
+
+$table
+
+Details:
+$details
+
+Machine: $(nproc) × $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME").
+Versions: heartbeatd $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $("$mosquitto_bin" -h 2>/dev/null | head -1).
+Pinning: $pinning. fd limit for both servers: $hard. Tick: ${tick_ms} ms.
+Other load on the machine: $background % of all CPUs busy before the run; load average $load_before before, $load_after after.
+Run time: ${elapsed} s. Raw generator output: $out_dir/.
+EOF
+)
+echo "$report" | tee "$out_dir/report-$mode.md"
