@@ -6,6 +6,8 @@
 #   bash benches/compare.sh --quick    # smaller N, shorter steps (under 2 minutes)
 #   bash benches/compare.sh --max-n 50000   # the "largest N" row at 50,000 (root
 #                                           # raises the fd limit as needed)
+#   bash benches/compare.sh --nice -10      # servers and generator at nice -10
+#                                           # (root), on a machine others share
 #
 # Installs mosquitto when missing (root: apt-get). Both servers run one at a
 # time on loopback, pinned to the last CPU; the generator is pinned to CPU 0.
@@ -17,11 +19,13 @@ cd "$(dirname "$0")/.."
 
 mode=full
 max_n=
+niceness=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) mode=quick ;;
     --max-n) max_n=$2; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --nice) niceness=$2; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "compare: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -31,7 +35,7 @@ done
 if [ "$mode" = quick ]; then
   n_mem=2000 idle_secs=5
   rate_clients=5000 rate=50000 rate_warmup=1 rate_secs=3
-  sweep_steps=2 sweep_warmup=0.5 sweep_secs=1.5
+  sweep_steps=3 sweep_warmup=0.5 sweep_secs=1.5
   det_clients=2000 det_interval=1000 det_keepalive=1 det_timeout=1500 det_lead=1500 det_spread=1000 det_grace=2000
   default_max_n=5000
 else
@@ -93,11 +97,11 @@ ulimit -n "$hard"
 
 if [ "$(nproc)" -ge 2 ]; then
   server_cpu=$(($(nproc) - 1)) gen_cpu=0
-  pin_server=(taskset -c "$server_cpu") pin_gen=(taskset -c "$gen_cpu")
-  pinning="server on CPU $server_cpu, load generator on CPU $gen_cpu (taskset)"
+  pin_server=(nice -n "$niceness" taskset -c "$server_cpu") pin_gen=(nice -n "$niceness" taskset -c "$gen_cpu")
+  pinning="server on CPU $server_cpu, load generator on CPU $gen_cpu (taskset), nice $niceness"
 else
-  pin_server=() pin_gen=()
-  pinning="none (one CPU: server and generator share it)"
+  pin_server=(nice -n "$niceness") pin_gen=(nice -n "$niceness")
+  pinning="none (one CPU: server and generator share it), nice $niceness"
 fi
 
 # Busy share of all CPUs over 2 s while nothing of ours runs: other tenants.
