@@ -8,6 +8,8 @@
 #                                           # raises the fd limit as needed)
 #   bash benches/compare.sh --nice -10      # servers and generator at nice -10
 #                                           # (root), on a machine others share
+#   bash benches/compare.sh --tune-backlog  # root: net.core.netdev_max_backlog
+#                                           # 65536 for the run (restored after)
 #
 # Installs mosquitto when missing (root: apt-get). Both servers run one at a
 # time on loopback, pinned to the last CPU; the generator is pinned to CPU 0.
@@ -20,12 +22,14 @@ cd "$(dirname "$0")/.."
 mode=full
 max_n=
 niceness=0
+tune_backlog=
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) mode=quick ;;
     --max-n) max_n=$2; shift ;;
     --nice) niceness=$2; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --tune-backlog) tune_backlog=65536 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "compare: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -36,16 +40,20 @@ if [ "$mode" = quick ]; then
   n_mem=2000 idle_secs=5
   rate_clients=5000 rate=50000 rate_warmup=1 rate_secs=3
   sweep_steps=3 sweep_warmup=0.5 sweep_secs=1.5
-  det_clients=2000 det_interval=1000 det_keepalive=1 det_timeout=1500 det_lead=1500 det_spread=1000 det_grace=2000
+  det_clients=2000 det_interval=2000 det_keepalive=2 det_timeout=3000 det_lead=2500 det_spread=1000 det_grace=8000
   default_max_n=5000
 else
   n_mem=10000 idle_secs=30
   rate_clients=5000 rate=50000 rate_warmup=2 rate_secs=10
   sweep_steps=6 sweep_warmup=1 sweep_secs=4
-  det_clients=10000 det_interval=2000 det_keepalive=2 det_timeout=3000 det_lead=4000 det_spread=4000 det_grace=3000
+  det_clients=10000 det_interval=2000 det_keepalive=2 det_timeout=3000 det_lead=4000 det_spread=4000 det_grace=8000
   default_max_n=
 fi
 tick_ms=100
+# Detection: an even MQTT keepalive, since mosquitto 2.0 computes its
+# timeout as keepalive * 3 / 2 in whole seconds; a grace of 8 s, since it
+# checks keepalives only every 5-6 s. heartbeatd's step ends as soon as
+# every client is detected.
 # Accepting: connects in flight per generator worker. Below mosquitto's
 # listen backlog (100) so neither server is measured by SYN retransmits.
 concurrency=64
@@ -55,15 +63,44 @@ out_dir=target/compare
 mkdir -p "$out_dir"
 work=$(mktemp -d)
 server_pid=
+backlog_was=
 
 cleanup() {
   if [ -n "$server_pid" ]; then
     kill -TERM "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
   fi
+  if [ -n "$backlog_was" ]; then
+    echo "$backlog_was" > /proc/sys/net/core/netdev_max_backlog
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+# Loopback delivers each sent segment through the sending CPU's backlog
+# queue (net.core.netdev_max_backlog, 1000 by default). When softirq work
+# is deferred to ksoftirqd on a busy CPU, a burst overflows it, segments
+# are dropped and TCP retransmits them after 200 ms or more: a stall that
+# belongs to neither server. Both counters are reported per system.
+backlog_now=$(cat /proc/sys/net/core/netdev_max_backlog)
+if [ -n "$tune_backlog" ]; then
+  if ! { [ "$(id -u)" -eq 0 ] && echo "$tune_backlog" > /proc/sys/net/core/netdev_max_backlog; } 2>/dev/null; then
+    echo "compare: --tune-backlog needs root" >&2
+    exit 1
+  fi
+  backlog_was=$backlog_now
+  backlog_now=$tune_backlog
+fi
+# Segments dropped by the per-CPU backlogs since boot (column 2, hex).
+net_drops() {
+  local total=0 dropped
+  while read -r _ dropped _; do total=$((total + 16#$dropped)); done < /proc/net/softnet_stat
+  echo "$total"
+}
+# TCP segments retransmitted since boot.
+tcp_retrans() {
+  awk '$1 == "Tcp:" { if (!col) { for (i = 2; i <= NF; i++) if ($i == "RetransSegs") col = i } else { print $col; exit } }' /proc/net/snmp
+}
 
 if ! command -v mosquitto >/dev/null 2>&1 && ! [ -x /usr/sbin/mosquitto ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -87,7 +124,7 @@ hard=$(ulimit -Hn)
 if [ -z "$max_n" ]; then
   max_n=${default_max_n:-$((hard - 100))}
 fi
-need=$((max_n + 200))
+need=$((max_n + 100))
 if [ "$need" -gt "$hard" ]; then
   # Only root may raise a hard limit (up to fs.nr_open).
   ulimit -Hn "$need" 2>/dev/null || { echo "compare: --max-n $max_n needs an fd limit of $need (hard limit $hard): run as root" >&2; exit 1; }
@@ -199,7 +236,8 @@ field() {
 }
 
 run_system() {
-  local s=$1 start
+  local s=$1 drops0 retrans0
+  drops0=$(net_drops) retrans0=$(tcp_retrans)
   echo "compare: $s: memory, accept rate and idle CPU at N=$n_mem" >&2
   if [ "$s" = heartbeatd ]; then start_heartbeatd "$s-idle" 60s 180s warn; else start_mosquitto "$s-idle" 60 none; fi
   keepalive=60
@@ -234,6 +272,7 @@ run_system() {
   gen "$s" "$s-detect.out" "$det_clients" detect --interval-ms "$det_interval" --timeout-ms "$det_timeout" \
     --lead-ms "$det_lead" --spread-ms "$det_spread" --grace-ms "$det_grace"
   stop_server
+  echo "$(($(net_drops) - drops0)) $(($(tcp_retrans) - retrans0))" > "$out_dir/$s-net.txt"
 }
 
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -308,6 +347,8 @@ details=$(
       echo "- $s: $c clients: saturation (1 in flight per client) $(field "$s-sweep-$c.out" sweep-max replies_per_s)/s at p99 $(field "$s-sweep-$c.out" sweep-max p99_us) µs (server $(field "$s-sweep-$c.out" sweep-max server_core_pct) %, generator $(field "$s-sweep-$c.out" sweep-max gen_core_pct) %); best passing open-loop rate $(field "$s-sweep-$c.out" sweep best_offered_per_s)/s at p99 $(field "$s-sweep-$c.out" sweep p99_us) µs"
     done
     echo "- $s: detection: $(field "$s-detect.out" detect detected) detected, $(field "$s-detect.out" detect undetected) undetected, $(field "$s-detect.out" detect lost) dropped while heartbeating; p99 error $(field "$s-detect.out" detect err_p99_ms) ms"
+    read -r drops retrans < "$out_dir/$s-net.txt"
+    echo "- $s: over all its rows: $drops loopback segments dropped by the backlog queue, $retrans TCP retransmits"
   done
 )
 
@@ -321,7 +362,7 @@ $details
 
 Machine: $(nproc) × $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME").
 Versions: heartbeatd $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $("$mosquitto_bin" -h 2>/dev/null | head -1).
-Pinning: $pinning. fd limit for both servers: $hard. Tick: ${tick_ms} ms.
+Pinning: $pinning. fd limit for both servers: $hard. Tick: ${tick_ms} ms. net.core.netdev_max_backlog: $backlog_now.
 Other load on the machine: $background % of all CPUs busy before the run; load average $load_before before, $load_after after.
 Run time: ${elapsed} s. Raw generator output: $out_dir/.
 EOF

@@ -177,7 +177,7 @@ impl Ctx<'_> {
     /// steps bisect between zero and 1.1 × the ceiling, starting halfway up
     /// the ceiling. A step passes when replies and sends both reach 97 % of
     /// the offered rate, p99 RTT is under the bound and no client was
-    /// dropped.
+    /// dropped; one that kept up but missed the bound is tried twice.
     fn sweep(&mut self, slo_ms: f64, steps: u32, window: usize, warmup: f64, secs: f64) -> Result<(), String> {
         let ceiling = self.step(|_| format!("max window={window} warmup={warmup} secs={secs}"), warmup, secs)?;
         emit("sweep-max", &format!("window={window} {}", ceiling.fields()));
@@ -186,13 +186,21 @@ impl Ctx<'_> {
         let mut rate = top * 0.5;
         let mut best: Option<(f64, Measured)> = None;
         for _ in 0..steps {
-            let m =
-                self.step(|share| format!("rate rate={} warmup={warmup} secs={secs}", rate * share), warmup, secs)?;
-            let pass = m.per_s(m.step.replies) >= 0.97 * rate
-                && m.per_s(m.step.sent) >= 0.97 * rate
-                && (m.step.rtt.quantile(0.99) as f64) < slo_ms * 1e6
-                && m.step.lost == 0;
-            emit("sweep-probe", &format!("offered_per_s={rate:.0} pass={pass} {}", m.fields()));
+            let mut tries = 0;
+            let (m, pass) = loop {
+                let m =
+                    self.step(|share| format!("rate rate={} warmup={warmup} secs={secs}", rate * share), warmup, secs)?;
+                let kept_up = m.per_s(m.step.replies) >= 0.97 * rate && m.per_s(m.step.sent) >= 0.97 * rate;
+                let pass = kept_up && (m.step.rtt.quantile(0.99) as f64) < slo_ms * 1e6 && m.step.lost == 0;
+                emit("sweep-probe", &format!("offered_per_s={rate:.0} pass={pass} {}", m.fields()));
+                tries += 1;
+                // A rate that kept up but missed the latency bound gets a
+                // second try: one stall of a shared machine should not
+                // decide it.
+                if pass || !kept_up || tries == 2 {
+                    break (m, pass);
+                }
+            };
             if pass {
                 lo = rate;
                 best = Some((rate, m));
