@@ -121,6 +121,9 @@ struct Listener {
     socket: Option<TcpListener>,
     /// Accepting is paused until a `ResumeAccept` timer (fd exhaustion).
     paused: bool,
+    /// When accepting first failed for lack of fds, until an accept works
+    /// again: one warning per episode, not one per retry.
+    exhausted_since: Option<Instant>,
 }
 
 /// The daemon: everything the loop owns.
@@ -323,7 +326,7 @@ impl Server {
             cfg.timeout.as_millis(),
             tcp
         );
-        entry.insert(Listener { cfg, socket: Some(socket), paused: false });
+        entry.insert(Listener { cfg, socket: Some(socket), paused: false, exhausted_since: None });
         Ok(())
     }
 
@@ -353,21 +356,34 @@ impl Server {
                 return;
             }
             match socket.accept() {
-                Ok((stream, peer)) => self.admit(lkey, stream, peer, now),
+                Ok((stream, peer)) => {
+                    if let Some(since) = l.exhausted_since {
+                        info!(
+                            "accept-resumed listener={} paused_ms={}",
+                            Logfmt(&l.cfg.name),
+                            now.saturating_duration_since(since).as_millis()
+                        );
+                        self.listeners[lkey].exhausted_since = None;
+                    }
+                    self.admit(lkey, stream, peer, now);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_resource_exhaustion(&e) => {
                     // Accepting again at once would fail again and, with a
                     // level of pending connections, spin a core: pause this
-                    // listener and let the wheel retry.
-                    warn!(
-                        "accept-paused listener={} error={} retry_ms={}",
-                        Logfmt(&l.cfg.name),
-                        Logfmt(&e.to_string()),
-                        ACCEPT_PAUSE.as_millis()
-                    );
-                    if let Some(l) = self.listeners.get_mut(lkey) {
-                        l.paused = true;
+                    // listener and let the wheel retry. Pending clients wait
+                    // in the kernel's backlog meanwhile.
+                    if l.exhausted_since.is_none() {
+                        warn!(
+                            "accept-paused listener={} error={} retry_ms={}",
+                            Logfmt(&l.cfg.name),
+                            Logfmt(&e.to_string()),
+                            ACCEPT_PAUSE.as_millis()
+                        );
                     }
+                    let l = &mut self.listeners[lkey];
+                    l.paused = true;
+                    l.exhausted_since.get_or_insert(now);
                     self.wheel.insert(now + ACCEPT_PAUSE, Timer::ResumeAccept(lkey));
                     return;
                 }
