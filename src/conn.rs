@@ -111,23 +111,13 @@ impl Conn {
     /// Wraps a freshly accepted socket. Legacy and raw connections are
     /// online from this moment (the loop emits their online event); native
     /// ones wait for HELLO.
-    pub fn new(
-        stream: TcpStream,
-        peer: SocketAddr,
-        listener: usize,
-        proto: Protocol,
-        now: Instant,
-    ) -> Conn {
+    pub fn new(stream: TcpStream, peer: SocketAddr, listener: usize, proto: Protocol, now: Instant) -> Conn {
         Conn {
             stream,
             peer,
             listener,
             proto,
-            state: if proto == Protocol::Native {
-                State::Handshake
-            } else {
-                State::Online
-            },
+            state: if proto == Protocol::Native { State::Handshake } else { State::Online },
             session: 0,
             id: None,
             since: now,
@@ -242,10 +232,7 @@ impl Conn {
         match self.state {
             State::Handshake => {
                 if now >= self.since + cfg.handshake_timeout {
-                    self.queue_error(
-                        error_code::HANDSHAKE_TIMEOUT,
-                        "no HELLO within the handshake timeout",
-                    );
+                    self.queue_error(error_code::HANDSHAKE_TIMEOUT, "no HELLO within the handshake timeout");
                     return Progress::close(OfflineReason::Timeout, "handshake timeout");
                 }
             }
@@ -297,13 +284,7 @@ impl Conn {
     /// caller comes back: the socket may still be readable) or at the first
     /// decision other than `Continue`. Returns the decision and whether the
     /// budget ran out.
-    pub fn read_some(
-        &mut self,
-        buf: &mut [u8],
-        budget: usize,
-        now: Instant,
-        cfg: &ListenerConfig,
-    ) -> (Progress, bool) {
+    pub fn read_some(&mut self, buf: &mut [u8], budget: usize, now: Instant, cfg: &ListenerConfig) -> (Progress, bool) {
         let mut total = 0;
         loop {
             match self.stream.read(buf) {
@@ -318,9 +299,7 @@ impl Conn {
                         return (Progress::Continue, true);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return (Progress::Continue, false)
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (Progress::Continue, false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return (io_close(&e), false),
             }
@@ -395,10 +374,7 @@ impl Conn {
             };
             if !cfg.tokens.is_empty() && !cfg.tokens.iter().any(|t| t.as_slice() == token) {
                 self.queue_error(error_code::AUTH_FAILED, "authentication failed");
-                return Progress::close(
-                    OfflineReason::ProtocolError,
-                    format!("bad token for id {id}"),
-                );
+                return Progress::close(OfflineReason::ProtocolError, format!("bad token for id {id}"));
             }
             self.id = Some(id.into());
             self.last_activity = now;
@@ -413,14 +389,8 @@ impl Conn {
                 return Progress::close(OfflineReason::ProtocolError, "HELLO sent twice");
             }
             Frame::Welcome { .. } | Frame::Error { .. } => {
-                self.queue_error(
-                    error_code::MALFORMED,
-                    "WELCOME and ERROR are server-to-client frames",
-                );
-                return Progress::close(
-                    OfflineReason::ProtocolError,
-                    "server-to-client frame from client",
-                );
+                self.queue_error(error_code::MALFORMED, "WELCOME and ERROR are server-to-client frames");
+                return Progress::close(OfflineReason::ProtocolError, "server-to-client frame from client");
             }
         }
         self.last_activity = now;

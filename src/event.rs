@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::Protocol;
+use crate::journal::Journal;
 
 /// Why a client went offline (PROTOCOL.md "Offline reasons").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -151,16 +152,18 @@ impl fmt::Display for Event<'_> {
                     c.session
                 )
             }
-            Event::Offline {
-                client: c,
-                reason,
-                silent,
-                connected,
-                detail,
-            } => {
-                write!(f, "offline client={} peer={} listener={} session={} reason={} silent_ms={} connected_ms={}",
-                    Logfmt(c.id), c.peer, Logfmt(c.listener), c.session, reason,
-                    silent.as_millis(), connected.as_millis())?;
+            Event::Offline { client: c, reason, silent, connected, detail } => {
+                write!(
+                    f,
+                    "offline client={} peer={} listener={} session={} reason={} silent_ms={} connected_ms={}",
+                    Logfmt(c.id),
+                    c.peer,
+                    Logfmt(c.listener),
+                    c.session,
+                    reason,
+                    silent.as_millis(),
+                    connected.as_millis()
+                )?;
                 if let Some(detail) = detail {
                     write!(f, " detail={}", Logfmt(detail))?;
                 }
@@ -170,9 +173,69 @@ impl fmt::Display for Event<'_> {
     }
 }
 
-/// Hands an event to every sink.
+/// `MESSAGE_ID` of online entries in the journal (`journalctl MESSAGE_ID=`).
+pub const ONLINE_MESSAGE_ID: &str = "63afbcb1e38d4286acff0c8413f84386";
+/// `MESSAGE_ID` of offline entries in the journal.
+pub const OFFLINE_MESSAGE_ID: &str = "68e19412304e4ded9351b4b657847036";
+
+impl Event<'_> {
+    /// The syslog priority under journald: online info (6), orderly offline
+    /// notice (5), loss warning (4), so `journalctl -p warning` shows
+    /// exactly the losses.
+    pub fn priority(&self) -> u8 {
+        match self {
+            Event::Online(_) => 6,
+            Event::Offline { reason, .. } if reason.is_orderly() => 5,
+            Event::Offline { .. } => 4,
+        }
+    }
+
+    /// Sends the event as a journal entry: the logfmt line as `MESSAGE`,
+    /// plus `HEARTBEAT_*` fields and a fixed `MESSAGE_ID` per kind.
+    fn to_journal(&self, journal: &Journal) {
+        let message = self.to_string();
+        let c = self.client();
+        let (peer, session, priority) = (c.peer.to_string(), c.session.to_string(), self.priority().to_string());
+        let mut fields = vec![
+            ("MESSAGE", message.as_str()),
+            ("PRIORITY", priority.as_str()),
+            ("SYSLOG_IDENTIFIER", crate::journal::IDENTIFIER),
+            ("HEARTBEAT_CLIENT", c.id),
+            ("HEARTBEAT_PEER", peer.as_str()),
+            ("HEARTBEAT_LISTENER", c.listener),
+            ("HEARTBEAT_PROTOCOL", c.proto.as_str()),
+            ("HEARTBEAT_SESSION", session.as_str()),
+        ];
+        let (silent, connected);
+        match self {
+            Event::Online(_) => {
+                fields.push(("MESSAGE_ID", ONLINE_MESSAGE_ID));
+                fields.push(("HEARTBEAT_EVENT", "online"));
+            }
+            Event::Offline { reason, silent: s, connected: d, .. } => {
+                (silent, connected) = (s.as_millis().to_string(), d.as_millis().to_string());
+                fields.push(("MESSAGE_ID", OFFLINE_MESSAGE_ID));
+                fields.push(("HEARTBEAT_EVENT", "offline"));
+                fields.push(("HEARTBEAT_REASON", reason.as_str()));
+                fields.push(("HEARTBEAT_SILENT_MS", silent.as_str()));
+                fields.push(("HEARTBEAT_CONNECTED_MS", connected.as_str()));
+            }
+        }
+        crate::logging::to_journal(journal, &message, &fields);
+    }
+}
+
+/// Hands an event to every sink: the journal with structured fields when
+/// the daemon logs there, the log otherwise. Events below the configured
+/// log level are dropped like any other line.
 pub fn emit(event: &Event<'_>) {
-    log::log!(event.level(), "{event}");
+    if !log::log_enabled!(event.level()) {
+        return;
+    }
+    match crate::logging::journal() {
+        Some(journal) => event.to_journal(journal),
+        None => log::log!(event.level(), "{event}"),
+    }
 }
 
 /// A logfmt value: written bare when it is safe, else double-quoted with
@@ -182,11 +245,8 @@ pub struct Logfmt<'a>(pub &'a str);
 
 impl fmt::Display for Logfmt<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bare = !self.0.is_empty()
-            && self
-                .0
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
+        let bare =
+            !self.0.is_empty() && self.0.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
         if bare {
             return f.write_str(self.0);
         }
@@ -251,11 +311,7 @@ mod tests {
                 connected: Duration::ZERO,
                 detail: None,
             };
-            let want = if reason.is_orderly() {
-                log::Level::Info
-            } else {
-                log::Level::Warn
-            };
+            let want = if reason.is_orderly() { log::Level::Info } else { log::Level::Warn };
             assert_eq!(e.level(), want, "{reason}");
         }
     }

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,7 @@ use crate::conn::{Conn, Progress};
 use crate::event::{self, Client, Event, Logfmt, OfflineReason};
 use crate::logging;
 use crate::sockopt;
+use crate::systemd::{self, ActivatedSocket, Notifier};
 use crate::wheel::Wheel;
 use crate::wire::native::{error_code, Frame};
 
@@ -68,6 +70,10 @@ const LISTENER_BASE: usize = 1 << 40;
 /// The token of the signal pipe.
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
 
+/// Least time between two `STATUS=` notifications: a fleet reconnecting at
+/// once must not turn into a notification per client.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
 /// Something the wheel wakes the loop for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
@@ -75,6 +81,10 @@ enum Timer {
     Conn(usize),
     /// Retry accepting on a listener paused by fd exhaustion.
     ResumeAccept(usize),
+    /// Tell systemd the loop is alive.
+    Watchdog,
+    /// Send a `STATUS=` line that was held back by the rate limit.
+    Status,
 }
 
 /// Why the daemon could not start or keep running.
@@ -134,6 +144,15 @@ pub struct Server {
     again: Vec<usize>,
     /// Set once shutdown has begun: the instant it must be over.
     stop_by: Option<Instant>,
+    /// Clients online now (native after HELLO, legacy/raw from accept).
+    online: usize,
+    notifier: Notifier,
+    /// `WATCHDOG=1` period, when systemd asked for one.
+    watchdog: Option<Duration>,
+    /// A `Timer::Status` is armed: the online count changed recently.
+    status_pending: bool,
+    /// Why the last reload was refused, shown in `STATUS=` until the next.
+    reload_error: Option<String>,
 }
 
 impl Server {
@@ -141,8 +160,8 @@ impl Server {
     /// `config_path` is re-read on SIGHUP; `None` means the embedded config.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Server, ServerError> {
         let poll = Poll::new().map_err(failed("creating the poll"))?;
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
-            .map_err(failed("installing signal handlers"))?;
+        let mut signals =
+            Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map_err(failed("installing signal handlers"))?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
             .map_err(failed("registering signals"))?;
@@ -161,11 +180,30 @@ impl Server {
             doomed: Vec::new(),
             again: Vec::new(),
             stop_by: None,
+            online: 0,
+            notifier: Notifier::from_env(),
+            watchdog: systemd::watchdog_interval(),
+            status_pending: false,
+            reload_error: None,
             config: config.clone(),
         };
+        let mut activated = systemd::take_listen_fds();
         for cfg in config.listeners {
-            server.open_listener(cfg)?;
+            let adopted = take_activated(&mut activated, &cfg);
+            server.open_listener(cfg, adopted)?;
         }
+        for unused in activated {
+            warn!(
+                "activated-socket-unused fd={} name={} address={} reason=\"no listener matches its name or address\"",
+                unused.fd.as_raw_fd(),
+                Logfmt(unused.name.as_deref().unwrap_or("")),
+                unused.address.map_or_else(String::new, |a| a.to_string())
+            );
+        }
+        if let Some(every) = server.watchdog {
+            server.wheel.insert(now + every, Timer::Watchdog);
+        }
+        server.notifier.ready(&server.status_line());
         Ok(server)
     }
 
@@ -191,10 +229,7 @@ impl Server {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(ServerError {
-                    op: "polling".into(),
-                    source: e,
-                });
+                return Err(ServerError { op: "polling".into(), source: e });
             }
             let now = Instant::now();
             for event in events.iter() {
@@ -217,6 +252,16 @@ impl Server {
                             self.accept(lkey, now);
                         }
                     }
+                    Timer::Watchdog => {
+                        self.notifier.watchdog();
+                        if let Some(every) = self.watchdog {
+                            self.wheel.insert(now + every, Timer::Watchdog);
+                        }
+                    }
+                    Timer::Status => {
+                        self.status_pending = false;
+                        self.notifier.status(&self.status_line());
+                    }
                 }
             }
             self.free_doomed();
@@ -233,67 +278,61 @@ impl Server {
         if !self.again.is_empty() {
             return Some(Duration::ZERO);
         }
-        let next = [self.wheel.next_expiry(), self.stop_by]
-            .into_iter()
-            .flatten()
-            .min()?;
+        let next = [self.wheel.next_expiry(), self.stop_by].into_iter().flatten().min()?;
         Some(next.saturating_duration_since(now))
     }
 
     // ---- listeners -------------------------------------------------------
 
-    fn open_listener(&mut self, cfg: ListenerConfig) -> Result<(), ServerError> {
+    /// Opens a listener: adopts the socket systemd passed for it, if any,
+    /// else binds its address.
+    fn open_listener(&mut self, cfg: ListenerConfig, adopted: Option<OwnedFd>) -> Result<(), ServerError> {
         let what = format!("listener {} on {}", cfg.name, cfg.address);
-        let mut socket = sockopt::bind_listener(cfg.address, &cfg.tcp)
-            .map_err(failed(format!("binding {what}")))?;
+        let (mut socket, origin) = match adopted {
+            Some(fd) => {
+                let socket = std::net::TcpListener::from(fd);
+                socket.set_nonblocking(true).map_err(failed(format!("adopting {what}")))?;
+                if let Err(e) = sockopt::apply(&socket, &cfg.tcp) {
+                    warn!("sockopt-failed listener={} error={}", Logfmt(&cfg.name), Logfmt(&e.to_string()));
+                }
+                (TcpListener::from_std(socket), "systemd")
+            }
+            None => {
+                let socket =
+                    sockopt::bind_listener(cfg.address, &cfg.tcp).map_err(failed(format!("binding {what}")))?;
+                (socket, "bound")
+            }
+        };
         let entry = self.listeners.vacant_entry();
         self.poll
             .registry()
-            .register(
-                &mut socket,
-                Token(LISTENER_BASE + entry.key()),
-                Interest::READABLE,
-            )
+            .register(&mut socket, Token(LISTENER_BASE + entry.key()), Interest::READABLE)
             .map_err(failed(format!("registering {what}")))?;
-        let address = socket
-            .local_addr()
-            .map_err(failed(format!("reading the address of {what}")))?;
+        let address = socket.local_addr().map_err(failed(format!("reading the address of {what}")))?;
         let tcp = match sockopt::effective(&socket) {
             Ok(eff) => eff.to_string(),
             Err(e) => format!("tcp_options_unreadable={}", Logfmt(&e.to_string())),
         };
         info!(
-            "listening listener={} address={} proto={} interval_ms={} timeout_ms={} {}",
+            "listening listener={} address={} socket={} proto={} interval_ms={} timeout_ms={} {}",
             Logfmt(&cfg.name),
             address,
+            origin,
             cfg.protocol,
             cfg.interval.as_millis(),
             cfg.timeout.as_millis(),
             tcp
         );
-        entry.insert(Listener {
-            cfg,
-            socket: Some(socket),
-            paused: false,
-        });
+        entry.insert(Listener { cfg, socket: Some(socket), paused: false });
         Ok(())
     }
 
     fn close_listener(&mut self, lkey: usize, now: Instant) {
-        let keys: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.listener == lkey && !c.closing)
-            .map(|(k, _)| k)
-            .collect();
+        let keys: Vec<usize> =
+            self.conns.iter().filter(|(_, c)| c.listener == lkey && !c.closing).map(|(k, _)| k).collect();
         for key in keys {
             self.say_bye(key);
-            self.close(
-                key,
-                OfflineReason::Shutdown,
-                Some("listener removed".into()),
-                now,
-            );
+            self.close(key, OfflineReason::Shutdown, Some("listener removed".into()), now);
         }
         let l = self.listeners.remove(lkey);
         if let Some(mut socket) = l.socket {
@@ -301,11 +340,7 @@ impl Server {
             // poll's interest list exact, and its failure changes nothing.
             let _ = self.poll.registry().deregister(&mut socket);
         }
-        info!(
-            "listener-closed listener={} address={}",
-            Logfmt(&l.cfg.name),
-            l.cfg.address
-        );
+        info!("listener-closed listener={} address={}", Logfmt(&l.cfg.name), l.cfg.address);
     }
 
     fn accept(&mut self, lkey: usize, now: Instant) {
@@ -333,17 +368,12 @@ impl Server {
                     if let Some(l) = self.listeners.get_mut(lkey) {
                         l.paused = true;
                     }
-                    self.wheel
-                        .insert(now + ACCEPT_PAUSE, Timer::ResumeAccept(lkey));
+                    self.wheel.insert(now + ACCEPT_PAUSE, Timer::ResumeAccept(lkey));
                     return;
                 }
                 // A connection that died in the backlog (ECONNABORTED) or an
                 // interrupted call costs only itself.
-                Err(e) => debug!(
-                    "accept-failed listener={} error={}",
-                    Logfmt(&l.cfg.name),
-                    Logfmt(&e.to_string())
-                ),
+                Err(e) => debug!("accept-failed listener={} error={}", Logfmt(&l.cfg.name), Logfmt(&e.to_string())),
             }
         }
     }
@@ -360,20 +390,11 @@ impl Server {
             None
         };
         if let Some((limit, value)) = refusal {
-            warn!(
-                "refused peer={} listener={} limit={} value={}",
-                peer,
-                Logfmt(&cfg.name),
-                limit,
-                value
-            );
+            warn!("refused peer={} listener={} limit={} value={}", peer, Logfmt(&cfg.name), limit, value);
             if cfg.protocol == Protocol::Native {
                 let mut out = Vec::new();
                 crate::wire::native::encode(
-                    &Frame::Error {
-                        code: error_code::SERVER_FULL,
-                        message: "server full",
-                    },
+                    &Frame::Error { code: error_code::SERVER_FULL, message: "server full" },
                     &mut out,
                 );
                 // Best effort: the socket is fresh, so 20-odd bytes fit its
@@ -383,25 +404,12 @@ impl Server {
             return;
         }
         if let Err(e) = sockopt::apply(&stream, &cfg.tcp) {
-            warn!(
-                "sockopt-failed peer={} listener={} error={}",
-                peer,
-                Logfmt(&cfg.name),
-                Logfmt(&e.to_string())
-            );
+            warn!("sockopt-failed peer={} listener={} error={}", peer, Logfmt(&cfg.name), Logfmt(&e.to_string()));
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, Token(key), Interest::READABLE)
-        {
-            warn!(
-                "register-failed peer={} error={}",
-                peer,
-                Logfmt(&e.to_string())
-            );
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
+            warn!("register-failed peer={} error={}", peer, Logfmt(&e.to_string()));
             return;
         }
         entry.insert(Conn::new(stream, peer, lkey, cfg.protocol, now));
@@ -472,16 +480,8 @@ impl Server {
             return Progress::Close(OfflineReason::Error, Some("HELLO without id".into()));
         };
         if let Some(&older) = self.ids.get(&id) {
-            self.conns[older].queue_error(
-                error_code::REPLACED,
-                "replaced by a newer connection with the same id",
-            );
-            self.close(
-                older,
-                OfflineReason::Replaced,
-                Some(format!("by session {}", self.next_session)),
-                now,
-            );
+            self.conns[older].queue_error(error_code::REPLACED, "replaced by a newer connection with the same id");
+            self.close(older, OfflineReason::Replaced, Some(format!("by session {}", self.next_session)), now);
         }
         let session = self.take_session();
         let conn = &mut self.conns[key];
@@ -522,23 +522,10 @@ impl Server {
         if want == conn.writable_registered {
             return;
         }
-        let interest = if want {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        match self
-            .poll
-            .registry()
-            .reregister(&mut conn.stream, Token(key), interest)
-        {
+        let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        match self.poll.registry().reregister(&mut conn.stream, Token(key), interest) {
             Ok(()) => conn.writable_registered = want,
-            Err(e) => self.close(
-                key,
-                OfflineReason::Error,
-                Some(format!("reregister: {e}")),
-                now,
-            ),
+            Err(e) => self.close(key, OfflineReason::Error, Some(format!("reregister: {e}")), now),
         }
     }
 
@@ -559,16 +546,12 @@ impl Server {
         // Best effort for the last frame; its failure changes nothing.
         let _ = conn.flush();
         let listener = &self.listeners[conn.listener].cfg.name;
-        if conn.is_online() {
+        let was_online = conn.is_online();
+        if was_online {
+            self.online -= 1;
             let id = conn.client_id();
             event::emit(&Event::Offline {
-                client: Client {
-                    id: &id,
-                    peer: conn.peer,
-                    listener,
-                    proto: conn.proto,
-                    session: conn.session,
-                },
+                client: Client { id: &id, peer: conn.peer, listener, proto: conn.proto, session: conn.session },
                 reason,
                 silent: now.saturating_duration_since(conn.last_activity),
                 connected: now.saturating_duration_since(conn.since),
@@ -587,6 +570,10 @@ impl Server {
                 Logfmt(detail.as_deref().unwrap_or(reason.as_str()))
             );
         }
+        if was_online {
+            self.schedule_status(now);
+        }
+        let conn = &mut self.conns[key];
         if let Some(n) = self.per_address.get_mut(&conn.peer.ip()) {
             *n -= 1;
             if *n == 0 {
@@ -598,11 +585,8 @@ impl Server {
         if self.stop_by.is_some() && conn.wants_write() {
             if !conn.writable_registered {
                 let interest = Interest::READABLE | Interest::WRITABLE;
-                conn.writable_registered = self
-                    .poll
-                    .registry()
-                    .reregister(&mut conn.stream, Token(key), interest)
-                    .is_ok();
+                conn.writable_registered =
+                    self.poll.registry().reregister(&mut conn.stream, Token(key), interest).is_ok();
             }
             if conn.writable_registered {
                 return;
@@ -628,7 +612,9 @@ impl Server {
         }
     }
 
-    fn emit_online(&self, key: usize) {
+    fn emit_online(&mut self, key: usize) {
+        self.online += 1;
+        self.schedule_status(Instant::now());
         let conn = &self.conns[key];
         let id = conn.client_id();
         event::emit(&Event::Online(Client {
@@ -638,6 +624,23 @@ impl Server {
             proto: conn.proto,
             session: conn.session,
         }));
+    }
+
+    /// Arms the rate-limited `STATUS=` update, when systemd listens.
+    fn schedule_status(&mut self, now: Instant) {
+        if self.notifier.is_active() && !self.status_pending && self.stop_by.is_none() {
+            self.status_pending = true;
+            self.wheel.insert(now + STATUS_EVERY, Timer::Status);
+        }
+    }
+
+    /// The `STATUS=` text `systemctl status` shows.
+    fn status_line(&self) -> String {
+        let base = format!("{} clients online on {} listeners", self.online, self.listeners.len());
+        match &self.reload_error {
+            Some(e) => format!("{base}; last reload failed, running config kept: {e}"),
+            None => base,
+        }
     }
 
     /// Queues BYE `shutdown` on a native connection.
@@ -670,25 +673,16 @@ impl Server {
             self.stop_by = Some(now);
             return;
         }
+        self.notifier.stopping();
         let grace = self.config.daemon.shutdown_grace;
-        info!(
-            "shutdown signal={} clients={} grace_ms={}",
-            signal,
-            self.conns.len(),
-            grace.as_millis()
-        );
+        info!("shutdown signal={} clients={} grace_ms={}", signal, self.conns.len(), grace.as_millis());
         self.stop_by = Some(now + grace);
         for (_, l) in self.listeners.iter_mut() {
             if let Some(mut socket) = l.socket.take() {
                 let _ = self.poll.registry().deregister(&mut socket);
             }
         }
-        let keys: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| !c.closing)
-            .map(|(k, _)| k)
-            .collect();
+        let keys: Vec<usize> = self.conns.iter().filter(|(_, c)| !c.closing).map(|(k, _)| k).collect();
         for key in keys {
             self.say_bye(key);
             self.close(key, OfflineReason::Shutdown, None, now);
@@ -703,13 +697,20 @@ impl Server {
             info!("reload-skipped reason=\"no config file: running on the embedded config\"");
             return;
         };
+        self.notifier.reloading();
         match config::load(&path) {
-            Ok(new) => self.apply_config(new, now),
-            Err(e) => error!(
-                "reload-failed keeping=running-config error={}",
-                Logfmt(&e.to_string())
-            ),
+            Ok(new) => {
+                self.apply_config(new, now);
+                self.reload_error = None;
+            }
+            Err(e) => {
+                error!("reload-failed keeping=running-config error={}", Logfmt(&e.to_string()));
+                self.reload_error = Some(e.to_string());
+            }
         }
+        // READY=1 ends the reload for systemd whether or not the file was
+        // accepted: the daemon is serving either way.
+        self.notifier.ready(&self.status_line());
     }
 
     /// Applies a validated config: daemon limits and log level at once;
@@ -726,11 +727,7 @@ impl Server {
         }
         logging::set_level(new.daemon.log_level);
         let (mut added, mut removed, mut changed) = (0, 0, 0);
-        let current: Vec<(usize, ListenerConfig)> = self
-            .listeners
-            .iter()
-            .map(|(k, l)| (k, l.cfg.clone()))
-            .collect();
+        let current: Vec<(usize, ListenerConfig)> = self.listeners.iter().map(|(k, l)| (k, l.cfg.clone())).collect();
         for (lkey, old) in current {
             match new.listeners.iter().find(|n| n.name == old.name) {
                 Some(n) if n.address == old.address && n.protocol == old.protocol => {
@@ -749,23 +746,13 @@ impl Server {
             if self.listeners.iter().any(|(_, l)| l.cfg.name == cfg.name) {
                 continue;
             }
-            match self.open_listener(cfg.clone()) {
+            match self.open_listener(cfg.clone(), None) {
                 Ok(()) => added += 1,
-                Err(e) => error!(
-                    "listener-failed listener={} error={}",
-                    Logfmt(&cfg.name),
-                    Logfmt(&e.to_string())
-                ),
+                Err(e) => error!("listener-failed listener={} error={}", Logfmt(&cfg.name), Logfmt(&e.to_string())),
             }
         }
         self.config = new;
-        info!(
-            "reloaded listeners={} added={} removed={} changed={}",
-            self.listeners.len(),
-            added,
-            removed,
-            changed
-        );
+        info!("reloaded listeners={} added={} removed={} changed={}", self.listeners.len(), added, removed, changed);
     }
 
     /// Applies new settings to a running listener and its clients: fresh
@@ -778,11 +765,7 @@ impl Server {
         let tcp = old.tcp != l.cfg.tcp;
         if let (true, Some(socket)) = (tcp, &l.socket) {
             if let Err(e) = sockopt::apply(socket, &l.cfg.tcp) {
-                warn!(
-                    "sockopt-failed listener={} error={}",
-                    Logfmt(&l.cfg.name),
-                    Logfmt(&e.to_string())
-                );
+                warn!("sockopt-failed listener={} error={}", Logfmt(&l.cfg.name), Logfmt(&e.to_string()));
             }
         }
         info!(
@@ -791,22 +774,14 @@ impl Server {
             l.cfg.interval.as_millis(),
             l.cfg.timeout.as_millis()
         );
-        let keys: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.listener == lkey && !c.closing)
-            .map(|(k, _)| k)
-            .collect();
+        let keys: Vec<usize> =
+            self.conns.iter().filter(|(_, c)| c.listener == lkey && !c.closing).map(|(k, _)| k).collect();
         for key in keys {
             let conn = &mut self.conns[key];
             let cfg = &self.listeners[lkey].cfg;
             if tcp {
                 if let Err(e) = sockopt::apply(&conn.stream, &cfg.tcp) {
-                    warn!(
-                        "sockopt-failed peer={} error={}",
-                        conn.peer,
-                        Logfmt(&e.to_string())
-                    );
+                    warn!("sockopt-failed peer={} error={}", conn.peer, Logfmt(&e.to_string()));
                 }
             }
             if timing && conn.proto == Protocol::Native && conn.is_online() {
@@ -820,17 +795,8 @@ impl Server {
     }
 
     fn log_clients(&self, now: Instant) {
-        let online: Vec<&Conn> = self
-            .conns
-            .iter()
-            .map(|(_, c)| c)
-            .filter(|c| c.is_online() && !c.closing)
-            .collect();
-        info!(
-            "clients online={} connections={}",
-            online.len(),
-            self.conns.len()
-        );
+        let online: Vec<&Conn> = self.conns.iter().map(|(_, c)| c).filter(|c| c.is_online() && !c.closing).collect();
+        info!("clients online={} connections={}", online.len(), self.conns.len());
         for conn in online {
             info!(
                 "client client={} peer={} listener={} proto={} session={} online_ms={} silent_ms={}",
@@ -846,11 +812,19 @@ impl Server {
     }
 }
 
+/// Removes and returns the activated socket meant for `cfg`: the one whose
+/// `FileDescriptorName=` is the listener's name, else the one bound to its
+/// address.
+fn take_activated(activated: &mut Vec<ActivatedSocket>, cfg: &ListenerConfig) -> Option<OwnedFd> {
+    let index = activated
+        .iter()
+        .position(|s| s.name.as_deref() == Some(cfg.name.as_str()))
+        .or_else(|| activated.iter().position(|s| s.address == Some(cfg.address)))?;
+    Some(activated.remove(index).fd)
+}
+
 fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
 /// Reads and validates the config for the binary: the file at `path`, or the

@@ -105,23 +105,15 @@ pub fn effective<S: AsFd>(socket: &S) -> Result<Effective, SockoptError> {
     Ok(Effective {
         keepalive: sock.keepalive().map_err(named("SO_KEEPALIVE"))?,
         keepalive_idle: sock.tcp_keepalive_time().map_err(named("TCP_KEEPIDLE"))?,
-        keepalive_interval: sock
-            .tcp_keepalive_interval()
-            .map_err(named("TCP_KEEPINTVL"))?,
+        keepalive_interval: sock.tcp_keepalive_interval().map_err(named("TCP_KEEPINTVL"))?,
         keepalive_count: sock.tcp_keepalive_retries().map_err(named("TCP_KEEPCNT"))?,
-        user_timeout: sock
-            .tcp_user_timeout()
-            .map_err(named("TCP_USER_TIMEOUT"))?
-            .unwrap_or(Duration::ZERO),
+        user_timeout: sock.tcp_user_timeout().map_err(named("TCP_USER_TIMEOUT"))?.unwrap_or(Duration::ZERO),
         nodelay: sock.tcp_nodelay().map_err(named("TCP_NODELAY"))?,
     })
 }
 
 fn set_keepalive(sock: &SockRef<'_>, on: bool) -> Result<(), SockoptError> {
-    sock.set_keepalive(on).map_err(|source| SockoptError {
-        option: "SO_KEEPALIVE",
-        source,
-    })
+    sock.set_keepalive(on).map_err(|source| SockoptError { option: "SO_KEEPALIVE", source })
 }
 
 fn set_keepidle(sock: &SockRef<'_>, idle: Duration) -> Result<(), SockoptError> {
@@ -143,10 +135,7 @@ fn set_user_timeout(sock: &SockRef<'_>, timeout: Duration) -> Result<(), Sockopt
 }
 
 fn set_nodelay(sock: &SockRef<'_>, on: bool) -> Result<(), SockoptError> {
-    sock.set_tcp_nodelay(on).map_err(|source| SockoptError {
-        option: "TCP_NODELAY",
-        source,
-    })
+    sock.set_tcp_nodelay(on).map_err(|source| SockoptError { option: "TCP_NODELAY", source })
 }
 
 /// Keepalive options are whole seconds in the kernel; round up so a
@@ -158,31 +147,17 @@ fn secs(d: Duration) -> i32 {
 
 /// One `setsockopt(IPPROTO_TCP, name, int)`; socket2 sets the keepalive
 /// trio in one call whose error cannot say which option failed.
-fn set_tcp_int(
-    sock: &SockRef<'_>,
-    name: libc::c_int,
-    option: &'static str,
-    value: i32,
-) -> Result<(), SockoptError> {
+fn set_tcp_int(sock: &SockRef<'_>, name: libc::c_int, option: &'static str, value: i32) -> Result<(), SockoptError> {
     let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: the fd is open for the borrow's lifetime, and the pointer and
     // length describe a live c_int.
     let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            name,
-            (&value as *const libc::c_int).cast(),
-            len,
-        )
+        libc::setsockopt(sock.as_raw_fd(), libc::IPPROTO_TCP, name, (&value as *const libc::c_int).cast(), len)
     };
     if rc == 0 {
         Ok(())
     } else {
-        Err(SockoptError {
-            option,
-            source: io::Error::last_os_error(),
-        })
+        Err(SockoptError { option, source: io::Error::last_os_error() })
     }
 }
 
@@ -190,11 +165,7 @@ fn set_tcp_int(
 /// `SO_REUSEADDR` (so a restart does not wait out TIME_WAIT) and the
 /// listener's TCP options (so their effective values can be logged).
 pub fn bind_listener(address: SocketAddr, tcp: &TcpConfig) -> io::Result<mio::net::TcpListener> {
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM.nonblocking().cloexec(),
-        None,
-    )?;
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM.nonblocking().cloexec(), None)?;
     socket.set_reuse_address(true)?;
     if address.is_ipv6() {
         // An IPv6 listener serves only IPv6, so "[::]" and "0.0.0.0" can
@@ -228,8 +199,7 @@ mod tests {
 
     #[test]
     fn applied_options_read_back() {
-        let listener =
-            bind_listener("127.0.0.1:0".parse().expect("addr"), &tcp(7, 15_000)).expect("bind");
+        let listener = bind_listener("127.0.0.1:0".parse().expect("addr"), &tcp(7, 15_000)).expect("bind");
         let eff = effective(&listener).expect("read back");
         assert_eq!(
             eff,
@@ -246,8 +216,7 @@ mod tests {
 
     #[test]
     fn zero_idle_turns_keepalive_off() {
-        let listener =
-            bind_listener("127.0.0.1:0".parse().expect("addr"), &tcp(0, 0)).expect("bind");
+        let listener = bind_listener("127.0.0.1:0".parse().expect("addr"), &tcp(0, 0)).expect("bind");
         let eff = effective(&listener).expect("read back");
         assert!(!eff.keepalive);
         assert_eq!(eff.user_timeout, Duration::ZERO);

@@ -32,15 +32,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let origin = args
-        .config
-        .as_ref()
-        .map_or_else(|| "embedded".to_string(), |p| p.display().to_string());
+    let origin = args.config.as_ref().map_or_else(|| "embedded".to_string(), |p| p.display().to_string());
     if args.check_config {
-        println!(
-            "heartbeatd: config {origin} is valid ({} listeners)",
-            config.listeners.len()
-        );
+        println!("heartbeatd: config {origin} is valid ({} listeners)", config.listeners.len());
         return ExitCode::SUCCESS;
     }
     logging::init(config.daemon.log_level);

@@ -91,10 +91,7 @@ pub fn decode_header(buf: &[u8], max_frame: usize) -> Result<Option<Header>, Dec
     // so the conversion fails exactly for negative lengths.
     let length = usize::try_from(raw).map_err(|_| DecodeError::NegativeLength(raw))?;
     if length > max_frame {
-        return Err(DecodeError::TooLong {
-            length,
-            limit: max_frame,
-        });
+        return Err(DecodeError::TooLong { length, limit: max_frame });
     }
     Ok(Some(Header { kind, length }))
 }
@@ -143,23 +140,14 @@ mod tests {
     #[test]
     fn heartbeat_and_data_bytes() {
         assert_eq!(enc(header(Kind::Heartbeat, 0)), [0, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(
-            enc(header(Kind::Data, 0x0102_0304)),
-            [1, 0, 0, 0, 4, 3, 2, 1]
-        );
-        assert_eq!(
-            decode_header(&[1, 0, 0, 0, 0x10, 0, 0, 0], MAX_FRAME),
-            Ok(Some(header(Kind::Data, 16)))
-        );
+        assert_eq!(enc(header(Kind::Data, 0x0102_0304)), [1, 0, 0, 0, 4, 3, 2, 1]);
+        assert_eq!(decode_header(&[1, 0, 0, 0, 0x10, 0, 0, 0], MAX_FRAME), Ok(Some(header(Kind::Data, 16))));
     }
 
     #[test]
     fn heartbeat_echo_is_an_encoded_heartbeat() {
         assert_eq!(enc(header(Kind::Heartbeat, 0)), HEARTBEAT_ECHO);
-        assert_eq!(
-            decode_header(&HEARTBEAT_ECHO, MAX_FRAME),
-            Ok(Some(header(Kind::Heartbeat, 0)))
-        );
+        assert_eq!(decode_header(&HEARTBEAT_ECHO, MAX_FRAME), Ok(Some(header(Kind::Heartbeat, 0))));
     }
 
     #[test]
@@ -176,72 +164,36 @@ mod tests {
     fn only_the_header_is_read() {
         let mut bytes = raw(1, 3);
         bytes.extend_from_slice(&[0xFF; 3]);
-        assert_eq!(
-            decode_header(&bytes, MAX_FRAME),
-            Ok(Some(header(Kind::Data, 3)))
-        );
+        assert_eq!(decode_header(&bytes, MAX_FRAME), Ok(Some(header(Kind::Data, 3))));
     }
 
     #[test]
     fn unknown_types() {
         for t in [2, 7, -1, i32::MIN, i32::MAX, 0x100] {
-            assert_eq!(
-                decode_header(&raw(t, 0), MAX_FRAME),
-                Err(DecodeError::UnknownType(t))
-            );
+            assert_eq!(decode_header(&raw(t, 0), MAX_FRAME), Err(DecodeError::UnknownType(t)));
         }
     }
 
     #[test]
     fn type_is_checked_before_length() {
-        assert_eq!(
-            decode_header(&raw(7, -1), MAX_FRAME),
-            Err(DecodeError::UnknownType(7))
-        );
-        assert_eq!(
-            decode_header(&raw(7, 5000), MAX_FRAME),
-            Err(DecodeError::UnknownType(7))
-        );
+        assert_eq!(decode_header(&raw(7, -1), MAX_FRAME), Err(DecodeError::UnknownType(7)));
+        assert_eq!(decode_header(&raw(7, 5000), MAX_FRAME), Err(DecodeError::UnknownType(7)));
     }
 
     #[test]
     fn negative_lengths() {
         for len in [-1, i32::MIN] {
-            assert_eq!(
-                decode_header(&raw(0, len), MAX_FRAME),
-                Err(DecodeError::NegativeLength(len))
-            );
+            assert_eq!(decode_header(&raw(0, len), MAX_FRAME), Err(DecodeError::NegativeLength(len)));
         }
     }
 
     #[test]
     fn length_limit_is_max_frame() {
-        assert_eq!(
-            decode_header(&raw(1, 1024), 1024),
-            Ok(Some(header(Kind::Data, 1024)))
-        );
-        assert_eq!(
-            decode_header(&raw(1, 1025), 1024),
-            Err(DecodeError::TooLong {
-                length: 1025,
-                limit: 1024
-            })
-        );
-        assert_eq!(
-            decode_header(&raw(0, 0), 0),
-            Ok(Some(header(Kind::Heartbeat, 0)))
-        );
-        assert_eq!(
-            decode_header(&raw(0, 1), 0),
-            Err(DecodeError::TooLong {
-                length: 1,
-                limit: 0
-            })
-        );
-        assert_eq!(
-            decode_header(&raw(1, i32::MAX), usize::MAX),
-            Ok(Some(header(Kind::Data, i32::MAX as usize)))
-        );
+        assert_eq!(decode_header(&raw(1, 1024), 1024), Ok(Some(header(Kind::Data, 1024))));
+        assert_eq!(decode_header(&raw(1, 1025), 1024), Err(DecodeError::TooLong { length: 1025, limit: 1024 }));
+        assert_eq!(decode_header(&raw(0, 0), 0), Ok(Some(header(Kind::Heartbeat, 0))));
+        assert_eq!(decode_header(&raw(0, 1), 0), Err(DecodeError::TooLong { length: 1, limit: 0 }));
+        assert_eq!(decode_header(&raw(1, i32::MAX), usize::MAX), Ok(Some(header(Kind::Data, i32::MAX as usize))));
     }
 
     #[test]
@@ -260,20 +212,10 @@ mod tests {
 
     #[test]
     fn display() {
+        assert_eq!(DecodeError::UnknownType(7).to_string(), "unknown legacy type 7");
+        assert_eq!(DecodeError::NegativeLength(-1).to_string(), "negative length -1");
         assert_eq!(
-            DecodeError::UnknownType(7).to_string(),
-            "unknown legacy type 7"
-        );
-        assert_eq!(
-            DecodeError::NegativeLength(-1).to_string(),
-            "negative length -1"
-        );
-        assert_eq!(
-            DecodeError::TooLong {
-                length: 2000,
-                limit: 1024
-            }
-            .to_string(),
+            DecodeError::TooLong { length: 2000, limit: 1024 }.to_string(),
             "length 2000 exceeds max_frame 1024"
         );
     }

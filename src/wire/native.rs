@@ -146,14 +146,9 @@ impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DecodeError::UnknownType(t) => write!(f, "unknown frame type {t:#04x}"),
-            DecodeError::TooLong {
-                frame_type,
-                length,
-                limit,
-            } => write!(
-                f,
-                "frame type {frame_type:#04x} length {length} exceeds limit {limit}"
-            ),
+            DecodeError::TooLong { frame_type, length, limit } => {
+                write!(f, "frame type {frame_type:#04x} length {length} exceeds limit {limit}")
+            }
             DecodeError::BadLength { frame_type } => {
                 write!(f, "bad length for frame type {frame_type:#04x}")
             }
@@ -267,11 +262,7 @@ pub fn decode(buf: &[u8], max_frame: usize) -> Result<Option<(Frame<'_>, usize)>
     let length = usize::from(u16::from_be_bytes([hi, lo]));
     let limit = max_frame.min(kind.limit());
     if length > limit {
-        return Err(DecodeError::TooLong {
-            frame_type: t,
-            length,
-            limit,
-        });
+        return Err(DecodeError::TooLong { frame_type: t, length, limit });
     }
     // A length too short for the type is rejected from the header, before
     // any of the payload is buffered. (WELCOME over 16 was TooLong above.)
@@ -295,9 +286,7 @@ fn decode_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, DecodeError> 
             // `decode` admits exactly 16 bytes; the conversion restates that
             // without a panicking index.
             let Ok(b) = <[u8; WELCOME_LEN]>::try_from(payload) else {
-                return Err(DecodeError::BadLength {
-                    frame_type: frame_type::WELCOME,
-                });
+                return Err(DecodeError::BadLength { frame_type: frame_type::WELCOME });
             };
             Ok(Frame::Welcome {
                 interval_ms: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
@@ -307,30 +296,20 @@ fn decode_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, DecodeError> 
         }
         Kind::Ping => Ok(Frame::Ping(payload)),
         Kind::Pong => Ok(Frame::Pong(payload)),
-        Kind::Bye => std::str::from_utf8(payload)
-            .map(Frame::Bye)
-            .map_err(|_| DecodeError::BadField("reason")),
+        Kind::Bye => std::str::from_utf8(payload).map(Frame::Bye).map_err(|_| DecodeError::BadField("reason")),
         Kind::Error => {
             let Some((code, message)) = payload.split_first_chunk::<ERROR_CODE_LEN>() else {
-                return Err(DecodeError::BadLength {
-                    frame_type: frame_type::ERROR,
-                });
+                return Err(DecodeError::BadLength { frame_type: frame_type::ERROR });
             };
-            let message =
-                std::str::from_utf8(message).map_err(|_| DecodeError::BadField("message"))?;
-            Ok(Frame::Error {
-                code: u16::from_be_bytes(*code),
-                message,
-            })
+            let message = std::str::from_utf8(message).map_err(|_| DecodeError::BadField("message"))?;
+            Ok(Frame::Error { code: u16::from_be_bytes(*code), message })
         }
     }
 }
 
 /// Decodes a complete HELLO payload: version, id_len, id, token_len, token.
 fn decode_hello(payload: &[u8]) -> Result<Frame<'_>, DecodeError> {
-    const BAD_LENGTH: DecodeError = DecodeError::BadLength {
-        frame_type: frame_type::HELLO,
-    };
+    const BAD_LENGTH: DecodeError = DecodeError::BadLength { frame_type: frame_type::HELLO };
     let Some((&version, rest)) = payload.split_first() else {
         return Err(BAD_LENGTH);
     };
@@ -372,10 +351,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(&[type_byte(frame), 0, 0, 0]);
     match *frame {
         Frame::Hello { version, id, token } => {
-            debug_assert!(
-                validate_id(id.as_bytes()).is_ok(),
-                "invalid HELLO id {id:?}"
-            );
+            debug_assert!(validate_id(id.as_bytes()).is_ok(), "invalid HELLO id {id:?}");
             debug_assert!(token.len() <= MAX_TOKEN_LEN, "HELLO token too long");
             // Release builds cut rather than let the u8 length wrap, so the
             // frame stays well-formed and the peer's error names the field.
@@ -385,11 +361,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             push_prefixed(out, id);
             push_prefixed(out, token);
         }
-        Frame::Welcome {
-            interval_ms,
-            timeout_ms,
-            session,
-        } => {
+        Frame::Welcome { interval_ms, timeout_ms, session } => {
             out.extend_from_slice(&interval_ms.to_be_bytes());
             out.extend_from_slice(&timeout_ms.to_be_bytes());
             out.extend_from_slice(&session.to_be_bytes());
@@ -487,22 +459,14 @@ mod tests {
     }
 
     fn too_long(frame_type: u8, length: usize, limit: usize) -> DecodeError {
-        DecodeError::TooLong {
-            frame_type,
-            length,
-            limit,
-        }
+        DecodeError::TooLong { frame_type, length, limit }
     }
 
     // --- exact bytes of every frame type ---
 
     #[test]
     fn hello_bytes_and_round_trip() {
-        let f = Frame::Hello {
-            version: 1,
-            id: "dev-1",
-            token: b"tk",
-        };
+        let f = Frame::Hello { version: 1, id: "dev-1", token: b"tk" };
         let bytes = enc(&f);
         assert_eq!(bytes, b"\x01\x00\x00\x0a\x01\x05dev-1\x02tk");
         assert_eq!(dec(&bytes), Ok(Some((f, bytes.len()))));
@@ -510,11 +474,7 @@ mod tests {
 
     #[test]
     fn hello_with_empty_token() {
-        let f = Frame::Hello {
-            version: 1,
-            id: "a",
-            token: b"",
-        };
+        let f = Frame::Hello { version: 1, id: "a", token: b"" };
         let bytes = enc(&f);
         assert_eq!(bytes, b"\x01\x00\x00\x04\x01\x01a\x00");
         assert_eq!(dec(&bytes), Ok(Some((f, 8))));
@@ -522,16 +482,9 @@ mod tests {
 
     #[test]
     fn welcome_bytes_and_round_trip() {
-        let f = Frame::Welcome {
-            interval_ms: 0x0102_0304,
-            timeout_ms: 0x0506_0708,
-            session: 0x090a_0b0c_0d0e_0f10,
-        };
+        let f = Frame::Welcome { interval_ms: 0x0102_0304, timeout_ms: 0x0506_0708, session: 0x090a_0b0c_0d0e_0f10 };
         let bytes = enc(&f);
-        assert_eq!(
-            bytes,
-            [2, 0, 0, 16, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
-        );
+        assert_eq!(bytes, [2, 0, 0, 16, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
         assert_eq!(dec(&bytes), Ok(Some((f, 20))));
     }
 
@@ -558,10 +511,7 @@ mod tests {
 
     #[test]
     fn error_bytes_and_round_trip() {
-        let f = Frame::Error {
-            code: error_code::REPLACED,
-            message: "replaced",
-        };
+        let f = Frame::Error { code: error_code::REPLACED, message: "replaced" };
         let bytes = enc(&f);
         assert_eq!(bytes, b"\x06\x00\x00\x0a\x00\x06replaced");
         assert_eq!(dec(&bytes), Ok(Some((f, 14))));
@@ -626,10 +576,7 @@ mod tests {
     fn bye_limit() {
         let ok = framed(frame_type::BYE, &[b'r'; MAX_BYE_REASON]);
         assert!(matches!(dec(&ok), Ok(Some((Frame::Bye(r), 132))) if r.len() == 128));
-        assert_eq!(
-            dec(&raw(frame_type::BYE, 129, &[])),
-            Err(too_long(frame_type::BYE, 129, 128))
-        );
+        assert_eq!(dec(&raw(frame_type::BYE, 129, &[])), Err(too_long(frame_type::BYE, 129, 128)));
     }
 
     #[test]
@@ -641,10 +588,7 @@ mod tests {
             dec(&ok),
             Ok(Some((Frame::Error { code: 1, message }, 262))) if message.len() == 256
         ));
-        assert_eq!(
-            dec(&raw(frame_type::ERROR, 259, &[])),
-            Err(too_long(frame_type::ERROR, 259, 258))
-        );
+        assert_eq!(dec(&raw(frame_type::ERROR, 259, &[])), Err(too_long(frame_type::ERROR, 259, 258)));
     }
 
     #[test]
@@ -657,53 +601,29 @@ mod tests {
             dec(&ok),
             Ok(Some((Frame::Hello { id: i, token: t, .. }, 326))) if i.len() == 64 && t.len() == 255
         ));
-        assert_eq!(
-            dec(&raw(frame_type::HELLO, 323, &[])),
-            Err(too_long(frame_type::HELLO, 323, 322))
-        );
+        assert_eq!(dec(&raw(frame_type::HELLO, 323, &[])), Err(too_long(frame_type::HELLO, 323, 322)));
     }
 
     #[test]
     fn welcome_must_be_exactly_16() {
         let w = frame_type::WELCOME;
         // 15: too short, known from the header alone.
-        assert_eq!(
-            dec(&raw(w, 15, &[])),
-            Err(DecodeError::BadLength { frame_type: w })
-        );
+        assert_eq!(dec(&raw(w, 15, &[])), Err(DecodeError::BadLength { frame_type: w }));
         // 16: fine.
-        assert!(matches!(
-            dec(&framed(w, &[0; 16])),
-            Ok(Some((Frame::Welcome { .. }, 20)))
-        ));
+        assert!(matches!(dec(&framed(w, &[0; 16])), Ok(Some((Frame::Welcome { .. }, 20)))));
         assert_eq!(dec(&raw(w, 16, &[0; 15])), Ok(None));
         // 17: over the type's limit.
         assert_eq!(dec(&raw(w, 17, &[])), Err(too_long(w, 17, 16)));
-        assert_eq!(
-            dec(&raw(w, 0, &[])),
-            Err(DecodeError::BadLength { frame_type: w })
-        );
+        assert_eq!(dec(&raw(w, 0, &[])), Err(DecodeError::BadLength { frame_type: w }));
     }
 
     #[test]
     fn error_shorter_than_its_code_is_bad_length() {
         let e = frame_type::ERROR;
         for len in 0..2 {
-            assert_eq!(
-                dec(&raw(e, len, &[])),
-                Err(DecodeError::BadLength { frame_type: e })
-            );
+            assert_eq!(dec(&raw(e, len, &[])), Err(DecodeError::BadLength { frame_type: e }));
         }
-        assert_eq!(
-            dec(&framed(e, &[0, 4])),
-            Ok(Some((
-                Frame::Error {
-                    code: 4,
-                    message: ""
-                },
-                6
-            )))
-        );
+        assert_eq!(dec(&framed(e, &[0, 4])), Ok(Some((Frame::Error { code: 4, message: "" }, 6))));
     }
 
     #[test]
@@ -737,9 +657,7 @@ mod tests {
         dec(Vec::leak(framed(frame_type::HELLO, payload)))
     }
 
-    const HELLO_BAD_LENGTH: DecodeError = DecodeError::BadLength {
-        frame_type: frame_type::HELLO,
-    };
+    const HELLO_BAD_LENGTH: DecodeError = DecodeError::BadLength { frame_type: frame_type::HELLO };
 
     #[test]
     fn hello_unsupported_version() {
@@ -768,10 +686,7 @@ mod tests {
             Ok(Some((Frame::Hello { id: i, .. }, _))) if i.len() == 64
         ));
         let id = [b'x'; 65];
-        assert_eq!(
-            dec_hello(&hello_payload(1, &id, b"")),
-            Err(DecodeError::BadField("id"))
-        );
+        assert_eq!(dec_hello(&hello_payload(1, &id, b"")), Err(DecodeError::BadField("id")));
     }
 
     #[test]
@@ -791,10 +706,7 @@ mod tests {
 
     #[test]
     fn hello_empty_id_is_bad_field() {
-        assert_eq!(
-            dec_hello(&hello_payload(1, b"", b"t")),
-            Err(DecodeError::BadField("id"))
-        );
+        assert_eq!(dec_hello(&hello_payload(1, b"", b"t")), Err(DecodeError::BadField("id")));
     }
 
     #[test]
@@ -812,17 +724,7 @@ mod tests {
         // Trailing bytes after the token.
         assert_eq!(dec_hello(&[1, 1, b'a', 1, 0, 0]), Err(HELLO_BAD_LENGTH));
         // The smallest valid HELLO.
-        assert_eq!(
-            dec_hello(&[1, 1, b'a', 0]),
-            Ok(Some((
-                Frame::Hello {
-                    version: 1,
-                    id: "a",
-                    token: b""
-                },
-                8
-            )))
-        );
+        assert_eq!(dec_hello(&[1, 1, b'a', 0]), Ok(Some((Frame::Hello { version: 1, id: "a", token: b"" }, 8))));
     }
 
     // --- text fields ---
@@ -876,19 +778,13 @@ mod tests {
     fn encode_cuts_error_message_at_a_char_boundary() {
         // 4-byte characters: 256 / 4 = 64 fit exactly, then 255 needs a cut.
         let s = "😀".repeat(70);
-        let bytes = enc(&Frame::Error {
-            code: 1,
-            message: &s,
-        });
+        let bytes = enc(&Frame::Error { code: 1, message: &s });
         assert!(matches!(
             dec(&bytes),
             Ok(Some((Frame::Error { code: 1, message }, 262))) if message == "😀".repeat(64)
         ));
         let s = format!("x{}", "😀".repeat(70));
-        let bytes = enc(&Frame::Error {
-            code: 1,
-            message: &s,
-        });
+        let bytes = enc(&Frame::Error { code: 1, message: &s });
         assert!(matches!(
             dec(&bytes),
             Ok(Some((Frame::Error { message, .. }, 259))) if message.len() == 253
@@ -916,11 +812,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "invalid HELLO id")]
     fn encode_hello_with_invalid_id_asserts_in_debug() {
-        enc(&Frame::Hello {
-            version: 1,
-            id: "has space",
-            token: b"",
-        });
+        enc(&Frame::Hello { version: 1, id: "has space", token: b"" });
     }
 
     // --- errors: codes and messages ---
@@ -942,14 +834,8 @@ mod tests {
     fn decode_error_display() {
         let cases = [
             (DecodeError::UnknownType(9), "unknown frame type 0x09"),
-            (
-                too_long(3, 40, 32),
-                "frame type 0x03 length 40 exceeds limit 32",
-            ),
-            (
-                DecodeError::BadLength { frame_type: 2 },
-                "bad length for frame type 0x02",
-            ),
+            (too_long(3, 40, 32), "frame type 0x03 length 40 exceeds limit 32"),
+            (DecodeError::BadLength { frame_type: 2 }, "bad length for frame type 0x02"),
             (DecodeError::BadField("id"), "bad field id"),
             (DecodeError::UnsupportedVersion(2), "unsupported version 2"),
         ];
@@ -971,14 +857,8 @@ mod tests {
 
     #[test]
     fn id_error_display() {
-        assert_eq!(
-            IdError::Length(0).to_string(),
-            "id must be 1..=64 bytes, got 0"
-        );
-        assert_eq!(
-            IdError::Byte(3).to_string(),
-            "id byte 3 is not printable ASCII (0x21..=0x7E)"
-        );
+        assert_eq!(IdError::Length(0).to_string(), "id must be 1..=64 bytes, got 0");
+        assert_eq!(IdError::Byte(3).to_string(), "id byte 3 is not printable ASCII (0x21..=0x7E)");
     }
 
     // --- properties ---
@@ -997,23 +877,12 @@ mod tests {
     impl Owned {
         fn frame(&self) -> Frame<'_> {
             match self {
-                Owned::Hello(id, token) => Frame::Hello {
-                    version: VERSION,
-                    id,
-                    token,
-                },
-                Owned::Welcome(i, t, s) => Frame::Welcome {
-                    interval_ms: *i,
-                    timeout_ms: *t,
-                    session: *s,
-                },
+                Owned::Hello(id, token) => Frame::Hello { version: VERSION, id, token },
+                Owned::Welcome(i, t, s) => Frame::Welcome { interval_ms: *i, timeout_ms: *t, session: *s },
                 Owned::Ping(p) => Frame::Ping(p),
                 Owned::Pong(p) => Frame::Pong(p),
                 Owned::Bye(r) => Frame::Bye(r),
-                Owned::Error(c, m) => Frame::Error {
-                    code: *c,
-                    message: m,
-                },
+                Owned::Error(c, m) => Frame::Error { code: *c, message: m },
             }
         }
     }
