@@ -46,8 +46,9 @@ struct Server {
     #[arg(long, short = 's', value_name = "HOST:PORT", default_value = "127.0.0.1:7700")]
     server: String,
 
-    /// File holding the HELLO token (one trailing newline is ignored);
-    /// needed when the listener is configured with tokens.
+    /// File holding the HELLO token (surrounding whitespace is trimmed, as
+    /// the daemon trims its tokens_file); needed when the listener is
+    /// configured with tokens.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
 }
@@ -169,14 +170,12 @@ fn run(args: RunArgs) -> ExitCode {
     let stopper = agent.stopper();
     // The signal thread only asks for the stop; the main thread joins the
     // agent, so a fatal refusal ends the process as well as a signal does.
-    let spawned = thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                log::info!("stopping signal={signal}");
-                stopper.stop();
-            }
-        });
+    let spawned = thread::Builder::new().name("signals".into()).spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            log::info!("stopping signal={signal}");
+            stopper.stop();
+        }
+    });
     if let Err(e) = spawned {
         eprintln!("heartbeat: spawning the signal thread: {e}");
         agent.stop();
@@ -202,9 +201,7 @@ fn check(args: CheckArgs) -> ExitCode {
     };
     let config = CheckConfig {
         server: args.server.server,
-        id: args
-            .id
-            .unwrap_or_else(|| format!("heartbeat-check-{}", std::process::id())),
+        id: args.id.unwrap_or_else(|| format!("heartbeat-check-{}", std::process::id())),
         token,
         timeout: args.timeout,
     };
@@ -233,19 +230,13 @@ fn check(args: CheckArgs) -> ExitCode {
     }
 }
 
-/// Reads the token file: its bytes, less one trailing newline (`\n` or
-/// `\r\n`), which editors and `echo` add. An absent flag means no token.
+/// Reads the token file: its bytes, less surrounding whitespace (the
+/// newline editors and `echo` add), as the daemon reads its `tokens_file`.
+/// An absent flag means no token.
 fn read_token(path: Option<&Path>) -> Result<Vec<u8>, String> {
     let Some(path) = path else {
         return Ok(Vec::new());
     };
-    let mut token =
-        fs::read(path).map_err(|e| format!("reading token file {}: {e}", path.display()))?;
-    if token.ends_with(b"\n") {
-        token.pop();
-        if token.ends_with(b"\r") {
-            token.pop();
-        }
-    }
-    Ok(token)
+    let token = fs::read(path).map_err(|e| format!("reading token file {}: {e}", path.display()))?;
+    Ok(token.trim_ascii().to_vec())
 }

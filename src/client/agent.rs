@@ -122,12 +122,8 @@ impl fmt::Display for StopReason {
             StopReason::Requested => f.write_str("stopped on request"),
             StopReason::Refused { code, message } => {
                 let why = match *code {
-                    error_code::UNSUPPORTED_VERSION => {
-                        "the daemon does not speak protocol version 1"
-                    }
-                    error_code::AUTH_FAILED => {
-                        "authentication failed: the daemon rejected the token"
-                    }
+                    error_code::UNSUPPORTED_VERSION => "the daemon does not speak protocol version 1",
+                    error_code::AUTH_FAILED => "authentication failed: the daemon rejected the token",
                     error_code::REPLACED => {
                         "replaced: another agent connected with the same id; \
                          not reconnecting, so the two do not fight over the session"
@@ -298,11 +294,7 @@ impl Shared {
             if left.is_zero() {
                 return false;
             }
-            inner = self
-                .changed
-                .wait_timeout(inner, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            inner = self.changed.wait_timeout(inner, left).unwrap_or_else(PoisonError::into_inner).0;
         }
         true
     }
@@ -336,10 +328,7 @@ pub fn start(config: AgentConfig) -> Result<Handle, StartError> {
         .name(format!("heartbeat-{}", config.id))
         .spawn(move || run(&config, &thread_shared))
         .map_err(StartError::Spawn)?;
-    Ok(Handle {
-        shared,
-        thread: Some(thread),
-    })
+    Ok(Handle { shared, thread: Some(thread) })
 }
 
 /// Why [`start`] failed.
@@ -378,9 +367,7 @@ impl Handle {
     /// A cheap, cloneable way to ask for a stop from elsewhere (a signal
     /// handler thread), while the handle waits in [`Handle::join`].
     pub fn stopper(&self) -> Stopper {
-        Stopper {
-            shared: Arc::clone(&self.shared),
-        }
+        Stopper { shared: Arc::clone(&self.shared) }
     }
 
     /// Waits until `pred` holds for the status, or `timeout` passes.
@@ -396,12 +383,7 @@ impl Handle {
             if left.is_zero() {
                 return None;
             }
-            inner = self
-                .shared
-                .changed
-                .wait_timeout(inner, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            inner = self.shared.changed.wait_timeout(inner, left).unwrap_or_else(PoisonError::into_inner).0;
         }
     }
 
@@ -422,8 +404,7 @@ impl Handle {
     fn finish(&mut self) -> Status {
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
-                self.shared
-                    .update(|s| s.state = State::Stopped(StopReason::Panicked));
+                self.shared.update(|s| s.state = State::Stopped(StopReason::Panicked));
             }
         }
         self.status()
@@ -459,30 +440,18 @@ enum Outcome {
     /// The daemon refused us for good.
     Fatal(StopReason),
     /// Lost or never made; `online_for` is how long it had been online.
-    Lost {
-        reason: LostReason,
-        detail: String,
-        online_for: Option<Duration>,
-        timeout: Option<Duration>,
-    },
+    Lost { reason: LostReason, detail: String, online_for: Option<Duration>, timeout: Option<Duration> },
 }
 
 impl Outcome {
     fn lost(reason: LostReason, detail: impl Into<String>) -> Outcome {
-        Outcome::Lost {
-            reason,
-            detail: detail.into(),
-            online_for: None,
-            timeout: None,
-        }
+        Outcome::Lost { reason, detail: detail.into(), online_for: None, timeout: None }
     }
 }
 
 /// The thread's body: connect, serve, back off, until stopped.
 fn run(cfg: &AgentConfig, shared: &Shared) {
-    let mut rng = cfg
-        .seed
-        .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
+    let mut rng = cfg.seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
     let mut backoff = Backoff::new(cfg.backoff_base, cfg.backoff_cap, rng.fork());
     let mut session = Session::new(cfg, shared, rng);
     let reason = loop {
@@ -493,12 +462,7 @@ fn run(cfg: &AgentConfig, shared: &Shared) {
         match outcome {
             Outcome::Stopped => break StopReason::Requested,
             Outcome::Fatal(reason) => break reason,
-            Outcome::Lost {
-                reason,
-                detail,
-                online_for,
-                timeout,
-            } => {
+            Outcome::Lost { reason, detail, online_for, timeout } => {
                 shared.update(|s| {
                     s.last_error = Some(format!("{reason}: {detail}"));
                     s.last_lost = Some(reason);
@@ -514,18 +478,8 @@ fn run(cfg: &AgentConfig, shared: &Shared) {
         }
         let attempt = backoff.attempt();
         let delay = backoff.next_delay();
-        info!(
-            "reconnecting server={} in_ms={} attempt={}",
-            Logfmt(&cfg.server),
-            delay.as_millis(),
-            attempt + 1
-        );
-        shared.update(|s| {
-            s.state = State::BackingOff {
-                delay,
-                until: Instant::now() + delay,
-            }
-        });
+        info!("reconnecting server={} in_ms={} attempt={}", Logfmt(&cfg.server), delay.as_millis(), attempt + 1);
+        shared.update(|s| s.state = State::BackingOff { delay, until: Instant::now() + delay });
         if shared.sleep(delay) {
             break StopReason::Requested;
         }
@@ -540,12 +494,7 @@ fn run(cfg: &AgentConfig, shared: &Shared) {
             Logfmt(&reason.to_string())
         );
     } else {
-        info!(
-            "stopped server={} id={} reason={}",
-            Logfmt(&cfg.server),
-            Logfmt(&cfg.id),
-            reason.as_str()
-        );
+        info!("stopped server={} id={} reason={}", Logfmt(&cfg.server), Logfmt(&cfg.id), reason.as_str());
     }
     shared.update(|s| s.state = State::Stopped(reason));
 }
@@ -563,36 +512,23 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(cfg: &'a AgentConfig, shared: &'a Shared, rng: fastrand::Rng) -> Session<'a> {
-        Session {
-            cfg,
-            shared,
-            rng,
-            epoch: Instant::now(),
-            seq: 0,
-        }
+        Session { cfg, shared, rng, epoch: Instant::now(), seq: 0 }
     }
 
     /// Connects, handshakes and serves one connection.
     fn run(&mut self) -> Outcome {
         let shared = self.shared;
-        let (stream, peer) =
-            match link::connect(&self.cfg.server, self.cfg.connect_timeout, &mut |s| {
-                shared.watch(s)
-            }) {
-                Ok(connected) => connected,
-                Err(ConnectError::Abandoned) => return Outcome::Stopped,
-                Err(e) => {
-                    if shared.stop_requested() {
-                        return Outcome::Stopped;
-                    }
-                    warn!(
-                        "connect-failed server={} error={}",
-                        Logfmt(&self.cfg.server),
-                        Logfmt(&e.to_string())
-                    );
-                    return Outcome::lost(LostReason::ConnectFailed, e.to_string());
+        let (stream, peer) = match link::connect(&self.cfg.server, self.cfg.connect_timeout, &mut |s| shared.watch(s)) {
+            Ok(connected) => connected,
+            Err(ConnectError::Abandoned) => return Outcome::Stopped,
+            Err(e) => {
+                if shared.stop_requested() {
+                    return Outcome::Stopped;
                 }
-            };
+                warn!("connect-failed server={} error={}", Logfmt(&self.cfg.server), Logfmt(&e.to_string()));
+                return Outcome::lost(LostReason::ConnectFailed, e.to_string());
+            }
+        };
         let mut link = Link::new(stream);
         let outcome = self.handshake(&mut link, peer);
         if let Outcome::Stopped = outcome {
@@ -606,11 +542,7 @@ impl<'a> Session<'a> {
     /// Sends HELLO, waits for WELCOME, then serves the connection.
     fn handshake(&mut self, link: &mut Link, peer: SocketAddr) -> Outcome {
         let cfg = self.cfg;
-        let hello = Frame::Hello {
-            version: VERSION,
-            id: &cfg.id,
-            token: &cfg.token,
-        };
+        let hello = Frame::Hello { version: VERSION, id: &cfg.id, token: &cfg.token };
         if let Err(e) = link.send(&hello, cfg.connect_timeout) {
             return self.io_outcome(&e, None);
         }
@@ -627,20 +559,15 @@ impl<'a> Session<'a> {
                     );
                     return Outcome::lost(
                         LostReason::HandshakeTimeout,
-                        format!(
-                            "no WELCOME within {}",
-                            humantime::format_duration(cfg.connect_timeout)
-                        ),
+                        format!("no WELCOME within {}", humantime::format_duration(cfg.connect_timeout)),
                     );
                 }
                 Err(e) => return self.link_outcome(e, None),
             };
             match frame {
-                Incoming::Welcome {
-                    interval,
-                    timeout,
-                    session,
-                } => return self.online(link, peer, interval, timeout, session),
+                Incoming::Welcome { interval, timeout, session } => {
+                    return self.online(link, peer, interval, timeout, session)
+                }
                 Incoming::Ping(payload) => {
                     if let Err(e) = link.send(&Frame::Pong(&payload), cfg.connect_timeout) {
                         return self.io_outcome(&e, None);
@@ -677,13 +604,7 @@ impl<'a> Session<'a> {
         );
         self.shared.update(|s| {
             s.connects += 1;
-            s.state = State::Online {
-                peer,
-                session,
-                interval,
-                timeout,
-                since,
-            };
+            s.state = State::Online { peer, session, interval, timeout, since };
         });
         let mut last_rx = since;
         let mut last_ping = since;
@@ -724,11 +645,7 @@ impl<'a> Session<'a> {
                 next_ping = now + self.jittered(interval);
                 continue;
             }
-            let wake = if timeout.is_zero() {
-                next_ping
-            } else {
-                next_ping.min(last_rx + timeout)
-            };
+            let wake = if timeout.is_zero() { next_ping } else { next_ping.min(last_rx + timeout) };
             let frame = match link.recv(wake) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => continue,
@@ -745,12 +662,7 @@ impl<'a> Session<'a> {
             match frame {
                 Incoming::Pong(payload) => {
                     if let Some((seq, rtt)) = link::pong_rtt(&payload, self.epoch, last_rx) {
-                        debug!(
-                            "pong server={} seq={} rtt_us={}",
-                            Logfmt(&cfg.server),
-                            seq,
-                            rtt.as_micros()
-                        );
+                        debug!("pong server={} seq={} rtt_us={}", Logfmt(&cfg.server), seq, rtt.as_micros());
                         self.shared.update(|s| {
                             s.last_rtt = Some(rtt);
                             s.pongs_received += 1;
@@ -762,14 +674,9 @@ impl<'a> Session<'a> {
                         return self.log_lost(self.io_outcome(&e, up), session, timeout, last_rx);
                     }
                 }
-                Incoming::Welcome {
-                    interval: new_interval,
-                    timeout: new_timeout,
-                    session: new_session,
-                } => {
+                Incoming::Welcome { interval: new_interval, timeout: new_timeout, session: new_session } => {
                     if new_interval.is_zero() {
-                        let outcome =
-                            Outcome::lost(LostReason::ProtocolError, "WELCOME with interval 0");
+                        let outcome = Outcome::lost(LostReason::ProtocolError, "WELCOME with interval 0");
                         return self.log_lost(outcome, session, timeout, last_rx);
                     }
                     interval = new_interval;
@@ -785,15 +692,8 @@ impl<'a> Session<'a> {
                     // interval after the last one, or now if that is past.
                     next_ping = (last_ping + self.jittered(interval)).max(last_rx);
                     tcp = self.apply_sockopts(link, interval, Some(tcp));
-                    self.shared.update(|s| {
-                        s.state = State::Online {
-                            peer,
-                            session: new_session,
-                            interval,
-                            timeout,
-                            since,
-                        }
-                    });
+                    self.shared
+                        .update(|s| s.state = State::Online { peer, session: new_session, interval, timeout, since });
                 }
                 other => {
                     let outcome = self.frame_outcome(other, up);
@@ -812,12 +712,7 @@ impl<'a> Session<'a> {
     /// Applies keepalive and user timeout for `interval`, unless they are
     /// what `previous` already set. A refused option is logged, not fatal:
     /// the PINGs still detect a dead daemon.
-    fn apply_sockopts(
-        &self,
-        link: &Link,
-        interval: Duration,
-        previous: Option<TcpConfig>,
-    ) -> TcpConfig {
+    fn apply_sockopts(&self, link: &Link, interval: Duration, previous: Option<TcpConfig>) -> TcpConfig {
         let tcp = self.cfg.keepalive.resolve(interval);
         if previous == Some(tcp) {
             return tcp;
@@ -828,30 +723,15 @@ impl<'a> Session<'a> {
                     debug!("tcp-options server={} {}", Logfmt(&self.cfg.server), eff);
                 }
             }
-            Err(e) => warn!(
-                "sockopt-failed server={} error={}",
-                Logfmt(&self.cfg.server),
-                Logfmt(&e.to_string())
-            ),
+            Err(e) => warn!("sockopt-failed server={} error={}", Logfmt(&self.cfg.server), Logfmt(&e.to_string())),
         }
         tcp
     }
 
     /// Logs the loss of an online connection.
-    fn log_lost(
-        &self,
-        outcome: Outcome,
-        session: u64,
-        timeout: Duration,
-        last_rx: Instant,
-    ) -> Outcome {
+    fn log_lost(&self, outcome: Outcome, session: u64, timeout: Duration, last_rx: Instant) -> Outcome {
         match outcome {
-            Outcome::Lost {
-                reason,
-                detail,
-                online_for,
-                timeout: _,
-            } => {
+            Outcome::Lost { reason, detail, online_for, timeout: _ } => {
                 warn!(
                     "daemon-lost server={} session={} reason={} silent_ms={} connected_ms={} detail={}",
                     Logfmt(&self.cfg.server),
@@ -861,12 +741,7 @@ impl<'a> Session<'a> {
                     online_for.unwrap_or_default().as_millis(),
                     Logfmt(&detail)
                 );
-                Outcome::Lost {
-                    reason,
-                    detail,
-                    online_for,
-                    timeout: Some(timeout),
-                }
+                Outcome::Lost { reason, detail, online_for, timeout: Some(timeout) }
             }
             other => other,
         }
@@ -876,44 +751,22 @@ impl<'a> Session<'a> {
     /// frame the daemon must not send.
     fn frame_outcome(&self, frame: Incoming, online_for: Option<Duration>) -> Outcome {
         let (reason, detail) = match frame {
-            Incoming::Bye(reason) => (
-                LostReason::DaemonShutdown,
-                format!("BYE {}", Logfmt(&reason)),
-            ),
+            Incoming::Bye(reason) => (LostReason::DaemonShutdown, format!("BYE {}", Logfmt(&reason))),
             Incoming::Error { code, message } => {
-                if matches!(
-                    code,
-                    error_code::UNSUPPORTED_VERSION
-                        | error_code::AUTH_FAILED
-                        | error_code::REPLACED
-                ) {
+                if matches!(code, error_code::UNSUPPORTED_VERSION | error_code::AUTH_FAILED | error_code::REPLACED) {
                     return Outcome::Fatal(StopReason::Refused { code, message });
                 }
                 (LostReason::DaemonError, format!("ERROR {code}: {message}"))
             }
-            Incoming::Unexpected(what) => (
-                LostReason::ProtocolError,
-                format!("{what} from the daemon"),
-            ),
-            Incoming::Welcome { .. } | Incoming::Ping(_) | Incoming::Pong(_) => (
-                LostReason::ProtocolError,
-                "frame out of order before WELCOME".to_string(),
-            ),
+            Incoming::Unexpected(what) => (LostReason::ProtocolError, format!("{what} from the daemon")),
+            Incoming::Welcome { .. } | Incoming::Ping(_) | Incoming::Pong(_) => {
+                (LostReason::ProtocolError, "frame out of order before WELCOME".to_string())
+            }
         };
         if online_for.is_none() {
-            warn!(
-                "handshake-failed server={} reason={} detail={}",
-                Logfmt(&self.cfg.server),
-                reason,
-                Logfmt(&detail)
-            );
+            warn!("handshake-failed server={} reason={} detail={}", Logfmt(&self.cfg.server), reason, Logfmt(&detail));
         }
-        Outcome::Lost {
-            reason,
-            detail,
-            online_for,
-            timeout: None,
-        }
+        Outcome::Lost { reason, detail, online_for, timeout: None }
     }
 
     fn link_outcome(&self, e: LinkError, online_for: Option<Duration>) -> Outcome {
@@ -924,9 +777,7 @@ impl<'a> Session<'a> {
         match e {
             LinkError::Io(e) => self.io_outcome(&e, online_for),
             LinkError::Closed => self.lost(LostReason::Closed, e.to_string(), online_for),
-            LinkError::Protocol(_) => {
-                self.lost(LostReason::ProtocolError, e.to_string(), online_for)
-            }
+            LinkError::Protocol(_) => self.lost(LostReason::ProtocolError, e.to_string(), online_for),
         }
     }
 
@@ -939,19 +790,9 @@ impl<'a> Session<'a> {
 
     fn lost(&self, reason: LostReason, detail: String, online_for: Option<Duration>) -> Outcome {
         if online_for.is_none() {
-            warn!(
-                "handshake-failed server={} reason={} detail={}",
-                Logfmt(&self.cfg.server),
-                reason,
-                Logfmt(&detail)
-            );
+            warn!("handshake-failed server={} reason={} detail={}", Logfmt(&self.cfg.server), reason, Logfmt(&detail));
         }
-        Outcome::Lost {
-            reason,
-            detail,
-            online_for,
-            timeout: None,
-        }
+        Outcome::Lost { reason, detail, online_for, timeout: None }
     }
 }
 

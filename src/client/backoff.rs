@@ -35,21 +35,14 @@ impl Backoff {
     /// A schedule starting at attempt 0. A `cap` below `base` makes every
     /// ceiling equal to `cap`.
     pub fn new(base: Duration, cap: Duration, rng: fastrand::Rng) -> Backoff {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-            rng,
-        }
+        Backoff { base, cap, attempt: 0, rng }
     }
 
     /// The ceiling of attempt `attempt`: `min(cap, base × 2^attempt)`,
     /// saturating instead of overflowing.
     pub fn ceiling(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt).unwrap_or(u32::MAX);
-        self.base
-            .checked_mul(factor)
-            .map_or(self.cap, |d| d.min(self.cap))
+        self.base.checked_mul(factor).map_or(self.cap, |d| d.min(self.cap))
     }
 
     /// Draws the delay before the next attempt and moves to the one after.
@@ -87,9 +80,7 @@ mod tests {
     #[test]
     fn ceilings_double_until_the_cap_then_stay() {
         let b = schedule(1);
-        let expected_ms = [
-            200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 30_000, 30_000,
-        ];
+        let expected_ms = [200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 30_000, 30_000];
         for (attempt, ms) in expected_ms.iter().enumerate() {
             let attempt = u32::try_from(attempt).expect("small");
             assert_eq!(b.ceiling(attempt), Duration::from_millis(*ms), "{attempt}");
@@ -131,10 +122,7 @@ mod tests {
             let mean = *sum / runs;
             let half = b.ceiling(u32::try_from(attempt).expect("small")) / 2;
             let (lo, hi) = (half.mul_f64(0.9), half.mul_f64(1.1));
-            assert!(
-                mean >= lo && mean <= hi,
-                "attempt {attempt}: mean {mean:?} not within 10 % of {half:?}"
-            );
+            assert!(mean >= lo && mean <= hi, "attempt {attempt}: mean {mean:?} not within 10 % of {half:?}");
         }
     }
 
@@ -170,11 +158,7 @@ mod tests {
 
     #[test]
     fn cap_below_base_caps_everything() {
-        let mut b = Backoff::new(
-            Duration::from_secs(5),
-            Duration::from_secs(1),
-            fastrand::Rng::with_seed(3),
-        );
+        let mut b = Backoff::new(Duration::from_secs(5), Duration::from_secs(1), fastrand::Rng::with_seed(3));
         assert_eq!(b.ceiling(0), Duration::from_secs(1));
         for _ in 0..100 {
             assert!(b.next_delay() <= Duration::from_secs(1));

@@ -106,8 +106,8 @@ pub fn check(cfg: &CheckConfig) -> Result<CheckReport, CheckError> {
     }
     let start = Instant::now();
     let deadline = start + cfg.timeout;
-    let (stream, peer) = link::connect(&cfg.server, cfg.timeout, &mut |_| true)
-        .map_err(|e| CheckError::Connect(e.to_string()))?;
+    let (stream, peer) =
+        link::connect(&cfg.server, cfg.timeout, &mut |_| true).map_err(|e| CheckError::Connect(e.to_string()))?;
     let mut link = Link::new(stream);
     let result = probe(&mut link, peer, cfg, start, deadline);
     if !matches!(result, Err(CheckError::Refused { .. } | CheckError::Bye(_))) {
@@ -126,42 +126,24 @@ fn probe(
     deadline: Instant,
 ) -> Result<CheckReport, CheckError> {
     let left = || deadline.saturating_duration_since(Instant::now());
-    let hello = Frame::Hello {
-        version: VERSION,
-        id: &cfg.id,
-        token: &cfg.token,
-    };
-    link.send(&hello, left())
-        .map_err(|e| CheckError::Link(e.to_string()))?;
+    let hello = Frame::Hello { version: VERSION, id: &cfg.id, token: &cfg.token };
+    link.send(&hello, left()).map_err(|e| CheckError::Link(e.to_string()))?;
     let (session, interval, timeout) = match next(link, deadline, "WELCOME")? {
-        Incoming::Welcome {
-            interval,
-            timeout,
-            session,
-        } => (session, interval, timeout),
+        Incoming::Welcome { interval, timeout, session } => (session, interval, timeout),
         other => return Err(unexpected(other)),
     };
     let payload = link::ping_payload(1, epoch, Instant::now());
-    link.send(&Frame::Ping(&payload), left())
-        .map_err(|e| CheckError::Link(e.to_string()))?;
+    link.send(&Frame::Ping(&payload), left()).map_err(|e| CheckError::Link(e.to_string()))?;
     loop {
         match next(link, deadline, "PONG")? {
             Incoming::Pong(p) => {
                 if let Some((1, rtt)) = link::pong_rtt(&p, epoch, Instant::now()) {
-                    return Ok(CheckReport {
-                        peer,
-                        session,
-                        interval,
-                        timeout,
-                        rtt,
-                    });
+                    return Ok(CheckReport { peer, session, interval, timeout, rtt });
                 }
             }
             // A server PING or a fresh WELCOME may come first: answer or
             // skip, and keep waiting for our PONG.
-            Incoming::Ping(p) => link
-                .send(&Frame::Pong(&p), left())
-                .map_err(|e| CheckError::Link(e.to_string()))?,
+            Incoming::Ping(p) => link.send(&Frame::Pong(&p), left()).map_err(|e| CheckError::Link(e.to_string()))?,
             Incoming::Welcome { .. } => {}
             other => return Err(unexpected(other)),
         }
@@ -172,9 +154,7 @@ fn next(link: &mut Link, deadline: Instant, step: &'static str) -> Result<Incomi
     match link.recv(deadline) {
         Ok(Some(frame)) => Ok(frame),
         Ok(None) => Err(CheckError::Timeout(step)),
-        Err(LinkError::Closed) => Err(CheckError::Link(format!(
-            "the daemon closed the connection before {step}"
-        ))),
+        Err(LinkError::Closed) => Err(CheckError::Link(format!("the daemon closed the connection before {step}"))),
         Err(e) => Err(CheckError::Link(e.to_string())),
     }
 }

@@ -5,13 +5,14 @@
 //! - `buf` holds at most one incomplete frame plus one read's worth of
 //!   bytes: complete frames are taken out before the next read, and the
 //!   codec rejects a header whose length breaks its per-type limit;
-//! - [`Link::recv`] never blocks past its deadline (the socket's read
-//!   timeout is set from it before every read), so callers need no timer
-//!   thread and an idle agent sleeps in `recv`.
+//! - [`Link::recv`] never blocks past its deadline (it waits in `ppoll`
+//!   with the time left, and reads only what is ready), so callers need no
+//!   timer thread and an idle agent sleeps in `recv`.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
@@ -33,11 +34,7 @@ const PING_PAYLOAD_LEN: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Incoming {
     /// Handshake reply, or a fresh one after a reload.
-    Welcome {
-        interval: Duration,
-        timeout: Duration,
-        session: u64,
-    },
+    Welcome { interval: Duration, timeout: Duration, session: u64 },
     /// The daemon probes us; answer with PONG and the same payload.
     Ping(Vec<u8>),
     /// The echo of one of our PINGs.
@@ -90,11 +87,7 @@ pub(crate) struct Link {
 impl Link {
     /// Wraps a connected stream.
     pub(crate) fn new(stream: TcpStream) -> Link {
-        Link {
-            stream,
-            buf: Vec::new(),
-            out: Vec::new(),
-        }
+        Link { stream, buf: Vec::new(), out: Vec::new() }
     }
 
     /// The socket, for socket options.
@@ -108,8 +101,7 @@ impl Link {
     pub(crate) fn send(&mut self, frame: &Frame<'_>, timeout: Duration) -> io::Result<()> {
         self.out.clear();
         native::encode(frame, &mut self.out);
-        self.stream
-            .set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        self.stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
         self.stream.write_all(&self.out)
     }
 
@@ -122,23 +114,16 @@ impl Link {
                 return Ok(Some(frame));
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            // A zero read timeout means "block forever" to the kernel, so
-            // a deadline that is due or sub-millisecond returns here.
-            if left < Duration::from_millis(1) {
+            if left.is_zero() {
                 return Ok(None);
             }
-            self.stream.set_read_timeout(Some(left))?;
+            if !wait_readable(&self.stream, left)? {
+                continue;
+            }
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err(LinkError::Closed),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                // The read timeout expired: loop to re-check the deadline.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) && e.raw_os_error() != Some(libc::ETIMEDOUT) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(LinkError::Io(e)),
             }
         }
@@ -156,13 +141,41 @@ impl Link {
     }
 }
 
+/// Waits until `stream` is readable (data, EOF or an error) or `timeout`
+/// has passed; false on timeout.
+///
+/// `ppoll` rather than `SO_RCVTIMEO`: the socket timeout counts in
+/// jiffies and wakes up to a few milliseconds late, which would push a
+/// PING past its interval; `ppoll` sleeps on a high-resolution timer.
+fn wait_readable(stream: &TcpStream, timeout: Duration) -> io::Result<bool> {
+    let mut pollfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        // Below 10⁹, so it fits a c_long on every target.
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one valid pollfd for the duration of the call, a valid
+    // timespec, and no signal mask.
+    let rc = unsafe { libc::ppoll(&mut pollfd, 1, &ts, std::ptr::null()) };
+    match rc {
+        -1 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+        0 => Ok(false),
+        // POLLIN, POLLHUP or POLLERR: the read that follows returns data,
+        // EOF or the socket's error without blocking.
+        _ => Ok(true),
+    }
+}
+
 fn to_owned(frame: Frame<'_>) -> Incoming {
     match frame {
-        Frame::Welcome {
-            interval_ms,
-            timeout_ms,
-            session,
-        } => Incoming::Welcome {
+        Frame::Welcome { interval_ms, timeout_ms, session } => Incoming::Welcome {
             interval: Duration::from_millis(u64::from(interval_ms)),
             timeout: Duration::from_millis(u64::from(timeout_ms)),
             session,
@@ -170,10 +183,7 @@ fn to_owned(frame: Frame<'_>) -> Incoming {
         Frame::Ping(p) => Incoming::Ping(p.to_vec()),
         Frame::Pong(p) => Incoming::Pong(p.to_vec()),
         Frame::Bye(reason) => Incoming::Bye(reason.to_string()),
-        Frame::Error { code, message } => Incoming::Error {
-            code,
-            message: message.to_string(),
-        },
+        Frame::Error { code, message } => Incoming::Error { code, message: message.to_string() },
         Frame::Hello { .. } => Incoming::Unexpected("HELLO"),
     }
 }
@@ -187,14 +197,11 @@ pub(crate) fn connect(
     timeout: Duration,
     watch: &mut dyn FnMut(&Socket) -> bool,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
-    let addrs: Vec<SocketAddr> = server
-        .to_socket_addrs()
-        .map_err(ConnectError::Resolve)?
-        .collect();
+    let addrs: Vec<SocketAddr> = server.to_socket_addrs().map_err(ConnectError::Resolve)?.collect();
     let mut last = None;
     for addr in addrs {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)
-            .map_err(ConnectError::Connect)?;
+        let socket =
+            Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None).map_err(ConnectError::Connect)?;
         if !watch(&socket) {
             return Err(ConnectError::Abandoned);
         }
@@ -224,9 +231,7 @@ impl fmt::Display for ConnectError {
         match self {
             ConnectError::Resolve(e) => write!(f, "resolving: {e}"),
             ConnectError::NoAddress => f.write_str("resolving: no address"),
-            ConnectError::Connect(e) if e.kind() == io::ErrorKind::TimedOut => {
-                f.write_str("connect timed out")
-            }
+            ConnectError::Connect(e) if e.kind() == io::ErrorKind::TimedOut => f.write_str("connect timed out"),
             ConnectError::Connect(e) => write!(f, "connecting: {e}"),
             ConnectError::Abandoned => f.write_str("stopped while connecting"),
         }

@@ -89,6 +89,6 @@ pub use agent::{start, Handle, LostReason, StartError, State, Status, StopReason
 pub use backoff::Backoff;
 pub use check::{check, CheckConfig, CheckError, CheckReport};
 pub use options::{
-    AgentConfig, ConfigError, KeepaliveOptions, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_COUNT,
+    AgentConfig, ConfigError, KeepaliveOptions, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_KEEPALIVE_COUNT,
 };

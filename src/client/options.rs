@@ -76,10 +76,7 @@ impl AgentConfig {
             return Err(ConfigError::Zero("backoff base"));
         }
         if self.backoff_cap < self.backoff_base {
-            return Err(ConfigError::CapBelowBase {
-                base: self.backoff_base,
-                cap: self.backoff_cap,
-            });
+            return Err(ConfigError::CapBelowBase { base: self.backoff_base, cap: self.backoff_cap });
         }
         Ok(())
     }
@@ -112,9 +109,7 @@ impl KeepaliveOptions {
     /// acknowledging (power cut, dropped route) sooner than the kernel's
     /// default of about 15 minutes of retransmissions.
     pub fn resolve(&self, heartbeat: Duration) -> TcpConfig {
-        let idle = self
-            .idle
-            .unwrap_or_else(|| whole_seconds(heartbeat.saturating_mul(2)));
+        let idle = self.idle.unwrap_or_else(|| whole_seconds(heartbeat.saturating_mul(2)));
         let interval = self.interval.unwrap_or_else(|| whole_seconds(heartbeat));
         let count = self.count.unwrap_or(DEFAULT_KEEPALIVE_COUNT);
         let user_timeout = self.user_timeout.unwrap_or_else(|| {
@@ -168,11 +163,7 @@ impl fmt::Display for ConfigError {
                 write!(f, "server {s:?}: expected HOST:PORT, e.g. 127.0.0.1:7700")
             }
             ConfigError::Id(e) => write!(f, "id: {e}"),
-            ConfigError::TokenTooLong(n) => write!(
-                f,
-                "token: {n} bytes, at most {} allowed",
-                native::MAX_TOKEN_LEN
-            ),
+            ConfigError::TokenTooLong(n) => write!(f, "token: {n} bytes, at most {} allowed", native::MAX_TOKEN_LEN),
             ConfigError::Zero(what) => write!(f, "{what}: must be greater than zero"),
             ConfigError::CapBelowBase { base, cap } => write!(
                 f,
@@ -188,9 +179,7 @@ impl std::error::Error for ConfigError {}
 
 /// Checks `HOST:PORT` syntax without resolving the host.
 pub(crate) fn validate_server(server: &str) -> Result<(), ConfigError> {
-    let ok = server
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    let ok = server.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
     if ok {
         Ok(())
     } else {
@@ -235,23 +224,14 @@ mod tests {
 
     #[test]
     fn overrides_win_and_feed_the_derived_user_timeout() {
-        let opts = KeepaliveOptions {
-            idle: Some(Duration::from_secs(10)),
-            count: Some(5),
-            ..KeepaliveOptions::default()
-        };
+        let opts =
+            KeepaliveOptions { idle: Some(Duration::from_secs(10)), count: Some(5), ..KeepaliveOptions::default() };
         let tcp = opts.resolve(Duration::from_secs(2));
         assert_eq!(tcp.keepalive_idle, Duration::from_secs(10));
         assert_eq!(tcp.keepalive_interval, Duration::from_secs(2));
         assert_eq!(tcp.user_timeout, Duration::from_secs(20));
-        let off = KeepaliveOptions {
-            idle: Some(Duration::ZERO),
-            ..KeepaliveOptions::default()
-        };
-        assert_eq!(
-            off.resolve(Duration::from_secs(2)).user_timeout,
-            Duration::ZERO
-        );
+        let off = KeepaliveOptions { idle: Some(Duration::ZERO), ..KeepaliveOptions::default() };
+        assert_eq!(off.resolve(Duration::from_secs(2)).user_timeout, Duration::ZERO);
     }
 
     #[test]
@@ -268,10 +248,7 @@ mod tests {
     fn backoff_bounds_are_checked() {
         let mut cfg = AgentConfig::new("127.0.0.1:7700", "dev-42");
         cfg.backoff_cap = Duration::from_millis(100);
-        assert!(matches!(
-            cfg.validate(),
-            Err(ConfigError::CapBelowBase { .. })
-        ));
+        assert!(matches!(cfg.validate(), Err(ConfigError::CapBelowBase { .. })));
         cfg.backoff_cap = DEFAULT_BACKOFF_CAP;
         cfg.connect_timeout = Duration::ZERO;
         assert_eq!(cfg.validate(), Err(ConfigError::Zero("connect timeout")));
