@@ -24,7 +24,7 @@ use signal_hook::iterator::Signals;
 
 /// Keeps a client registered at a heartbeatd daemon, or probes one.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,9 +34,15 @@ struct Cli {
 enum Command {
     /// Stay online at the daemon: HELLO, PING every interval, notice a dead
     /// daemon, reconnect with backoff. Stops with BYE on SIGINT/SIGTERM.
+    #[command(after_help = "Exit status: 0 after SIGINT/SIGTERM; 1 if the daemon refused the agent for good \
+                            (ERROR 4 authentication, 6 replaced by another agent with the same id, 2 version); \
+                            2 for invalid arguments.")]
     Run(RunArgs),
     /// Probe the daemon once (HELLO, PING/PONG, BYE) and print interval,
     /// timeout and RTT. Exit 0 if healthy, 1 if not.
+    #[command(after_help = "Prints one logfmt line on stdout: `healthy ... interval_ms=N timeout_ms=N rtt_us=N` \
+                            or `unhealthy ... reason=R error=\"...\"`.\n\
+                            Exit status: 0 healthy; 1 unhealthy or unreachable; 2 for invalid arguments.")]
     Check(CheckArgs),
 }
 

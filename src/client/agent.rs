@@ -433,27 +433,29 @@ impl Stopper {
     }
 }
 
-/// How one connection ended.
+/// How one connection ended, as the run loop needs it.
 enum Outcome {
     /// A stop was requested (BYE already sent if HELLO had been).
     Stopped,
     /// The daemon refused us for good.
     Fatal(StopReason),
-    /// Lost or never made; `online_for` is how long it had been online.
-    Lost { reason: LostReason, detail: String, online_for: Option<Duration>, timeout: Option<Duration> },
+    /// Lost, or never made. `healthy` when it had stayed online for one
+    /// timeout: the backoff then starts over.
+    Lost { reason: LostReason, detail: String, healthy: bool },
 }
 
-impl Outcome {
-    fn lost(reason: LostReason, detail: impl Into<String>) -> Outcome {
-        Outcome::Lost { reason, detail: detail.into(), online_for: None, timeout: None }
-    }
+/// How a step (handshake, online loop) ended, before it is logged.
+enum End {
+    Stopped,
+    Fatal(StopReason),
+    Lost(LostReason, String),
 }
 
 /// The thread's body: connect, serve, back off, until stopped.
 fn run(cfg: &AgentConfig, shared: &Shared) {
     let mut rng = cfg.seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
     let mut backoff = Backoff::new(cfg.backoff_base, cfg.backoff_cap, rng.fork());
-    let mut session = Session::new(cfg, shared, rng);
+    let mut session = Session { cfg, shared, rng, epoch: Instant::now(), seq: 0 };
     let reason = loop {
         let attempt = backoff.attempt();
         shared.update(|s| s.state = State::Connecting { attempt });
@@ -462,17 +464,13 @@ fn run(cfg: &AgentConfig, shared: &Shared) {
         match outcome {
             Outcome::Stopped => break StopReason::Requested,
             Outcome::Fatal(reason) => break reason,
-            Outcome::Lost { reason, detail, online_for, timeout } => {
+            Outcome::Lost { reason, detail, healthy } => {
                 shared.update(|s| {
                     s.last_error = Some(format!("{reason}: {detail}"));
                     s.last_lost = Some(reason);
                 });
-                // A connection that stayed up for one timeout was healthy:
-                // the next outage starts the schedule from the bottom.
-                if let (Some(up), Some(timeout)) = (online_for, timeout) {
-                    if up >= timeout {
-                        backoff.reset();
-                    }
+                if healthy {
+                    backoff.reset();
                 }
             }
         }
@@ -499,8 +497,8 @@ fn run(cfg: &AgentConfig, shared: &Shared) {
     shared.update(|s| s.state = State::Stopped(reason));
 }
 
-/// One connection's worth of work, with what persists across connections
-/// (the jitter RNG, the PING sequence, the RTT epoch).
+/// What persists across connections: the jitter RNG, the PING sequence,
+/// the RTT epoch.
 struct Session<'a> {
     cfg: &'a AgentConfig,
     shared: &'a Shared,
@@ -510,89 +508,102 @@ struct Session<'a> {
     seq: u64,
 }
 
-impl<'a> Session<'a> {
-    fn new(cfg: &'a AgentConfig, shared: &'a Shared, rng: fastrand::Rng) -> Session<'a> {
-        Session { cfg, shared, rng, epoch: Instant::now(), seq: 0 }
-    }
+/// One online connection's clock and settings.
+struct Online {
+    peer: SocketAddr,
+    session: u64,
+    /// From the latest WELCOME.
+    interval: Duration,
+    /// From the latest WELCOME; zero disables the silence check.
+    timeout: Duration,
+    since: Instant,
+    /// Last frame received from the daemon.
+    last_rx: Instant,
+    last_ping: Instant,
+    next_ping: Instant,
+    /// The socket options last applied.
+    tcp: TcpConfig,
+}
 
-    /// Connects, handshakes and serves one connection.
+impl Session<'_> {
+    /// Connects, handshakes and serves one connection; logs how it ended
+    /// unless it was stopped or refused (the run loop logs those).
     fn run(&mut self) -> Outcome {
-        let shared = self.shared;
-        let (stream, peer) = match link::connect(&self.cfg.server, self.cfg.connect_timeout, &mut |s| shared.watch(s)) {
+        let (cfg, shared) = (self.cfg, self.shared);
+        let (stream, peer) = match link::connect(&cfg.server, cfg.connect_timeout, &mut |s| shared.watch(s)) {
             Ok(connected) => connected,
             Err(ConnectError::Abandoned) => return Outcome::Stopped,
+            Err(_) if shared.stop_requested() => return Outcome::Stopped,
             Err(e) => {
-                if shared.stop_requested() {
-                    return Outcome::Stopped;
-                }
-                warn!("connect-failed server={} error={}", Logfmt(&self.cfg.server), Logfmt(&e.to_string()));
-                return Outcome::lost(LostReason::ConnectFailed, e.to_string());
+                warn!("connect-failed server={} error={}", Logfmt(&cfg.server), Logfmt(&e.to_string()));
+                return Outcome::Lost { reason: LostReason::ConnectFailed, detail: e.to_string(), healthy: false };
             }
         };
         let mut link = Link::new(stream);
-        let outcome = self.handshake(&mut link, peer);
+        let outcome = match self.handshake(&mut link) {
+            Ok((interval, timeout, session)) => self.online(&mut link, peer, interval, timeout, session),
+            Err(End::Stopped) => Outcome::Stopped,
+            Err(End::Fatal(reason)) => Outcome::Fatal(reason),
+            Err(End::Lost(reason, detail)) => {
+                warn!(
+                    "handshake-failed server={} peer={} reason={} detail={}",
+                    Logfmt(&cfg.server),
+                    peer,
+                    reason,
+                    Logfmt(&detail)
+                );
+                Outcome::Lost { reason, detail, healthy: false }
+            }
+        };
         if let Outcome::Stopped = outcome {
-            // HELLO was sent (or was about to be): say BYE so the daemon
-            // logs `left` rather than a loss. Best effort, bounded.
+            // HELLO was sent (or about to be), and the daemon handles it
+            // before what follows: BYE makes it log `left`, not a loss.
+            // Best effort, and bounded so a stop stays prompt.
             let _ = link.send(&Frame::Bye("stopped"), BYE_WRITE_TIMEOUT);
         }
         outcome
     }
 
-    /// Sends HELLO, waits for WELCOME, then serves the connection.
-    fn handshake(&mut self, link: &mut Link, peer: SocketAddr) -> Outcome {
+    /// Sends HELLO and waits for WELCOME: its interval, timeout, session.
+    fn handshake(&mut self, link: &mut Link) -> Result<(Duration, Duration, u64), End> {
         let cfg = self.cfg;
         let hello = Frame::Hello { version: VERSION, id: &cfg.id, token: &cfg.token };
-        if let Err(e) = link.send(&hello, cfg.connect_timeout) {
-            return self.io_outcome(&e, None);
-        }
+        link.send(&hello, cfg.connect_timeout).map_err(|e| self.io_end(&e))?;
         let deadline = Instant::now() + cfg.connect_timeout;
         loop {
             let frame = match link.recv(deadline) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {
-                    warn!(
-                        "handshake-failed server={} peer={} reason=handshake-timeout waited_ms={}",
-                        Logfmt(&cfg.server),
-                        peer,
-                        cfg.connect_timeout.as_millis()
-                    );
-                    return Outcome::lost(
-                        LostReason::HandshakeTimeout,
-                        format!("no WELCOME within {}", humantime::format_duration(cfg.connect_timeout)),
-                    );
+                    let waited = humantime::format_duration(cfg.connect_timeout);
+                    return Err(End::Lost(LostReason::HandshakeTimeout, format!("no WELCOME within {waited}")));
                 }
-                Err(e) => return self.link_outcome(e, None),
+                Err(e) => return Err(self.link_end(e)),
             };
             match frame {
-                Incoming::Welcome { interval, timeout, session } => {
-                    return self.online(link, peer, interval, timeout, session)
+                Incoming::Welcome { interval, .. } if interval.is_zero() => {
+                    return Err(End::Lost(LostReason::ProtocolError, "WELCOME with interval 0".into()))
                 }
+                Incoming::Welcome { interval, timeout, session } => return Ok((interval, timeout, session)),
                 Incoming::Ping(payload) => {
-                    if let Err(e) = link.send(&Frame::Pong(&payload), cfg.connect_timeout) {
-                        return self.io_outcome(&e, None);
-                    }
+                    link.send(&Frame::Pong(&payload), cfg.connect_timeout).map_err(|e| self.io_end(&e))?;
                 }
-                other => return self.frame_outcome(other, None),
+                other => return Err(frame_end(other)),
             }
         }
     }
 
-    /// Serves an online connection until it ends.
+    /// Serves an online connection and logs how it ended.
     fn online(
         &mut self,
         link: &mut Link,
         peer: SocketAddr,
-        mut interval: Duration,
-        mut timeout: Duration,
+        interval: Duration,
+        timeout: Duration,
         session: u64,
     ) -> Outcome {
         let cfg = self.cfg;
-        if interval.is_zero() {
-            return Outcome::lost(LostReason::ProtocolError, "WELCOME with interval 0");
-        }
         let since = Instant::now();
-        let mut tcp = self.apply_sockopts(link, interval, None);
+        let tcp = self.apply_sockopts(link, interval, None);
         info!(
             "connected server={} id={} peer={} session={} interval_ms={} timeout_ms={}",
             Logfmt(&cfg.server),
@@ -602,67 +613,72 @@ impl<'a> Session<'a> {
             interval.as_millis(),
             timeout.as_millis()
         );
-        self.shared.update(|s| {
-            s.connects += 1;
-            s.state = State::Online { peer, session, interval, timeout, since };
-        });
-        let mut last_rx = since;
-        let mut last_ping = since;
-        let mut next_ping = since + self.jittered(interval);
+        let next_ping = since + self.jittered(interval);
+        let mut conn =
+            Online { peer, session, interval, timeout, since, last_rx: since, last_ping: since, next_ping, tcp };
+        self.publish(&conn, true);
+        match self.serve(link, &mut conn) {
+            End::Stopped => Outcome::Stopped,
+            End::Fatal(reason) => Outcome::Fatal(reason),
+            End::Lost(reason, detail) => {
+                let up = conn.since.elapsed();
+                warn!(
+                    "daemon-lost server={} session={} reason={} silent_ms={} connected_ms={} detail={}",
+                    Logfmt(&cfg.server),
+                    conn.session,
+                    reason,
+                    conn.last_rx.elapsed().as_millis(),
+                    up.as_millis(),
+                    Logfmt(&detail)
+                );
+                // A connection that stayed up for one timeout was healthy:
+                // the next outage starts the schedule from the bottom.
+                Outcome::Lost { reason, detail, healthy: up >= conn.timeout }
+            }
+        }
+    }
+
+    /// The online loop: PING when due, read until the next deadline.
+    fn serve(&mut self, link: &mut Link, conn: &mut Online) -> End {
         loop {
-            let up = Some(since.elapsed());
             if self.shared.stop_requested() {
-                return Outcome::Stopped;
+                return End::Stopped;
             }
             let now = Instant::now();
-            let silent = now.saturating_duration_since(last_rx);
+            let silent = now.saturating_duration_since(conn.last_rx);
             // A zero timeout (a WELCOME that disables the silence check)
             // leaves detection to TCP: EOF, RST, keepalive, user timeout.
-            if !timeout.is_zero() && silent >= timeout {
-                warn!(
-                    "daemon-lost server={} session={} reason=timeout silent_ms={} connected_ms={}",
-                    Logfmt(&cfg.server),
-                    session,
-                    silent.as_millis(),
-                    since.elapsed().as_millis()
+            if !conn.timeout.is_zero() && silent >= conn.timeout {
+                return End::Lost(
+                    LostReason::Timeout,
+                    format!("no frame from the daemon for {} ms", silent.as_millis()),
                 );
-                return Outcome::Lost {
-                    reason: LostReason::Timeout,
-                    detail: format!("no frame from the daemon for {} ms", silent.as_millis()),
-                    online_for: up,
-                    timeout: Some(timeout),
-                };
             }
-            if now >= next_ping {
+            if now >= conn.next_ping {
                 self.seq += 1;
                 let payload = link::ping_payload(self.seq, self.epoch, now);
-                if let Err(e) = link.send(&Frame::Ping(&payload), timeout.max(interval)) {
-                    return self.log_lost(self.io_outcome(&e, up), session, timeout, last_rx);
+                if let Err(e) = link.send(&Frame::Ping(&payload), write_timeout(conn)) {
+                    return self.io_end(&e);
                 }
-                debug!("ping server={} seq={}", Logfmt(&cfg.server), self.seq);
+                debug!("ping server={} seq={}", Logfmt(&self.cfg.server), self.seq);
                 self.shared.update(|s| s.pings_sent += 1);
-                last_ping = now;
-                next_ping = now + self.jittered(interval);
+                conn.last_ping = now;
+                conn.next_ping = now + self.jittered(conn.interval);
                 continue;
             }
-            let wake = if timeout.is_zero() { next_ping } else { next_ping.min(last_rx + timeout) };
+            let wake =
+                if conn.timeout.is_zero() { conn.next_ping } else { conn.next_ping.min(conn.last_rx + conn.timeout) };
             let frame = match link.recv(wake) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => continue,
-                Err(e) => {
-                    if self.shared.stop_requested() {
-                        return Outcome::Stopped;
-                    }
-                    let outcome = self.link_outcome(e, up);
-                    return self.log_lost(outcome, session, timeout, last_rx);
-                }
+                Err(e) => return self.link_end(e),
             };
             // Any frame from the daemon is activity.
-            last_rx = Instant::now();
+            conn.last_rx = Instant::now();
             match frame {
                 Incoming::Pong(payload) => {
-                    if let Some((seq, rtt)) = link::pong_rtt(&payload, self.epoch, last_rx) {
-                        debug!("pong server={} seq={} rtt_us={}", Logfmt(&cfg.server), seq, rtt.as_micros());
+                    if let Some((seq, rtt)) = link::pong_rtt(&payload, self.epoch, conn.last_rx) {
+                        debug!("pong server={} seq={} rtt_us={}", Logfmt(&self.cfg.server), seq, rtt.as_micros());
                         self.shared.update(|s| {
                             s.last_rtt = Some(rtt);
                             s.pongs_received += 1;
@@ -670,37 +686,50 @@ impl<'a> Session<'a> {
                     }
                 }
                 Incoming::Ping(payload) => {
-                    if let Err(e) = link.send(&Frame::Pong(&payload), timeout.max(interval)) {
-                        return self.log_lost(self.io_outcome(&e, up), session, timeout, last_rx);
+                    if let Err(e) = link.send(&Frame::Pong(&payload), write_timeout(conn)) {
+                        return self.io_end(&e);
                     }
                 }
-                Incoming::Welcome { interval: new_interval, timeout: new_timeout, session: new_session } => {
-                    if new_interval.is_zero() {
-                        let outcome = Outcome::lost(LostReason::ProtocolError, "WELCOME with interval 0");
-                        return self.log_lost(outcome, session, timeout, last_rx);
-                    }
-                    interval = new_interval;
-                    timeout = new_timeout;
+                Incoming::Welcome { interval, .. } if interval.is_zero() => {
+                    return End::Lost(LostReason::ProtocolError, "WELCOME with interval 0".into())
+                }
+                Incoming::Welcome { interval, timeout, session } => {
                     info!(
                         "welcome-updated server={} session={} interval_ms={} timeout_ms={}",
-                        Logfmt(&cfg.server),
-                        new_session,
+                        Logfmt(&self.cfg.server),
+                        session,
                         interval.as_millis(),
                         timeout.as_millis()
                     );
+                    conn.interval = interval;
+                    conn.timeout = timeout;
+                    conn.session = session;
                     // Adopt at once: the next PING is one (jittered) new
                     // interval after the last one, or now if that is past.
-                    next_ping = (last_ping + self.jittered(interval)).max(last_rx);
-                    tcp = self.apply_sockopts(link, interval, Some(tcp));
-                    self.shared
-                        .update(|s| s.state = State::Online { peer, session: new_session, interval, timeout, since });
+                    conn.next_ping = (conn.last_ping + self.jittered(interval)).max(conn.last_rx);
+                    conn.tcp = self.apply_sockopts(link, interval, Some(conn.tcp));
+                    self.publish(conn, false);
                 }
-                other => {
-                    let outcome = self.frame_outcome(other, up);
-                    return self.log_lost(outcome, session, timeout, last_rx);
-                }
+                other => return frame_end(other),
             }
         }
+    }
+
+    /// Shows the online state through the handle.
+    fn publish(&self, conn: &Online, connected: bool) {
+        let state = State::Online {
+            peer: conn.peer,
+            session: conn.session,
+            interval: conn.interval,
+            timeout: conn.timeout,
+            since: conn.since,
+        };
+        self.shared.update(|s| {
+            s.state = state;
+            if connected {
+                s.connects += 1;
+            }
+        });
     }
 
     /// A PING delay: `interval` minus up to 10 %, at random, never above.
@@ -728,71 +757,50 @@ impl<'a> Session<'a> {
         tcp
     }
 
-    /// Logs the loss of an online connection.
-    fn log_lost(&self, outcome: Outcome, session: u64, timeout: Duration, last_rx: Instant) -> Outcome {
-        match outcome {
-            Outcome::Lost { reason, detail, online_for, timeout: _ } => {
-                warn!(
-                    "daemon-lost server={} session={} reason={} silent_ms={} connected_ms={} detail={}",
-                    Logfmt(&self.cfg.server),
-                    session,
-                    reason,
-                    last_rx.elapsed().as_millis(),
-                    online_for.unwrap_or_default().as_millis(),
-                    Logfmt(&detail)
-                );
-                Outcome::Lost { reason, detail, online_for, timeout: Some(timeout) }
-            }
-            other => other,
-        }
-    }
-
-    /// The outcome of a frame that ends the connection: BYE, ERROR, or a
-    /// frame the daemon must not send.
-    fn frame_outcome(&self, frame: Incoming, online_for: Option<Duration>) -> Outcome {
-        let (reason, detail) = match frame {
-            Incoming::Bye(reason) => (LostReason::DaemonShutdown, format!("BYE {}", Logfmt(&reason))),
-            Incoming::Error { code, message } => {
-                if matches!(code, error_code::UNSUPPORTED_VERSION | error_code::AUTH_FAILED | error_code::REPLACED) {
-                    return Outcome::Fatal(StopReason::Refused { code, message });
-                }
-                (LostReason::DaemonError, format!("ERROR {code}: {message}"))
-            }
-            Incoming::Unexpected(what) => (LostReason::ProtocolError, format!("{what} from the daemon")),
-            Incoming::Welcome { .. } | Incoming::Ping(_) | Incoming::Pong(_) => {
-                (LostReason::ProtocolError, "frame out of order before WELCOME".to_string())
-            }
-        };
-        if online_for.is_none() {
-            warn!("handshake-failed server={} reason={} detail={}", Logfmt(&self.cfg.server), reason, Logfmt(&detail));
-        }
-        Outcome::Lost { reason, detail, online_for, timeout: None }
-    }
-
-    fn link_outcome(&self, e: LinkError, online_for: Option<Duration>) -> Outcome {
+    fn link_end(&self, e: LinkError) -> End {
         // A stop shuts the read side down, which reads as EOF: not a loss.
         if self.shared.stop_requested() {
-            return Outcome::Stopped;
+            return End::Stopped;
         }
         match e {
-            LinkError::Io(e) => self.io_outcome(&e, online_for),
-            LinkError::Closed => self.lost(LostReason::Closed, e.to_string(), online_for),
-            LinkError::Protocol(_) => self.lost(LostReason::ProtocolError, e.to_string(), online_for),
+            LinkError::Io(e) => self.io_end(&e),
+            LinkError::Closed => End::Lost(LostReason::Closed, e.to_string()),
+            LinkError::Protocol(_) => End::Lost(LostReason::ProtocolError, e.to_string()),
         }
     }
 
-    fn io_outcome(&self, e: &io::Error, online_for: Option<Duration>) -> Outcome {
+    fn io_end(&self, e: &io::Error) -> End {
         if self.shared.stop_requested() {
-            return Outcome::Stopped;
+            return End::Stopped;
         }
-        self.lost(reason_for_io_error(e), e.to_string(), online_for)
+        End::Lost(reason_for_io_error(e), e.to_string())
     }
+}
 
-    fn lost(&self, reason: LostReason, detail: String, online_for: Option<Duration>) -> Outcome {
-        if online_for.is_none() {
-            warn!("handshake-failed server={} reason={} detail={}", Logfmt(&self.cfg.server), reason, Logfmt(&detail));
+/// How long a PING or PONG may take to leave: a daemon that has not read
+/// for this long is gone anyway.
+fn write_timeout(conn: &Online) -> Duration {
+    conn.timeout.max(conn.interval)
+}
+
+/// The end of a connection on a frame that closes it: BYE, ERROR, or a
+/// frame the daemon must not send.
+fn frame_end(frame: Incoming) -> End {
+    match frame {
+        Incoming::Bye(reason) => End::Lost(LostReason::DaemonShutdown, format!("BYE {}", Logfmt(&reason))),
+        Incoming::Error { code, message } => {
+            // Retrying cannot cure these, and after a replacement it would
+            // take the session back from the newer agent, forever.
+            if matches!(code, error_code::UNSUPPORTED_VERSION | error_code::AUTH_FAILED | error_code::REPLACED) {
+                End::Fatal(StopReason::Refused { code, message })
+            } else {
+                End::Lost(LostReason::DaemonError, format!("ERROR {code}: {message}"))
+            }
         }
-        Outcome::Lost { reason, detail, online_for, timeout: None }
+        Incoming::Unexpected(what) => End::Lost(LostReason::ProtocolError, format!("{what} from the daemon")),
+        Incoming::Welcome { .. } | Incoming::Ping(_) | Incoming::Pong(_) => {
+            End::Lost(LostReason::ProtocolError, "frame out of order before WELCOME".into())
+        }
     }
 }
 
