@@ -364,8 +364,8 @@ fn frozen_daemon_is_lost_within_its_timeout_and_found_after_sigcont() {
     // within the cap. Plus slack for a loaded machine.
     assert!(reconnect <= Duration::from_millis(2_500), "reconnect after SIGCONT took {reconnect:?}");
     println!(
-        "MEASURED frozen daemon: lost after {} ms (timeout 600 ms, interval 200 ms); \
-         reconnected {} ms after SIGCONT",
+        "MEASURED frozen daemon: lost {} ms after SIGSTOP, after {silent} ms of silence \
+         (timeout 600 ms, interval 200 ms); reconnected {} ms after SIGCONT",
         noticed.as_millis(),
         reconnect.as_millis()
     );
@@ -373,14 +373,21 @@ fn frozen_daemon_is_lost_within_its_timeout_and_found_after_sigcont() {
 
 #[test]
 fn killed_daemon_restarted_on_the_same_port_is_found_again() {
-    let dir = TempDir::new();
-    let first = Daemon::start(&dir, &config("127.0.0.1:0", INTERVAL, "", ""));
-    let server = first.server();
-    let mut first = first;
+    // The port is reserved first, so the agent can start before any daemon
+    // exists: its refused attempts climb the backoff schedule, which the
+    // healthy connection that follows must reset.
+    let server = dead_port().to_string();
     let cap = "1s";
     let mut agent = agent(&server, "phoenix", &["--backoff-base", "100ms", "--backoff-cap", cap]);
+    for _ in 0..3 {
+        agent.wait_for(SOON, &["connect-failed ", "refused"]);
+    }
+    agent.wait_for(SOON, &["reconnecting ", "attempt=3"]);
+    let dir = TempDir::new();
+    let mut first = Daemon::start(&dir, &config(&server, INTERVAL, "", ""));
     agent.wait_for(SOON, &["connected "]);
     first.proc.wait_for(SOON, &["online client=phoenix "]);
+    // Online for more than one timeout (600 ms): a healthy connection.
     ping_gaps(&mut agent, 4, SOON);
 
     let killed_at = Instant::now();
@@ -389,9 +396,13 @@ fn killed_daemon_restarted_on_the_same_port_is_found_again() {
     let lost = agent.wait_for(SOON, &["daemon-lost "]);
     let noticed = lost.at.duration_since(killed_at);
     assert!(["closed", "reset"].contains(&field(&lost.text, "reason")), "{}", lost.text);
+    // The schedule starts over: the first delay is within the base.
+    let first_retry = agent.wait_for(SOON, &["reconnecting "]);
+    assert_eq!(field(&first_retry.text, "attempt"), "1", "{}", first_retry.text);
+    assert!(field(&first_retry.text, "in_ms").parse::<u64>().expect("in_ms") <= 100, "{}", first_retry.text);
     // While it is down, attempts are refused and spaced by the backoff.
     agent.wait_for(SOON, &["connect-failed ", "refused"]);
-    agent.wait_for(SOON, &["reconnecting "]);
+    agent.wait_for(SOON, &["reconnecting ", "attempt=2"]);
 
     // Restart on the same port (the daemon binds with SO_REUSEADDR).
     let dir2 = TempDir::new();
