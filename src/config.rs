@@ -927,7 +927,7 @@ impl ListenerSource<'_> {
             keepalive_interval: interval,
             keepalive_count: count,
             user_timeout,
-            nodelay: raw.nodelay.map_or(true, Spanned::into_inner),
+            nodelay: raw.nodelay.is_none_or(Spanned::into_inner),
         })
     }
 
@@ -1673,7 +1673,7 @@ mod tests {
             let text = lines.join("\n");
             if let Err(e) = parse(&text, "prop", Path::new("/nonexistent")) {
                 // Every error that comes from the text points into it.
-                proptest::prop_assert!(e.line.map_or(true, |l| (1..=lines.len() + 1).contains(&l)), "{e}");
+                proptest::prop_assert!(e.line.is_none_or(|l| (1..=lines.len() + 1).contains(&l)), "{e}");
             }
         }
     }

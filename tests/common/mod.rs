@@ -401,7 +401,15 @@ impl Daemon {
 
     /// Starts the daemon on a config file already written in `dir`.
     pub fn start_in(dir: TempDir, config_path: PathBuf) -> Daemon {
-        let mut child = Command::new(BIN)
+        Daemon::start_with(dir, config_path, |_| {})
+    }
+
+    /// Like [`Daemon::start_in`], letting `adjust` change the command first
+    /// (environment, resource limits).
+    pub fn start_with(dir: TempDir, config_path: PathBuf, adjust: impl FnOnce(&mut Command)) -> Daemon {
+        let mut command = Command::new(BIN);
+        adjust(&mut command);
+        let mut child = command
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
