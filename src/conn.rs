@@ -70,7 +70,8 @@ pub enum Progress {
 }
 
 impl Progress {
-    fn close(reason: OfflineReason, detail: impl Into<String>) -> Progress {
+    /// `Close` with a detail for the log.
+    pub fn close(reason: OfflineReason, detail: impl Into<String>) -> Progress {
         Progress::Close(reason, Some(detail.into()))
     }
 }
@@ -96,7 +97,7 @@ pub struct Conn {
     pub proto: Protocol,
     /// Handshake or online.
     pub state: State,
-    /// Session number, assigned when the connection goes online (0 before).
+    /// Session number, assigned at accept in accept order.
     pub session: u64,
     /// The HELLO id (native, once received).
     pub id: Option<Rc<str>>,
@@ -193,9 +194,8 @@ impl Conn {
 
     /// Puts the connection online after the loop accepted its HELLO: writes
     /// WELCOME to `out` and starts the liveness clock.
-    pub fn welcome(&mut self, session: u64, now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) {
+    pub fn welcome(&mut self, now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) {
         self.state = State::Online;
-        self.session = session;
         self.since = now;
         self.last_activity = now;
         self.queue_welcome(cfg, out);

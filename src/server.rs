@@ -134,6 +134,13 @@ struct Listener {
     exhausted_since: Option<Instant>,
 }
 
+impl Listener {
+    /// The address the socket is bound to (port 0 resolved), while open.
+    fn bound_address(&self) -> Option<SocketAddr> {
+        self.socket.as_ref()?.local_addr().ok()
+    }
+}
+
 /// The daemon: everything the loop owns.
 pub struct Server {
     poll: Poll,
@@ -241,13 +248,7 @@ impl Server {
 
     /// The bound address of each listener, by name (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.listeners
-            .iter()
-            .filter_map(|(_, l)| {
-                let address = l.socket.as_ref()?.local_addr().ok()?;
-                Some((l.cfg.name.clone(), address))
-            })
-            .collect()
+        self.listeners.iter().filter_map(|(_, l)| Some((l.cfg.name.clone(), l.bound_address()?))).collect()
     }
 
     /// Runs until SIGTERM or SIGINT and a graceful shutdown. Returns an
@@ -376,12 +377,13 @@ impl Server {
             self.close(key, OfflineReason::Shutdown, Some("listener removed".into()), now);
         }
         let l = self.listeners.remove(lkey);
+        let address = l.bound_address().unwrap_or(l.cfg.address);
         if let Some(mut socket) = l.socket {
             // The socket closes on drop; deregistering first keeps the
             // poll's interest list exact, and its failure changes nothing.
             let _ = self.poll.registry().deregister(&mut socket);
         }
-        info!("listener-closed listener={} address={}", Logfmt(&l.cfg.name), l.cfg.address);
+        info!("listener-closed listener={} address={}", Logfmt(&l.cfg.name), address);
     }
 
     fn accept(&mut self, lkey: usize, now: Instant) {
@@ -473,8 +475,10 @@ impl Server {
         }
         entry.insert(Conn::new(stream, peer, lkey, cfg.protocol, now));
         *self.per_address.entry(peer.ip()).or_insert(0) += 1;
+        // Sessions number connections in accept order, so the one accepted
+        // later is the newer one when two say HELLO with the same id.
+        self.conns[key].session = self.take_session();
         if self.conns[key].is_online() {
-            self.conns[key].session = self.take_session();
             self.emit_online(key);
         }
         self.arm(key);
@@ -541,15 +545,25 @@ impl Server {
         // HELLO is the first frame, so nothing is in the scratch buffer yet
         // and the older connection's ERROR can go through it.
         debug_assert!(self.scratch.is_empty());
-        if let Some(&older) = self.ids.get(&id) {
-            let message = "replaced by a newer connection with the same id";
+        let session = self.conns[key].session;
+        let message = "replaced by a newer connection with the same id";
+        if let Some(&online) = self.ids.get(&id) {
             crate::wire::native::encode(&Frame::Error { code: error_code::REPLACED, message }, &mut self.scratch);
-            self.close(older, OfflineReason::Replaced, Some(format!("by session {}", self.next_session)), now);
+            let online_session = self.conns[online].session;
+            if online_session > session {
+                // This connection was accepted before the one online with
+                // its id: a HELLO that waited (in the backlog, or behind a
+                // frozen daemon) is older, and must not displace the newer.
+                return Progress::close(
+                    OfflineReason::Replaced,
+                    format!("stale HELLO: session {online_session} is newer"),
+                );
+            }
+            self.close(online, OfflineReason::Replaced, Some(format!("by session {session}")), now);
         }
-        let session = self.take_session();
         let conn = &mut self.conns[key];
         let cfg = &self.listeners[conn.listener].cfg;
-        conn.welcome(session, now, cfg, &mut self.scratch);
+        conn.welcome(now, cfg, &mut self.scratch);
         self.ids.insert(id, key);
         self.emit_online(key);
         self.arm(key);
@@ -814,12 +828,16 @@ impl Server {
         }
         logging::set_level(new.daemon.log_level);
         let (mut added, mut removed, mut changed) = (0, 0, 0);
-        let current: Vec<(usize, ListenerConfig)> = self.listeners.iter().map(|(k, l)| (k, l.cfg.clone())).collect();
-        for (lkey, old) in current {
+        let current: Vec<(usize, ListenerConfig, Option<SocketAddr>)> =
+            self.listeners.iter().map(|(k, l)| (k, l.cfg.clone(), l.bound_address())).collect();
+        for (lkey, old, bound) in current {
             match new.listeners.iter().find(|n| n.name == old.name) {
-                Some(n) if n.address == old.address && n.protocol == old.protocol => {
-                    if *n != old {
-                        self.update_listener(lkey, n.clone(), now);
+                // The same socket keeps serving when the address is as
+                // configured before, or now names the port that ":0" got.
+                Some(n) if (n.address == old.address || Some(n.address) == bound) && n.protocol == old.protocol => {
+                    let n = ListenerConfig { address: old.address, ..n.clone() };
+                    if n != old {
+                        self.update_listener(lkey, n, now);
                         changed += 1;
                     }
                 }
