@@ -46,7 +46,7 @@ impl<'a> StatusView<'a> {
             id: conn.client_id(),
             peer: conn.peer.to_string(),
             listener: (self.listener_names)(conn.listener).to_owned(),
-            protocol: conn.proto.as_str(),
+            protocol: conn.proto.as_str().to_owned(),
             session: conn.session,
             online_since: humantime::format_rfc3339_millis(since).to_string(),
             online_since_ms: unix_ms(since),
