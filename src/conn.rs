@@ -90,6 +90,9 @@ pub struct Conn {
     pub since: Instant,
     /// Last complete frame (native, legacy) or byte (raw) received.
     pub last_activity: Instant,
+    /// Heartbeats received: PING/PONG frames (native), complete frames
+    /// (legacy), reads with data (raw).
+    pub heartbeats: u64,
     /// The connection's armed wheel timer, if any.
     pub timer: Option<TimerId>,
     /// True when WRITABLE interest is registered with the poll.
@@ -122,6 +125,7 @@ impl Conn {
             id: None,
             since: now,
             last_activity: now,
+            heartbeats: 0,
             timer: None,
             writable_registered: false,
             closing: false,
@@ -159,6 +163,7 @@ impl Conn {
             Protocol::Raw => {
                 if !data.is_empty() {
                     self.last_activity = now;
+                    self.heartbeats += 1;
                     if cfg.echo {
                         self.out.extend_from_slice(data);
                     }
@@ -394,6 +399,7 @@ impl Conn {
             }
         }
         self.last_activity = now;
+        self.heartbeats += 1;
         self.pinged = false;
         Progress::Continue
     }
@@ -411,6 +417,7 @@ impl Conn {
                 data = &data[n..];
                 if self.skip == 0 {
                     self.last_activity = now;
+                    self.heartbeats += 1;
                 }
                 continue;
             }
@@ -435,6 +442,7 @@ impl Conn {
             self.skip = header.length;
             if self.skip == 0 {
                 self.last_activity = now;
+                self.heartbeats += 1;
             }
         }
         Progress::Continue

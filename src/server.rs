@@ -30,16 +30,19 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Registry, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::config::{self, Config, ListenerConfig, Protocol};
+use crate::config::{self, Config, HttpConfig, ListenerConfig, Protocol};
 use crate::conn::{Conn, Progress};
 use crate::event::{self, Client, Event, Logfmt, OfflineReason};
+use crate::http::Http;
 use crate::logging;
+use crate::metrics::{Metrics, Refusal};
 use crate::sockopt;
+use crate::status::StatusView;
 use crate::systemd::{self, ActivatedSocket, Notifier};
 use crate::wheel::Wheel;
 use crate::wire::native::{error_code, Frame};
@@ -66,6 +69,10 @@ const EVENTS_CAPACITY: usize = 1024;
 
 /// Listener tokens start here; tokens below are connection slab keys.
 const LISTENER_BASE: usize = 1 << 40;
+
+/// HTTP tokens start here (the status API's listener, then its
+/// connections); below are client listeners.
+const HTTP_BASE: usize = 1 << 41;
 
 /// The token of the signal pipe.
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
@@ -121,6 +128,9 @@ struct Listener {
     socket: Option<TcpListener>,
     /// Accepting is paused until a `ResumeAccept` timer (fd exhaustion).
     paused: bool,
+    /// When accepting first failed for lack of fds, until an accept works
+    /// again: one warning per episode, not one per retry.
+    exhausted_since: Option<Instant>,
 }
 
 /// The daemon: everything the loop owns.
@@ -153,6 +163,9 @@ pub struct Server {
     status_pending: bool,
     /// Why the last reload was refused, shown in `STATUS=` until the next.
     reload_error: Option<String>,
+    /// The status API, when `[http]` is configured.
+    http: Option<Http>,
+    metrics: Metrics,
 }
 
 impl Server {
@@ -185,6 +198,8 @@ impl Server {
             watchdog: systemd::watchdog_interval(),
             status_pending: false,
             reload_error: None,
+            http: None,
+            metrics: Metrics::new(),
             config: config.clone(),
         };
         let mut activated = systemd::take_listen_fds();
@@ -200,11 +215,22 @@ impl Server {
                 unused.address.map_or_else(String::new, |a| a.to_string())
             );
         }
+        if let Some(cfg) = config.http {
+            let address = cfg.address;
+            let http = Http::bind(cfg, server.poll.registry(), HTTP_BASE, now)
+                .map_err(failed(format!("binding the HTTP status API on {address}")))?;
+            server.http = Some(http);
+        }
         if let Some(every) = server.watchdog {
             server.wheel.insert(now + every, Timer::Watchdog);
         }
         server.notifier.ready(&server.status_line());
         Ok(server)
+    }
+
+    /// The bound address of the HTTP status API, if it is served.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(Http::address)
     }
 
     /// The bound address of each listener, by name (port 0 resolved).
@@ -235,6 +261,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => self.on_signals(now),
+                    token @ Token(t) if t >= HTTP_BASE => self.on_http(token, now),
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, now),
                     Token(key) => self.on_conn_event(key, event.is_writable(), now),
                 }
@@ -264,7 +291,13 @@ impl Server {
                     }
                 }
             }
+            if let Some(http) = &mut self.http {
+                if http.next_deadline().is_some_and(|at| at <= now) {
+                    http.on_time(self.poll.registry(), now);
+                }
+            }
             self.free_doomed();
+            self.metrics.count_loop_iteration();
             if let Some(stop_by) = self.stop_by {
                 if self.conns.is_empty() || now >= stop_by {
                     info!("stopped clients_dropped={}", self.conns.len());
@@ -278,7 +311,8 @@ impl Server {
         if !self.again.is_empty() {
             return Some(Duration::ZERO);
         }
-        let next = [self.wheel.next_expiry(), self.stop_by].into_iter().flatten().min()?;
+        let http = self.http.as_ref().and_then(Http::next_deadline);
+        let next = [self.wheel.next_expiry(), self.stop_by, http].into_iter().flatten().min()?;
         Some(next.saturating_duration_since(now))
     }
 
@@ -323,7 +357,8 @@ impl Server {
             cfg.timeout.as_millis(),
             tcp
         );
-        entry.insert(Listener { cfg, socket: Some(socket), paused: false });
+        self.metrics.add_listener(&cfg.name);
+        entry.insert(Listener { cfg, socket: Some(socket), paused: false, exhausted_since: None });
         Ok(())
     }
 
@@ -353,27 +388,44 @@ impl Server {
                 return;
             }
             match socket.accept() {
-                Ok((stream, peer)) => self.admit(lkey, stream, peer, now),
+                Ok((stream, peer)) => {
+                    if let Some(since) = l.exhausted_since {
+                        info!(
+                            "accept-resumed listener={} paused_ms={}",
+                            Logfmt(&l.cfg.name),
+                            now.saturating_duration_since(since).as_millis()
+                        );
+                        self.listeners[lkey].exhausted_since = None;
+                    }
+                    self.admit(lkey, stream, peer, now);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_resource_exhaustion(&e) => {
+                    self.metrics.count_accept_error(&l.cfg.name);
                     // Accepting again at once would fail again and, with a
                     // level of pending connections, spin a core: pause this
-                    // listener and let the wheel retry.
-                    warn!(
-                        "accept-paused listener={} error={} retry_ms={}",
-                        Logfmt(&l.cfg.name),
-                        Logfmt(&e.to_string()),
-                        ACCEPT_PAUSE.as_millis()
-                    );
-                    if let Some(l) = self.listeners.get_mut(lkey) {
-                        l.paused = true;
+                    // listener and let the wheel retry. Pending clients wait
+                    // in the kernel's backlog meanwhile.
+                    if l.exhausted_since.is_none() {
+                        warn!(
+                            "accept-paused listener={} error={} retry_ms={}",
+                            Logfmt(&l.cfg.name),
+                            Logfmt(&e.to_string()),
+                            ACCEPT_PAUSE.as_millis()
+                        );
                     }
+                    let l = &mut self.listeners[lkey];
+                    l.paused = true;
+                    l.exhausted_since.get_or_insert(now);
                     self.wheel.insert(now + ACCEPT_PAUSE, Timer::ResumeAccept(lkey));
                     return;
                 }
                 // A connection that died in the backlog (ECONNABORTED) or an
                 // interrupted call costs only itself.
-                Err(e) => debug!("accept-failed listener={} error={}", Logfmt(&l.cfg.name), Logfmt(&e.to_string())),
+                Err(e) => {
+                    debug!("accept-failed listener={} error={}", Logfmt(&l.cfg.name), Logfmt(&e.to_string()));
+                    self.metrics.count_accept_error(&l.cfg.name);
+                }
             }
         }
     }
@@ -383,14 +435,15 @@ impl Server {
         let cfg = &self.listeners[lkey].cfg;
         let from_peer = self.per_address.get(&peer.ip()).copied().unwrap_or(0);
         let refusal = if self.conns.len() >= daemon.max_clients {
-            Some(("max_clients", daemon.max_clients))
+            Some((Refusal::MaxClients, daemon.max_clients))
         } else if daemon.max_per_address > 0 && from_peer >= daemon.max_per_address {
-            Some(("max_per_address", daemon.max_per_address))
+            Some((Refusal::MaxPerAddress, daemon.max_per_address))
         } else {
             None
         };
         if let Some((limit, value)) = refusal {
-            warn!("refused peer={} listener={} limit={} value={}", peer, Logfmt(&cfg.name), limit, value);
+            warn!("refused peer={} listener={} limit={} value={}", peer, Logfmt(&cfg.name), limit.as_str(), value);
+            self.metrics.count_refused(&cfg.name, limit);
             if cfg.protocol == Protocol::Native {
                 let mut out = Vec::new();
                 crate::wire::native::encode(
@@ -546,17 +599,22 @@ impl Server {
         // Best effort for the last frame; its failure changes nothing.
         let _ = conn.flush();
         let listener = &self.listeners[conn.listener].cfg.name;
+        self.metrics.count_closed_heartbeats(listener, conn.heartbeats);
+        if reason == OfflineReason::ProtocolError {
+            self.metrics.count_protocol_error(listener);
+        }
         let was_online = conn.is_online();
         if was_online {
             self.online -= 1;
             let id = conn.client_id();
-            event::emit(&Event::Offline {
+            let event = Event::Offline {
                 client: Client { id: &id, peer: conn.peer, listener, proto: conn.proto, session: conn.session },
                 reason,
                 silent: now.saturating_duration_since(conn.last_activity),
                 connected: now.saturating_duration_since(conn.since),
                 detail: detail.as_deref(),
-            });
+            };
+            publish(&event, &mut self.metrics, &mut self.http, self.poll.registry());
             if let Some(id) = &conn.id {
                 if self.ids.get(id) == Some(&key) {
                     self.ids.remove(id);
@@ -617,13 +675,29 @@ impl Server {
         self.schedule_status(Instant::now());
         let conn = &self.conns[key];
         let id = conn.client_id();
-        event::emit(&Event::Online(Client {
+        let event = Event::Online(Client {
             id: &id,
             peer: conn.peer,
             listener: &self.listeners[conn.listener].cfg.name,
             proto: conn.proto,
             session: conn.session,
-        }));
+        });
+        publish(&event, &mut self.metrics, &mut self.http, self.poll.registry());
+    }
+
+    fn on_http(&mut self, token: Token, now: Instant) {
+        let Some(http) = self.http.as_mut() else { return };
+        let listeners = &self.listeners;
+        let names = |lkey: usize| listeners.get(lkey).map_or("", |l| l.cfg.name.as_str());
+        let view = StatusView {
+            conns: &self.conns,
+            listener_names: &names,
+            ids: &self.ids,
+            metrics: &self.metrics,
+            wheel_timers: self.wheel.len(),
+            now,
+        };
+        http.handle(self.poll.registry(), token, now, &view);
     }
 
     /// Arms the rate-limited `STATUS=` update, when systemd listens.
@@ -702,10 +776,12 @@ impl Server {
             Ok(new) => {
                 self.apply_config(new, now);
                 self.reload_error = None;
+                self.metrics.count_reload(true);
             }
             Err(e) => {
                 error!("reload-failed keeping=running-config error={}", Logfmt(&e.to_string()));
                 self.reload_error = Some(e.to_string());
+                self.metrics.count_reload(false);
             }
         }
         // READY=1 ends the reload for systemd whether or not the file was
@@ -751,8 +827,31 @@ impl Server {
                 Err(e) => error!("listener-failed listener={} error={}", Logfmt(&cfg.name), Logfmt(&e.to_string())),
             }
         }
+        self.apply_http(new.http.clone(), now);
         self.config = new;
         info!("reloaded listeners={} added={} removed={} changed={}", self.listeners.len(), added, removed, changed);
+    }
+
+    /// Applies a reloaded `[http]` table: new limits in place, or the status
+    /// API closed and reopened when its address changed, added or removed.
+    fn apply_http(&mut self, wanted: Option<HttpConfig>, now: Instant) {
+        if let (Some(http), Some(cfg)) = (&mut self.http, &wanted) {
+            if http.config().address == cfg.address {
+                http.set_limits(cfg.clone());
+                return;
+            }
+        }
+        if let Some(mut old) = self.http.take() {
+            old.close_all(self.poll.registry());
+            info!("http-closed address={}", old.address());
+        }
+        if let Some(cfg) = wanted {
+            let address = cfg.address;
+            match Http::bind(cfg, self.poll.registry(), HTTP_BASE, now) {
+                Ok(http) => self.http = Some(http),
+                Err(e) => error!("http-failed address={} error={}", address, Logfmt(&e.to_string())),
+            }
+        }
     }
 
     /// Applies new settings to a running listener and its clients: fresh
@@ -795,7 +894,16 @@ impl Server {
     }
 
     fn log_clients(&self, now: Instant) {
-        let online: Vec<&Conn> = self.conns.iter().map(|(_, c)| c).filter(|c| c.is_online() && !c.closing).collect();
+        let names = |lkey: usize| self.listeners.get(lkey).map_or("", |l| l.cfg.name.as_str());
+        let view = StatusView {
+            conns: &self.conns,
+            listener_names: &names,
+            ids: &self.ids,
+            metrics: &self.metrics,
+            wheel_timers: self.wheel.len(),
+            now,
+        };
+        let online: Vec<&Conn> = view.online().collect();
         info!("clients online={} connections={}", online.len(), self.conns.len());
         for conn in online {
             info!(
@@ -809,6 +917,16 @@ impl Server {
                 now.saturating_duration_since(conn.last_activity).as_millis()
             );
         }
+    }
+}
+
+/// Hands an event to every sink: the log or journal, the counters, the
+/// HTTP feed.
+fn publish(event: &Event<'_>, metrics: &mut Metrics, http: &mut Option<Http>, registry: &Registry) {
+    event::emit(event);
+    metrics.record(event);
+    if let Some(http) = http {
+        http.publish(registry, event);
     }
 }
 
