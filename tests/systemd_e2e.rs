@@ -102,6 +102,39 @@ esac
 /// The whole operator story, in one booted container.
 #[test]
 fn package_under_systemd() {
+    in_container(scenario);
+}
+
+/// The unit's comment promises that a listener on a port below 1024 works
+/// through `AmbientCapabilities=CAP_NET_BIND_SERVICE`.
+///
+/// Ignored because it fails today: with `PrivateUsers=yes` the capability
+/// holds only inside the service's user namespace, not for the network
+/// namespace it binds in, so the bind gets EACCES. Un-ignore it with the
+/// unit's fix (dropping `PrivateUsers=yes` scores exposure 1.4).
+#[test]
+#[ignore = "heartbeatd.service: PrivateUsers=yes voids CAP_NET_BIND_SERVICE (bind to port 700 gets EACCES)"]
+fn privileged_port_binds_under_the_unit() {
+    in_container(|c, deb| {
+        install(c, deb);
+        let conf = "/etc/heartbeatd/heartbeatd.toml";
+        c.ok(&format!(
+            "sed -i 's/^address = \"0.0.0.0:7700\"/address = \"0.0.0.0:700\"/' {conf} \
+             && grep -q '^address = \"0.0.0.0:700\"' {conf}"
+        ));
+        let restart = c.sh("systemctl restart heartbeatd");
+        let log = c.ok("journalctl -u heartbeatd -o cat --no-pager | tail -n 5");
+        assert!(restart.status.success(), "heartbeatd did not start on port 700:\n{log}");
+        assert_eq!(c.ok("systemctl is-active heartbeatd").trim(), "active");
+        assert!(log.contains("address=0.0.0.0:700 socket=bound"), "{log}");
+    });
+}
+
+/// Boots a container (one at a time on this machine), runs `steps` in it
+/// with the package's path, dumps the unit's state and journal if they
+/// panic, and tears the container down on every path. Skips (fails under
+/// CI) when the test cannot run here.
+fn in_container(steps: impl FnOnce(&Container, &Path)) {
     if !is_root() {
         return skip("needs root to boot a container with systemd-nspawn");
     }
@@ -122,7 +155,11 @@ fn package_under_systemd() {
     let work = TempDir::new("e2e");
     let container = Container::boot(Path::new(CACHE), &work);
     println!("e2e: container ready {:.1?} after the test started", started.elapsed());
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&container, &deb)));
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let inside = container.ok("systemctl --version | head -n1; cat /etc/debian_version");
+    println!("e2e: kernel {} | inside: {}", kernel.trim(), inside.trim().replace('\n', " | debian "));
+    println!("e2e: package {}", deb.display());
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| steps(&container, &deb)));
     if let Err(panic) = outcome {
         container.dump_diagnostics();
         std::panic::resume_unwind(panic);
@@ -131,17 +168,17 @@ fn package_under_systemd() {
     println!("e2e: done in {:.1?}", started.elapsed());
 }
 
-/// The steps, in order; each asserts what an operator would check.
-fn scenario(c: &Container, deb: &Path) {
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let inside = c.ok("systemctl --version | head -n1; cat /etc/debian_version");
-    println!("e2e: kernel {} | inside: {}", kernel.trim(), inside.trim().replace('\n', " | debian "));
-    println!("e2e: package {}", deb.display());
-
-    // --- install: the postinst enables and starts the service ---
+/// Copies the package and the bash client in, and installs the package.
+fn install(c: &Container, deb: &Path) {
     fs::copy(deb, c.host_path("/root/heartbeatd.deb")).expect("copy the .deb into the container");
     fs::write(c.host_path("/root/hbclient"), CLIENT).expect("write the bash client");
     c.ok("dpkg -i /root/heartbeatd.deb");
+}
+
+/// The steps, in order; each asserts what an operator would check.
+fn scenario(c: &Container, deb: &Path) {
+    // --- install: the postinst enables and starts the service ---
+    install(c, deb);
     assert_eq!(c.ok("systemctl is-enabled heartbeatd.service").trim(), "enabled");
     assert_eq!(c.ok("systemctl is-active heartbeatd.service").trim(), "active");
     let socket_state = c.sh("systemctl is-enabled heartbeatd.socket");
@@ -278,7 +315,10 @@ fn scenario(c: &Container, deb: &Path) {
         entries.iter().rev().find(|e| message(e).starts_with("listening listener=main ")).cloned()
     });
     assert!(message(&adopted).contains("socket=systemd"), "the activated socket was not adopted: {adopted:?}");
-    c.wait_journal("the offline entry of e2e-activated", |entries| find_event(entries, "e2e-activated", "offline"));
+    println!("e2e: socket activation: {:?}", message(&adopted));
+    let activated =
+        c.wait_journal("the offline entry of e2e-activated", |entries| find_event(entries, "e2e-activated", "offline"));
+    println!("e2e: socket activation: {:?}", message(&activated));
     c.ok("systemctl stop heartbeatd.socket heartbeatd.service");
 }
 
