@@ -26,6 +26,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
@@ -142,12 +143,16 @@ pub struct Server {
     conns: Slab<Conn>,
     wheel: Wheel<Timer>,
     /// Online native clients by HELLO id, for replacement.
-    ids: HashMap<Box<str>, usize>,
+    ids: HashMap<Rc<str>, usize>,
     /// Open connections per peer IP, for `max_per_address`.
     per_address: HashMap<IpAddr, usize>,
     next_session: u64,
     signals: Signals,
+    /// The read buffer shared by all connections.
     buf: Vec<u8>,
+    /// Output being built for one connection, written by `Conn::flush`
+    /// (which leaves it empty) before the next connection is handled.
+    scratch: Vec<u8>,
     /// Closed this round; freed after the batch.
     doomed: Vec<usize>,
     /// Connections whose read budget ran out while still readable.
@@ -190,6 +195,7 @@ impl Server {
             next_session: 1,
             signals,
             buf: vec![0; READ_BUF],
+            scratch: Vec::new(),
             doomed: Vec::new(),
             again: Vec::new(),
             stop_by: None,
@@ -487,7 +493,7 @@ impl Server {
             return;
         }
         let cfg = &self.listeners[conn.listener].cfg;
-        let (mut progress, more) = conn.read_some(&mut self.buf, READ_BUDGET, now, cfg);
+        let (mut progress, more) = conn.read_some(&mut self.buf, READ_BUDGET, now, cfg, &mut self.scratch);
         if more {
             self.again.push(key);
         }
@@ -506,7 +512,7 @@ impl Server {
             return;
         }
         let cfg = &self.listeners[conn.listener].cfg;
-        let progress = conn.on_timer(now, cfg);
+        let progress = conn.on_timer(now, cfg, &mut self.scratch);
         self.settle(key, progress, now);
         if !self.conns[key].closing {
             self.arm(key);
@@ -517,7 +523,7 @@ impl Server {
     /// the poll interest in step with the output queue.
     fn settle(&mut self, key: usize, progress: Progress, now: Instant) {
         let progress = match progress {
-            Progress::Continue => self.conns[key].flush(),
+            Progress::Continue => self.conns[key].flush(&mut self.scratch),
             other => other,
         };
         match progress {
@@ -532,20 +538,24 @@ impl Server {
         let Some(id) = self.conns[key].id.clone() else {
             return Progress::Close(OfflineReason::Error, Some("HELLO without id".into()));
         };
+        // HELLO is the first frame, so nothing is in the scratch buffer yet
+        // and the older connection's ERROR can go through it.
+        debug_assert!(self.scratch.is_empty());
         if let Some(&older) = self.ids.get(&id) {
-            self.conns[older].queue_error(error_code::REPLACED, "replaced by a newer connection with the same id");
+            let message = "replaced by a newer connection with the same id";
+            crate::wire::native::encode(&Frame::Error { code: error_code::REPLACED, message }, &mut self.scratch);
             self.close(older, OfflineReason::Replaced, Some(format!("by session {}", self.next_session)), now);
         }
         let session = self.take_session();
         let conn = &mut self.conns[key];
         let cfg = &self.listeners[conn.listener].cfg;
-        conn.welcome(session, now, cfg);
+        conn.welcome(session, now, cfg, &mut self.scratch);
         self.ids.insert(id, key);
         self.emit_online(key);
         self.arm(key);
         let conn = &mut self.conns[key];
         let cfg = &self.listeners[conn.listener].cfg;
-        conn.resume(now, cfg)
+        conn.resume(now, cfg, &mut self.scratch)
     }
 
     fn take_session(&mut self) -> u64 {
@@ -597,7 +607,8 @@ impl Server {
             self.wheel.cancel(id);
         }
         // Best effort for the last frame; its failure changes nothing.
-        let _ = conn.flush();
+        let _ = conn.flush(&mut self.scratch);
+        self.scratch.clear();
         let listener = &self.listeners[conn.listener].cfg.name;
         self.metrics.count_closed_heartbeats(listener, conn.heartbeats);
         if reason == OfflineReason::ProtocolError {
@@ -655,7 +666,7 @@ impl Server {
 
     fn drain_after_close(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        if conn.flush() != Progress::Continue || !conn.wants_write() {
+        if conn.flush(&mut self.scratch) != Progress::Continue || !conn.wants_write() {
             self.doomed.push(key);
         }
     }
@@ -721,7 +732,7 @@ impl Server {
     fn say_bye(&mut self, key: usize) {
         let conn = &mut self.conns[key];
         if conn.proto == Protocol::Native {
-            conn.queue_frame(&Frame::Bye("shutdown"));
+            crate::wire::native::encode(&Frame::Bye("shutdown"), &mut self.scratch);
         }
     }
 
@@ -884,7 +895,7 @@ impl Server {
                 }
             }
             if timing && conn.proto == Protocol::Native && conn.is_online() {
-                conn.queue_welcome(cfg);
+                conn.queue_welcome(cfg, &mut self.scratch);
             }
             self.settle(key, Progress::Continue, now);
             if !self.conns[key].closing {
