@@ -488,7 +488,7 @@ pub struct CanaryReport {
 }
 
 /// A native client that round-trips a PING every `every` on its own thread
-/// until [`Canary::finish`].
+/// until [`Canary::finish`], which waits for one last round trip.
 pub struct Canary {
     pub session: u64,
     pub id: String,
@@ -506,7 +506,10 @@ impl Canary {
             .spawn(move || {
                 let mut rtts = Vec::new();
                 let mut n: u32 = 0;
-                while !flag.load(Ordering::Relaxed) {
+                // Round trip first, then look at the flag: there is always
+                // at least one round trip, and one after `finish` was asked.
+                loop {
+                    let stopping = flag.load(Ordering::Relaxed);
                     n = n.wrapping_add(1);
                     let payload = n.to_be_bytes();
                     let t = Instant::now();
@@ -524,6 +527,9 @@ impl Canary {
                         Err(end) => {
                             return CanaryReport { rtts: Rtts(rtts), failure: Some(format!("PING {n}: {end:?}")) }
                         }
+                    }
+                    if stopping {
+                        break;
                     }
                     thread::sleep(every);
                 }
