@@ -157,6 +157,7 @@ fn clients_shows_exactly_the_connected_clients_with_their_fields() {
     assert_eq!(old.len(), 1, "{old:#?}");
     assert_eq!(old[0]["session"].as_u64(), Some(ls));
     assert!(clients(s.http, "/clients?listener=nope").is_empty());
+    assert_eq!(clients(s.http, "/clients?listener=%6Fld").len(), 1, "the query value is percent-decoded");
 
     // /clients/{id}: plain, percent-encoded, and absent.
     let one = get_json(s.http, &format!("/clients/{}", percent_encode(odd)));
@@ -166,10 +167,27 @@ fn clients_shows_exactly_the_connected_clients_with_their_fields() {
     let missing = get(s.http, "/clients/nobody");
     assert_eq!(missing.status, 404, "{}", missing.text());
     missing.check_length();
-    // HEAD answers the same status and length, with no body.
-    let head = exchange(s.http, b"HEAD /clients/dev-a HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(head.status, 200);
-    assert!(head.body.is_empty(), "HEAD has no body: {:?}", head.text());
+}
+
+#[test]
+fn head_answers_with_the_headers_of_get_and_no_body() {
+    let s = setup("");
+    // Pages that do not change between two requests (no client online).
+    for path in ["/", "/clients"] {
+        let full = get(s.http, path);
+        let head = exchange(s.http, format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        assert_eq!(head.status, full.status, "HEAD {path}");
+        assert!(head.body.is_empty(), "HEAD {path} has no body: {:?}", head.text());
+        assert_eq!(head.header("content-type"), full.header("content-type"), "HEAD {path}");
+        // RFC 9110 §8.6: a Content-Length in a response to HEAD must be
+        // the length GET would have sent (or be left out).
+        let length = head.header("content-length");
+        assert!(
+            length.is_none() || length == full.header("content-length"),
+            "HEAD {path}: Content-Length {length:?}, but GET sends {:?}",
+            full.header("content-length")
+        );
+    }
 }
 
 #[test]
@@ -703,28 +721,50 @@ fn too_many_headers_get_431() {
     });
 }
 
+/// A request head of about `size` bytes.
+fn head_of(size: usize) -> String {
+    let start = "GET /clients HTTP/1.1\r\nHost: x\r\nX-Padding: ";
+    format!("{start}{}\r\n\r\n", "a".repeat(size - start.len() - 4))
+}
+
 /// A request head of 9 KiB (over the 8 KiB limit).
 fn oversized_head() -> String {
-    format!("GET /clients HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n", "a".repeat(9 * 1024))
+    head_of(9 * 1024)
 }
 
 #[test]
 fn an_oversized_head_sent_whole_gets_431() {
     while_canary_pings("", |_, http| {
-        expect_status(http, oversized_head().as_bytes(), 431);
+        let sizes = [8 * 1024 + 1, 8 * 1024 + 512, 9 * 1024, 10 * 1024 - 8, 10 * 1024 + 8, 16 * 1024];
+        let answers: Vec<(usize, u16)> = sizes
+            .iter()
+            .map(|&size| {
+                let mut stream = connect_http(http);
+                stream.write_all(head_of(size).as_bytes()).expect("sending the head");
+                let (bytes, ending) = read_until_close(&mut stream, Instant::now() + DEADLINE);
+                assert!(!bytes.is_empty(), "{size}-byte head: no response ({ending:?})");
+                (size, Response::parse(&bytes).status)
+            })
+            .collect();
+        assert!(
+            answers.iter().all(|&(_, status)| status == 431),
+            "heads over 8 KiB must get 431; (head bytes, status): {answers:?}"
+        );
     });
 }
 
 #[test]
-fn an_oversized_head_sent_in_pieces_gets_431() {
+fn a_head_still_unfinished_past_8_kib_gets_431() {
     while_canary_pings("", |_, http| {
+        // 9 KiB of head without its closing blank line, in 1 KiB pieces:
+        // the daemon sees it grow past the limit before it can end.
         let big = oversized_head();
+        let unfinished = big.trim_end_matches("\r\n");
         let mut stream = connect_http(http);
-        for piece in big.as_bytes().chunks(1024) {
+        for piece in unfinished.as_bytes().chunks(1024) {
             if stream.write_all(piece).is_err() {
                 break; // the daemon answered and closed
             }
-            // Each piece in its own read on the daemon's side.
             thread::sleep(Duration::from_millis(5));
         }
         let (bytes, ending) = read_until_close(&mut stream, Instant::now() + DEADLINE);
