@@ -4,7 +4,8 @@
 //! native client's row appearing when it connects and its RTT arriving from
 //! `/clients`, "last seen" ticking between events, per-listener counts, and
 //! when the client is dropped its row going and its offline event showing
-//! with the reason. Screenshots (desktop and phone width) are saved under
+//! with the reason, and the feed's state turning to `reconnecting` when
+//! the daemon stops. Screenshots (desktop and phone width) are saved under
 //! `target/test-artifacts/` for a person to look at.
 //!
 //! Without Chromium the test says `skipped` and passes, except under
@@ -378,5 +379,9 @@ fn the_dashboard_shows_clients_come_and_go_live() {
 
     assert!(page.page_errors.is_empty(), "the page logged errors: {:#?}", page.page_errors);
     d.assert_none(ev("offline").kv("session", kitchen_w.session));
+
+    // The daemon goes away: the page says its feed is reconnecting.
+    drop(d);
+    page.wait_for("the feed reconnecting", "document.getElementById('feed-state').dataset.state === 'reconnecting'");
     println!("browser test done in {:?}; look at {}", began.elapsed(), desktop.display());
 }
