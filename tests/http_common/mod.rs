@@ -445,6 +445,16 @@ impl Rtts {
         Rtts(out)
     }
 
+    /// Round-trips PINGs back to back for `duration`, and at least `min`.
+    pub fn measure_for(client: &mut NativeClient, duration: Duration, min: usize) -> Rtts {
+        let until = Instant::now() + duration;
+        let mut all = Rtts::measure(client, min);
+        while Instant::now() < until {
+            all.0.extend(Rtts::measure(client, 50).0);
+        }
+        all
+    }
+
     fn sorted(&self) -> Vec<Duration> {
         let mut v = self.0.clone();
         v.sort();
