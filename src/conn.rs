@@ -397,6 +397,7 @@ impl Conn {
         match frame {
             Frame::Ping(payload) => native::encode(&Frame::Pong(payload), out),
             Frame::Pong(_) => {}
+            Frame::Bye("") => return Progress::Close(OfflineReason::Left, None),
             Frame::Bye(reason) => return Progress::close(OfflineReason::Left, reason),
             Frame::Hello { .. } => {
                 native::encode(&Frame::Error { code: error_code::OUT_OF_ORDER, message: "HELLO sent twice" }, out);

@@ -61,6 +61,13 @@ const READ_BUF: usize = 64 * 1024;
 /// sleeping.
 const READ_BUDGET: usize = 256 * 1024;
 
+/// Connections one listener may accept per poll round before the clients
+/// already connected get their turn. The listener may still have a backlog;
+/// the loop comes back to it without sleeping. Without this bound a flood
+/// of connects (a fleet reconnecting at once) keeps the accept loop busy
+/// while heartbeats of existing clients wait.
+const ACCEPT_BUDGET: usize = 256;
+
 /// How long accepting pauses after the process or system ran out of file
 /// descriptors. Pending connections wait in the kernel's backlog meanwhile.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(250);
@@ -164,6 +171,8 @@ pub struct Server {
     doomed: Vec<usize>,
     /// Connections whose read budget ran out while still readable.
     again: Vec<usize>,
+    /// Listeners whose accept budget ran out with connections waiting.
+    accept_again: Vec<usize>,
     /// Set once shutdown has begun: the instant it must be over.
     stop_by: Option<Instant>,
     /// Clients online now (native after HELLO, legacy/raw from accept).
@@ -205,6 +214,7 @@ impl Server {
             scratch: Vec::new(),
             doomed: Vec::new(),
             again: Vec::new(),
+            accept_again: Vec::new(),
             stop_by: None,
             online: 0,
             notifier: Notifier::from_env(),
@@ -276,6 +286,9 @@ impl Server {
             for key in std::mem::take(&mut self.again) {
                 self.on_conn_event(key, false, now);
             }
+            for lkey in std::mem::take(&mut self.accept_again) {
+                self.accept(lkey, now);
+            }
             self.wheel.advance(now, &mut expired);
             for timer in expired.drain(..) {
                 match timer {
@@ -315,7 +328,7 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.again.is_empty() {
+        if !self.again.is_empty() || !self.accept_again.is_empty() {
             return Some(Duration::ZERO);
         }
         let http = self.http.as_ref().and_then(Http::next_deadline);
@@ -350,6 +363,17 @@ impl Server {
             .register(&mut socket, Token(LISTENER_BASE + entry.key()), Interest::READABLE)
             .map_err(failed(format!("registering {what}")))?;
         let address = socket.local_addr().map_err(failed(format!("reading the address of {what}")))?;
+        if origin == "systemd" && address != cfg.address {
+            // Matched by FileDescriptorName=: systemd's socket wins, so say
+            // that the configured address is not the one served.
+            warn!(
+                "activated-address-differs listener={} configured={} serving={} \
+                 fix=\"make ListenStream= in heartbeatd.socket match the config\"",
+                Logfmt(&cfg.name),
+                cfg.address,
+                address
+            );
+        }
         let tcp = match sockopt::effective(&socket) {
             Ok(eff) => eff.to_string(),
             Err(e) => format!("tcp_options_unreadable={}", Logfmt(&e.to_string())),
@@ -387,7 +411,7 @@ impl Server {
     }
 
     fn accept(&mut self, lkey: usize, now: Instant) {
-        loop {
+        for _ in 0..ACCEPT_BUDGET {
             let Some(l) = self.listeners.get(lkey) else {
                 return;
             };
@@ -436,6 +460,9 @@ impl Server {
                 }
             }
         }
+        // Budget spent before WouldBlock: more may be waiting, and the edge
+        // that announced them will not come again.
+        self.accept_again.push(lkey);
     }
 
     fn admit(&mut self, lkey: usize, mut stream: TcpStream, peer: SocketAddr, now: Instant) {

@@ -106,14 +106,10 @@ fn package_under_systemd() {
 }
 
 /// The unit's comment promises that a listener on a port below 1024 works
-/// through `AmbientCapabilities=CAP_NET_BIND_SERVICE`.
-///
-/// Ignored because it fails today: with `PrivateUsers=yes` the capability
-/// holds only inside the service's user namespace, not for the network
-/// namespace it binds in, so the bind gets EACCES. Un-ignore it with the
-/// unit's fix (dropping `PrivateUsers=yes` scores exposure 1.4).
+/// through `AmbientCapabilities=CAP_NET_BIND_SERVICE` (which
+/// `PrivateUsers=yes` would void: the capability would hold only inside the
+/// service's user namespace, and the bind would get EACCES).
 #[test]
-#[ignore = "heartbeatd.service: PrivateUsers=yes voids CAP_NET_BIND_SERVICE (bind to port 700 gets EACCES)"]
 fn privileged_port_binds_under_the_unit() {
     in_container(|c, deb| {
         install(c, deb);
