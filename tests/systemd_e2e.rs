@@ -11,8 +11,10 @@
 //!   priorities, `journalctl HEARTBEAT_REASON=left` finds them, and
 //!   `journalctl -p warning` shows exactly the losses;
 //! - `systemctl reload` after an interval edit sends a connected client a
-//!   fresh WELCOME with the new interval; a broken file keeps the service
-//!   running (`reload-failed` in the journal, the failure in the status);
+//!   fresh WELCOME with the new interval; a broken file makes `systemctl
+//!   reload` fail with the config error, and a SIGHUP that bypasses the
+//!   check keeps the service running (`reload-failed` in the journal, the
+//!   failure in the status);
 //! - `systemctl stop` with a client connected sends it BYE `shutdown` and
 //!   logs its offline event with reason `shutdown`;
 //! - with `heartbeatd.socket` started, a client's connection starts the
@@ -270,8 +272,19 @@ fn scenario(c: &Container, deb: &Path) {
 
     // --- a broken file: the service keeps running on what it had ---
     c.ok(&format!("echo 'interval = = broken' >> {conf}"));
+    // `systemctl reload` checks the file first (ExecReload=), so it fails
+    // and says why, and the daemon is never signalled.
     let reload = c.sh("systemctl reload heartbeatd");
     println!("e2e: reload of a broken file: {} {}", reload.status, String::from_utf8_lossy(&reload.stderr).trim());
+    assert!(!reload.status.success(), "systemctl reload accepted a broken file");
+    let checked = c.wait_journal("the config check's error", |entries| {
+        entries.iter().find(|e| message(e).contains(&format!("invalid config: {conf}:"))).cloned()
+    });
+    println!("e2e: the check said: {:?}", message(&checked));
+    assert_eq!(c.ok("systemctl is-active heartbeatd").trim(), "active");
+    // A SIGHUP that bypasses the check meets the daemon's own validation:
+    // it logs the error and keeps the running config.
+    c.ok("systemctl kill --signal=HUP heartbeatd");
     let failed = c.wait_journal("reload-failed", |entries| {
         entries.iter().find(|e| message(e).starts_with("reload-failed ")).cloned()
     });
