@@ -43,7 +43,7 @@ use crate::http::Http;
 use crate::logging;
 use crate::metrics::{Metrics, Refusal};
 use crate::sockopt;
-use crate::status::StatusView;
+use crate::status::{ListenerNames, StatusView};
 use crate::systemd::{self, ActivatedSocket, Notifier};
 use crate::wheel::Wheel;
 use crate::wire::native::{error_code, Frame};
@@ -139,6 +139,12 @@ struct Listener {
     /// When accepting first failed for lack of fds, until an accept works
     /// again: one warning per episode, not one per retry.
     exhausted_since: Option<Instant>,
+}
+
+impl ListenerNames for Slab<Listener> {
+    fn name(&self, key: usize) -> &str {
+        self.get(key).map_or("", |l| l.cfg.name.as_str())
+    }
 }
 
 impl Listener {
@@ -738,18 +744,22 @@ impl Server {
     }
 
     fn on_http(&mut self, token: Token, now: Instant) {
-        let Some(http) = self.http.as_mut() else { return };
-        let listeners = &self.listeners;
-        let names = |lkey: usize| listeners.get(lkey).map_or("", |l| l.cfg.name.as_str());
-        let view = StatusView {
+        // Out of `self` while it reads the rest of it through the view.
+        let Some(mut http) = self.http.take() else { return };
+        http.handle(self.poll.registry(), token, now, &self.status_view(now));
+        self.http = Some(http);
+    }
+
+    /// What `/clients`, `/metrics` and SIGUSR1 show.
+    fn status_view(&self, now: Instant) -> StatusView<'_> {
+        StatusView {
             conns: &self.conns,
-            listener_names: &names,
+            listeners: &self.listeners,
             ids: &self.ids,
             metrics: &self.metrics,
             wheel_timers: self.wheel.len(),
             now,
-        };
-        http.handle(self.poll.registry(), token, now, &view);
+        }
     }
 
     /// Arms the rate-limited `STATUS=` update, when systemd listens.
@@ -950,16 +960,7 @@ impl Server {
     }
 
     fn log_clients(&self, now: Instant) {
-        let names = |lkey: usize| self.listeners.get(lkey).map_or("", |l| l.cfg.name.as_str());
-        let view = StatusView {
-            conns: &self.conns,
-            listener_names: &names,
-            ids: &self.ids,
-            metrics: &self.metrics,
-            wheel_timers: self.wheel.len(),
-            now,
-        };
-        let online: Vec<&Conn> = view.online().collect();
+        let online: Vec<&Conn> = self.status_view(now).online().collect();
         info!("clients online={} connections={}", online.len(), self.conns.len());
         for conn in online {
             info!(

@@ -26,6 +26,7 @@
 //! passes, except under `CI=true`, where anything that stops it from
 //! running fails it.
 
+mod common;
 mod systemd_common;
 
 use std::collections::HashMap;

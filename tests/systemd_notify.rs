@@ -20,6 +20,7 @@
 //!   logfmt line, nothing is duplicated on stderr, and a stderr that is not
 //!   the journal keeps plain text.
 
+mod common;
 mod systemd_common;
 
 use std::net::TcpListener;

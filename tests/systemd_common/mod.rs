@@ -480,38 +480,18 @@ impl JournalSocket {
 
 // ---- a tiny native-protocol client (PROTOCOL.md §1) ------------------------
 
-/// Frame types of the native protocol.
+/// Frame types of the native protocol, from the loopback suite's
+/// hand-written client (written from PROTOCOL.md, not from the daemon).
 pub mod frame {
-    /// C → S: version, id, token.
-    pub const HELLO: u8 = 0x01;
-    /// S → C: interval_ms, timeout_ms, session.
-    pub const WELCOME: u8 = 0x02;
-    /// Both ways: 0..=32 opaque bytes.
-    pub const PING: u8 = 0x03;
-    /// The PING's payload echoed.
-    pub const PONG: u8 = 0x04;
-    /// Both ways: a UTF-8 reason.
-    pub const BYE: u8 = 0x05;
-    /// S → C: code and message; the last frame on a connection.
-    pub const ERROR: u8 = 0x06;
+    pub use crate::common::{BYE, PING, WELCOME};
 }
 
 /// Encodes one frame: type, flags 0, big-endian u16 length, payload.
-pub fn encode_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let len = u16::try_from(payload.len()).expect("payload fits a frame");
-    let mut out = vec![kind, 0];
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
+pub use crate::common::frame as encode_frame;
 
 /// A HELLO for `id`, version 1, no token.
 pub fn hello_frame(id: &str) -> Vec<u8> {
-    let id_len = u8::try_from(id.len()).expect("id fits u8");
-    let mut payload = vec![1, id_len];
-    payload.extend_from_slice(id.as_bytes());
-    payload.push(0);
-    encode_frame(frame::HELLO, &payload)
+    crate::common::hello_frame(id, "")
 }
 
 /// Splits `bytes` into complete frames `(type, payload)`, ignoring an
