@@ -93,9 +93,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
     /// A connection's handshake, ping or silence deadline.
-    Conn(usize),
+    Conn(u32),
     /// Retry accepting on a listener paused by fd exhaustion.
-    ResumeAccept(usize),
+    ResumeAccept(u32),
     /// Tell systemd the loop is alive.
     Watchdog,
     /// Send a `STATUS=` line that was held back by the rate limit.
@@ -298,11 +298,11 @@ impl Server {
             self.wheel.advance(now, &mut expired);
             for timer in expired.drain(..) {
                 match timer {
-                    Timer::Conn(key) => self.on_conn_timer(key, now),
+                    Timer::Conn(key) => self.on_conn_timer(key as usize, now),
                     Timer::ResumeAccept(lkey) => {
-                        if let Some(l) = self.listeners.get_mut(lkey) {
+                        if let Some(l) = self.listeners.get_mut(lkey as usize) {
                             l.paused = false;
-                            self.accept(lkey, now);
+                            self.accept(lkey as usize, now);
                         }
                     }
                     Timer::Watchdog => {
@@ -401,7 +401,7 @@ impl Server {
 
     fn close_listener(&mut self, lkey: usize, now: Instant) {
         let keys: Vec<usize> =
-            self.conns.iter().filter(|(_, c)| c.listener == lkey && !c.closing).map(|(k, _)| k).collect();
+            self.conns.iter().filter(|(_, c)| c.listener() == lkey && !c.closing).map(|(k, _)| k).collect();
         for key in keys {
             self.say_bye(key);
             self.close(key, OfflineReason::Shutdown, Some("listener removed".into()), now);
@@ -455,7 +455,7 @@ impl Server {
                     let l = &mut self.listeners[lkey];
                     l.paused = true;
                     l.exhausted_since.get_or_insert(now);
-                    self.wheel.insert(now + ACCEPT_PAUSE, Timer::ResumeAccept(lkey));
+                    self.wheel.insert(now + ACCEPT_PAUSE, Timer::ResumeAccept(timer_key(lkey)));
                     return;
                 }
                 // A connection that died in the backlog (ECONNABORTED) or an
@@ -529,7 +529,7 @@ impl Server {
             }
             return;
         }
-        let cfg = &self.listeners[conn.listener].cfg;
+        let cfg = &self.listeners[conn.listener()].cfg;
         let (mut progress, more) = conn.read_some(&mut self.buf, READ_BUDGET, now, cfg, &mut self.scratch);
         if more {
             self.again.push(key);
@@ -548,7 +548,7 @@ impl Server {
         if conn.closing {
             return;
         }
-        let cfg = &self.listeners[conn.listener].cfg;
+        let cfg = &self.listeners[conn.listener()].cfg;
         let progress = conn.on_timer(now, cfg, &mut self.scratch);
         self.settle(key, progress, now);
         if !self.conns[key].closing {
@@ -595,13 +595,13 @@ impl Server {
             self.close(online, OfflineReason::Replaced, Some(format!("by session {session}")), now);
         }
         let conn = &mut self.conns[key];
-        let cfg = &self.listeners[conn.listener].cfg;
+        let cfg = &self.listeners[conn.listener()].cfg;
         conn.welcome(now, cfg, &mut self.scratch);
         self.ids.insert(id, key);
         self.emit_online(key);
         self.arm(key);
         let conn = &mut self.conns[key];
-        let cfg = &self.listeners[conn.listener].cfg;
+        let cfg = &self.listeners[conn.listener()].cfg;
         conn.resume(now, cfg, &mut self.scratch)
     }
 
@@ -614,10 +614,10 @@ impl Server {
     /// Arms (or moves) the connection's timer at its next deadline.
     fn arm(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        let deadline = conn.next_deadline(&self.listeners[conn.listener].cfg);
+        let deadline = conn.next_deadline(&self.listeners[conn.listener()].cfg);
         match (deadline, conn.timer) {
             (Some(at), Some(id)) => self.wheel.reschedule(id, at),
-            (Some(at), None) => conn.timer = Some(self.wheel.insert(at, Timer::Conn(key))),
+            (Some(at), None) => conn.timer = Some(self.wheel.insert(at, Timer::Conn(timer_key(key)))),
             (None, Some(id)) => {
                 self.wheel.cancel(id);
                 conn.timer = None;
@@ -656,7 +656,7 @@ impl Server {
         // Best effort for the last frame; its failure changes nothing.
         let _ = conn.flush(&mut self.scratch);
         self.scratch.clear();
-        let listener = &self.listeners[conn.listener].cfg.name;
+        let listener = &self.listeners[conn.listener()].cfg.name;
         self.metrics.count_closed_heartbeats(listener, conn.heartbeats);
         if reason == OfflineReason::ProtocolError {
             self.metrics.count_protocol_error(listener);
@@ -668,8 +668,8 @@ impl Server {
             let event = Event::Offline {
                 client: Client { id: &id, peer: conn.peer, listener, proto: conn.proto, session: conn.session },
                 reason,
-                silent: now.saturating_duration_since(conn.last_activity),
-                connected: now.saturating_duration_since(conn.since),
+                silent: now.saturating_duration_since(conn.last_activity()),
+                connected: now.saturating_duration_since(conn.since()),
                 detail: detail.as_deref(),
             };
             publish(&event, &mut self.metrics, &mut self.http, self.poll.registry());
@@ -736,7 +736,7 @@ impl Server {
         let event = Event::Online(Client {
             id: &id,
             peer: conn.peer,
-            listener: &self.listeners[conn.listener].cfg.name,
+            listener: &self.listeners[conn.listener()].cfg.name,
             proto: conn.proto,
             session: conn.session,
         });
@@ -940,7 +940,7 @@ impl Server {
             l.cfg.timeout.as_millis()
         );
         let keys: Vec<usize> =
-            self.conns.iter().filter(|(_, c)| c.listener == lkey && !c.closing).map(|(k, _)| k).collect();
+            self.conns.iter().filter(|(_, c)| c.listener() == lkey && !c.closing).map(|(k, _)| k).collect();
         for key in keys {
             let conn = &mut self.conns[key];
             let cfg = &self.listeners[lkey].cfg;
@@ -967,14 +967,21 @@ impl Server {
                 "client client={} peer={} listener={} proto={} session={} online_ms={} silent_ms={}",
                 Logfmt(&conn.client_id()),
                 conn.peer,
-                Logfmt(&self.listeners[conn.listener].cfg.name),
+                Logfmt(&self.listeners[conn.listener()].cfg.name),
                 conn.proto,
                 conn.session,
-                now.saturating_duration_since(conn.since).as_millis(),
-                now.saturating_duration_since(conn.last_activity).as_millis()
+                now.saturating_duration_since(conn.since()).as_millis(),
+                now.saturating_duration_since(conn.last_activity()).as_millis()
             );
         }
     }
+}
+
+/// A slab key as a timer payload. Config caps `max_clients` far below
+/// `u32::MAX`, so keys fit; `u32::MAX` would name no connection, and its
+/// timer would find nothing to do.
+fn timer_key(key: usize) -> u32 {
+    u32::try_from(key).unwrap_or(u32::MAX)
 }
 
 /// Hands an event to every sink: the log or journal, the counters, the
