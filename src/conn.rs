@@ -11,7 +11,7 @@
 //! Output is built in a scratch buffer the loop owns and lends to every
 //! call that may produce some (`out`), then written at once by
 //! [`Conn::flush`]; only what the socket does not take is kept, in a
-//! [`Pending`] box allocated on demand. An idle connection therefore owns
+//! `Pending` box allocated on demand. An idle connection therefore owns
 //! no heap memory beyond its id, and a heartbeat allocates nothing.
 //!
 //! Invariants:
