@@ -62,7 +62,7 @@ Exit status: 0 after --count events; 1 when the                             stat
 
 #[derive(Args)]
 struct Http {
-    /// The daemon's status API: the address of its [http] table.
+    /// The daemon's status API: the address of its `[http]` table.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7780")]
     http: String,
 }

@@ -9,7 +9,7 @@
 //! accepts and admits; `signals.rs` stops, reloads and lists clients.
 //!
 //! Invariants:
-//! - Exactly one offline event per online event: [`Server::close`] is the
+//! - Exactly one offline event per online event: `Server::close` is the
 //!   only place a connection leaves the online state, and it runs once per
 //!   connection (`Conn::closing`).
 //! - A closed connection is freed only after the current batch of poll
