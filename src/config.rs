@@ -43,6 +43,25 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// The `[[listener]]` tables, in file order.
     pub listeners: Vec<ListenerConfig>,
+    /// The `[http]` table: the status API, metrics and event feed; `None`
+    /// (no table) serves no HTTP at all.
+    pub http: Option<HttpConfig>,
+}
+
+/// The `[http]` table: where and how the status API is served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Where to listen; port 0 picks a free port.
+    pub address: SocketAddr,
+    /// Most HTTP connections at once (event subscribers included); more
+    /// get `503` and are closed.
+    pub max_connections: usize,
+    /// Time allowed from accept to a complete request head.
+    pub request_timeout: Duration,
+    /// Recent events kept for `Last-Event-ID` resumption.
+    pub history: usize,
+    /// Bytes an event subscriber may leave unread before it is dropped.
+    pub subscriber_buffer: usize,
 }
 
 /// Daemon-wide settings: the `[daemon]` table.
@@ -179,6 +198,8 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config, Config
         }
     };
 
+    let http = raw.http.map(|table| source.http(table)).transpose()?;
+
     let mut seen = Seen::default();
     let listeners = listeners
         .into_iter()
@@ -192,7 +213,16 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config, Config
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
 
-    Ok(Config { daemon, listeners })
+    if let Some((http, table_span)) = &http {
+        if let Some(clash) = listeners.iter().find(|l| l.address == http.address && l.address.port() != 0) {
+            return Err(source.error(
+                Some(table_span.clone()),
+                Some("http.address".to_owned()),
+                format!("{} is already the address of listener {:?}", http.address, clash.name),
+            ));
+        }
+    }
+    Ok(Config { daemon, listeners, http: http.map(|(config, _)| config) })
 }
 
 /// Reads and validates the config file at `path`.
@@ -233,6 +263,9 @@ const MIN_TICK: Duration = Duration::from_millis(1);
 const MAX_TICK: Duration = Duration::from_secs(1);
 /// `[daemon] max_clients` default.
 const DEFAULT_MAX_CLIENTS: usize = 65536;
+/// `[daemon] max_clients` range: 16 Mi connections is far past any fd
+/// limit, and keeps connection keys within the timer wheel's `u32`.
+const MAX_CLIENTS: RangeInclusive<i64> = 1..=16_777_216;
 /// `[daemon] shutdown_grace`: default and upper bound (5 min).
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(300);
@@ -270,6 +303,18 @@ const MAX_KEEPALIVE_TIME: Duration = Duration::from_secs(32767);
 struct RawConfig {
     daemon: Option<RawDaemon>,
     listener: Option<Spanned<Vec<Spanned<RawListener>>>>,
+    http: Option<Spanned<RawHttp>>,
+}
+
+/// The `[http]` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    address: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    request_timeout: Option<Spanned<String>>,
+    history: Option<Spanned<i64>>,
+    subscriber_buffer: Option<Spanned<i64>>,
 }
 
 /// The `[daemon]` table as written.
@@ -438,7 +483,7 @@ impl Source<'_> {
             max_clients: self.int_in(
                 raw.max_clients.as_ref(),
                 "daemon.max_clients",
-                1..=i64::MAX,
+                MAX_CLIENTS,
                 DEFAULT_MAX_CLIENTS,
             )?,
             max_per_address: self.int_in(raw.max_per_address.as_ref(), "daemon.max_per_address", 0..=i64::MAX, 0)?,
@@ -452,6 +497,67 @@ impl Source<'_> {
         })
     }
 }
+
+impl Source<'_> {
+    /// Validates the `[http]` table; returns it with the table's span, for
+    /// an address clash found later.
+    fn http(&self, raw: Spanned<RawHttp>) -> Result<(HttpConfig, Range<usize>), ConfigError> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let Some(address) = &raw.address else {
+            return Err(self.error(
+                Some(span),
+                Some("http.address".to_owned()),
+                "missing: the [http] table needs an address such as \"127.0.0.1:7780\" (remove the table to serve no HTTP)",
+            ));
+        };
+        let address = address.get_ref().parse::<SocketAddr>().map_err(|_| {
+            self.at(
+                address,
+                "http.address",
+                format!("invalid address {:?}: write ip:port, e.g. \"127.0.0.1:7780\"", address.get_ref()),
+            )
+        })?;
+        let config = HttpConfig {
+            address,
+            max_connections: self.int_in(
+                raw.max_connections.as_ref(),
+                "http.max_connections",
+                HTTP_MAX_CONNECTIONS,
+                DEFAULT_HTTP_MAX_CONNECTIONS,
+            )?,
+            request_timeout: self.duration_in(
+                raw.request_timeout.as_ref(),
+                "http.request_timeout",
+                HTTP_REQUEST_TIMEOUT,
+                DEFAULT_HTTP_REQUEST_TIMEOUT,
+            )?,
+            history: self.int_in(raw.history.as_ref(), "http.history", HTTP_HISTORY, DEFAULT_HTTP_HISTORY)?,
+            subscriber_buffer: self.int_in(
+                raw.subscriber_buffer.as_ref(),
+                "http.subscriber_buffer",
+                HTTP_SUBSCRIBER_BUFFER,
+                DEFAULT_HTTP_SUBSCRIBER_BUFFER,
+            )?,
+        };
+        Ok((config, span))
+    }
+}
+
+/// `[http] max_connections`: default and range. A handful of dashboards,
+/// scrapers and feed subscribers; each costs one fd and a buffer.
+const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 64;
+const HTTP_MAX_CONNECTIONS: RangeInclusive<i64> = 1..=4096;
+/// `[http] request_timeout`: default and range; a slowloris client is
+/// dropped after this.
+const DEFAULT_HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const HTTP_REQUEST_TIMEOUT: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(300);
+/// `[http] history`: default and range, in events.
+const DEFAULT_HTTP_HISTORY: usize = 1024;
+const HTTP_HISTORY: RangeInclusive<i64> = 1..=1_000_000;
+/// `[http] subscriber_buffer`: default and range, in bytes.
+const DEFAULT_HTTP_SUBSCRIBER_BUFFER: usize = 256 * 1024;
+const HTTP_SUBSCRIBER_BUFFER: RangeInclusive<i64> = 4096..=64 * 1024 * 1024;
 
 /// A validated listener, with the spans needed to report duplicates.
 struct CheckedListener {
@@ -824,7 +930,7 @@ impl ListenerSource<'_> {
             keepalive_interval: interval,
             keepalive_count: count,
             user_timeout,
-            nodelay: raw.nodelay.map_or(true, Spanned::into_inner),
+            nodelay: raw.nodelay.is_none_or(Spanned::into_inner),
         })
     }
 
@@ -1020,6 +1126,13 @@ mod tests {
                 tokens: vec![],
                 tcp: default_tcp(),
             }],
+            http: Some(HttpConfig {
+                address: "127.0.0.1:7780".parse().unwrap(),
+                max_connections: 64,
+                request_timeout: secs(10),
+                history: 1024,
+                subscriber_buffer: 262144,
+            }),
         };
         assert_eq!(embedded().unwrap(), expected);
     }
@@ -1054,7 +1167,7 @@ mod tests {
             assert_eq!(config, embedded().unwrap(), "uncommented {line:?}");
             checked += 1;
         }
-        assert_eq!(checked, 13);
+        assert_eq!(checked, 17);
     }
 
     #[test]
@@ -1077,6 +1190,35 @@ mod tests {
         assert_eq!(raw.protocol, Protocol::Raw);
         assert_eq!(raw.timeout, Duration::ZERO);
         assert_eq!(raw.tcp.user_timeout, secs(18));
+    }
+
+    #[test]
+    fn http_table_is_optional_and_validated() {
+        assert_eq!(parse_ok(&listener("")).http, None);
+        let http = parse_ok(&format!("[http]\naddress = \"127.0.0.1:0\"\nhistory = 5\n{}", listener("")))
+            .http
+            .expect("http table");
+        assert_eq!((http.address.port(), http.history, http.max_connections), (0, 5, 64));
+        assert_err(&format!("[http]\nmax_connections = 3\n{}", listener("")), 1, "http.address", "missing");
+        assert_err(&format!("[http]\naddress = \"localhost:80\"\n{}", listener("")), 2, "http.address", "ip:port");
+        assert_err(
+            &format!("[http]\naddress = \"127.0.0.1:0\"\nhistory = 0\n{}", listener("")),
+            3,
+            "http.history",
+            "1..=1000000",
+        );
+        assert_err(
+            &format!("[http]\naddress = \"127.0.0.1:0\"\nbogus = 1\n{}", listener("")),
+            3,
+            "http.bogus",
+            "unknown field",
+        );
+    }
+
+    #[test]
+    fn http_address_must_not_be_a_listener_address() {
+        let text = "[http]\naddress = \"127.0.0.1:7700\"\n[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:7700\"\n";
+        assert_err(text, 1, "http.address", "listener \"a\"");
     }
 
     #[test]
@@ -1107,6 +1249,11 @@ mod tests {
             "keepalive_count",
             "user_timeout",
             "nodelay",
+            "[http]",
+            "max_connections",
+            "request_timeout",
+            "history",
+            "subscriber_buffer",
         ];
         for key in keys {
             assert!(EMBEDDED.contains(&format!("{key} ")) || EMBEDDED.contains(&format!("{key}\n")), "{key}");
@@ -1223,8 +1370,9 @@ mod tests {
 
     #[test]
     fn numbers_out_of_range() {
-        assert_err("[daemon]\nmax_clients = -1\n", 2, "daemon.max_clients", "must be >= 1, got -1");
-        assert_err("[daemon]\nmax_clients = 0\n", 2, "daemon.max_clients", ">= 1");
+        assert_err("[daemon]\nmax_clients = -1\n", 2, "daemon.max_clients", "must be 1..=16777216, got -1");
+        assert_err("[daemon]\nmax_clients = 0\n", 2, "daemon.max_clients", "1..=16777216");
+        assert_err("[daemon]\nmax_clients = 16777217\n", 2, "daemon.max_clients", "1..=16777216");
         assert_err("[daemon]\nmax_per_address = -5\n", 2, "daemon.max_per_address", ">= 0");
         assert_err(&listener("misses = 0\n"), 4, "listener[0].misses", "1..=1000");
         assert_err(&listener("misses = 1001\n"), 4, "listener[0].misses", "1..=1000");
@@ -1529,7 +1677,7 @@ mod tests {
             let text = lines.join("\n");
             if let Err(e) = parse(&text, "prop", Path::new("/nonexistent")) {
                 // Every error that comes from the text points into it.
-                proptest::prop_assert!(e.line.map_or(true, |l| (1..=lines.len() + 1).contains(&l)), "{e}");
+                proptest::prop_assert!(e.line.is_none_or(|l| (1..=lines.len() + 1).contains(&l)), "{e}");
             }
         }
     }

@@ -178,6 +178,44 @@ pub fn bind_listener(address: SocketAddr, tcp: &TcpConfig) -> io::Result<mio::ne
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
+/// The kernel's view of a connection (`TCP_INFO`), the fields operators ask
+/// for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpInfo {
+    /// Smoothed round-trip time, in microseconds.
+    pub rtt_us: u32,
+    /// Round-trip time variance, in microseconds.
+    pub rttvar_us: u32,
+    /// Segments retransmitted over the connection's life.
+    pub retransmits: u32,
+    /// Segments sent and not yet acknowledged.
+    pub unacked: u32,
+}
+
+/// Reads `TCP_INFO`; `None` if the kernel refuses (socket already gone).
+pub fn tcp_info<S: AsFd>(socket: &S) -> Option<TcpInfo> {
+    // SAFETY: an all-zero tcp_info is a valid value for the kernel to fill.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the fd is open for the borrow; the pointer and length describe
+    // `info`, which the kernel fills up to `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(TcpInfo {
+        rtt_us: info.tcpi_rtt,
+        rttvar_us: info.tcpi_rttvar,
+        retransmits: info.tcpi_total_retrans,
+        unacked: info.tcpi_unacked,
+    })
+}
+
 /// Takes the socket's pending error (`SO_ERROR`), if any.
 pub fn take_error<S: AsFd>(socket: &S) -> io::Result<Option<io::Error>> {
     SockRef::from(socket).take_error()
@@ -220,6 +258,15 @@ mod tests {
         let eff = effective(&listener).expect("read back");
         assert!(!eff.keepalive);
         assert_eq!(eff.user_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn tcp_info_reads_a_live_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let info = tcp_info(&client).expect("TCP_INFO on a connected socket");
+        assert_eq!(info.unacked, 0);
+        assert_eq!(info.retransmits, 0);
     }
 
     #[test]

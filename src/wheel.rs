@@ -445,6 +445,10 @@ mod tests {
 
     /// Advances to `now` and returns what fired, sorted; checks the wheel's
     /// structure before and after.
+    /// Nothing fired (a typed empty list: `[]` alone is ambiguous once
+    /// serde_json's comparisons are in scope).
+    const NONE: [u64; 0] = [];
+
     fn fire<T: Copy + Ord>(wheel: &mut Wheel<T>, now: Instant) -> Vec<T> {
         check(wheel);
         let mut expired = Vec::new();
@@ -529,7 +533,7 @@ mod tests {
         let (mut wheel, start) = wheel();
         wheel.insert(start, 1);
         assert_eq!(wheel.next_expiry(), Some(start));
-        assert_eq!(fire(&mut wheel, start - NS), []);
+        assert_eq!(fire(&mut wheel, start - NS), NONE);
         assert_eq!(fire(&mut wheel, start), [1]);
         assert!(wheel.is_empty());
         assert_eq!(wheel.next_expiry(), None);
@@ -539,7 +543,7 @@ mod tests {
     fn before_start_is_tick_zero() {
         let (mut wheel, start) = wheel();
         wheel.insert(start - Duration::from_millis(500), 1);
-        assert_eq!(fire(&mut wheel, start - NS), []);
+        assert_eq!(fire(&mut wheel, start - NS), NONE);
         assert_eq!(fire(&mut wheel, start), [1]);
     }
 
@@ -549,7 +553,7 @@ mod tests {
         let at = start + ticks(3);
         wheel.insert(at, 1);
         assert_eq!(wheel.next_expiry(), Some(at));
-        assert_eq!(fire(&mut wheel, at - NS), []);
+        assert_eq!(fire(&mut wheel, at - NS), NONE);
         assert_eq!(fire(&mut wheel, at), [1]);
     }
 
@@ -558,9 +562,9 @@ mod tests {
         let (mut wheel, start) = wheel();
         wheel.insert(start + ticks(3) + NS, 1);
         assert_eq!(wheel.next_expiry(), Some(start + ticks(4)));
-        assert_eq!(fire(&mut wheel, start + ticks(3)), []);
-        assert_eq!(fire(&mut wheel, start + ticks(3) + NS), []);
-        assert_eq!(fire(&mut wheel, start + ticks(4) - NS), []);
+        assert_eq!(fire(&mut wheel, start + ticks(3)), NONE);
+        assert_eq!(fire(&mut wheel, start + ticks(3) + NS), NONE);
+        assert_eq!(fire(&mut wheel, start + ticks(4) - NS), NONE);
         assert_eq!(fire(&mut wheel, start + ticks(4)), [1]);
     }
 
@@ -568,7 +572,7 @@ mod tests {
     fn one_nanosecond_before_a_boundary_goes_to_that_boundary() {
         let (mut wheel, start) = wheel();
         wheel.insert(start + ticks(3) - NS, 1);
-        assert_eq!(fire(&mut wheel, start + ticks(3) - NS), []);
+        assert_eq!(fire(&mut wheel, start + ticks(3) - NS), NONE);
         assert_eq!(fire(&mut wheel, start + ticks(3)), [1]);
     }
 
@@ -577,7 +581,7 @@ mod tests {
         let (mut wheel, start) = wheel();
         let at = start + ticks(5) + Duration::from_millis(3);
         wheel.insert(at, 1);
-        assert_eq!(fire(&mut wheel, at), []);
+        assert_eq!(fire(&mut wheel, at), NONE);
         assert_eq!(fire(&mut wheel, at + TICK), [1]);
     }
 
@@ -589,7 +593,7 @@ mod tests {
         // Tick by tick: bucket 3 is visited at ticks 3 and 11 and must keep
         // the timer both times.
         for tick in 0..rounds_later {
-            assert_eq!(fire(&mut wheel, start + ticks(tick)), [], "tick {tick}");
+            assert_eq!(fire(&mut wheel, start + ticks(tick)), NONE, "tick {tick}");
             assert_eq!(wheel.len(), 1);
         }
         assert_eq!(fire(&mut wheel, start + ticks(rounds_later)), [1]);
@@ -599,8 +603,8 @@ mod tests {
     fn deadline_rounds_away_survives_a_jump_past_its_bucket() {
         let (mut wheel, start) = wheel();
         wheel.insert(start + ticks(2 * SLOTS as u64 + 3), 1);
-        assert_eq!(fire(&mut wheel, start + ticks(SLOTS as u64 + 5)), []);
-        assert_eq!(fire(&mut wheel, start + ticks(2 * SLOTS as u64 + 2)), []);
+        assert_eq!(fire(&mut wheel, start + ticks(SLOTS as u64 + 5)), NONE);
+        assert_eq!(fire(&mut wheel, start + ticks(2 * SLOTS as u64 + 2)), NONE);
         assert_eq!(fire(&mut wheel, start + ticks(2 * SLOTS as u64 + 3)), [1]);
     }
 
@@ -612,7 +616,7 @@ mod tests {
         }
         for round in 0..4 {
             let now = start + ticks(round * SLOTS as u64 + 2);
-            assert_eq!(fire(&mut wheel, now - NS), []);
+            assert_eq!(fire(&mut wheel, now - NS), NONE);
             assert_eq!(fire(&mut wheel, now), [round]);
         }
     }
@@ -623,7 +627,7 @@ mod tests {
         for value in 0..100 {
             wheel.insert(start + ticks(2) - Duration::from_micros(value), value);
         }
-        assert_eq!(fire(&mut wheel, start + ticks(1)), []);
+        assert_eq!(fire(&mut wheel, start + ticks(1)), NONE);
         assert_eq!(fire(&mut wheel, start + ticks(2)), (0..100).collect::<Vec<_>>());
     }
 
@@ -635,7 +639,7 @@ mod tests {
         assert_eq!(wheel.len(), 0);
         assert_eq!(wheel.cancel(id), None);
         assert_eq!(wheel.next_expiry(), None);
-        assert_eq!(fire(&mut wheel, start + ticks(10)), []);
+        assert_eq!(fire(&mut wheel, start + ticks(10)), NONE);
     }
 
     #[test]
@@ -678,7 +682,7 @@ mod tests {
         let (mut wheel, start) = wheel();
         let id = wheel.insert(start + ticks(2), 1);
         wheel.reschedule(id, start + ticks(SLOTS as u64 + 5));
-        assert_eq!(fire(&mut wheel, start + ticks(SLOTS as u64 + 4)), []);
+        assert_eq!(fire(&mut wheel, start + ticks(SLOTS as u64 + 4)), NONE);
         assert_eq!(fire(&mut wheel, start + ticks(SLOTS as u64 + 5)), [1]);
     }
 
@@ -696,7 +700,7 @@ mod tests {
     fn reschedule_into_the_past_fires_on_the_next_advance() {
         let (mut wheel, start) = wheel();
         let id = wheel.insert(start + ticks(15), 1);
-        assert_eq!(fire(&mut wheel, start + ticks(10)), []);
+        assert_eq!(fire(&mut wheel, start + ticks(10)), NONE);
         wheel.reschedule(id, start + ticks(3));
         assert!(wheel.next_expiry() <= Some(start + ticks(3)));
         assert_eq!(fire(&mut wheel, start + ticks(10)), [1]);
@@ -705,11 +709,11 @@ mod tests {
     #[test]
     fn reschedule_out_of_the_overdue_list() {
         let (mut wheel, start) = wheel();
-        assert_eq!(fire(&mut wheel, start + ticks(10)), []);
+        assert_eq!(fire(&mut wheel, start + ticks(10)), NONE);
         let id = wheel.insert(start + ticks(2), 1);
         wheel.reschedule(id, start + ticks(12));
         assert_eq!(wheel.next_expiry(), Some(start + ticks(12)));
-        assert_eq!(fire(&mut wheel, start + ticks(10)), []);
+        assert_eq!(fire(&mut wheel, start + ticks(10)), NONE);
         assert_eq!(fire(&mut wheel, start + ticks(12)), [1]);
     }
 
@@ -735,7 +739,7 @@ mod tests {
     fn past_deadlines_fire_on_the_next_advance() {
         let (mut wheel, start) = wheel();
         let now = start + ticks(10) + Duration::from_millis(5);
-        assert_eq!(fire(&mut wheel, now), []);
+        assert_eq!(fire(&mut wheel, now), NONE);
         wheel.insert(start - TICK, 1);
         wheel.insert(start, 2);
         wheel.insert(start + ticks(9) + NS, 3);
@@ -752,11 +756,11 @@ mod tests {
     #[test]
     fn earlier_tick_is_a_noop() {
         let (mut wheel, start) = wheel();
-        assert_eq!(fire(&mut wheel, start + ticks(10)), []);
+        assert_eq!(fire(&mut wheel, start + ticks(10)), NONE);
         wheel.insert(start + ticks(2), 1);
         wheel.insert(start + ticks(12), 2);
-        assert_eq!(fire(&mut wheel, start + ticks(5)), []);
-        assert_eq!(fire(&mut wheel, start - NS), []);
+        assert_eq!(fire(&mut wheel, start + ticks(5)), NONE);
+        assert_eq!(fire(&mut wheel, start - NS), NONE);
         assert_eq!(wheel.next_tick, 11);
         assert_eq!(fire(&mut wheel, start + ticks(10)), [1]);
         assert_eq!(fire(&mut wheel, start + ticks(12)), [2]);
@@ -775,7 +779,7 @@ mod tests {
         assert_eq!(fire(&mut wheel, far), (0..1000).collect::<Vec<_>>());
         assert_eq!(wheel.len(), 1);
         assert_eq!(wheel.next_expiry(), Some(far + TICK));
-        assert_eq!(fire(&mut wheel, far + TICK - NS), []);
+        assert_eq!(fire(&mut wheel, far + TICK - NS), NONE);
         assert_eq!(fire(&mut wheel, far + TICK), [1000]);
     }
 
@@ -787,7 +791,7 @@ mod tests {
         let id = wheel.insert(start + 600 * year, 1);
         assert_eq!(wheel.nodes[id.0 as usize].deadline, NEVER);
         assert!(wheel.next_expiry().is_some());
-        assert_eq!(fire(&mut wheel, start + 700 * year), []);
+        assert_eq!(fire(&mut wheel, start + 700 * year), NONE);
         assert_eq!(wheel.cancel(id), Some(1));
     }
 
@@ -1002,7 +1006,7 @@ mod tests {
                         let now_tick = (now >= model.start_ns)
                             .then(|| (now - model.start_ns) / model.tick_ns);
                         let mut expected = Vec::new();
-                        if let Some(now_tick) = now_tick.filter(|&t| model.reached.map_or(true, |r| t >= r)) {
+                        if let Some(now_tick) = now_tick.filter(|&t| model.reached.is_none_or(|r| t >= r)) {
                             model.reached = Some(now_tick);
                             model.armed.retain(|&value, &mut (id, deadline)| {
                                 let due = deadline <= now_tick;

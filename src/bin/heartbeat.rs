@@ -1,1 +1,418 @@
-fn main() {}
+//! `heartbeat`: the client agent (`run`), the health probe (`check`), and
+//! views of the daemon's status API (`status`, `watch`).
+//!
+//! A thin shell around [`heartbeatd::client`]: parse arguments, start
+//! logging, run, map the outcome to an exit code.
+//!
+//! Exit codes: `run` exits 0 after SIGINT/SIGTERM (BYE sent) and 1 when
+//! the daemon refused the agent for good (ERROR 2, 4 or 6) or it could not
+//! start; `check` exits 0 if the daemon is healthy and 1 otherwise;
+//! `status` and `watch` exit 1 when the status API cannot be read; all exit
+//! 2 on invalid arguments.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Parser, Subcommand};
+use heartbeatd::client::{self, AgentConfig, CheckConfig, KeepaliveOptions};
+use heartbeatd::event::Logfmt;
+use heartbeatd::logging;
+use log::LevelFilter;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// Keeps a client registered at a heartbeatd daemon, or probes one.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stay online at the daemon: HELLO, PING every interval, notice a dead
+    /// daemon, reconnect with backoff. Stops with BYE on SIGINT/SIGTERM.
+    #[command(after_help = "Exit status: 0 after SIGINT/SIGTERM; 1 if the daemon refused the agent for good \
+                            (ERROR 4 authentication, 6 replaced by another agent with the same id, 2 version); \
+                            2 for invalid arguments.")]
+    Run(RunArgs),
+    /// Probe the daemon once (HELLO, PING/PONG, BYE) and print interval,
+    /// timeout and RTT. Exit 0 if healthy, 1 if not.
+    #[command(after_help = "Prints one logfmt line on stdout: `healthy ... interval_ms=N timeout_ms=N rtt_us=N` \
+                            or `unhealthy ... reason=R error=\"...\"`.\n\
+                            Exit status: 0 healthy; 1 unhealthy or unreachable; 2 for invalid arguments.")]
+    Check(CheckArgs),
+    /// List the clients online now, from the daemon's status API
+    /// (GET /clients): id, peer, listener, since, last seen, RTT.
+    #[command(after_help = "Exit status: 0 when the list was read; 1 when the status API cannot be read.")]
+    Status(StatusArgs),
+    /// Follow the daemon's presence feed (GET /events): one line per event,
+    /// starting with everyone online; reconnects and resumes if the stream
+    /// breaks. Stops on SIGINT or after --count events.
+    #[command(
+        after_help = "Lines: `present client=...` for each client online when the feed starts, then                             `<time> online ...` / `<time> offline ... reason=R` per change, and `gap ...` when                             a resumed feed missed events.
+Exit status: 0 after --count events; 1 when the                             status API cannot be reached at start."
+    )]
+    Watch(WatchArgs),
+}
+
+#[derive(Args)]
+struct Http {
+    /// The daemon's status API: the address of its `[http]` table.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7780")]
+    http: String,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    http: Http,
+
+    /// Print the JSON of /clients instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    /// Only the clients of this listener.
+    #[arg(long, value_name = "NAME")]
+    listener: Option<String>,
+
+    /// Bound on connecting and reading.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    http: Http,
+
+    /// Resume after this event id (as printed by --ids) instead of starting
+    /// with everyone online.
+    #[arg(long, value_name = "ID")]
+    last_event_id: Option<String>,
+
+    /// Stop after this many online/offline events.
+    #[arg(long, value_name = "N")]
+    count: Option<usize>,
+
+    /// Prefix each line with its event id.
+    #[arg(long)]
+    ids: bool,
+}
+
+#[derive(Args)]
+struct Server {
+    /// The daemon's address.
+    #[arg(long, short = 's', value_name = "HOST:PORT", default_value = "127.0.0.1:7700")]
+    server: String,
+
+    /// File holding the HELLO token (surrounding whitespace is trimmed, as
+    /// the daemon trims its tokens_file); needed when the listener is
+    /// configured with tokens.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    server: Server,
+
+    /// Client id: 1..=64 printable ASCII characters, no space.
+    #[arg(long, value_name = "ID")]
+    id: String,
+
+    /// Bound on a TCP connect, and on the wait for WELCOME after it.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+
+    /// First reconnect delay ceiling; doubles per failed attempt.
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
+    backoff_base: Duration,
+
+    /// Largest reconnect delay ceiling. Each delay is random in [0, ceiling].
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    backoff_cap: Duration,
+
+    /// TCP_KEEPIDLE; 0s turns kernel keepalive off
+    /// [default: twice the interval, in whole seconds, at least 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keepalive_idle: Option<Duration>,
+
+    /// TCP_KEEPINTVL [default: the interval, in whole seconds, at least 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keepalive_interval: Option<Duration>,
+
+    /// TCP_KEEPCNT [default: 3].
+    #[arg(long, value_name = "N")]
+    keepalive_count: Option<u32>,
+
+    /// TCP_USER_TIMEOUT; 0s leaves the kernel default
+    /// [default: keepalive idle + interval × count].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    user_timeout: Option<Duration>,
+
+    /// Log level: error, warn, info, debug (one line per PING/PONG), trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: LevelFilter,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    server: Server,
+
+    /// Client id for the probe. Never the id of a running agent: the daemon
+    /// would hand that agent's session to the probe [default:
+    /// heartbeat-check-PID].
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+
+    /// Bound on the whole probe: connect, WELCOME and PONG.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run(args) => run(args),
+        Command::Check(args) => check(args),
+        Command::Status(args) => status(args),
+        Command::Watch(args) => watch(args),
+    }
+}
+
+fn status(args: StatusArgs) -> ExitCode {
+    match client::status::clients(&args.http.http, args.listener.as_deref(), args.timeout) {
+        Ok(clients) if args.json => match serde_json::to_string_pretty(&clients) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("heartbeat: encoding JSON: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(clients) => {
+            print!("{}", client::status::table(&clients, SystemTime::now()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("heartbeat: reading http://{}/clients: {e}", args.http.http);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How long `watch` waits before resuming a broken feed.
+const WATCH_RETRY: Duration = Duration::from_secs(2);
+
+/// Longest silence on the feed before `watch` reconnects: the daemon sends
+/// a keepalive every 15 s.
+const WATCH_IDLE: Duration = Duration::from_secs(40);
+
+fn watch(args: WatchArgs) -> ExitCode {
+    let mut last_id = args.last_event_id.clone();
+    let mut seen = 0usize;
+    let mut connected_once = false;
+    loop {
+        let resume_after = last_id.clone();
+        let result = client::status::follow(&args.http.http, resume_after.as_deref(), WATCH_IDLE, |event| {
+            connected_once = true;
+            if let Some(id) = &event.id {
+                last_id = Some(id.clone());
+            }
+            for line in watch_lines(event) {
+                match (&event.id, args.ids) {
+                    (Some(id), true) => println!("{id} {line}"),
+                    _ => println!("{line}"),
+                }
+            }
+            if matches!(event.event.as_str(), "online" | "offline") {
+                seen += 1;
+            }
+            args.count.is_none_or(|n| seen < n)
+        });
+        if args.count.is_some_and(|n| seen >= n) {
+            return ExitCode::SUCCESS;
+        }
+        match result {
+            Err(e) if !connected_once => {
+                eprintln!("heartbeat: following http://{}/events: {e}", args.http.http);
+                return ExitCode::FAILURE;
+            }
+            Err(e) => eprintln!("heartbeat: feed broken ({e}); resuming in {}s", WATCH_RETRY.as_secs()),
+            Ok(()) => eprintln!("heartbeat: feed ended; resuming in {}s", WATCH_RETRY.as_secs()),
+        }
+        thread::sleep(WATCH_RETRY);
+    }
+}
+
+/// The lines `watch` prints for one feed event.
+fn watch_lines(event: &client::status::SseEvent) -> Vec<String> {
+    let Ok(data) = serde_json::from_str::<serde_json::Value>(&event.data) else {
+        return vec![format!("{} {}", event.event, Logfmt(&event.data))];
+    };
+    let text = |key: &str| data.get(key).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+    let field = |key: &str| text(key).map(|v| format!(" {key}={}", Logfmt(&v))).unwrap_or_default();
+    match event.event.as_str() {
+        "snapshot" => {
+            let clients = data.get("clients").and_then(|c| c.as_array()).cloned().unwrap_or_default();
+            let mut lines = vec![format!("snapshot online={}", clients.len())];
+            lines.extend(clients.iter().map(|c| {
+                let get = |key: &str| c.get(key).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+                format!(
+                    "present client={} peer={} listener={} session={} since={}",
+                    Logfmt(&get("id").unwrap_or_default()),
+                    Logfmt(&get("peer").unwrap_or_default()),
+                    Logfmt(&get("listener").unwrap_or_default()),
+                    Logfmt(&get("session").unwrap_or_default()),
+                    Logfmt(&get("online_since").unwrap_or_default()),
+                )
+            }));
+            lines
+        }
+        "online" | "offline" => {
+            let mut line = format!("{} {}", text("at").unwrap_or_default(), event.event);
+            for key in ["client", "peer", "listener", "protocol", "session", "reason", "silent_ms", "connected_ms"] {
+                line.push_str(&field(key));
+            }
+            vec![line]
+        }
+        other => {
+            let mut line = other.to_owned();
+            if let Some(map) = data.as_object() {
+                for (key, value) in map {
+                    line.push_str(&format!(" {key}={}", Logfmt(&value.to_string())));
+                }
+            }
+            vec![line]
+        }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    logging::init(args.log_level);
+    let token = match read_token(args.server.token_file.as_deref()) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("heartbeat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut config = AgentConfig::new(args.server.server, args.id);
+    config.token = token;
+    config.connect_timeout = args.connect_timeout;
+    config.backoff_base = args.backoff_base;
+    config.backoff_cap = args.backoff_cap;
+    config.keepalive = KeepaliveOptions {
+        idle: args.keepalive_idle,
+        interval: args.keepalive_interval,
+        count: args.keepalive_count,
+        user_timeout: args.user_timeout,
+    };
+    // Signals are registered before the agent starts, so a SIGTERM that
+    // arrives during start-up still ends in a BYE rather than the default
+    // disposition.
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("heartbeat: installing signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log::info!(
+        "starting version={} server={} id={}",
+        env!("CARGO_PKG_VERSION"),
+        Logfmt(&config.server),
+        Logfmt(&config.id)
+    );
+    let agent = match client::start(config) {
+        Ok(agent) => agent,
+        Err(e) => {
+            eprintln!("heartbeat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stopper = agent.stopper();
+    // The signal thread only asks for the stop; the main thread joins the
+    // agent, so a fatal refusal ends the process as well as a signal does.
+    let spawned = thread::Builder::new().name("signals".into()).spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            log::info!("stopping signal={signal}");
+            stopper.stop();
+        }
+    });
+    if let Err(e) = spawned {
+        eprintln!("heartbeat: spawning the signal thread: {e}");
+        agent.stop();
+        return ExitCode::FAILURE;
+    }
+    let status = agent.join();
+    match status.stopped() {
+        Some(reason) if reason.is_fatal() => {
+            eprintln!("heartbeat: {reason}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let token = match read_token(args.server.token_file.as_deref()) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("heartbeat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = CheckConfig {
+        server: args.server.server,
+        id: args.id.unwrap_or_else(|| format!("heartbeat-check-{}", std::process::id())),
+        token,
+        timeout: args.timeout,
+    };
+    match client::check(&config) {
+        Ok(r) => {
+            println!(
+                "healthy server={} peer={} session={} interval_ms={} timeout_ms={} rtt_us={}",
+                Logfmt(&config.server),
+                r.peer,
+                r.session,
+                r.interval.as_millis(),
+                r.timeout.as_millis(),
+                r.rtt.as_micros()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!(
+                "unhealthy server={} reason={} error={}",
+                Logfmt(&config.server),
+                e.as_str(),
+                Logfmt(&e.to_string())
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads the token file: its bytes, less surrounding whitespace (the
+/// newline editors and `echo` add), as the daemon reads its `tokens_file`.
+/// An absent flag means no token.
+fn read_token(path: Option<&Path>) -> Result<Vec<u8>, String> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let token = fs::read(path).map_err(|e| format!("reading token file {}: {e}", path.display()))?;
+    Ok(token.trim_ascii().to_vec())
+}

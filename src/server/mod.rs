@@ -5,8 +5,11 @@
 //! registry and the wheel. It moves bytes between sockets and [`Conn`]s,
 //! turns their decisions into events, and knows nothing of wire formats.
 //!
+//! This file holds the loop and the connections; `listeners.rs` binds,
+//! accepts and admits; `signals.rs` stops, reloads and lists clients.
+//!
 //! Invariants:
-//! - Exactly one offline event per online event: [`Server::close`] is the
+//! - Exactly one offline event per online event: `Server::close` is the
 //!   only place a connection leaves the online state, and it runs once per
 //!   connection (`Conn::closing`).
 //! - A closed connection is freed only after the current batch of poll
@@ -24,13 +27,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use log::{info, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Registry, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
@@ -38,11 +42,17 @@ use slab::Slab;
 use crate::config::{self, Config, ListenerConfig, Protocol};
 use crate::conn::{Conn, Progress};
 use crate::event::{self, Client, Event, Logfmt, OfflineReason};
-use crate::logging;
-use crate::sockopt;
-use crate::systemd::{self, ActivatedSocket, Notifier};
+use crate::http::Http;
+use crate::metrics::Metrics;
+use crate::status::{ListenerNames, StatusView};
+use crate::systemd::{self, Notifier};
 use crate::wheel::Wheel;
 use crate::wire::native::{error_code, Frame};
+
+mod listeners;
+mod signals;
+
+use listeners::take_activated;
 
 /// Buckets in the timer wheel. With the default 100 ms tick one revolution
 /// is 102.4 s, longer than any sensible heartbeat timeout, so most timers
@@ -57,6 +67,13 @@ const READ_BUF: usize = 64 * 1024;
 /// sleeping.
 const READ_BUDGET: usize = 256 * 1024;
 
+/// Connections one listener may accept per poll round before the clients
+/// already connected get their turn. The listener may still have a backlog;
+/// the loop comes back to it without sleeping. Without this bound a flood
+/// of connects (a fleet reconnecting at once) keeps the accept loop busy
+/// while heartbeats of existing clients wait.
+const ACCEPT_BUDGET: usize = 256;
+
 /// How long accepting pauses after the process or system ran out of file
 /// descriptors. Pending connections wait in the kernel's backlog meanwhile.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(250);
@@ -66,6 +83,10 @@ const EVENTS_CAPACITY: usize = 1024;
 
 /// Listener tokens start here; tokens below are connection slab keys.
 const LISTENER_BASE: usize = 1 << 40;
+
+/// HTTP tokens start here (the status API's listener, then its
+/// connections); below are client listeners.
+const HTTP_BASE: usize = 1 << 41;
 
 /// The token of the signal pipe.
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
@@ -78,9 +99,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
     /// A connection's handshake, ping or silence deadline.
-    Conn(usize),
+    Conn(u32),
     /// Retry accepting on a listener paused by fd exhaustion.
-    ResumeAccept(usize),
+    ResumeAccept(u32),
     /// Tell systemd the loop is alive.
     Watchdog,
     /// Send a `STATUS=` line that was held back by the rate limit.
@@ -121,6 +142,22 @@ struct Listener {
     socket: Option<TcpListener>,
     /// Accepting is paused until a `ResumeAccept` timer (fd exhaustion).
     paused: bool,
+    /// When accepting first failed for lack of fds, until an accept works
+    /// again: one warning per episode, not one per retry.
+    exhausted_since: Option<Instant>,
+}
+
+impl ListenerNames for Slab<Listener> {
+    fn name(&self, key: usize) -> &str {
+        self.get(key).map_or("", |l| l.cfg.name.as_str())
+    }
+}
+
+impl Listener {
+    /// The address the socket is bound to (port 0 resolved), while open.
+    fn bound_address(&self) -> Option<SocketAddr> {
+        self.socket.as_ref()?.local_addr().ok()
+    }
 }
 
 /// The daemon: everything the loop owns.
@@ -132,16 +169,22 @@ pub struct Server {
     conns: Slab<Conn>,
     wheel: Wheel<Timer>,
     /// Online native clients by HELLO id, for replacement.
-    ids: HashMap<Box<str>, usize>,
+    ids: HashMap<Rc<str>, usize>,
     /// Open connections per peer IP, for `max_per_address`.
     per_address: HashMap<IpAddr, usize>,
     next_session: u64,
     signals: Signals,
+    /// The read buffer shared by all connections.
     buf: Vec<u8>,
+    /// Output being built for one connection, written by `Conn::flush`
+    /// (which leaves it empty) before the next connection is handled.
+    scratch: Vec<u8>,
     /// Closed this round; freed after the batch.
     doomed: Vec<usize>,
     /// Connections whose read budget ran out while still readable.
     again: Vec<usize>,
+    /// Listeners whose accept budget ran out with connections waiting.
+    accept_again: Vec<usize>,
     /// Set once shutdown has begun: the instant it must be over.
     stop_by: Option<Instant>,
     /// Clients online now (native after HELLO, legacy/raw from accept).
@@ -153,6 +196,9 @@ pub struct Server {
     status_pending: bool,
     /// Why the last reload was refused, shown in `STATUS=` until the next.
     reload_error: Option<String>,
+    /// The status API, when `[http]` is configured.
+    http: Option<Http>,
+    metrics: Metrics,
 }
 
 impl Server {
@@ -177,14 +223,18 @@ impl Server {
             next_session: 1,
             signals,
             buf: vec![0; READ_BUF],
+            scratch: Vec::new(),
             doomed: Vec::new(),
             again: Vec::new(),
+            accept_again: Vec::new(),
             stop_by: None,
             online: 0,
             notifier: Notifier::from_env(),
             watchdog: systemd::watchdog_interval(),
             status_pending: false,
             reload_error: None,
+            http: None,
+            metrics: Metrics::new(),
             config: config.clone(),
         };
         let mut activated = systemd::take_listen_fds();
@@ -200,6 +250,12 @@ impl Server {
                 unused.address.map_or_else(String::new, |a| a.to_string())
             );
         }
+        if let Some(cfg) = config.http {
+            let address = cfg.address;
+            let http = Http::bind(cfg, server.poll.registry(), HTTP_BASE, now)
+                .map_err(failed(format!("binding the HTTP status API on {address}")))?;
+            server.http = Some(http);
+        }
         if let Some(every) = server.watchdog {
             server.wheel.insert(now + every, Timer::Watchdog);
         }
@@ -207,15 +263,14 @@ impl Server {
         Ok(server)
     }
 
+    /// The bound address of the HTTP status API, if it is served.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(Http::address)
+    }
+
     /// The bound address of each listener, by name (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.listeners
-            .iter()
-            .filter_map(|(_, l)| {
-                let address = l.socket.as_ref()?.local_addr().ok()?;
-                Some((l.cfg.name.clone(), address))
-            })
-            .collect()
+        self.listeners.iter().filter_map(|(_, l)| Some((l.cfg.name.clone(), l.bound_address()?))).collect()
     }
 
     /// Runs until SIGTERM or SIGINT and a graceful shutdown. Returns an
@@ -235,6 +290,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => self.on_signals(now),
+                    token @ Token(t) if t >= HTTP_BASE => self.on_http(token, now),
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, now),
                     Token(key) => self.on_conn_event(key, event.is_writable(), now),
                 }
@@ -242,14 +298,17 @@ impl Server {
             for key in std::mem::take(&mut self.again) {
                 self.on_conn_event(key, false, now);
             }
+            for lkey in std::mem::take(&mut self.accept_again) {
+                self.accept(lkey, now);
+            }
             self.wheel.advance(now, &mut expired);
             for timer in expired.drain(..) {
                 match timer {
-                    Timer::Conn(key) => self.on_conn_timer(key, now),
+                    Timer::Conn(key) => self.on_conn_timer(key as usize, now),
                     Timer::ResumeAccept(lkey) => {
-                        if let Some(l) = self.listeners.get_mut(lkey) {
+                        if let Some(l) = self.listeners.get_mut(lkey as usize) {
                             l.paused = false;
-                            self.accept(lkey, now);
+                            self.accept(lkey as usize, now);
                         }
                     }
                     Timer::Watchdog => {
@@ -264,7 +323,13 @@ impl Server {
                     }
                 }
             }
+            if let Some(http) = &mut self.http {
+                if http.next_deadline().is_some_and(|at| at <= now) {
+                    http.on_time(self.poll.registry(), now);
+                }
+            }
             self.free_doomed();
+            self.metrics.count_loop_iteration();
             if let Some(stop_by) = self.stop_by {
                 if self.conns.is_empty() || now >= stop_by {
                     info!("stopped clients_dropped={}", self.conns.len());
@@ -275,150 +340,12 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.again.is_empty() {
+        if !self.again.is_empty() || !self.accept_again.is_empty() {
             return Some(Duration::ZERO);
         }
-        let next = [self.wheel.next_expiry(), self.stop_by].into_iter().flatten().min()?;
+        let http = self.http.as_ref().and_then(Http::next_deadline);
+        let next = [self.wheel.next_expiry(), self.stop_by, http].into_iter().flatten().min()?;
         Some(next.saturating_duration_since(now))
-    }
-
-    // ---- listeners -------------------------------------------------------
-
-    /// Opens a listener: adopts the socket systemd passed for it, if any,
-    /// else binds its address.
-    fn open_listener(&mut self, cfg: ListenerConfig, adopted: Option<OwnedFd>) -> Result<(), ServerError> {
-        let what = format!("listener {} on {}", cfg.name, cfg.address);
-        let (mut socket, origin) = match adopted {
-            Some(fd) => {
-                let socket = std::net::TcpListener::from(fd);
-                socket.set_nonblocking(true).map_err(failed(format!("adopting {what}")))?;
-                if let Err(e) = sockopt::apply(&socket, &cfg.tcp) {
-                    warn!("sockopt-failed listener={} error={}", Logfmt(&cfg.name), Logfmt(&e.to_string()));
-                }
-                (TcpListener::from_std(socket), "systemd")
-            }
-            None => {
-                let socket =
-                    sockopt::bind_listener(cfg.address, &cfg.tcp).map_err(failed(format!("binding {what}")))?;
-                (socket, "bound")
-            }
-        };
-        let entry = self.listeners.vacant_entry();
-        self.poll
-            .registry()
-            .register(&mut socket, Token(LISTENER_BASE + entry.key()), Interest::READABLE)
-            .map_err(failed(format!("registering {what}")))?;
-        let address = socket.local_addr().map_err(failed(format!("reading the address of {what}")))?;
-        let tcp = match sockopt::effective(&socket) {
-            Ok(eff) => eff.to_string(),
-            Err(e) => format!("tcp_options_unreadable={}", Logfmt(&e.to_string())),
-        };
-        info!(
-            "listening listener={} address={} socket={} proto={} interval_ms={} timeout_ms={} {}",
-            Logfmt(&cfg.name),
-            address,
-            origin,
-            cfg.protocol,
-            cfg.interval.as_millis(),
-            cfg.timeout.as_millis(),
-            tcp
-        );
-        entry.insert(Listener { cfg, socket: Some(socket), paused: false });
-        Ok(())
-    }
-
-    fn close_listener(&mut self, lkey: usize, now: Instant) {
-        let keys: Vec<usize> =
-            self.conns.iter().filter(|(_, c)| c.listener == lkey && !c.closing).map(|(k, _)| k).collect();
-        for key in keys {
-            self.say_bye(key);
-            self.close(key, OfflineReason::Shutdown, Some("listener removed".into()), now);
-        }
-        let l = self.listeners.remove(lkey);
-        if let Some(mut socket) = l.socket {
-            // The socket closes on drop; deregistering first keeps the
-            // poll's interest list exact, and its failure changes nothing.
-            let _ = self.poll.registry().deregister(&mut socket);
-        }
-        info!("listener-closed listener={} address={}", Logfmt(&l.cfg.name), l.cfg.address);
-    }
-
-    fn accept(&mut self, lkey: usize, now: Instant) {
-        loop {
-            let Some(l) = self.listeners.get(lkey) else {
-                return;
-            };
-            let Some(socket) = &l.socket else { return };
-            if l.paused {
-                return;
-            }
-            match socket.accept() {
-                Ok((stream, peer)) => self.admit(lkey, stream, peer, now),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if is_resource_exhaustion(&e) => {
-                    // Accepting again at once would fail again and, with a
-                    // level of pending connections, spin a core: pause this
-                    // listener and let the wheel retry.
-                    warn!(
-                        "accept-paused listener={} error={} retry_ms={}",
-                        Logfmt(&l.cfg.name),
-                        Logfmt(&e.to_string()),
-                        ACCEPT_PAUSE.as_millis()
-                    );
-                    if let Some(l) = self.listeners.get_mut(lkey) {
-                        l.paused = true;
-                    }
-                    self.wheel.insert(now + ACCEPT_PAUSE, Timer::ResumeAccept(lkey));
-                    return;
-                }
-                // A connection that died in the backlog (ECONNABORTED) or an
-                // interrupted call costs only itself.
-                Err(e) => debug!("accept-failed listener={} error={}", Logfmt(&l.cfg.name), Logfmt(&e.to_string())),
-            }
-        }
-    }
-
-    fn admit(&mut self, lkey: usize, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
-        let daemon = &self.config.daemon;
-        let cfg = &self.listeners[lkey].cfg;
-        let from_peer = self.per_address.get(&peer.ip()).copied().unwrap_or(0);
-        let refusal = if self.conns.len() >= daemon.max_clients {
-            Some(("max_clients", daemon.max_clients))
-        } else if daemon.max_per_address > 0 && from_peer >= daemon.max_per_address {
-            Some(("max_per_address", daemon.max_per_address))
-        } else {
-            None
-        };
-        if let Some((limit, value)) = refusal {
-            warn!("refused peer={} listener={} limit={} value={}", peer, Logfmt(&cfg.name), limit, value);
-            if cfg.protocol == Protocol::Native {
-                let mut out = Vec::new();
-                crate::wire::native::encode(
-                    &Frame::Error { code: error_code::SERVER_FULL, message: "server full" },
-                    &mut out,
-                );
-                // Best effort: the socket is fresh, so 20-odd bytes fit its
-                // buffer; a failure only means the client learns by FIN.
-                let _ = io::Write::write(&mut stream, &out);
-            }
-            return;
-        }
-        if let Err(e) = sockopt::apply(&stream, &cfg.tcp) {
-            warn!("sockopt-failed peer={} listener={} error={}", peer, Logfmt(&cfg.name), Logfmt(&e.to_string()));
-        }
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
-            warn!("register-failed peer={} error={}", peer, Logfmt(&e.to_string()));
-            return;
-        }
-        entry.insert(Conn::new(stream, peer, lkey, cfg.protocol, now));
-        *self.per_address.entry(peer.ip()).or_insert(0) += 1;
-        if self.conns[key].is_online() {
-            self.conns[key].session = self.take_session();
-            self.emit_online(key);
-        }
-        self.arm(key);
     }
 
     // ---- connections -----------------------------------------------------
@@ -433,8 +360,8 @@ impl Server {
             }
             return;
         }
-        let cfg = &self.listeners[conn.listener].cfg;
-        let (mut progress, more) = conn.read_some(&mut self.buf, READ_BUDGET, now, cfg);
+        let cfg = &self.listeners[conn.listener()].cfg;
+        let (mut progress, more) = conn.read_some(&mut self.buf, READ_BUDGET, now, cfg, &mut self.scratch);
         if more {
             self.again.push(key);
         }
@@ -452,8 +379,8 @@ impl Server {
         if conn.closing {
             return;
         }
-        let cfg = &self.listeners[conn.listener].cfg;
-        let progress = conn.on_timer(now, cfg);
+        let cfg = &self.listeners[conn.listener()].cfg;
+        let progress = conn.on_timer(now, cfg, &mut self.scratch);
         self.settle(key, progress, now);
         if !self.conns[key].closing {
             self.arm(key);
@@ -464,7 +391,7 @@ impl Server {
     /// the poll interest in step with the output queue.
     fn settle(&mut self, key: usize, progress: Progress, now: Instant) {
         let progress = match progress {
-            Progress::Continue => self.conns[key].flush(),
+            Progress::Continue => self.conns[key].flush(&mut self.scratch),
             other => other,
         };
         match progress {
@@ -479,20 +406,34 @@ impl Server {
         let Some(id) = self.conns[key].id.clone() else {
             return Progress::Close(OfflineReason::Error, Some("HELLO without id".into()));
         };
-        if let Some(&older) = self.ids.get(&id) {
-            self.conns[older].queue_error(error_code::REPLACED, "replaced by a newer connection with the same id");
-            self.close(older, OfflineReason::Replaced, Some(format!("by session {}", self.next_session)), now);
+        // HELLO is the first frame, so nothing is in the scratch buffer yet
+        // and the older connection's ERROR can go through it.
+        debug_assert!(self.scratch.is_empty());
+        let session = self.conns[key].session;
+        let message = "replaced by a newer connection with the same id";
+        if let Some(&online) = self.ids.get(&id) {
+            crate::wire::native::encode(&Frame::Error { code: error_code::REPLACED, message }, &mut self.scratch);
+            let online_session = self.conns[online].session;
+            if online_session > session {
+                // This connection was accepted before the one online with
+                // its id: a HELLO that waited (in the backlog, or behind a
+                // frozen daemon) is older, and must not displace the newer.
+                return Progress::close(
+                    OfflineReason::Replaced,
+                    format!("stale HELLO: session {online_session} is newer"),
+                );
+            }
+            self.close(online, OfflineReason::Replaced, Some(format!("by session {session}")), now);
         }
-        let session = self.take_session();
         let conn = &mut self.conns[key];
-        let cfg = &self.listeners[conn.listener].cfg;
-        conn.welcome(session, now, cfg);
+        let cfg = &self.listeners[conn.listener()].cfg;
+        conn.welcome(now, cfg, &mut self.scratch);
         self.ids.insert(id, key);
         self.emit_online(key);
         self.arm(key);
         let conn = &mut self.conns[key];
-        let cfg = &self.listeners[conn.listener].cfg;
-        conn.resume(now, cfg)
+        let cfg = &self.listeners[conn.listener()].cfg;
+        conn.resume(now, cfg, &mut self.scratch)
     }
 
     fn take_session(&mut self) -> u64 {
@@ -504,10 +445,10 @@ impl Server {
     /// Arms (or moves) the connection's timer at its next deadline.
     fn arm(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        let deadline = conn.next_deadline(&self.listeners[conn.listener].cfg);
+        let deadline = conn.next_deadline(&self.listeners[conn.listener()].cfg);
         match (deadline, conn.timer) {
             (Some(at), Some(id)) => self.wheel.reschedule(id, at),
-            (Some(at), None) => conn.timer = Some(self.wheel.insert(at, Timer::Conn(key))),
+            (Some(at), None) => conn.timer = Some(self.wheel.insert(at, Timer::Conn(timer_key(key)))),
             (None, Some(id)) => {
                 self.wheel.cancel(id);
                 conn.timer = None;
@@ -544,19 +485,25 @@ impl Server {
             self.wheel.cancel(id);
         }
         // Best effort for the last frame; its failure changes nothing.
-        let _ = conn.flush();
-        let listener = &self.listeners[conn.listener].cfg.name;
+        let _ = conn.flush(&mut self.scratch);
+        self.scratch.clear();
+        let listener = &self.listeners[conn.listener()].cfg.name;
+        self.metrics.count_closed_heartbeats(listener, conn.heartbeats);
+        if reason == OfflineReason::ProtocolError {
+            self.metrics.count_protocol_error(listener);
+        }
         let was_online = conn.is_online();
         if was_online {
             self.online -= 1;
             let id = conn.client_id();
-            event::emit(&Event::Offline {
+            let event = Event::Offline {
                 client: Client { id: &id, peer: conn.peer, listener, proto: conn.proto, session: conn.session },
                 reason,
-                silent: now.saturating_duration_since(conn.last_activity),
-                connected: now.saturating_duration_since(conn.since),
+                silent: now.saturating_duration_since(conn.last_activity()),
+                connected: now.saturating_duration_since(conn.since()),
                 detail: detail.as_deref(),
-            });
+            };
+            publish(&event, &mut self.metrics, &mut self.http, self.poll.registry());
             if let Some(id) = &conn.id {
                 if self.ids.get(id) == Some(&key) {
                     self.ids.remove(id);
@@ -597,7 +544,7 @@ impl Server {
 
     fn drain_after_close(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        if conn.flush() != Progress::Continue || !conn.wants_write() {
+        if conn.flush(&mut self.scratch) != Progress::Continue || !conn.wants_write() {
             self.doomed.push(key);
         }
     }
@@ -617,13 +564,33 @@ impl Server {
         self.schedule_status(Instant::now());
         let conn = &self.conns[key];
         let id = conn.client_id();
-        event::emit(&Event::Online(Client {
+        let event = Event::Online(Client {
             id: &id,
             peer: conn.peer,
-            listener: &self.listeners[conn.listener].cfg.name,
+            listener: &self.listeners[conn.listener()].cfg.name,
             proto: conn.proto,
             session: conn.session,
-        }));
+        });
+        publish(&event, &mut self.metrics, &mut self.http, self.poll.registry());
+    }
+
+    fn on_http(&mut self, token: Token, now: Instant) {
+        // Out of `self` while it reads the rest of it through the view.
+        let Some(mut http) = self.http.take() else { return };
+        http.handle(self.poll.registry(), token, now, &self.status_view(now));
+        self.http = Some(http);
+    }
+
+    /// What `/clients`, `/metrics` and SIGUSR1 show.
+    fn status_view(&self, now: Instant) -> StatusView<'_> {
+        StatusView {
+            conns: &self.conns,
+            listeners: &self.listeners,
+            ids: &self.ids,
+            metrics: &self.metrics,
+            wheel_timers: self.wheel.len(),
+            now,
+        }
     }
 
     /// Arms the rate-limited `STATUS=` update, when systemd listens.
@@ -647,184 +614,26 @@ impl Server {
     fn say_bye(&mut self, key: usize) {
         let conn = &mut self.conns[key];
         if conn.proto == Protocol::Native {
-            conn.queue_frame(&Frame::Bye("shutdown"));
-        }
-    }
-
-    // ---- signals ---------------------------------------------------------
-
-    fn on_signals(&mut self, now: Instant) {
-        let pending: Vec<i32> = self.signals.pending().collect();
-        for signal in pending {
-            match signal {
-                SIGTERM | SIGINT => self.begin_shutdown(signal, now),
-                SIGHUP => self.reload(now),
-                SIGUSR1 => self.log_clients(now),
-                _ => {}
-            }
-        }
-    }
-
-    fn begin_shutdown(&mut self, signal: i32, now: Instant) {
-        if self.stop_by.is_some() {
-            // A second stop signal: the operator wants out now. Every
-            // offline event was already emitted when shutdown began.
-            info!("stop-now signal={signal}");
-            self.stop_by = Some(now);
-            return;
-        }
-        self.notifier.stopping();
-        let grace = self.config.daemon.shutdown_grace;
-        info!("shutdown signal={} clients={} grace_ms={}", signal, self.conns.len(), grace.as_millis());
-        self.stop_by = Some(now + grace);
-        for (_, l) in self.listeners.iter_mut() {
-            if let Some(mut socket) = l.socket.take() {
-                let _ = self.poll.registry().deregister(&mut socket);
-            }
-        }
-        let keys: Vec<usize> = self.conns.iter().filter(|(_, c)| !c.closing).map(|(k, _)| k).collect();
-        for key in keys {
-            self.say_bye(key);
-            self.close(key, OfflineReason::Shutdown, None, now);
-        }
-    }
-
-    fn reload(&mut self, now: Instant) {
-        if self.stop_by.is_some() {
-            return;
-        }
-        let Some(path) = self.config_path.clone() else {
-            info!("reload-skipped reason=\"no config file: running on the embedded config\"");
-            return;
-        };
-        self.notifier.reloading();
-        match config::load(&path) {
-            Ok(new) => {
-                self.apply_config(new, now);
-                self.reload_error = None;
-            }
-            Err(e) => {
-                error!("reload-failed keeping=running-config error={}", Logfmt(&e.to_string()));
-                self.reload_error = Some(e.to_string());
-            }
-        }
-        // READY=1 ends the reload for systemd whether or not the file was
-        // accepted: the daemon is serving either way.
-        self.notifier.ready(&self.status_line());
-    }
-
-    /// Applies a validated config: daemon limits and log level at once;
-    /// listeners matched by name. A listener whose address or protocol
-    /// changed is closed and reopened; its clients go offline (`shutdown`).
-    fn apply_config(&mut self, mut new: Config, now: Instant) {
-        if new.daemon.tick != self.config.daemon.tick {
-            warn!(
-                "reload-tick-ignored running_ms={} configured_ms={} reason=\"tick changes take a restart\"",
-                self.config.daemon.tick.as_millis(),
-                new.daemon.tick.as_millis()
-            );
-            new.daemon.tick = self.config.daemon.tick;
-        }
-        logging::set_level(new.daemon.log_level);
-        let (mut added, mut removed, mut changed) = (0, 0, 0);
-        let current: Vec<(usize, ListenerConfig)> = self.listeners.iter().map(|(k, l)| (k, l.cfg.clone())).collect();
-        for (lkey, old) in current {
-            match new.listeners.iter().find(|n| n.name == old.name) {
-                Some(n) if n.address == old.address && n.protocol == old.protocol => {
-                    if *n != old {
-                        self.update_listener(lkey, n.clone(), now);
-                        changed += 1;
-                    }
-                }
-                _ => {
-                    self.close_listener(lkey, now);
-                    removed += 1;
-                }
-            }
-        }
-        for cfg in &new.listeners {
-            if self.listeners.iter().any(|(_, l)| l.cfg.name == cfg.name) {
-                continue;
-            }
-            match self.open_listener(cfg.clone(), None) {
-                Ok(()) => added += 1,
-                Err(e) => error!("listener-failed listener={} error={}", Logfmt(&cfg.name), Logfmt(&e.to_string())),
-            }
-        }
-        self.config = new;
-        info!("reloaded listeners={} added={} removed={} changed={}", self.listeners.len(), added, removed, changed);
-    }
-
-    /// Applies new settings to a running listener and its clients: fresh
-    /// socket options, re-armed deadlines, and a fresh WELCOME to native
-    /// clients when their interval or timeout changed.
-    fn update_listener(&mut self, lkey: usize, cfg: ListenerConfig, now: Instant) {
-        let old = std::mem::replace(&mut self.listeners[lkey].cfg, cfg);
-        let l = &self.listeners[lkey];
-        let timing = old.interval != l.cfg.interval || old.timeout != l.cfg.timeout;
-        let tcp = old.tcp != l.cfg.tcp;
-        if let (true, Some(socket)) = (tcp, &l.socket) {
-            if let Err(e) = sockopt::apply(socket, &l.cfg.tcp) {
-                warn!("sockopt-failed listener={} error={}", Logfmt(&l.cfg.name), Logfmt(&e.to_string()));
-            }
-        }
-        info!(
-            "listener-updated listener={} interval_ms={} timeout_ms={}",
-            Logfmt(&l.cfg.name),
-            l.cfg.interval.as_millis(),
-            l.cfg.timeout.as_millis()
-        );
-        let keys: Vec<usize> =
-            self.conns.iter().filter(|(_, c)| c.listener == lkey && !c.closing).map(|(k, _)| k).collect();
-        for key in keys {
-            let conn = &mut self.conns[key];
-            let cfg = &self.listeners[lkey].cfg;
-            if tcp {
-                if let Err(e) = sockopt::apply(&conn.stream, &cfg.tcp) {
-                    warn!("sockopt-failed peer={} error={}", conn.peer, Logfmt(&e.to_string()));
-                }
-            }
-            if timing && conn.proto == Protocol::Native && conn.is_online() {
-                conn.queue_welcome(cfg);
-            }
-            self.settle(key, Progress::Continue, now);
-            if !self.conns[key].closing {
-                self.arm(key);
-            }
-        }
-    }
-
-    fn log_clients(&self, now: Instant) {
-        let online: Vec<&Conn> = self.conns.iter().map(|(_, c)| c).filter(|c| c.is_online() && !c.closing).collect();
-        info!("clients online={} connections={}", online.len(), self.conns.len());
-        for conn in online {
-            info!(
-                "client client={} peer={} listener={} proto={} session={} online_ms={} silent_ms={}",
-                Logfmt(&conn.client_id()),
-                conn.peer,
-                Logfmt(&self.listeners[conn.listener].cfg.name),
-                conn.proto,
-                conn.session,
-                now.saturating_duration_since(conn.since).as_millis(),
-                now.saturating_duration_since(conn.last_activity).as_millis()
-            );
+            crate::wire::native::encode(&Frame::Bye("shutdown"), &mut self.scratch);
         }
     }
 }
 
-/// Removes and returns the activated socket meant for `cfg`: the one whose
-/// `FileDescriptorName=` is the listener's name, else the one bound to its
-/// address.
-fn take_activated(activated: &mut Vec<ActivatedSocket>, cfg: &ListenerConfig) -> Option<OwnedFd> {
-    let index = activated
-        .iter()
-        .position(|s| s.name.as_deref() == Some(cfg.name.as_str()))
-        .or_else(|| activated.iter().position(|s| s.address == Some(cfg.address)))?;
-    Some(activated.remove(index).fd)
+/// A slab key as a timer payload. Config caps `max_clients` far below
+/// `u32::MAX`, so keys fit; `u32::MAX` would name no connection, and its
+/// timer would find nothing to do.
+fn timer_key(key: usize) -> u32 {
+    u32::try_from(key).unwrap_or(u32::MAX)
 }
 
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+/// Hands an event to every sink: the log or journal, the counters, the
+/// HTTP feed.
+fn publish(event: &Event<'_>, metrics: &mut Metrics, http: &mut Option<Http>, registry: &Registry) {
+    event::emit(event);
+    metrics.record(event);
+    if let Some(http) = http {
+        http.publish(registry, event);
+    }
 }
 
 /// Reads and validates the config for the binary: the file at `path`, or the

@@ -1,0 +1,269 @@
+//! What each URL answers: pure functions from a parsed request and a
+//! read-only [`View`] of the daemon to a [`Reply`].
+//!
+//! | method, path | reply |
+//! |---|---|
+//! | `GET /` | the dashboard page (HTML, no external assets) |
+//! | `GET /clients[?listener=NAME]` | JSON array of online clients |
+//! | `GET /clients/{id}` | one client, or 404 |
+//! | `GET /metrics` | Prometheus text exposition |
+//! | `GET /events` | Server-Sent Events feed (see `feed`) |
+//! | anything else | 404, or 405 for a method other than GET/HEAD |
+
+use serde::{Deserialize, Serialize};
+
+/// The dashboard, built into the binary.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// One online client as `/clients` shows it (and `heartbeat status` reads
+/// it back).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClientView {
+    /// HELLO id, or the peer address for legacy and raw clients.
+    pub id: String,
+    /// Peer address.
+    pub peer: String,
+    /// Listener name.
+    pub listener: String,
+    /// `native`, `legacy` or `raw`.
+    pub protocol: String,
+    /// Session number.
+    pub session: u64,
+    /// When it went online, RFC 3339 UTC.
+    pub online_since: String,
+    /// The same instant in Unix milliseconds.
+    pub online_since_ms: u64,
+    /// Milliseconds since its last activity.
+    pub last_activity_ms: u64,
+    /// Frames received that counted as activity.
+    pub heartbeats: u64,
+    /// The kernel's view (`TCP_INFO`), when readable.
+    pub tcp: Option<TcpView>,
+}
+
+/// `TCP_INFO` fields of a client connection.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TcpView {
+    /// Smoothed round-trip time, microseconds.
+    pub rtt_us: u32,
+    /// Round-trip time variance, microseconds.
+    pub rttvar_us: u32,
+    /// Segments retransmitted so far.
+    pub retransmits: u32,
+    /// Segments not yet acknowledged.
+    pub unacked: u32,
+}
+
+/// What the HTTP layer may read of the daemon.
+pub trait View {
+    /// Online clients, optionally of one listener, ordered by session.
+    fn clients(&self, listener: Option<&str>) -> Vec<ClientView>;
+    /// The online client with this id.
+    fn client(&self, id: &str) -> Option<ClientView>;
+    /// The Prometheus exposition, including the HTTP layer's own numbers.
+    fn metrics(&self, http: &HttpStats) -> String;
+}
+
+/// The HTTP layer's own numbers, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HttpStats {
+    /// Requests answered.
+    pub requests: u64,
+    /// Event subscribers connected now.
+    pub subscribers: u64,
+    /// Event subscribers dropped for not reading.
+    pub subscribers_dropped: u64,
+}
+
+/// The answer to a request.
+#[derive(Debug, PartialEq)]
+pub enum Reply {
+    /// A complete response.
+    Full {
+        /// HTTP status code.
+        status: u16,
+        /// `Content-Type`.
+        content_type: &'static str,
+        /// The body (sent as headers only for HEAD).
+        body: Vec<u8>,
+    },
+    /// Switch the connection to the event stream.
+    Events {
+        /// The `Last-Event-ID` header, when present and numeric.
+        last_event_id: Option<u64>,
+    },
+}
+
+impl Reply {
+    /// A plain-text response.
+    pub fn text(status: u16, body: &str) -> Reply {
+        Reply::Full { status, content_type: "text/plain; charset=utf-8", body: format!("{body}\n").into_bytes() }
+    }
+
+    fn json(value: &impl Serialize) -> Reply {
+        match serde_json::to_vec_pretty(value) {
+            Ok(mut body) => {
+                body.push(b'\n');
+                Reply::Full { status: 200, content_type: "application/json", body }
+            }
+            Err(e) => Reply::text(500, &format!("encoding JSON: {e}")),
+        }
+    }
+}
+
+/// The reason phrase of a status code this server uses.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Answers one request. `target` is the request target as sent (path and
+/// query); `last_event_id` is the `Last-Event-ID` header, if any.
+pub fn route(method: &str, target: &str, last_event_id: Option<&str>, view: &dyn View, stats: &HttpStats) -> Reply {
+    if method != "GET" && method != "HEAD" {
+        return Reply::text(405, "only GET and HEAD are served");
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    match path {
+        "/" | "/index.html" => {
+            Reply::Full { status: 200, content_type: "text/html; charset=utf-8", body: DASHBOARD.as_bytes().to_vec() }
+        }
+        "/clients" => {
+            let listener = query_param(query, "listener");
+            Reply::json(&view.clients(listener.as_deref()))
+        }
+        "/metrics" => Reply::Full {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: view.metrics(stats).into_bytes(),
+        },
+        "/events" => Reply::Events { last_event_id: last_event_id.and_then(|v| v.trim().parse().ok()) },
+        _ => match path.strip_prefix("/clients/").map(percent_decode) {
+            Some(Some(id)) => match view.client(&id) {
+                Some(client) => Reply::json(&client),
+                None => Reply::text(404, &format!("no client {id:?} is online")),
+            },
+            Some(None) => Reply::text(400, "malformed percent-encoding in the client id"),
+            None => Reply::text(404, "not found: try /, /clients, /clients/{id}, /metrics or /events"),
+        },
+    }
+}
+
+/// The decoded value of `name` in a query string.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| percent_decode(&value.replace('+', " "))).flatten()
+    })
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape or non-UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(Vec<ClientView>);
+
+    const STATS: HttpStats = HttpStats { requests: 1, subscribers: 0, subscribers_dropped: 0 };
+
+    impl View for Fixed {
+        fn clients(&self, listener: Option<&str>) -> Vec<ClientView> {
+            self.0.iter().filter(|c| listener.is_none_or(|l| c.listener == l)).cloned().collect()
+        }
+        fn client(&self, id: &str) -> Option<ClientView> {
+            self.0.iter().find(|c| c.id == id).cloned()
+        }
+        fn metrics(&self, stats: &HttpStats) -> String {
+            format!("m {}\n", stats.requests)
+        }
+    }
+
+    fn view() -> Fixed {
+        let client = |id: &str, listener: &str| ClientView {
+            id: id.into(),
+            peer: "127.0.0.1:1".into(),
+            listener: listener.into(),
+            protocol: "native".into(),
+            session: 1,
+            online_since: "2026-01-01T00:00:00.000Z".into(),
+            online_since_ms: 0,
+            last_activity_ms: 5,
+            heartbeats: 2,
+            tcp: None,
+        };
+        Fixed(vec![client("a/b c", "main"), client("z", "other")])
+    }
+
+    fn status(reply: &Reply) -> u16 {
+        match reply {
+            Reply::Full { status, .. } => *status,
+            Reply::Events { .. } => 0,
+        }
+    }
+
+    fn body(reply: &Reply) -> String {
+        match reply {
+            Reply::Full { body, .. } => String::from_utf8_lossy(body).into_owned(),
+            Reply::Events { .. } => String::new(),
+        }
+    }
+
+    #[test]
+    fn routes_answer_what_the_table_says() {
+        let v = view();
+        assert_eq!(status(&route("GET", "/", None, &v, &STATS)), 200);
+        assert!(body(&route("GET", "/", None, &v, &STATS)).contains("<html"));
+        let all: Vec<serde_json::Value> =
+            serde_json::from_str(&body(&route("GET", "/clients", None, &v, &STATS))).expect("json");
+        assert_eq!(all.len(), 2);
+        let main: Vec<serde_json::Value> =
+            serde_json::from_str(&body(&route("GET", "/clients?listener=main", None, &v, &STATS))).expect("json");
+        assert_eq!(main.len(), 1);
+        assert_eq!(main[0]["id"], "a/b c");
+        let one = route("GET", "/clients/a%2Fb%20c", None, &v, &STATS);
+        assert_eq!(status(&one), 200, "{}", body(&one));
+        assert_eq!(status(&route("GET", "/clients/nobody", None, &v, &STATS)), 404);
+        assert_eq!(status(&route("GET", "/clients/%zz", None, &v, &STATS)), 400);
+        assert_eq!(body(&route("GET", "/metrics", None, &v, &STATS)), "m 1\n");
+        assert_eq!(route("GET", "/events", Some(" 42 "), &v, &STATS), Reply::Events { last_event_id: Some(42) });
+        assert_eq!(route("GET", "/events", Some("junk"), &v, &STATS), Reply::Events { last_event_id: None });
+        assert_eq!(status(&route("POST", "/clients", None, &v, &STATS)), 405);
+        assert_eq!(status(&route("GET", "/nope", None, &v, &STATS)), 404);
+    }
+
+    #[test]
+    fn percent_decoding_rejects_what_is_malformed() {
+        assert_eq!(percent_decode("a%20b").as_deref(), Some("a b"));
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(query_param("a=1&listener=x%2Dy", "listener").as_deref(), Some("x-y"));
+        assert_eq!(query_param("listener", "listener").as_deref(), Some(""));
+    }
+}

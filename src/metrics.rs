@@ -1,0 +1,332 @@
+//! Counters the loop keeps, and their Prometheus text exposition.
+//!
+//! The loop bumps counters as things happen ([`Metrics::record`] for
+//! events, the `count_*` methods for the rest); gauges that the loop
+//! already knows (clients online, wheel size) are passed in at render time
+//! as a [`Gauges`], so nothing is counted twice.
+//!
+//! Invariants:
+//! - Counters only grow, and a listener's counters outlive the listener
+//!   (a reload that removes it must not make a counter go backwards).
+//! - Names follow Prometheus conventions: `heartbeatd_` prefix, `_total`
+//!   on counters, base units (`_seconds`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::event::{Event, OfflineReason};
+
+/// Per-listener counters.
+#[derive(Debug, Default, Clone)]
+struct ListenerCounters {
+    online: u64,
+    offline: [u64; OfflineReason::ALL.len()],
+    /// Heartbeats of connections already closed; live ones are added at
+    /// render time from [`Gauges`].
+    heartbeats_closed: u64,
+    protocol_errors: u64,
+    accept_errors: u64,
+    refused_max_clients: u64,
+    refused_max_per_address: u64,
+}
+
+/// What the loop counts.
+#[derive(Debug)]
+pub struct Metrics {
+    started: SystemTime,
+    listeners: BTreeMap<String, ListenerCounters>,
+    loop_iterations: u64,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    last_reload_ok: bool,
+    last_reload: Option<SystemTime>,
+}
+
+/// A limit that refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `daemon.max_clients`.
+    MaxClients,
+    /// `daemon.max_per_address`.
+    MaxPerAddress,
+}
+
+impl Refusal {
+    /// The config key, as logged and labelled.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MaxClients => "max_clients",
+            Refusal::MaxPerAddress => "max_per_address",
+        }
+    }
+}
+
+/// Values kept elsewhere (the loop, the HTTP layer), read at render time.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Per listener: clients online and heartbeats received by live
+    /// connections.
+    pub listeners: BTreeMap<String, (u64, u64)>,
+    /// Connections open, online or not.
+    pub connections: u64,
+    /// Timers armed in the wheel.
+    pub wheel_timers: u64,
+    /// Event-feed subscribers connected.
+    pub subscribers: u64,
+    /// Event-feed subscribers dropped for not reading (a counter).
+    pub subscribers_dropped: u64,
+    /// HTTP requests served (a counter).
+    pub http_requests: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh counters; the process start time is now.
+    pub fn new() -> Metrics {
+        Metrics {
+            started: SystemTime::now(),
+            listeners: BTreeMap::new(),
+            loop_iterations: 0,
+            reloads_ok: 0,
+            reloads_failed: 0,
+            last_reload_ok: true,
+            last_reload: None,
+        }
+    }
+
+    /// A listener's counters, created at zero. Called per event and per
+    /// closed connection, never per heartbeat, so the key allocation is fine.
+    fn listener(&mut self, name: &str) -> &mut ListenerCounters {
+        self.listeners.entry(name.to_owned()).or_default()
+    }
+
+    /// Makes a listener's series appear (at zero) as soon as it opens.
+    pub fn add_listener(&mut self, name: &str) {
+        self.listener(name);
+    }
+
+    /// Counts an online or offline event.
+    pub fn record(&mut self, event: &Event<'_>) {
+        let counters = self.listener(event.client().listener);
+        match event {
+            Event::Online(_) => counters.online += 1,
+            Event::Offline { reason, .. } => {
+                let index = OfflineReason::ALL.iter().position(|r| r == reason).unwrap_or(0);
+                counters.offline[index] += 1;
+            }
+        }
+    }
+
+    /// Adds the heartbeats of a connection that closed.
+    pub fn count_closed_heartbeats(&mut self, listener: &str, heartbeats: u64) {
+        self.listener(listener).heartbeats_closed += heartbeats;
+    }
+
+    /// Counts malformed input, online or during the handshake.
+    pub fn count_protocol_error(&mut self, listener: &str) {
+        self.listener(listener).protocol_errors += 1;
+    }
+
+    /// Counts a failed `accept`.
+    pub fn count_accept_error(&mut self, listener: &str) {
+        self.listener(listener).accept_errors += 1;
+    }
+
+    /// Counts a connection refused by a limit.
+    pub fn count_refused(&mut self, listener: &str, refusal: Refusal) {
+        let counters = self.listener(listener);
+        match refusal {
+            Refusal::MaxClients => counters.refused_max_clients += 1,
+            Refusal::MaxPerAddress => counters.refused_max_per_address += 1,
+        }
+    }
+
+    /// Counts one turn of the event loop.
+    pub fn count_loop_iteration(&mut self) {
+        self.loop_iterations += 1;
+    }
+
+    /// Counts a reload and whether the file was accepted.
+    pub fn count_reload(&mut self, ok: bool) {
+        if ok {
+            self.reloads_ok += 1;
+        } else {
+            self.reloads_failed += 1;
+        }
+        self.last_reload_ok = ok;
+        self.last_reload = Some(SystemTime::now());
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut names: Vec<&String> = self.listeners.keys().chain(gauges.listeners.keys()).collect();
+        names.sort();
+        names.dedup();
+        let counters = |name: &str| self.listeners.get(name).cloned().unwrap_or_default();
+        let live = |name: &str| gauges.listeners.get(name).copied().unwrap_or((0, 0));
+
+        family(&mut out, "heartbeatd_clients_online", "gauge", "Clients online now.");
+        for name in &names {
+            sample(&mut out, "heartbeatd_clients_online", &[("listener", name)], live(name).0);
+        }
+        family(&mut out, "heartbeatd_online_total", "counter", "Online events.");
+        for name in &names {
+            sample(&mut out, "heartbeatd_online_total", &[("listener", name)], counters(name).online);
+        }
+        family(&mut out, "heartbeatd_offline_total", "counter", "Offline events, by reason.");
+        for name in &names {
+            let c = counters(name);
+            for (reason, count) in OfflineReason::ALL.iter().zip(c.offline) {
+                sample(&mut out, "heartbeatd_offline_total", &[("listener", name), ("reason", reason.as_str())], count);
+            }
+        }
+        family(
+            &mut out,
+            "heartbeatd_heartbeats_received_total",
+            "counter",
+            "Frames received that count as activity (raw: reads with data).",
+        );
+        for name in &names {
+            let total = counters(name).heartbeats_closed + live(name).1;
+            sample(&mut out, "heartbeatd_heartbeats_received_total", &[("listener", name)], total);
+        }
+        family(&mut out, "heartbeatd_protocol_errors_total", "counter", "Connections closed for malformed input.");
+        for name in &names {
+            sample(&mut out, "heartbeatd_protocol_errors_total", &[("listener", name)], counters(name).protocol_errors);
+        }
+        family(&mut out, "heartbeatd_accept_errors_total", "counter", "Failed accept calls.");
+        for name in &names {
+            sample(&mut out, "heartbeatd_accept_errors_total", &[("listener", name)], counters(name).accept_errors);
+        }
+        family(&mut out, "heartbeatd_refused_total", "counter", "Connections refused by a limit.");
+        for name in &names {
+            let c = counters(name);
+            for (limit, count) in
+                [(Refusal::MaxClients, c.refused_max_clients), (Refusal::MaxPerAddress, c.refused_max_per_address)]
+            {
+                sample(&mut out, "heartbeatd_refused_total", &[("listener", name), ("limit", limit.as_str())], count);
+            }
+        }
+        family(&mut out, "heartbeatd_connections", "gauge", "Client connections open, online or in handshake.");
+        sample(&mut out, "heartbeatd_connections", &[], gauges.connections);
+        family(&mut out, "heartbeatd_loop_iterations_total", "counter", "Turns of the event loop.");
+        sample(&mut out, "heartbeatd_loop_iterations_total", &[], self.loop_iterations);
+        family(&mut out, "heartbeatd_timer_wheel_timers", "gauge", "Timers armed in the timer wheel.");
+        sample(&mut out, "heartbeatd_timer_wheel_timers", &[], gauges.wheel_timers);
+        family(&mut out, "heartbeatd_reloads_total", "counter", "Config reloads, by result.");
+        sample(&mut out, "heartbeatd_reloads_total", &[("result", "success")], self.reloads_ok);
+        sample(&mut out, "heartbeatd_reloads_total", &[("result", "failure")], self.reloads_failed);
+        family(&mut out, "heartbeatd_last_reload_success", "gauge", "1 if the last reload was accepted (or none yet).");
+        sample(&mut out, "heartbeatd_last_reload_success", &[], u64::from(self.last_reload_ok));
+        if let Some(at) = self.last_reload {
+            family(&mut out, "heartbeatd_last_reload_timestamp_seconds", "gauge", "When the last reload happened.");
+            sample_f64(&mut out, "heartbeatd_last_reload_timestamp_seconds", unix_seconds(at));
+        }
+        family(&mut out, "heartbeatd_event_subscribers", "gauge", "Event-feed subscribers connected.");
+        sample(&mut out, "heartbeatd_event_subscribers", &[], gauges.subscribers);
+        family(
+            &mut out,
+            "heartbeatd_event_subscribers_dropped_total",
+            "counter",
+            "Event-feed subscribers dropped for not reading.",
+        );
+        sample(&mut out, "heartbeatd_event_subscribers_dropped_total", &[], gauges.subscribers_dropped);
+        family(&mut out, "heartbeatd_http_requests_total", "counter", "HTTP requests served.");
+        sample(&mut out, "heartbeatd_http_requests_total", &[], gauges.http_requests);
+        family(&mut out, "process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch.");
+        sample_f64(&mut out, "process_start_time_seconds", unix_seconds(self.started));
+        out
+    }
+}
+
+fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (key, value)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{key}=\"{}\"", escape_label(value));
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+fn sample_f64(out: &mut String, name: &str, value: f64) {
+    let _ = writeln!(out, "{name} {value:.3}");
+}
+
+/// Label values escape `\`, `"` and newline (exposition format).
+fn escape_label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Protocol;
+    use crate::event::Client;
+    use std::time::Duration;
+
+    fn client(listener: &str) -> Client<'_> {
+        Client { id: "a", peer: "127.0.0.1:1".parse().expect("addr"), listener, proto: Protocol::Native, session: 1 }
+    }
+
+    #[test]
+    fn events_and_gauges_render_as_prometheus_text() {
+        let mut m = Metrics::new();
+        m.add_listener("idle");
+        m.record(&Event::Online(client("main")));
+        m.record(&Event::Offline {
+            client: client("main"),
+            reason: OfflineReason::Timeout,
+            silent: Duration::ZERO,
+            connected: Duration::ZERO,
+            detail: None,
+        });
+        m.count_closed_heartbeats("main", 7);
+        m.count_refused("main", Refusal::MaxClients);
+        m.count_reload(false);
+        let mut gauges = Gauges { connections: 3, wheel_timers: 2, subscribers: 1, ..Gauges::default() };
+        gauges.listeners.insert("main".into(), (2, 5));
+        let text = m.render(&gauges);
+        for line in [
+            "heartbeatd_clients_online{listener=\"main\"} 2",
+            "heartbeatd_clients_online{listener=\"idle\"} 0",
+            "heartbeatd_online_total{listener=\"main\"} 1",
+            "heartbeatd_offline_total{listener=\"main\",reason=\"timeout\"} 1",
+            "heartbeatd_offline_total{listener=\"main\",reason=\"left\"} 0",
+            "heartbeatd_heartbeats_received_total{listener=\"main\"} 12",
+            "heartbeatd_refused_total{listener=\"main\",limit=\"max_clients\"} 1",
+            "heartbeatd_reloads_total{result=\"failure\"} 1",
+            "heartbeatd_last_reload_success 0",
+            "heartbeatd_timer_wheel_timers 2",
+            "# TYPE heartbeatd_offline_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.contains("\nprocess_start_time_seconds "));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

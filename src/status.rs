@@ -1,0 +1,110 @@
+//! What the daemon shows of itself: the online clients as `/clients` and
+//! SIGUSR1 list them, and the live numbers `/metrics` adds to its counters.
+//!
+//! A [`StatusView`] borrows the loop's tables read-only for the length of
+//! one request; it changes nothing and holds nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Instant, SystemTime};
+
+use slab::Slab;
+
+use crate::conn::Conn;
+use crate::http::feed::unix_ms;
+use crate::http::{ClientView, HttpStats, TcpView, View};
+use crate::metrics::{Gauges, Metrics};
+use crate::sockopt;
+
+/// Listener names by listener key: what the view needs of the loop's
+/// listener table.
+pub trait ListenerNames {
+    /// The name of the listener with this key ("" if there is none).
+    fn name(&self, key: usize) -> &str;
+}
+
+/// The loop's tables, borrowed for one request.
+pub struct StatusView<'a> {
+    /// The connection table.
+    pub conns: &'a Slab<Conn>,
+    /// The listener table.
+    pub listeners: &'a dyn ListenerNames,
+    /// Online native clients by id.
+    pub ids: &'a HashMap<Rc<str>, usize>,
+    /// The loop's counters.
+    pub metrics: &'a Metrics,
+    /// Timers armed in the wheel.
+    pub wheel_timers: usize,
+    /// The loop's current instant.
+    pub now: Instant,
+}
+
+impl<'a> StatusView<'a> {
+    /// Online connections, not yet closing.
+    pub fn online(&self) -> impl Iterator<Item = &'a Conn> + 'a {
+        self.conns.iter().map(|(_, c)| c).filter(|c| c.is_online() && !c.closing)
+    }
+
+    fn view_of(&self, conn: &Conn) -> ClientView {
+        let online_for = self.now.saturating_duration_since(conn.since());
+        let since = SystemTime::now().checked_sub(online_for).unwrap_or(SystemTime::UNIX_EPOCH);
+        ClientView {
+            id: conn.client_id(),
+            peer: conn.peer.to_string(),
+            listener: self.listeners.name(conn.listener()).to_owned(),
+            protocol: conn.proto.as_str().to_owned(),
+            session: conn.session,
+            online_since: humantime::format_rfc3339_millis(since).to_string(),
+            online_since_ms: unix_ms(since),
+            last_activity_ms: u64::try_from(self.now.saturating_duration_since(conn.last_activity()).as_millis())
+                .unwrap_or(u64::MAX),
+            heartbeats: conn.heartbeats,
+            tcp: sockopt::tcp_info(&conn.stream).map(|t| TcpView {
+                rtt_us: t.rtt_us,
+                rttvar_us: t.rttvar_us,
+                retransmits: t.retransmits,
+                unacked: t.unacked,
+            }),
+        }
+    }
+}
+
+impl View for StatusView<'_> {
+    fn clients(&self, listener: Option<&str>) -> Vec<ClientView> {
+        let mut clients: Vec<ClientView> = self
+            .online()
+            .filter(|c| listener.is_none_or(|name| self.listeners.name(c.listener()) == name))
+            .map(|c| self.view_of(c))
+            .collect();
+        clients.sort_by_key(|c| c.session);
+        clients
+    }
+
+    fn client(&self, id: &str) -> Option<ClientView> {
+        if let Some(conn) = self.ids.get(id).and_then(|&key| self.conns.get(key)) {
+            return Some(self.view_of(conn));
+        }
+        // Legacy and raw clients are named by their peer address.
+        let peer: SocketAddr = id.parse().ok()?;
+        self.online().find(|c| c.id.is_none() && c.peer == peer).map(|c| self.view_of(c))
+    }
+
+    fn metrics(&self, http: &HttpStats) -> String {
+        let mut listeners: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for conn in self.online() {
+            let entry = listeners.entry(self.listeners.name(conn.listener()).to_owned()).or_default();
+            entry.0 += 1;
+            entry.1 += conn.heartbeats;
+        }
+        let gauges = Gauges {
+            listeners,
+            connections: u64::try_from(self.conns.len()).unwrap_or(u64::MAX),
+            wheel_timers: u64::try_from(self.wheel_timers).unwrap_or(u64::MAX),
+            subscribers: http.subscribers,
+            subscribers_dropped: http.subscribers_dropped,
+            http_requests: http.requests,
+        };
+        self.metrics.render(&gauges)
+    }
+}

@@ -1,0 +1,88 @@
+//! File-descriptor exhaustion: with more clients than fds, the daemon stops
+//! accepting without spinning, keeps serving the clients it has, and
+//! accepts the waiting ones once fds free up.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The daemon's fd limit: a handful for itself (stdio, epoll, signal pipe,
+/// listener), the rest for clients.
+const NOFILE: u64 = 32;
+
+/// CPU ticks (1/100 s) of a process, user + system.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/PID/stat");
+    let after_name = stat.rsplit_once(')').expect("stat has a command name").1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5) are utime and stime; after the name they
+    // are the 12th and 13th.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn out_of_fds_pauses_accepting_keeps_clients_and_resumes() {
+    let dir = TempDir::new("fds");
+    let path = dir.write("heartbeatd.toml", &config("20ms", "", &[native("main", "interval = \"1s\"\nmisses = 5")]));
+    let d = Daemon::start_with(dir, path, |command| {
+        // SAFETY: setrlimit is async-signal-safe; it runs in the child
+        // between fork and exec and touches nothing else.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit { rlim_cur: NOFILE, rlim_max: NOFILE };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    });
+    let addr = d.addr("main");
+
+    // More clients than fds; each sends HELLO at once, so the ones left in
+    // the backlog are served the moment they are accepted.
+    let total = 2 * NOFILE as usize;
+    let mut clients: Vec<NativeClient> = (0..total)
+        .map(|i| {
+            let mut c = NativeClient::connect(addr);
+            c.hello(&format!("fd-{i}"), "");
+            c
+        })
+        .collect();
+    d.wait(ev("accept-paused"));
+    let online_before = d.find_all(ev("online")).len();
+    assert!(online_before > 0 && online_before < total, "{online_before} of {total} online");
+
+    // While full: the clients in hand keep their heartbeats, and the loop
+    // does not spin (a spinning core burns ~100 ticks per second).
+    let first = d.find(ev("online")).expect("one client online");
+    let index: usize = first.field("client")["fd-".len()..].parse().expect("client index");
+    let before = cpu_ticks(d.pid());
+    let started = Instant::now();
+    clients[index].expect_welcome();
+    while started.elapsed() < Duration::from_secs(1) {
+        clients[index].round_trip(b"alive");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let burned = cpu_ticks(d.pid()) - before;
+    assert!(burned < 30, "the daemon burned {burned} CPU ticks in 1 s while out of fds");
+    assert_eq!(d.find_all(ev("accept-paused")).len(), 1, "one warning per exhaustion episode:\n{}", d.log_text());
+
+    // Free fds: clients that were online leave; the waiting ones get in.
+    let leaving: Vec<usize> =
+        d.find_all(ev("online")).iter().map(|l| l.field("client")[3..].parse().expect("index")).collect();
+    for &i in &leaving {
+        clients[i].bye("making room");
+    }
+    d.wait(ev("accept-resumed"));
+    let waited = (0..total).find(|i| !leaving.contains(i)).expect("a client that waited in the backlog");
+    clients[waited].expect_welcome();
+    clients[waited].round_trip(b"in at last");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(DEADLINE).success(), "{}", d.log_text());
+    assert!(Audit::of(&d.lines()).problems().is_empty(), "{:?}", Audit::of(&d.lines()).problems());
+}
