@@ -1,6 +1,6 @@
 //! Timer wheel microbenchmarks: insert, reset (reschedule) and expiry, per
 //! operation, on the daemon's wheel (`heartbeatd::wheel::Wheel`) with the
-//! daemon's geometry (1024 slots of 100 ms) and a 16-byte payload like the
+//! daemon's geometry (1024 slots of 100 ms) and an 8-byte payload like the
 //! daemon's timer enum.
 //!
 //! Every benchmark runs on a wheel already holding [`RESIDENT`] timers, so
@@ -21,8 +21,8 @@ const SLOTS: usize = 1024;
 /// Timers already armed when a benchmark starts.
 const RESIDENT: usize = 100_000;
 
-/// A payload the size of the daemon's `Timer` enum (16 bytes).
-type Payload = (u64, u64);
+/// A payload the size of the daemon's `Timer` enum (8 bytes).
+type Payload = u64;
 
 /// The `i`-th deadline: spread over one revolution (102.4 s) after `start`.
 fn deadline(start: Instant, i: u64) -> Instant {
@@ -33,7 +33,7 @@ fn deadline(start: Instant, i: u64) -> Instant {
 /// A wheel holding `n` timers, with their ids.
 fn filled(start: Instant, n: usize) -> (Wheel<Payload>, Vec<TimerId>) {
     let mut wheel = Wheel::new(TICK, SLOTS, start);
-    let ids = (0..n as u64).map(|i| wheel.insert(deadline(start, i), (i, 0))).collect();
+    let ids = (0..n as u64).map(|i| wheel.insert(deadline(start, i), i)).collect();
     (wheel, ids)
 }
 
@@ -46,7 +46,7 @@ fn insert(c: &mut Criterion) {
             let (mut wheel, _) = filled(start, RESIDENT);
             let t = Instant::now();
             for i in 0..iters {
-                black_box(wheel.insert(deadline(start, i + RESIDENT as u64), (i, 0)));
+                black_box(wheel.insert(deadline(start, i + RESIDENT as u64), i));
             }
             t.elapsed()
         })
@@ -57,7 +57,7 @@ fn insert(c: &mut Criterion) {
         let mut i = 0u64;
         b.iter(|| {
             i += 1;
-            let id = wheel.insert(deadline(start, i), (i, 0));
+            let id = wheel.insert(deadline(start, i), i);
             black_box(wheel.cancel(id))
         })
     });
@@ -90,7 +90,7 @@ fn expiry(c: &mut Criterion) {
             let start = Instant::now();
             let mut wheel = Wheel::new(TICK, SLOTS, start);
             for i in 0..iters {
-                wheel.insert(deadline(start, i), (i, 0));
+                wheel.insert(deadline(start, i), i);
             }
             let mut expired = Vec::with_capacity(iters as usize);
             let t = Instant::now();

@@ -20,8 +20,9 @@
 //! Memory per timer is reported two ways: the RSS growth over the arm phase
 //! divided by the clients (measured; the wheel's arena grows by doubling,
 //! and only touched pages count), and `size_of` arithmetic. The payload is
-//! 16 bytes, the size of the daemon's `Timer` enum, so a node is 32 bytes
-//! as in the daemon; buckets add 4 bytes and a bit each, shared by all.
+//! 8 bytes, the size of the daemon's `Timer` enum (a `u32` key and a tag),
+//! so a node is 24 bytes as in the daemon; buckets add 4 bytes and a bit
+//! each, shared by all.
 //!
 //! `cargo bench --bench wheel_sim` runs 10,000,000 clients; without
 //! `--bench` (as `cargo test --all-targets` runs it) it runs 100,000, as a
@@ -31,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use heartbeatd::wheel::Wheel;
 
-/// A payload of the daemon's `Timer` size (16 bytes): the client's index.
-type Payload = [u64; 2];
+/// A payload of the daemon's `Timer` size (8 bytes): the client's index.
+type Payload = u64;
 
 /// Clients in a benchmark run.
 const CLIENTS: usize = 10_000_000;
@@ -65,7 +66,7 @@ fn main() {
     let mut wheel: Wheel<Payload> = Wheel::new(TICK, SLOTS, start);
     let mut ids = Vec::with_capacity(clients);
     for c in 0..clients as u64 {
-        ids.push(wheel.insert(at(TIMEOUT_TICKS), [c, 0]));
+        ids.push(wheel.insert(at(TIMEOUT_TICKS), c));
     }
     row("arm (insert)", clients as u64, t.elapsed());
     // The id vector stands for the `timer` field each Conn already has;
@@ -88,11 +89,11 @@ fn main() {
         beat_time += t.elapsed();
         let t = Instant::now();
         wheel.advance(at(tick), &mut expired);
-        for [c, _] in expired.drain(..) {
+        for c in expired.drain(..) {
             fired += 1;
             let deadline = last[c as usize] + TIMEOUT_TICKS;
             if deadline > tick {
-                ids[c as usize] = wheel.insert(at(deadline), [c, 0]);
+                ids[c as usize] = wheel.insert(at(deadline), c);
             } else {
                 offline += 1;
             }
