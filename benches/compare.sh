@@ -2,7 +2,7 @@
 # heartbeatd against mosquitto, on this machine, in one run, with one load
 # generator (target/release/heartbeat-load, source in benches/load/).
 #
-#   bash benches/compare.sh            # full run (about 12 minutes)
+#   bash benches/compare.sh            # full run (about 14 minutes)
 #   bash benches/compare.sh --quick    # smaller N, shorter steps (under 2 minutes)
 #   bash benches/compare.sh --max-n 50000   # the "largest N" row at 50,000 (root
 #                                           # raises the fd limit as needed)
@@ -81,7 +81,8 @@ trap cleanup EXIT
 # queue (net.core.netdev_max_backlog, 1000 by default). When softirq work
 # is deferred to ksoftirqd on a busy CPU, a burst overflows it, segments
 # are dropped and TCP retransmits them after 200 ms or more: a stall that
-# belongs to neither server. Both counters are reported per system.
+# belongs to neither server. The drops are counted per system. (TCP's own
+# retransmit counters are not: other tenants' network tests share them.)
 backlog_now=$(cat /proc/sys/net/core/netdev_max_backlog)
 if [ -n "$tune_backlog" ]; then
   if ! { [ "$(id -u)" -eq 0 ] && echo "$tune_backlog" > /proc/sys/net/core/netdev_max_backlog; } 2>/dev/null; then
@@ -96,10 +97,6 @@ net_drops() {
   local total=0 dropped
   while read -r _ dropped _; do total=$((total + 16#$dropped)); done < /proc/net/softnet_stat
   echo "$total"
-}
-# TCP segments retransmitted since boot.
-tcp_retrans() {
-  awk '$1 == "Tcp:" { if (!col) { for (i = 2; i <= NF; i++) if ($i == "RetransSegs") col = i } else { print $col; exit } }' /proc/net/snmp
 }
 
 if ! command -v mosquitto >/dev/null 2>&1 && ! [ -x /usr/sbin/mosquitto ]; then
@@ -220,16 +217,16 @@ stop_server() {
 }
 
 # gen SYSTEM OUTFILE CLIENTS ARGS...: the generator against the running
-# server; adds the run's backlog drops and retransmits to SYSTEM-net.txt.
+# server; adds the run's backlog drops to SYSTEM-net.txt.
 gen() {
-  local system=$1 outfile=$2 clients=$3 drops0 retrans0
+  local system=$1 outfile=$2 clients=$3 drops0
   shift 3
   local proto=(--proto native)
   [ "$system" = mosquitto ] && proto=(--proto mqtt --keepalive "$keepalive")
-  drops0=$(net_drops) retrans0=$(tcp_retrans)
+  drops0=$(net_drops)
   "${pin_gen[@]}" "$load" --addr "127.0.0.1:$port" "${proto[@]}" --clients "$clients" \
     --concurrency "$concurrency" --server-pid "$server_pid" "$@" > "$out_dir/$outfile" 2>> "$out_dir/generator.log"
-  echo "$(($(net_drops) - drops0)) $(($(tcp_retrans) - retrans0))" >> "$out_dir/$system-net.txt"
+  echo "$(($(net_drops) - drops0))" >> "$out_dir/$system-net.txt"
 }
 
 # field FILE STEP KEY: a value from a generator result line.
@@ -382,8 +379,8 @@ details=$(
       echo "- $s, $c clients: sustained per round: $(rounds "$s" "sweep-$c" sweep replies_per_s | paste -sd/ -); best (round $r) at p99 $(field "$f" sweep p99_us) µs; that round's saturation (1 in flight per client) $(field "$f" sweep-max replies_per_s)/s with the server at $(field "$f" sweep-max server_core_pct) % and the generator at $(field "$f" sweep-max gen_core_pct) % of a core"
     done
     echo "- $s, detection: $(field "$s-detect.out" detect detected) detected, $(field "$s-detect.out" detect undetected) undetected, $(field "$s-detect.out" detect lost) dropped while heartbeating; p99 error $(field "$s-detect.out" detect err_p99_ms) ms"
-    read -r drops retrans < <(awk '{ d += $1; r += $2 } END { print d + 0, r + 0 }' "$out_dir/$s-net.txt")
-    echo "- $s, over all its runs: $drops loopback segments dropped by the backlog queue, $retrans TCP retransmits"
+    drops=$(awk '{ d += $1 } END { print d + 0 }' "$out_dir/$s-net.txt")
+    echo "- $s, over all its runs: $drops loopback segments dropped by the backlog queue"
   done
 )
 
