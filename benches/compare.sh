@@ -61,6 +61,7 @@ concurrency=64
 # ---- the machine -----------------------------------------------------------
 out_dir=target/compare
 mkdir -p "$out_dir"
+rm -f "$out_dir"/*.out "$out_dir"/*.log "$out_dir"/*-net.txt
 work=$(mktemp -d)
 server_pid=
 backlog_was=
