@@ -26,12 +26,14 @@ fn frames() -> Vec<(&'static str, Frame<'static>)> {
     ]
 }
 
+/// The bytes of `frame`.
 fn encoded(frame: &Frame<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     native::encode(frame, &mut out);
     out
 }
 
+/// Decoding one native frame of each kind.
 fn native_decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("native/decode");
     group.throughput(Throughput::Elements(1));
@@ -42,6 +44,7 @@ fn native_decode(c: &mut Criterion) {
     group.finish();
 }
 
+/// Encoding one native frame of each kind.
 fn native_encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("native/encode");
     group.throughput(Throughput::Elements(1));
@@ -59,6 +62,7 @@ fn native_encode(c: &mut Criterion) {
     group.finish();
 }
 
+/// Decoding a buffer of PINGs frame after frame, as a connection does.
 fn native_stream(c: &mut Criterion) {
     let mut stream = Vec::new();
     for _ in 0..STREAM_FRAMES {
@@ -80,6 +84,7 @@ fn native_stream(c: &mut Criterion) {
     group.finish();
 }
 
+/// Decoding and encoding a legacy heartbeat header.
 fn legacy_codec(c: &mut Criterion) {
     let heartbeat = Header { kind: Kind::Heartbeat, length: 0 };
     let mut bytes = Vec::new();

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use heartbeatd::wheel::{TimerId, Wheel};
 
-/// The daemon's tick and slot count.
+/// The daemon's tick.
 const TICK: Duration = Duration::from_millis(100);
+/// The daemon's bucket count.
 const SLOTS: usize = 1024;
 /// Timers already armed when a benchmark starts.
 const RESIDENT: usize = 100_000;
@@ -37,6 +38,7 @@ fn filled(start: Instant, n: usize) -> (Wheel<Payload>, Vec<TimerId>) {
     (wheel, ids)
 }
 
+/// Insert, and insert followed by cancel.
 fn insert(c: &mut Criterion) {
     let mut group = c.benchmark_group("wheel");
     group.throughput(Throughput::Elements(1));
@@ -64,6 +66,7 @@ fn insert(c: &mut Criterion) {
     group.finish();
 }
 
+/// Rescheduling an armed timer.
 fn reset(c: &mut Criterion) {
     let mut group = c.benchmark_group("wheel");
     group.throughput(Throughput::Elements(1));
@@ -80,6 +83,7 @@ fn reset(c: &mut Criterion) {
     group.finish();
 }
 
+/// Firing timers by advancing, and finding the next expiry.
 fn expiry(c: &mut Criterion) {
     let mut group = c.benchmark_group("wheel");
     group.throughput(Throughput::Elements(1));

@@ -39,10 +39,13 @@ type Payload = u64;
 const CLIENTS: usize = 10_000_000;
 /// Clients in a smoke run.
 const SMOKE_CLIENTS: usize = 100_000;
-/// The daemon's default tick, slots, interval and timeout (3 s × 5).
+/// The daemon's default tick.
 const TICK: Duration = Duration::from_millis(100);
+/// The daemon's bucket count.
 const SLOTS: usize = 1024;
+/// The default interval (3 s), in ticks.
 const INTERVAL_TICKS: u32 = 30;
+/// The default timeout (3 s × 5 misses), in ticks.
 const TIMEOUT_TICKS: u32 = 150;
 /// Virtual seconds simulated.
 const SIM_SECS: u32 = 60;

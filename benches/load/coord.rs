@@ -39,6 +39,7 @@ struct Measured {
 }
 
 impl Measured {
+    /// `n` events over the window, per second.
     fn per_s(&self, n: u64) -> f64 {
         n as f64 / self.secs
     }
@@ -245,6 +246,7 @@ fn spawn(args: &Args, w: usize, first: usize, count: usize, nworkers: usize) -> 
     Ok(WorkerProc { child, stdin, stdout })
 }
 
+/// The `--proto` value that names `args.proto`, for the workers.
 fn proto_name(args: &Args) -> &'static str {
     match args.proto {
         crate::proto::Proto::Native => "native",
@@ -253,6 +255,7 @@ fn proto_name(args: &Args) -> &'static str {
     }
 }
 
+/// The worker's next line; an error once it has exited.
 fn read_line(worker: &mut WorkerProc) -> Result<String, String> {
     let mut line = String::new();
     match worker.stdout.read_line(&mut line) {
@@ -285,6 +288,8 @@ fn emit(step: &str, fields: &str) {
     eprintln!("heartbeat-load: {step}: {fields}");
 }
 
+/// Prints the connect phase: connects/s and, with a server pid, its memory
+/// growth per connection.
 fn report_connect(args: &Args, ready: &Ready, nworkers: usize, before: Option<Sample>, after: Option<Sample>) {
     let memory = match before.zip(after) {
         Some((b, a)) if ready.connected > 0 => format!(
@@ -309,6 +314,7 @@ fn report_connect(args: &Args, ready: &Ready, nworkers: usize, before: Option<Sa
     );
 }
 
+/// Prints the detection errors' spread, in ms.
 fn report_detect(m: &Measured, timeout_ms: f64) {
     let mut errors = m.step.detect_us.clone();
     errors.sort_unstable();

@@ -20,6 +20,7 @@ pub struct Histogram {
 }
 
 impl Default for Histogram {
+    /// An empty histogram.
     fn default() -> Self {
         Histogram { counts: vec![0; BUCKETS], total: 0 }
     }

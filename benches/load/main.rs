@@ -17,12 +17,12 @@
 //! (`/proc/PID/stat`) and its resident memory before and after connecting.
 //! See docs/BENCHMARKS.md for how `benches/compare.sh` uses it.
 
-mod coord;
-mod hist;
-mod procstat;
-mod proto;
-mod report;
-mod worker;
+mod coord; // spawns workers, runs steps, samples the server, prints results
+mod hist; // mergeable latency histogram
+mod procstat; // CPU time and RSS from /proc
+mod proto; // native, legacy and MQTT client dialects
+mod report; // the worker ↔ coordinator line format
+mod worker; // one process's event loop over its connections
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;

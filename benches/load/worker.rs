@@ -161,6 +161,7 @@ pub fn run(setup: Setup) -> Result<(), String> {
 }
 
 impl Worker {
+    /// A worker with no connection yet.
     fn new(setup: Setup) -> io::Result<Worker> {
         Ok(Worker {
             heartbeat: setup.proto.heartbeat(),
@@ -177,6 +178,7 @@ impl Worker {
         })
     }
 
+    /// Nanoseconds since the worker started.
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
@@ -259,6 +261,8 @@ impl Worker {
         self.conns.push(conn);
     }
 
+    /// A non-blocking socket with `TCP_NODELAY` (as both servers set), bound
+    /// to the source address if any, its connect under way.
     fn start_connect(&self) -> io::Result<TcpStream> {
         let socket = Socket::new(Domain::for_address(self.setup.addr), Type::STREAM, None)?;
         socket.set_nonblocking(true)?;
@@ -295,6 +299,7 @@ impl Worker {
         self.write(i, &hello);
     }
 
+    /// Connection `i` completed its handshake.
     fn go_online(&mut self, i: usize) {
         let now = self.now();
         let conn = &mut self.conns[i];
@@ -331,16 +336,19 @@ impl Worker {
         now
     }
 
+    /// The indices of the online connections.
     fn online(&self) -> Vec<usize> {
         (0..self.conns.len()).filter(|&i| self.conns[i].state == State::Online).collect()
     }
 
+    /// The `rate` step (see the module docs).
     fn run_rate(&mut self, rate: f64, warmup: u64, secs: u64) {
         let t0 = self.begin(warmup, secs);
         let end = self.window.end;
         self.paced(t0, end, rate, |_, _| true, |_| false);
     }
 
+    /// The `max` step (see the module docs).
     fn run_max(&mut self, window: usize, warmup: u64, secs: u64) {
         self.begin(warmup, secs);
         self.window.refill = true;
@@ -355,6 +363,7 @@ impl Worker {
         self.window.refill = false;
     }
 
+    /// The `idle` step (see the module docs).
     fn run_idle(&mut self, secs: u64) {
         self.begin(0, secs);
         while self.now() < self.window.end {
@@ -362,6 +371,7 @@ impl Worker {
         }
     }
 
+    /// The `detect` step (see the module docs); all arguments in ns.
     fn run_detect(&mut self, interval: u64, lead: u64, spread: u64, timeout: u64, grace: u64) {
         let t0 = self.begin(0, lead + spread + timeout + grace);
         self.window.detect_timeout = Some(timeout);
@@ -485,6 +495,7 @@ impl Worker {
         }
     }
 
+    /// One poll round that waits at most until `until`.
     fn poll_until(&mut self, until: u64) {
         let wait = until.saturating_sub(self.now());
         self.poll_once(Some(Duration::from_nanos(wait)));
@@ -551,6 +562,7 @@ impl Worker {
         }
     }
 
+    /// Handles one message from the server on connection `i`.
     fn on_reply(&mut self, i: usize, reply: Reply) {
         match reply {
             Reply::Accepted if self.conns[i].state == State::Handshaking => self.go_online(i),
@@ -590,6 +602,7 @@ impl Worker {
         self.drop_conn(i);
     }
 
+    /// Marks connection `i` closed and releases its socket and buffers.
     fn drop_conn(&mut self, i: usize) {
         let conn = &mut self.conns[i];
         if conn.state == State::Online {
