@@ -122,3 +122,14 @@ fn linux_defaults_baseline_is_computed_from_proc_sys() {
     assert_eq!(k.keepalive().as_secs(), k.keepalive_time + k.keepalive_intvl * k.keepalive_probes);
     assert!(k.retransmission() > std::time::Duration::ZERO);
 }
+
+#[test]
+fn retransmission_timeout_matches_the_kernel_figures() {
+    use std::time::Duration;
+    // tcp(7): tcp_retries2 = 15 is ~924.6 s with an RTO of 200 ms; 3 is ~3 s.
+    let rto = |n| scenarios::retransmission_timeout(n, Duration::from_millis(200), Duration::from_secs(120));
+    assert_eq!(rto(15), Duration::from_millis(924_600));
+    assert_eq!(rto(3), Duration::from_millis(3_000));
+    assert_eq!(rto(9), Duration::from_millis(204_600));
+    assert_eq!(rto(10), Duration::from_millis(324_600));
+}

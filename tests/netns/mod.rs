@@ -7,13 +7,14 @@
 //! and removes itself:
 //!
 //! ```text
-//!   hbd-<tag>-<pid>-<n>-d            hbd-<tag>-<pid>-<n>-c0
-//!  +----------------------+  veth  +----------------------+
-//!  | heartbeatd           |--------| test clients,        |
-//!  | hbd0 10.199.0.1/30   |        | helper processes     |
-//!  | hbd1 10.199.1.1/30 --+--.     | hbd0 10.199.0.2/30   |
-//!  +----------------------+   \    +----------------------+
-//!                              `---- ...-c1: hbd1 10.199.1.2/30
+//!  hbd-<tag>-<pid>-<n>-d        hbd-...-s (switch)        hbd-...-c0
+//! +--------------------+      +------------------+      +--------------------+
+//! | heartbeatd         |      |   br0            |      | test clients,      |
+//! | hbd0 10.199.0.1/30 |------| d0 ----+---- c0  |------| helper processes,  |
+//! |                    |      |   br1            |      | agents             |
+//! | hbd1 10.199.1.1/30 |------| d1 ----+---- c1  |--.   | hbd0 10.199.0.2/30 |
+//! +--------------------+      +------------------+   |  +--------------------+
+//!                                                    `-- hbd-...-c1: hbd1 10.199.1.2/30
 //! ```
 //!
 //! - Both ends of each veth pair are created directly inside their
@@ -21,6 +22,9 @@
 //!   interface, address, route or nft rule ever exists in the host's own
 //!   network namespace. The 10.199.N.0/30 addresses exist only inside the
 //!   namespaces, which is also why every topology can use the same ones.
+//! - Cables meet in a switch namespace (a bridge per link), so a client's
+//!   pulled cable leaves the daemon's own link up, as on a real network
+//!   ([`Topology`]).
 //! - Namespace names carry a tag, the pid and a per-process counter, so tests
 //!   run in parallel and K-fold report runs never collide. [`Netns`] deletes
 //!   its namespace on drop, on every path including a failing test; a sweep
@@ -283,19 +287,30 @@ pub fn leftovers() -> Vec<String> {
 // Topology
 // ---------------------------------------------------------------------------
 
-/// A daemon namespace joined to one client namespace per link by a veth
-/// pair. Link `i` is 10.199.i.0/30: the daemon has .1 on `hbd<i>`, the
-/// client namespace has .2 on its own `hbd<i>`.
+/// A daemon namespace and one client namespace per link, each cabled to
+/// its own bridge in a switch namespace. Link `i` is 10.199.i.0/30: the
+/// daemon has .1 on `hbd<i>`, client namespace `i` has .2 on its own
+/// `hbd<i>`; in the switch, `br<i>` joins ports `d<i>` (the daemon's cable)
+/// and `c<i>` (the client's).
+///
+/// The switch is what makes a pulled cable realistic: when a client's cable
+/// goes, its port on the switch goes dark, but the daemon's own link keeps
+/// its carrier, so the daemon's kernel keeps sending into the void exactly
+/// as it would on a real network. (On a bare veth pair, the daemon's end
+/// would lose carrier too, its qdisc and neighbour entries would be reset,
+/// and keepalive probes would fail locally and be retried later.)
 pub struct Topology {
     /// Client namespaces, one per link. Dropped first: fields drop in order.
     pub clients: Vec<Netns>,
+    /// The switch: one bridge per link.
+    pub switch: Netns,
     /// The daemon's namespace.
     pub daemon: Netns,
 }
 
 impl Topology {
-    /// Creates the namespaces and links, all up. `tag` names the test in
-    /// the namespace names: letters, digits and `_` only.
+    /// Creates the namespaces, bridges and links, all up. `tag` names the
+    /// test in the namespace names: letters, digits and `_` only.
     pub fn new(tag: &str, links: usize) -> Topology {
         assert!(tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "tag {tag:?}: letters, digits, _");
         assert!((1..=250).contains(&links), "1..=250 links");
@@ -303,31 +318,38 @@ impl Topology {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let base = format!("{PREFIX}{tag}-{}-{n}", std::process::id());
-        // The guard exists before anything else is made, so a failure in
-        // the middle still removes what was made.
-        let mut topo = Topology { clients: Vec::new(), daemon: Netns::create(&format!("{base}-d")) };
+        // Each guard exists before anything is put in its namespace, so a
+        // failure in the middle still removes what was made.
+        let daemon = Netns::create(&format!("{base}-d"));
+        let switch = Netns::create(&format!("{base}-s"));
+        let mut topo = Topology { clients: Vec::new(), switch, daemon };
         for i in 0..links {
-            let client = Netns::create(&format!("{base}-c{i}"));
-            let dev = Topology::dev(i);
-            run(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    &dev,
-                    "netns",
-                    &topo.daemon.name,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &dev,
-                    "netns",
-                    &client.name,
-                ],
-                None,
-            );
-            topo.clients.push(client);
+            topo.clients.push(Netns::create(&format!("{base}-c{i}")));
+            let (dev, bridge) = (Topology::dev(i), format!("br{i}"));
+            topo.switch.ip(&["link", "add", &bridge, "type", "bridge"]);
+            topo.switch.ip(&["link", "set", &bridge, "up"]);
+            for (ns, port) in [(&topo.daemon, format!("d{i}")), (&topo.clients[i], format!("c{i}"))] {
+                run(
+                    "ip",
+                    &[
+                        "link",
+                        "add",
+                        &dev,
+                        "netns",
+                        &ns.name,
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        &port,
+                        "netns",
+                        &topo.switch.name,
+                    ],
+                    None,
+                );
+                topo.switch.ip(&["link", "set", &port, "master", &bridge]);
+                topo.switch.ip(&["link", "set", &port, "up"]);
+            }
             topo.daemon.ip(&["addr", "add", &format!("{}/30", Topology::daemon_ip(i)), "dev", &dev]);
             topo.clients[i].ip(&["addr", "add", &format!("{}/30", Topology::client_ip(i)), "dev", &dev]);
             topo.daemon.ip(&["link", "set", &dev, "up"]);
@@ -336,7 +358,7 @@ impl Topology {
         topo
     }
 
-    /// The interface name of link `i` (the same on both ends).
+    /// The interface name of link `i` in the daemon and client namespaces.
     pub fn dev(i: usize) -> String {
         format!("hbd{i}")
     }
@@ -351,33 +373,36 @@ impl Topology {
         Ipv4Addr::new(10, 199, u8::try_from(i).expect("link index fits u8"), 2)
     }
 
-    /// Pulls the cable at the client's end of link `i` (`ip link set down`
-    /// in the client namespace): nothing more goes either way, and no FIN or
-    /// RST is sent. Returns the instants just before and just after.
+    /// Pulls the client's cable on link `i` (its interface set down in the
+    /// client namespace): nothing more goes either way, no FIN, no RST, and
+    /// the daemon's own link stays up. Returns the instants just before
+    /// and just after.
     pub fn client_link_down(&self, i: usize) -> (Instant, Instant) {
         let before = Instant::now();
         self.clients[i].ip(&["link", "set", &Topology::dev(i), "down"]);
         (before, Instant::now())
     }
 
-    /// Plugs the client's end of link `i` back in.
+    /// Plugs the client's cable on link `i` back in.
     pub fn client_link_up(&self, i: usize) -> (Instant, Instant) {
         let before = Instant::now();
         self.clients[i].ip(&["link", "set", &Topology::dev(i), "up"]);
         (before, Instant::now())
     }
 
-    /// Pulls the cable at the daemon's end of link `i`.
+    /// Pulls the daemon's cable on link `i` at the switch: the daemon's
+    /// interface loses carrier (its addresses and routes stay, as with a
+    /// real cable), and nothing goes either way.
     pub fn daemon_link_down(&self, i: usize) -> (Instant, Instant) {
         let before = Instant::now();
-        self.daemon.ip(&["link", "set", &Topology::dev(i), "down"]);
+        self.switch.ip(&["link", "set", &format!("d{i}"), "down"]);
         (before, Instant::now())
     }
 
-    /// Plugs the daemon's end of link `i` back in.
+    /// Plugs the daemon's cable on link `i` back in.
     pub fn daemon_link_up(&self, i: usize) -> (Instant, Instant) {
         let before = Instant::now();
-        self.daemon.ip(&["link", "set", &Topology::dev(i), "up"]);
+        self.switch.ip(&["link", "set", &format!("d{i}"), "up"]);
         (before, Instant::now())
     }
 
@@ -664,13 +689,13 @@ impl Drop for Proc {
 // ---------------------------------------------------------------------------
 
 /// A command that re-executes this binary as a helper in `role` with
-/// `args`. Under libtest (the fault tests) it runs only the
-/// `helper_process_entry` test, which hands over to [`helper_main`]; the
-/// report binary checks [`HELPER_ENV`] first thing in `main`.
+/// `args`. Under libtest (the fault tests) the arguments make it run only
+/// the `helper_process_entry` test, which hands over to [`helper_main`];
+/// the report binary checks [`HELPER_ENV`] first thing in `main`, before
+/// it looks at any argument.
 pub fn helper_command(role: &str, args: &[String]) -> Command {
     let exe = std::env::current_exe().expect("the path of the running test binary");
     let mut command = Command::new(exe);
-    #[cfg(test)]
     command.args(["--exact", "helper_process_entry", "--nocapture", "--test-threads", "1", "-q"]);
     let mut spec = vec![role.to_string()];
     spec.extend(args.iter().cloned());

@@ -1057,18 +1057,3 @@ pub fn retransmission_timeout(boundary: u32, rto_min: Duration, rto_max: Duratio
         rto_min * ((2u32 << thresh) - 1) + rto_max * (boundary - thresh)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retransmission_timeout_matches_the_kernel_figure() {
-        // tcp_retries2 = 15 is documented as ~924.6 s; 3 as ~3 s (RTO 200ms).
-        let rto = |n| retransmission_timeout(n, Duration::from_millis(200), Duration::from_secs(120));
-        assert_eq!(rto(15), Duration::from_millis(924_600));
-        assert_eq!(rto(3), Duration::from_millis(3_000));
-        assert_eq!(rto(9), Duration::from_millis(204_600));
-        assert_eq!(rto(10), Duration::from_millis(324_600));
-    }
-}
