@@ -1,5 +1,5 @@
-//! One client connection: protocol state, the tail of a partial frame, the
-//! output queue and the liveness clock.
+//! One client connection: protocol state, the liveness clock, and the
+//! little it must keep between reads (a split frame, unwritten output).
 //!
 //! A `Conn` turns the bytes the loop read for it into decisions
 //! ([`Progress`]) and computes its own next deadline; it never touches the
@@ -8,20 +8,29 @@
 //! go back to the loop, which calls [`Conn::welcome`] and then
 //! [`Conn::resume`].
 //!
+//! Output is built in a scratch buffer the loop owns and lends to every
+//! call that may produce some (`out`), then written at once by
+//! [`Conn::flush`]; only what the socket does not take is kept, in a
+//! [`Pending`] box allocated on demand. An idle connection therefore owns
+//! no heap memory beyond its id, and a heartbeat allocates nothing.
+//!
 //! Invariants:
 //! - `last_activity` only moves forward, and only on a complete, valid frame
 //!   (native, legacy) or any byte (raw); a heartbeat costs this one store.
 //! - A connection is online exactly while `state == State::Online`; the
 //!   loop emits the online event when it enters that state and the offline
 //!   event when it leaves it, so there is one of each.
-//! - `partial` holds at most one incomplete frame (native) or header
-//!   (legacy): its length is bounded by the header checks in the codecs.
-//! - Output is appended to `out` while a read is handled and written once
-//!   afterwards ([`Conn::flush`]); more than [`OUT_LIMIT`] bytes still queued
-//!   after a flush means the client stopped reading (`write-stalled`).
+//! - The partial buffer holds at most one incomplete frame (native) or
+//!   header (legacy): its length is bounded by the header checks in the
+//!   codecs. `pending` is `None` whenever both of its buffers are empty.
+//! - Bytes leave in the order they were produced: queued output is written
+//!   before new output.
+//! - More than [`OUT_LIMIT`] bytes still unwritten after a flush means the
+//!   client stopped reading (`write-stalled`).
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -36,10 +45,6 @@ use crate::wire::native::{self, error_code, Frame};
 /// `write-stalled`. Frames are tiny, so 64 KiB is thousands of replies the
 /// client failed to read on top of what the kernel buffers already hold.
 pub const OUT_LIMIT: usize = 64 * 1024;
-
-/// Buffers above this capacity are released once empty, so a burst does not
-/// leave an idle connection holding memory.
-const SHRINK_ABOVE: usize = 4 * 1024;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,9 +70,19 @@ pub enum Progress {
 }
 
 impl Progress {
-    fn close(reason: OfflineReason, detail: impl Into<String>) -> Progress {
+    /// `Close` with a detail for the log.
+    pub fn close(reason: OfflineReason, detail: impl Into<String>) -> Progress {
         Progress::Close(reason, Some(detail.into()))
     }
+}
+
+/// What a connection keeps between reads, when it keeps anything.
+#[derive(Debug, Default)]
+struct Pending {
+    /// The start of a frame (native) or header (legacy) split across reads.
+    partial: Vec<u8>,
+    /// Output the socket did not take yet.
+    out: Vec<u8>,
 }
 
 /// One accepted client connection.
@@ -82,10 +97,10 @@ pub struct Conn {
     pub proto: Protocol,
     /// Handshake or online.
     pub state: State,
-    /// Session number, assigned when the connection goes online (0 before).
+    /// Session number, assigned at accept in accept order.
     pub session: u64,
     /// The HELLO id (native, once received).
-    pub id: Option<Box<str>>,
+    pub id: Option<Rc<str>>,
     /// When the connection was accepted, then when it went online.
     pub since: Instant,
     /// Last complete frame (native, legacy) or byte (raw) received.
@@ -103,11 +118,9 @@ pub struct Conn {
     /// Native with `server_ping`: a PING was sent since the last activity.
     pinged: bool,
     /// Legacy: payload bytes of the current frame still to discard.
-    skip: usize,
-    /// The tail of an incomplete frame or header.
-    partial: Vec<u8>,
-    /// Output not yet accepted by the kernel.
-    out: Vec<u8>,
+    skip: u32,
+    /// A split frame and unwritten output; `None` when there is neither.
+    pending: Option<Box<Pending>>,
 }
 
 impl Conn {
@@ -131,8 +144,7 @@ impl Conn {
             closing: false,
             pinged: false,
             skip: 0,
-            partial: Vec::new(),
-            out: Vec::new(),
+            pending: None,
         }
     }
 
@@ -152,20 +164,20 @@ impl Conn {
 
     /// True while output waits for the socket to become writable.
     pub fn wants_write(&self) -> bool {
-        !self.out.is_empty()
+        self.pending.as_ref().is_some_and(|p| !p.out.is_empty())
     }
 
-    /// Handles bytes read from the socket at `now`.
-    pub fn ingest(&mut self, data: &[u8], now: Instant, cfg: &ListenerConfig) -> Progress {
+    /// Handles bytes read from the socket at `now`; replies go to `out`.
+    pub fn ingest(&mut self, data: &[u8], now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) -> Progress {
         match self.proto {
-            Protocol::Native => self.ingest_native(data, now, cfg),
-            Protocol::Legacy => self.ingest_legacy(data, now, cfg),
+            Protocol::Native => self.ingest_native(data, now, cfg, out),
+            Protocol::Legacy => self.ingest_legacy(data, now, cfg, out),
             Protocol::Raw => {
                 if !data.is_empty() {
                     self.last_activity = now;
                     self.heartbeats += 1;
                     if cfg.echo {
-                        self.out.extend_from_slice(data);
+                        out.extend_from_slice(data);
                     }
                 }
                 Progress::Continue
@@ -175,42 +187,29 @@ impl Conn {
 
     /// Continues with the bytes that followed a HELLO, after
     /// [`Conn::welcome`].
-    pub fn resume(&mut self, now: Instant, cfg: &ListenerConfig) -> Progress {
-        let rest = std::mem::take(&mut self.partial);
-        let progress = self.ingest_native(&rest, now, cfg);
-        self.reuse_partial(rest);
-        progress
+    pub fn resume(&mut self, now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) -> Progress {
+        let rest = self.take_partial();
+        self.ingest_native(&rest, now, cfg, out)
     }
 
-    /// Puts the connection online after the loop accepted its HELLO: queues
-    /// WELCOME and starts the liveness clock.
-    pub fn welcome(&mut self, session: u64, now: Instant, cfg: &ListenerConfig) {
+    /// Puts the connection online after the loop accepted its HELLO: writes
+    /// WELCOME to `out` and starts the liveness clock.
+    pub fn welcome(&mut self, now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) {
         self.state = State::Online;
-        self.session = session;
         self.since = now;
         self.last_activity = now;
-        self.queue_welcome(cfg);
+        self.queue_welcome(cfg, out);
     }
 
-    /// Queues a WELCOME carrying the listener's current interval and timeout
-    /// (after a reload changed them).
-    pub fn queue_welcome(&mut self, cfg: &ListenerConfig) {
+    /// Writes a WELCOME carrying the listener's current interval and timeout
+    /// (also after a reload changed them).
+    pub fn queue_welcome(&self, cfg: &ListenerConfig, out: &mut Vec<u8>) {
         let frame = Frame::Welcome {
             interval_ms: millis_u32(cfg.interval),
             timeout_ms: millis_u32(cfg.timeout),
             session: self.session,
         };
-        native::encode(&frame, &mut self.out);
-    }
-
-    /// Queues a native frame.
-    pub fn queue_frame(&mut self, frame: &Frame<'_>) {
-        native::encode(frame, &mut self.out);
-    }
-
-    /// Queues an ERROR frame: the connection's last frame.
-    pub fn queue_error(&mut self, code: u16, message: &str) {
-        self.queue_frame(&Frame::Error { code, message });
+        native::encode(&frame, out);
     }
 
     /// The next instant this connection needs attention, or `None` when no
@@ -231,13 +230,14 @@ impl Conn {
     }
 
     /// Handles the connection's timer firing at `now`: handshake timeout,
-    /// offline for silence, or a server PING. The caller re-arms the timer
-    /// at [`Conn::next_deadline`] unless this returns `Close`.
-    pub fn on_timer(&mut self, now: Instant, cfg: &ListenerConfig) -> Progress {
+    /// offline for silence, or a server PING (to `out`). The caller re-arms
+    /// the timer at [`Conn::next_deadline`] unless this returns `Close`.
+    pub fn on_timer(&mut self, now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) -> Progress {
         match self.state {
             State::Handshake => {
                 if now >= self.since + cfg.handshake_timeout {
-                    self.queue_error(error_code::HANDSHAKE_TIMEOUT, "no HELLO within the handshake timeout");
+                    let message = "no HELLO within the handshake timeout";
+                    native::encode(&Frame::Error { code: error_code::HANDSHAKE_TIMEOUT, message }, out);
                     return Progress::close(OfflineReason::Timeout, "handshake timeout");
                 }
             }
@@ -251,35 +251,39 @@ impl Conn {
                 }
                 if cfg.server_ping && !self.pinged && silent >= cfg.interval {
                     self.pinged = true;
-                    self.queue_frame(&Frame::Ping(&[]));
+                    native::encode(&Frame::Ping(&[]), out);
                 }
             }
         }
         Progress::Continue
     }
 
-    /// Writes queued output. Returns `Close` when the socket failed or the
-    /// client has left more than [`OUT_LIMIT`] bytes unread.
-    pub fn flush(&mut self) -> Progress {
-        let mut written = 0;
-        while written < self.out.len() {
-            match self.stream.write(&self.out[written..]) {
-                Ok(0) => return Progress::close(OfflineReason::Closed, "write returned 0"),
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return io_close(&e),
+    /// Writes queued output, then `out` (which it empties). Returns `Close`
+    /// when the socket failed or the client has left more than
+    /// [`OUT_LIMIT`] bytes unread.
+    pub fn flush(&mut self, out: &mut Vec<u8>) -> Progress {
+        let result = match self.pending.as_mut() {
+            // Older output first: bytes must leave in the order produced.
+            Some(p) if !p.out.is_empty() => {
+                p.out.append(out);
+                write_all_possible(&mut self.stream, &p.out).map(|n| {
+                    p.out.drain(..n);
+                })
             }
+            _ => write_all_possible(&mut self.stream, out).map(|n| {
+                if n < out.len() {
+                    self.pending.get_or_insert_with(Box::default).out.extend_from_slice(&out[n..]);
+                }
+                out.clear();
+            }),
+        };
+        self.release_pending();
+        if let Err(e) = result {
+            return io_close(&e);
         }
-        self.out.drain(..written);
-        if self.out.is_empty() && self.out.capacity() > SHRINK_ABOVE {
-            self.out = Vec::new();
-        }
-        if self.out.len() > OUT_LIMIT {
-            return Progress::close(
-                OfflineReason::WriteStalled,
-                format!("{} bytes unread by the client", self.out.len()),
-            );
+        let unread = self.pending.as_ref().map_or(0, |p| p.out.len());
+        if unread > OUT_LIMIT {
+            return Progress::close(OfflineReason::WriteStalled, format!("{unread} bytes unread by the client"));
         }
         Progress::Continue
     }
@@ -289,14 +293,21 @@ impl Conn {
     /// caller comes back: the socket may still be readable) or at the first
     /// decision other than `Continue`. Returns the decision and whether the
     /// budget ran out.
-    pub fn read_some(&mut self, buf: &mut [u8], budget: usize, now: Instant, cfg: &ListenerConfig) -> (Progress, bool) {
+    pub fn read_some(
+        &mut self,
+        buf: &mut [u8],
+        budget: usize,
+        now: Instant,
+        cfg: &ListenerConfig,
+        out: &mut Vec<u8>,
+    ) -> (Progress, bool) {
         let mut total = 0;
         loop {
             match self.stream.read(buf) {
                 Ok(0) => return (Progress::Close(OfflineReason::Closed, None), false),
                 Ok(n) => {
                     total += n;
-                    let progress = self.ingest(&buf[..n], now, cfg);
+                    let progress = self.ingest(&buf[..n], now, cfg, out);
                     if progress != Progress::Continue {
                         return (progress, false);
                     }
@@ -311,23 +322,22 @@ impl Conn {
         }
     }
 
-    fn ingest_native(&mut self, mut data: &[u8], now: Instant, cfg: &ListenerConfig) -> Progress {
+    fn ingest_native(&mut self, mut data: &[u8], now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) -> Progress {
         // Complete a frame split across reads first, taking only the bytes
-        // it needs from `data`, so `partial` never grows past one frame.
-        if !self.partial.is_empty() {
-            let mut partial = std::mem::take(&mut self.partial);
+        // it needs from `data`, so the partial buffer never grows past one
+        // frame.
+        let mut partial = self.take_partial();
+        if !partial.is_empty() {
             let progress = loop {
                 match native::decode(&partial, cfg.max_frame) {
                     Ok(Some((frame, used))) => {
-                        let progress = self.on_frame(frame, now, cfg);
-                        // A frame never spans more than what was needed, so
+                        // Only the bytes the frame needed were added, so
                         // `used` is the whole of `partial` here.
                         debug_assert_eq!(used, partial.len());
-                        partial.clear();
-                        break progress;
+                        break self.on_frame(frame, now, cfg, out);
                     }
                     Ok(None) if data.is_empty() => {
-                        self.partial = partial;
+                        self.keep_partial(&partial);
                         return Progress::Continue;
                     }
                     Ok(None) => {
@@ -335,14 +345,13 @@ impl Conn {
                         partial.extend_from_slice(&data[..need]);
                         data = &data[need..];
                     }
-                    Err(e) => break self.reject(&e),
+                    Err(e) => break reject(&e, out),
                 }
             };
-            self.reuse_partial(partial);
             match progress {
                 Progress::Continue => {}
                 Progress::Hello => {
-                    self.partial.extend_from_slice(data);
+                    self.keep_partial(data);
                     return Progress::Hello;
                 }
                 close => return close,
@@ -352,33 +361,33 @@ impl Conn {
             match native::decode(data, cfg.max_frame) {
                 Ok(Some((frame, used))) => {
                     data = &data[used..];
-                    match self.on_frame(frame, now, cfg) {
+                    match self.on_frame(frame, now, cfg, out) {
                         Progress::Continue => {}
                         Progress::Hello => {
-                            self.partial.extend_from_slice(data);
+                            self.keep_partial(data);
                             return Progress::Hello;
                         }
                         close => return close,
                     }
                 }
                 Ok(None) => {
-                    self.partial.extend_from_slice(data);
+                    self.keep_partial(data);
                     break;
                 }
-                Err(e) => return self.reject(&e),
+                Err(e) => return reject(&e, out),
             }
         }
         Progress::Continue
     }
 
-    fn on_frame(&mut self, frame: Frame<'_>, now: Instant, cfg: &ListenerConfig) -> Progress {
+    fn on_frame(&mut self, frame: Frame<'_>, now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) -> Progress {
         if self.state == State::Handshake {
             let Frame::Hello { id, token, .. } = frame else {
-                self.queue_error(error_code::OUT_OF_ORDER, "expected HELLO first");
+                native::encode(&Frame::Error { code: error_code::OUT_OF_ORDER, message: "expected HELLO first" }, out);
                 return Progress::close(OfflineReason::ProtocolError, "frame before HELLO");
             };
             if !cfg.tokens.is_empty() && !cfg.tokens.iter().any(|t| t.as_slice() == token) {
-                self.queue_error(error_code::AUTH_FAILED, "authentication failed");
+                native::encode(&Frame::Error { code: error_code::AUTH_FAILED, message: "authentication failed" }, out);
                 return Progress::close(OfflineReason::ProtocolError, format!("bad token for id {id}"));
             }
             self.id = Some(id.into());
@@ -386,15 +395,16 @@ impl Conn {
             return Progress::Hello;
         }
         match frame {
-            Frame::Ping(payload) => self.queue_frame(&Frame::Pong(payload)),
+            Frame::Ping(payload) => native::encode(&Frame::Pong(payload), out),
             Frame::Pong(_) => {}
             Frame::Bye(reason) => return Progress::close(OfflineReason::Left, reason),
             Frame::Hello { .. } => {
-                self.queue_error(error_code::OUT_OF_ORDER, "HELLO sent twice");
+                native::encode(&Frame::Error { code: error_code::OUT_OF_ORDER, message: "HELLO sent twice" }, out);
                 return Progress::close(OfflineReason::ProtocolError, "HELLO sent twice");
             }
             Frame::Welcome { .. } | Frame::Error { .. } => {
-                self.queue_error(error_code::MALFORMED, "WELCOME and ERROR are server-to-client frames");
+                let message = "WELCOME and ERROR are server-to-client frames";
+                native::encode(&Frame::Error { code: error_code::MALFORMED, message }, out);
                 return Progress::close(OfflineReason::ProtocolError, "server-to-client frame from client");
             }
         }
@@ -404,60 +414,94 @@ impl Conn {
         Progress::Continue
     }
 
-    fn reject(&mut self, e: &native::DecodeError) -> Progress {
-        self.queue_error(e.error_code(), &e.to_string());
-        Progress::close(OfflineReason::ProtocolError, e.to_string())
-    }
-
-    fn ingest_legacy(&mut self, mut data: &[u8], now: Instant, cfg: &ListenerConfig) -> Progress {
+    fn ingest_legacy(&mut self, mut data: &[u8], now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) -> Progress {
+        let mut partial = self.take_partial();
         while !data.is_empty() {
             if self.skip > 0 {
-                let n = self.skip.min(data.len());
-                self.skip -= n;
+                let n = data.len().min(self.skip as usize);
+                // `n <= skip`, which is a u32.
+                self.skip -= n as u32;
                 data = &data[n..];
                 if self.skip == 0 {
-                    self.last_activity = now;
-                    self.heartbeats += 1;
+                    self.frame_done(now);
                 }
                 continue;
             }
             // A header may arrive split; gather its 8 bytes in `partial`.
-            let take = (legacy::HEADER_LEN - self.partial.len()).min(data.len());
-            let header_bytes: &[u8] = if self.partial.is_empty() && take == legacy::HEADER_LEN {
+            let take = (legacy::HEADER_LEN - partial.len()).min(data.len());
+            let header_bytes: &[u8] = if partial.is_empty() && take == legacy::HEADER_LEN {
                 &data[..take]
             } else {
-                self.partial.extend_from_slice(&data[..take]);
-                &self.partial
+                partial.extend_from_slice(&data[..take]);
+                &partial
             };
             let header = match legacy::decode_header(header_bytes, cfg.max_frame) {
                 Ok(Some(header)) => header,
-                Ok(None) => return Progress::Continue,
+                Ok(None) => break,
                 Err(e) => return Progress::close(OfflineReason::ProtocolError, e.to_string()),
             };
             data = &data[take..];
-            self.partial.clear();
+            partial.clear();
             if header.kind == legacy::Kind::Heartbeat && cfg.echo {
-                self.out.extend_from_slice(&legacy::HEARTBEAT_ECHO);
+                out.extend_from_slice(&legacy::HEARTBEAT_ECHO);
             }
-            self.skip = header.length;
+            // Config caps legacy `max_frame` at 16 MiB, so the length fits.
+            self.skip = u32::try_from(header.length).unwrap_or(u32::MAX);
             if self.skip == 0 {
-                self.last_activity = now;
-                self.heartbeats += 1;
+                self.frame_done(now);
             }
         }
+        self.keep_partial(&partial);
         Progress::Continue
     }
 
-    /// Keeps a small buffer's allocation for the next partial frame, drops a
-    /// large one.
-    fn reuse_partial(&mut self, mut buf: Vec<u8>) {
-        if self.partial.is_empty() {
-            buf.clear();
-            if buf.capacity() <= SHRINK_ABOVE {
-                self.partial = buf;
-            }
+    /// A complete legacy frame: activity.
+    fn frame_done(&mut self, now: Instant) {
+        self.last_activity = now;
+        self.heartbeats += 1;
+    }
+
+    /// Moves the split-frame bytes out (empty when there are none).
+    fn take_partial(&mut self) -> Vec<u8> {
+        let taken = self.pending.as_mut().map(|p| std::mem::take(&mut p.partial)).unwrap_or_default();
+        self.release_pending();
+        taken
+    }
+
+    /// Keeps `bytes` as the start of the next frame.
+    fn keep_partial(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.pending.get_or_insert_with(Box::default).partial.extend_from_slice(bytes);
         }
     }
+
+    /// Frees the pending box once it holds nothing.
+    fn release_pending(&mut self) {
+        if self.pending.as_ref().is_some_and(|p| p.partial.is_empty() && p.out.is_empty()) {
+            self.pending = None;
+        }
+    }
+}
+
+/// ERROR for an undecodable frame, and the close that follows it.
+fn reject(e: &native::DecodeError, out: &mut Vec<u8>) -> Progress {
+    native::encode(&Frame::Error { code: e.error_code(), message: &e.to_string() }, out);
+    Progress::close(OfflineReason::ProtocolError, e.to_string())
+}
+
+/// Writes as much of `bytes` as the socket takes now; the count written.
+fn write_all_possible(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match stream.write(&bytes[written..]) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0")),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
 }
 
 /// Bytes still missing before `partial` holds a whole native frame, as far

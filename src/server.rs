@@ -26,6 +26,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
@@ -133,6 +134,13 @@ struct Listener {
     exhausted_since: Option<Instant>,
 }
 
+impl Listener {
+    /// The address the socket is bound to (port 0 resolved), while open.
+    fn bound_address(&self) -> Option<SocketAddr> {
+        self.socket.as_ref()?.local_addr().ok()
+    }
+}
+
 /// The daemon: everything the loop owns.
 pub struct Server {
     poll: Poll,
@@ -142,12 +150,16 @@ pub struct Server {
     conns: Slab<Conn>,
     wheel: Wheel<Timer>,
     /// Online native clients by HELLO id, for replacement.
-    ids: HashMap<Box<str>, usize>,
+    ids: HashMap<Rc<str>, usize>,
     /// Open connections per peer IP, for `max_per_address`.
     per_address: HashMap<IpAddr, usize>,
     next_session: u64,
     signals: Signals,
+    /// The read buffer shared by all connections.
     buf: Vec<u8>,
+    /// Output being built for one connection, written by `Conn::flush`
+    /// (which leaves it empty) before the next connection is handled.
+    scratch: Vec<u8>,
     /// Closed this round; freed after the batch.
     doomed: Vec<usize>,
     /// Connections whose read budget ran out while still readable.
@@ -190,6 +202,7 @@ impl Server {
             next_session: 1,
             signals,
             buf: vec![0; READ_BUF],
+            scratch: Vec::new(),
             doomed: Vec::new(),
             again: Vec::new(),
             stop_by: None,
@@ -235,13 +248,7 @@ impl Server {
 
     /// The bound address of each listener, by name (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.listeners
-            .iter()
-            .filter_map(|(_, l)| {
-                let address = l.socket.as_ref()?.local_addr().ok()?;
-                Some((l.cfg.name.clone(), address))
-            })
-            .collect()
+        self.listeners.iter().filter_map(|(_, l)| Some((l.cfg.name.clone(), l.bound_address()?))).collect()
     }
 
     /// Runs until SIGTERM or SIGINT and a graceful shutdown. Returns an
@@ -370,12 +377,13 @@ impl Server {
             self.close(key, OfflineReason::Shutdown, Some("listener removed".into()), now);
         }
         let l = self.listeners.remove(lkey);
+        let address = l.bound_address().unwrap_or(l.cfg.address);
         if let Some(mut socket) = l.socket {
             // The socket closes on drop; deregistering first keeps the
             // poll's interest list exact, and its failure changes nothing.
             let _ = self.poll.registry().deregister(&mut socket);
         }
-        info!("listener-closed listener={} address={}", Logfmt(&l.cfg.name), l.cfg.address);
+        info!("listener-closed listener={} address={}", Logfmt(&l.cfg.name), address);
     }
 
     fn accept(&mut self, lkey: usize, now: Instant) {
@@ -467,8 +475,10 @@ impl Server {
         }
         entry.insert(Conn::new(stream, peer, lkey, cfg.protocol, now));
         *self.per_address.entry(peer.ip()).or_insert(0) += 1;
+        // Sessions number connections in accept order, so the one accepted
+        // later is the newer one when two say HELLO with the same id.
+        self.conns[key].session = self.take_session();
         if self.conns[key].is_online() {
-            self.conns[key].session = self.take_session();
             self.emit_online(key);
         }
         self.arm(key);
@@ -487,7 +497,7 @@ impl Server {
             return;
         }
         let cfg = &self.listeners[conn.listener].cfg;
-        let (mut progress, more) = conn.read_some(&mut self.buf, READ_BUDGET, now, cfg);
+        let (mut progress, more) = conn.read_some(&mut self.buf, READ_BUDGET, now, cfg, &mut self.scratch);
         if more {
             self.again.push(key);
         }
@@ -506,7 +516,7 @@ impl Server {
             return;
         }
         let cfg = &self.listeners[conn.listener].cfg;
-        let progress = conn.on_timer(now, cfg);
+        let progress = conn.on_timer(now, cfg, &mut self.scratch);
         self.settle(key, progress, now);
         if !self.conns[key].closing {
             self.arm(key);
@@ -517,7 +527,7 @@ impl Server {
     /// the poll interest in step with the output queue.
     fn settle(&mut self, key: usize, progress: Progress, now: Instant) {
         let progress = match progress {
-            Progress::Continue => self.conns[key].flush(),
+            Progress::Continue => self.conns[key].flush(&mut self.scratch),
             other => other,
         };
         match progress {
@@ -532,20 +542,34 @@ impl Server {
         let Some(id) = self.conns[key].id.clone() else {
             return Progress::Close(OfflineReason::Error, Some("HELLO without id".into()));
         };
-        if let Some(&older) = self.ids.get(&id) {
-            self.conns[older].queue_error(error_code::REPLACED, "replaced by a newer connection with the same id");
-            self.close(older, OfflineReason::Replaced, Some(format!("by session {}", self.next_session)), now);
+        // HELLO is the first frame, so nothing is in the scratch buffer yet
+        // and the older connection's ERROR can go through it.
+        debug_assert!(self.scratch.is_empty());
+        let session = self.conns[key].session;
+        let message = "replaced by a newer connection with the same id";
+        if let Some(&online) = self.ids.get(&id) {
+            crate::wire::native::encode(&Frame::Error { code: error_code::REPLACED, message }, &mut self.scratch);
+            let online_session = self.conns[online].session;
+            if online_session > session {
+                // This connection was accepted before the one online with
+                // its id: a HELLO that waited (in the backlog, or behind a
+                // frozen daemon) is older, and must not displace the newer.
+                return Progress::close(
+                    OfflineReason::Replaced,
+                    format!("stale HELLO: session {online_session} is newer"),
+                );
+            }
+            self.close(online, OfflineReason::Replaced, Some(format!("by session {session}")), now);
         }
-        let session = self.take_session();
         let conn = &mut self.conns[key];
         let cfg = &self.listeners[conn.listener].cfg;
-        conn.welcome(session, now, cfg);
+        conn.welcome(now, cfg, &mut self.scratch);
         self.ids.insert(id, key);
         self.emit_online(key);
         self.arm(key);
         let conn = &mut self.conns[key];
         let cfg = &self.listeners[conn.listener].cfg;
-        conn.resume(now, cfg)
+        conn.resume(now, cfg, &mut self.scratch)
     }
 
     fn take_session(&mut self) -> u64 {
@@ -597,7 +621,8 @@ impl Server {
             self.wheel.cancel(id);
         }
         // Best effort for the last frame; its failure changes nothing.
-        let _ = conn.flush();
+        let _ = conn.flush(&mut self.scratch);
+        self.scratch.clear();
         let listener = &self.listeners[conn.listener].cfg.name;
         self.metrics.count_closed_heartbeats(listener, conn.heartbeats);
         if reason == OfflineReason::ProtocolError {
@@ -655,7 +680,7 @@ impl Server {
 
     fn drain_after_close(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        if conn.flush() != Progress::Continue || !conn.wants_write() {
+        if conn.flush(&mut self.scratch) != Progress::Continue || !conn.wants_write() {
             self.doomed.push(key);
         }
     }
@@ -721,7 +746,7 @@ impl Server {
     fn say_bye(&mut self, key: usize) {
         let conn = &mut self.conns[key];
         if conn.proto == Protocol::Native {
-            conn.queue_frame(&Frame::Bye("shutdown"));
+            crate::wire::native::encode(&Frame::Bye("shutdown"), &mut self.scratch);
         }
     }
 
@@ -803,12 +828,16 @@ impl Server {
         }
         logging::set_level(new.daemon.log_level);
         let (mut added, mut removed, mut changed) = (0, 0, 0);
-        let current: Vec<(usize, ListenerConfig)> = self.listeners.iter().map(|(k, l)| (k, l.cfg.clone())).collect();
-        for (lkey, old) in current {
+        let current: Vec<(usize, ListenerConfig, Option<SocketAddr>)> =
+            self.listeners.iter().map(|(k, l)| (k, l.cfg.clone(), l.bound_address())).collect();
+        for (lkey, old, bound) in current {
             match new.listeners.iter().find(|n| n.name == old.name) {
-                Some(n) if n.address == old.address && n.protocol == old.protocol => {
-                    if *n != old {
-                        self.update_listener(lkey, n.clone(), now);
+                // The same socket keeps serving when the address is as
+                // configured before, or now names the port that ":0" got.
+                Some(n) if (n.address == old.address || Some(n.address) == bound) && n.protocol == old.protocol => {
+                    let n = ListenerConfig { address: old.address, ..n.clone() };
+                    if n != old {
+                        self.update_listener(lkey, n, now);
                         changed += 1;
                     }
                 }
@@ -884,7 +913,7 @@ impl Server {
                 }
             }
             if timing && conn.proto == Protocol::Native && conn.is_online() {
-                conn.queue_welcome(cfg);
+                conn.queue_welcome(cfg, &mut self.scratch);
             }
             self.settle(key, Progress::Continue, now);
             if !self.conns[key].closing {

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
 use slab::Slab;
@@ -23,7 +24,7 @@ pub struct StatusView<'a> {
     /// Listener names by listener key.
     pub listener_names: &'a dyn Fn(usize) -> &'a str,
     /// Online native clients by id.
-    pub ids: &'a HashMap<Box<str>, usize>,
+    pub ids: &'a HashMap<Rc<str>, usize>,
     /// The loop's counters.
     pub metrics: &'a Metrics,
     /// Timers armed in the wheel.

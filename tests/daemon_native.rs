@@ -187,6 +187,25 @@ fn same_id_replaces_older_connection() {
     assert_eq!(Audit::of(&d.lines()).problems(), Vec::<String>::new());
 }
 
+/// A HELLO that waited on a connection accepted earlier (a backlog drained
+/// after a freeze) is older than the connection already online with its
+/// id: it gets ERROR 6 itself and the newer connection stays.
+#[test]
+fn stale_hello_from_an_earlier_connection_does_not_replace_a_newer_one() {
+    let d = Daemon::start(&slow(""));
+    let addr = d.addr("main");
+    let mut earlier = NativeClient::connect(addr);
+    let (mut later, w) = NativeClient::handshake(addr, "twin", "");
+    earlier.hello("twin", "");
+    earlier.expect_error(ERR_REPLACED);
+    let peer = earlier.local.to_string();
+    let failed = d.wait(ev("handshake-failed").kv("peer", &peer));
+    assert!(failed.field("error").contains("stale HELLO"), "{failed}");
+    later.round_trip(b"still the one");
+    d.assert_none(ev("offline").kv("session", w.session));
+    d.assert_none(ev("online").kv("peer", &peer));
+}
+
 #[test]
 fn hello_twice_is_error_7_and_protocol_error() {
     let d = Daemon::start(&slow(""));

@@ -253,6 +253,26 @@ fn sigusr1_lists_online_clients() {
 
 // ---- SIGHUP ---------------------------------------------------------------
 
+/// Writing the port that `:0` picked into the file is no change of
+/// address: the listener and its clients stay.
+#[test]
+fn sighup_with_the_bound_port_keeps_the_listener() {
+    let d = Daemon::start(&config("50ms", "", &[native("main", "interval = \"1s\"\nmisses = 5")]));
+    let main = d.addr("main");
+    let (mut a, wa) = NativeClient::handshake(main, "port-a", "");
+    let mark = d.mark();
+    let pinned = format!("address = \"{main}\"\n");
+    let text = config("50ms", "", &[native("main", "interval = \"1s\"\nmisses = 5")])
+        .replace("address = \"127.0.0.1:0\"\n", &pinned);
+    assert!(text.contains(&pinned), "the rewritten config names the bound port:\n{text}");
+    d.dir.write("heartbeatd.toml", &text);
+    d.signal(libc::SIGHUP);
+    let done = d.wait_from(mark, ev("reloaded"), DEADLINE);
+    assert_eq!((done.num("added"), done.num("removed"), done.num("changed")), (0, 0, 0), "{done}");
+    a.round_trip(b"same listener");
+    d.assert_none(ev("offline").kv("session", wa.session));
+}
+
 #[test]
 fn sighup_applies_a_good_file() {
     let d = Daemon::start(&config(

@@ -1,0 +1,167 @@
+//! Reconnect delays: exponential backoff with full jitter.
+//!
+//! Attempt `n` (counted from 0 since the last reset) has the ceiling
+//! `min(cap, base × 2ⁿ)`; its delay is drawn uniformly from `[0, ceiling]`.
+//! The jitter is applied *after* the cap, so once a fleet of agents that
+//! lost the daemon together has reached the cap, their attempts are still
+//! spread over the whole `[0, cap]` window instead of arriving in one wave
+//! ("full jitter" in the AWS architecture blog's comparison).
+//!
+//! | attempt | ceiling (base 200 ms, cap 30 s) |
+//! |---------|---------------------------------|
+//! | 0       | 200 ms                          |
+//! | 1       | 400 ms                          |
+//! | 7       | 25.6 s                          |
+//! | 8 and on| 30 s                            |
+//!
+//! Invariants:
+//! - every delay lies in `[0, ceiling(attempt)] ⊆ [0, cap]`;
+//! - ceilings never decrease between two resets, and double until the cap;
+//! - the schedule is pure: a seeded [`fastrand::Rng`] gives the same delays
+//!   every time, which is how the unit tests check it.
+
+use std::time::Duration;
+
+/// The reconnect schedule of one agent.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+    rng: fastrand::Rng,
+}
+
+impl Backoff {
+    /// A schedule starting at attempt 0. A `cap` below `base` makes every
+    /// ceiling equal to `cap`.
+    pub fn new(base: Duration, cap: Duration, rng: fastrand::Rng) -> Backoff {
+        Backoff { base, cap, attempt: 0, rng }
+    }
+
+    /// The ceiling of attempt `attempt`: `min(cap, base × 2^attempt)`,
+    /// saturating instead of overflowing.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt).unwrap_or(u32::MAX);
+        self.base.checked_mul(factor).map_or(self.cap, |d| d.min(self.cap))
+    }
+
+    /// Draws the delay before the next attempt and moves to the one after.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceiling(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        // Nanoseconds in a u64 cover 584 years; a larger cap saturates.
+        let max = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(self.rng.u64(0..=max))
+    }
+
+    /// Starts over at attempt 0: the last connection stayed up long enough
+    /// to count as healthy.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The attempt the next [`Backoff::next_delay`] is for, from 0.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: Duration = Duration::from_millis(200);
+    const CAP: Duration = Duration::from_secs(30);
+
+    fn schedule(seed: u64) -> Backoff {
+        Backoff::new(BASE, CAP, fastrand::Rng::with_seed(seed))
+    }
+
+    #[test]
+    fn ceilings_double_until_the_cap_then_stay() {
+        let b = schedule(1);
+        let expected_ms = [200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 30_000, 30_000];
+        for (attempt, ms) in expected_ms.iter().enumerate() {
+            let attempt = u32::try_from(attempt).expect("small");
+            assert_eq!(b.ceiling(attempt), Duration::from_millis(*ms), "{attempt}");
+        }
+        // Far past the point where base × 2ⁿ overflows: still the cap.
+        assert_eq!(b.ceiling(31), CAP);
+        assert_eq!(b.ceiling(32), CAP);
+        assert_eq!(b.ceiling(u32::MAX), CAP);
+    }
+
+    #[test]
+    fn every_delay_lies_within_its_ceiling() {
+        for seed in 0..200 {
+            let mut b = schedule(seed);
+            for attempt in 0..40 {
+                assert_eq!(b.attempt(), attempt);
+                let ceiling = b.ceiling(attempt);
+                let d = b.next_delay();
+                assert!(d <= ceiling, "seed {seed} attempt {attempt}: {d:?} > {ceiling:?}");
+                assert!(d <= CAP);
+            }
+        }
+    }
+
+    #[test]
+    fn delays_grow_with_the_attempt_on_average() {
+        // Full jitter makes single delays non-monotonic on purpose; the mean
+        // of many samples per attempt must still track ceiling / 2.
+        let mut sums = [Duration::ZERO; 10];
+        let runs = 2_000u32;
+        for seed in 0..u64::from(runs) {
+            let mut b = schedule(seed);
+            for sum in sums.iter_mut() {
+                *sum += b.next_delay();
+            }
+        }
+        let b = schedule(0);
+        for (attempt, sum) in sums.iter().enumerate() {
+            let mean = *sum / runs;
+            let half = b.ceiling(u32::try_from(attempt).expect("small")) / 2;
+            let (lo, hi) = (half.mul_f64(0.9), half.mul_f64(1.1));
+            assert!(mean >= lo && mean <= hi, "attempt {attempt}: mean {mean:?} not within 10 % of {half:?}");
+        }
+    }
+
+    #[test]
+    fn jitter_spreads_over_the_whole_window_after_the_cap() {
+        // Jitter after the cap: at a capped attempt, samples reach both the
+        // bottom and the top tenth of [0, cap].
+        let mut low = false;
+        let mut high = false;
+        let mut b = schedule(7);
+        for _ in 0..20 {
+            b.next_delay();
+        }
+        for _ in 0..500 {
+            let d = b.next_delay();
+            low |= d < CAP / 10;
+            high |= d > CAP.mul_f64(0.9);
+        }
+        assert!(low && high);
+    }
+
+    #[test]
+    fn reset_starts_over_and_seed_repeats() {
+        let mut a = schedule(42);
+        let mut b = schedule(42);
+        let first: Vec<Duration> = (0..5).map(|_| a.next_delay()).collect();
+        let again: Vec<Duration> = (0..5).map(|_| b.next_delay()).collect();
+        assert_eq!(first, again);
+        a.reset();
+        assert_eq!(a.attempt(), 0);
+        assert!(a.next_delay() <= BASE);
+    }
+
+    #[test]
+    fn cap_below_base_caps_everything() {
+        let mut b = Backoff::new(Duration::from_secs(5), Duration::from_secs(1), fastrand::Rng::with_seed(3));
+        assert_eq!(b.ceiling(0), Duration::from_secs(1));
+        for _ in 0..100 {
+            assert!(b.next_delay() <= Duration::from_secs(1));
+        }
+    }
+}
