@@ -761,13 +761,21 @@ fn agent_events(agents: &[Proc], marks: &[usize], event: &str, timeout: Duration
         .collect()
 }
 
-/// Records agents' `daemon-lost` lines measured from `reference`.
+/// Records agents' `daemon-lost` lines measured from `reference`. An agent
+/// that reports `timeout` must have been silent for the whole timeout by
+/// its own clock (`silent_ms`): never early.
 fn record_lost(outcome: &mut Outcome, agents: &[Proc], lines: Vec<Option<Line>>, reference: Instant) {
+    let timeout_ms = (AGENT_INTERVAL * AGENT_MISSES).as_millis();
     for (a, line) in agents.iter().zip(lines) {
         match line {
             Some(l) => {
                 outcome.event(l.field("reason"), reference, l.at);
                 outcome.notes.push(format!("{}: {}", a.name, l.message));
+                if l.field("reason") == "timeout" && u128::from(l.num("silent_ms")) < timeout_ms {
+                    outcome
+                        .problems
+                        .push(format!("{}: timeout after less than {timeout_ms} ms: {}", a.name, l.message));
+                }
             }
             None => outcome.missing(format!("{}: no daemon-lost line:\n{}", a.name, a.text())),
         }
