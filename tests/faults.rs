@@ -133,3 +133,46 @@ fn retransmission_timeout_matches_the_kernel_figures() {
     assert_eq!(rto(9), Duration::from_millis(204_600));
     assert_eq!(rto(10), Duration::from_millis(324_600));
 }
+
+/// The guard contract: a fault test that fails half-way still removes every
+/// namespace (and with them the links) and kills every process it made.
+#[test]
+fn a_failing_fault_test_leaves_no_namespace_or_process_behind() {
+    use std::panic::{self, AssertUnwindSafe};
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    if !netns::can_run("a_failing_fault_test_leaves_no_namespace_or_process_behind") {
+        return;
+    }
+    let made: Mutex<(Vec<String>, Vec<i32>)> = Mutex::new((Vec::new(), Vec::new()));
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        let topo = netns::Topology::new("cleanup", 2);
+        let mut m = made.lock().expect("lock");
+        m.0.extend([&topo.daemon, &topo.switch].into_iter().chain(&topo.clients).map(|ns| ns.name.clone()));
+        let addr = std::net::SocketAddr::new(netns::Topology::daemon_ip(0).into(), 0);
+        let text = common::config("50ms", "", &[netns::listener("main", "native", addr, "interval = \"1s\"")]);
+        let d = topo.start_daemon(&text, None);
+        m.1.push(d.pid());
+        let args = [d.addr("main").to_string(), "cleanup".to_string(), "100".to_string()];
+        let helper = netns::Proc::spawn(
+            "cleanup",
+            &topo.clients[0],
+            netns::helper_command("pinger", &args),
+            netns::Output::Stdout,
+        );
+        m.1.push(helper.pid);
+        helper.wait_from(0, format!("{}online", netns::HELPER_PREFIX), std::time::Duration::from_secs(10));
+        drop(m);
+        panic!("a deliberate failure, with a daemon and a helper running");
+    }));
+    assert!(result.is_err(), "the scenario was meant to fail");
+    let (names, pids) = made.into_inner().expect("lock");
+    assert_eq!(names.len(), 4, "daemon, switch and two client namespaces were made");
+    for name in &names {
+        assert!(!Path::new(netns::NETNS_DIR).join(name).exists(), "namespace {name} left behind");
+    }
+    for pid in &pids {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} left behind");
+    }
+}

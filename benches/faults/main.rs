@@ -274,22 +274,30 @@ fn print_report(args: &Args, rows: &[(String, Row)], skipped: &[String], took: D
         println!();
         println!("Skipped: {s}");
     }
-    let notes: Vec<String> = rows
-        .iter()
-        .filter_map(|(label, r)| r.outcomes.last().map(|o| (label, o)))
-        .flat_map(|(label, o)| {
-            o.notes
-                .iter()
-                .filter(|n| !n.starts_with("daemon:") && !n.starts_with("agent-"))
-                .map(move |n| format!("- {label}, last run: {n}"))
-        })
-        .collect();
-    if !notes.is_empty() {
+    let mut metrics: Vec<String> = Vec::new();
+    for (label, r) in rows {
+        let mut names: Vec<&str> = Vec::new();
+        for o in &r.outcomes {
+            for (name, _) in &o.metrics {
+                if !names.contains(name) {
+                    names.push(name);
+                }
+            }
+        }
+        for name in names {
+            let values: Vec<f64> =
+                r.outcomes.iter().flat_map(|o| o.metrics.iter().filter(|(n, _)| *n == name).map(|(_, v)| *v)).collect();
+            let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            metrics.push(format!("- {label}: {name}: min {min:.1}, max {max:.1} over {} runs", values.len()));
+        }
+    }
+    if !metrics.is_empty() {
         println!();
-        println!("Notes:");
+        println!("Measured alongside:");
         println!();
-        for n in notes {
-            println!("{n}");
+        for m in metrics {
+            println!("{m}");
         }
     }
 }

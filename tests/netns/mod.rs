@@ -679,7 +679,7 @@ impl Drop for Proc {
         let _ = child.wait();
         if thread::panicking() {
             drop(child);
-            let _ = writeln!(io::stderr(), "--- output of {} (test failed) ---\n{}--- end ---", self.name, self.text());
+            eprintln!("--- output of {} (test failed) ---\n{}--- end ---", self.name, self.text());
         }
     }
 }

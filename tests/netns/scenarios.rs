@@ -73,6 +73,8 @@ pub struct Outcome {
     pub lost: usize,
     /// Other measurements, printed with the outcome.
     pub notes: Vec<String>,
+    /// Named numbers the report summarises over runs (min and max).
+    pub metrics: Vec<(&'static str, f64)>,
     /// Other failed checks.
     pub problems: Vec<String>,
 }
@@ -98,6 +100,7 @@ impl Outcome {
             expected: 0,
             lost: 0,
             notes: Vec::new(),
+            metrics: Vec::new(),
             problems: Vec::new(),
         }
     }
@@ -545,6 +548,7 @@ pub fn frozen() -> Vec<Outcome> {
     if probes == 0 {
         outcome.problems.push("no keepalive probe was sent while the client was frozen".into());
     }
+    outcome.metrics.push(("keepalive probes answered by the frozen client's kernel", probes as f64));
     record_offline(&mut outcome, &d, line, session, last);
     vec![outcome]
 }
@@ -706,6 +710,8 @@ pub fn mass_loss(n: usize) -> Vec<Outcome> {
         stats.missed.len(),
         ms(stats.max_rtt)
     ));
+    outcome.metrics.push(("steady client's max PING/PONG RTT during the loss, ms", ms(stats.max_rtt)));
+    outcome.metrics.push(("steady client's PINGs without PONG", stats.missed.len() as f64));
     outcome.problems.extend(stats.missed.iter().map(|m| format!("steady client: {m}")));
     if stats.max_rtt > SLACK {
         outcome.problems.push(format!(
@@ -969,6 +975,8 @@ pub fn fd_exhaustion() -> Vec<Outcome> {
         elapsed.as_secs_f64(),
         FULL_CPU_MAX * 100.0
     ));
+    outcome.metrics.push(("daemon CPU while full, % of a core", share * 100.0));
+    outcome.metrics.push(("clients held under RLIMIT_NOFILE 32", held.len() as f64));
     if share >= FULL_CPU_MAX {
         outcome.problems.push(format!("daemon CPU {:.1} % of a core while full", share * 100.0));
     }
