@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use super::{helper_command, instant_of, listener, tcp_ext, Output, Proc, Topology, HELPER_PREFIX};
 use crate::common::{
-    config, ev, frame, ms, Audit, Daemon, End, Line, NativeClient, PlainClient, When, PING, PONG, SLACK,
+    config, ev, frame, ms, signed_ms, Audit, Daemon, End, Line, NativeClient, PlainClient, When, PING, PONG, SLACK,
 };
 
 /// The daemon's tick in every scenario.
@@ -200,15 +200,6 @@ impl Outcome {
             let _ = write!(out, "\n  PROBLEM: {p}");
         }
         out
-    }
-}
-
-/// Signed milliseconds from `from` to `to`.
-pub fn signed_ms(from: Instant, to: Instant) -> f64 {
-    if to >= from {
-        ms(to - from)
-    } else {
-        -ms(from - to)
     }
 }
 
@@ -834,7 +825,9 @@ pub fn daemon_side() -> Vec<Outcome> {
 
     // b. The link comes back: every agent reconnects within its backoff.
     let marks: Vec<usize> = agents.iter().map(Proc::mark).collect();
-    let (_, up) = topo.daemon_link_up(0);
+    // From the moment the cable goes back in: a SYN an agent retransmits
+    // may get through before `ip` has returned.
+    let (up, _) = topo.daemon_link_up(0);
     let back = agent_events(&agents, &marks, "connected", BACKOFF_CAP + CONNECT_TIMEOUT + Duration::from_secs(10));
     let bound =
         format!("backoff cap {} ms + connect timeout {} ms", BACKOFF_CAP.as_millis(), CONNECT_TIMEOUT.as_millis());
@@ -873,9 +866,12 @@ pub fn daemon_side() -> Vec<Outcome> {
     d1.wait_exit(Duration::from_secs(5));
 
     // d. The daemon restarts on the same address.
+    // From the moment the daemon is started: an agent may connect to it
+    // before the test has read its `listening` line.
     let marks: Vec<usize> = agents.iter().map(Proc::mark).collect();
+    let started = Instant::now();
     let d2 = topo.start_daemon(&text, None);
-    let started = d2.wait(ev("listening").kv("listener", "main")).at;
+    d2.wait(ev("listening").kv("listener", "main"));
     let back = agent_events(&agents, &marks, "connected", BACKOFF_CAP + CONNECT_TIMEOUT + Duration::from_secs(10));
     let mut restart_back = Outcome::new(
         "8d daemon restarted: agents reconnect",
