@@ -881,9 +881,19 @@ pub fn daemon_side() -> Vec<Outcome> {
         BACKOFF_CAP + CONNECT_TIMEOUT + SLACK,
     );
     record_connected(&mut restart_back, &agents, back, started);
+    // The daemon writes its online line before the WELCOME, but the test
+    // reads the two through different pipes: wait for the lines.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while d2.find_all(ev("online")).len() < AGENTS && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
     let online = d2.find_all(ev("online"));
     if online.len() != AGENTS {
-        restart_back.problems.push(format!("restarted daemon: {} online events, want {AGENTS}", online.len()));
+        restart_back.problems.push(format!(
+            "restarted daemon: {} online events, want {AGENTS}:\n{}",
+            online.len(),
+            d2.log_text()
+        ));
     }
     drop(agents);
     vec![link_lost, link_back, kill_lost, restart_back]
