@@ -263,6 +263,9 @@ const MIN_TICK: Duration = Duration::from_millis(1);
 const MAX_TICK: Duration = Duration::from_secs(1);
 /// `[daemon] max_clients` default.
 const DEFAULT_MAX_CLIENTS: usize = 65536;
+/// `[daemon] max_clients` range: 16 Mi connections is far past any fd
+/// limit, and keeps connection keys within the timer wheel's `u32`.
+const MAX_CLIENTS: RangeInclusive<i64> = 1..=16_777_216;
 /// `[daemon] shutdown_grace`: default and upper bound (5 min).
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(300);
@@ -480,7 +483,7 @@ impl Source<'_> {
             max_clients: self.int_in(
                 raw.max_clients.as_ref(),
                 "daemon.max_clients",
-                1..=i64::MAX,
+                MAX_CLIENTS,
                 DEFAULT_MAX_CLIENTS,
             )?,
             max_per_address: self.int_in(raw.max_per_address.as_ref(), "daemon.max_per_address", 0..=i64::MAX, 0)?,
@@ -1367,8 +1370,9 @@ mod tests {
 
     #[test]
     fn numbers_out_of_range() {
-        assert_err("[daemon]\nmax_clients = -1\n", 2, "daemon.max_clients", "must be >= 1, got -1");
-        assert_err("[daemon]\nmax_clients = 0\n", 2, "daemon.max_clients", ">= 1");
+        assert_err("[daemon]\nmax_clients = -1\n", 2, "daemon.max_clients", "must be 1..=16777216, got -1");
+        assert_err("[daemon]\nmax_clients = 0\n", 2, "daemon.max_clients", "1..=16777216");
+        assert_err("[daemon]\nmax_clients = 16777217\n", 2, "daemon.max_clients", "1..=16777216");
         assert_err("[daemon]\nmax_per_address = -5\n", 2, "daemon.max_per_address", ">= 0");
         assert_err(&listener("misses = 0\n"), 4, "listener[0].misses", "1..=1000");
         assert_err(&listener("misses = 1001\n"), 4, "listener[0].misses", "1..=1000");

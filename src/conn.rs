@@ -11,7 +11,7 @@
 //! Output is built in a scratch buffer the loop owns and lends to every
 //! call that may produce some (`out`), then written at once by
 //! [`Conn::flush`]; only what the socket does not take is kept, in a
-//! [`Pending`] box allocated on demand. An idle connection therefore owns
+//! `Pending` box allocated on demand. An idle connection therefore owns
 //! no heap memory beyond its id, and a heartbeat allocates nothing.
 //!
 //! Invariants:
@@ -31,6 +31,7 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -91,8 +92,8 @@ pub struct Conn {
     pub stream: TcpStream,
     /// The peer's address.
     pub peer: SocketAddr,
-    /// The key of the listener that accepted it.
-    pub listener: usize,
+    /// The key of the listener that accepted it (see [`Conn::listener`]).
+    listener: u32,
     /// The listener's protocol, fixed for the connection's life.
     pub proto: Protocol,
     /// Handshake or online.
@@ -102,9 +103,9 @@ pub struct Conn {
     /// The HELLO id (native, once received).
     pub id: Option<Rc<str>>,
     /// When the connection was accepted, then when it went online.
-    pub since: Instant,
+    since: Stamp,
     /// Last complete frame (native, legacy) or byte (raw) received.
-    pub last_activity: Instant,
+    last_activity: Stamp,
     /// Heartbeats received: PING/PONG frames (native), complete frames
     /// (legacy), reads with data (raw).
     pub heartbeats: u64,
@@ -131,13 +132,14 @@ impl Conn {
         Conn {
             stream,
             peer,
-            listener,
+            // Listener keys are small slab keys; u32::MAX would name none.
+            listener: u32::try_from(listener).unwrap_or(u32::MAX),
             proto,
             state: if proto == Protocol::Native { State::Handshake } else { State::Online },
             session: 0,
             id: None,
-            since: now,
-            last_activity: now,
+            since: Stamp::of(now),
+            last_activity: Stamp::of(now),
             heartbeats: 0,
             timer: None,
             writable_registered: false,
@@ -146,6 +148,21 @@ impl Conn {
             skip: 0,
             pending: None,
         }
+    }
+
+    /// The key of the listener that accepted it.
+    pub fn listener(&self) -> usize {
+        self.listener as usize
+    }
+
+    /// When the connection was accepted, or when it went online once it has.
+    pub fn since(&self) -> Instant {
+        self.since.instant()
+    }
+
+    /// When the last activity (complete frame, or byte for raw) arrived.
+    pub fn last_activity(&self) -> Instant {
+        self.last_activity.instant()
     }
 
     /// True once the connection has gone online.
@@ -174,7 +191,7 @@ impl Conn {
             Protocol::Legacy => self.ingest_legacy(data, now, cfg, out),
             Protocol::Raw => {
                 if !data.is_empty() {
-                    self.last_activity = now;
+                    self.last_activity = Stamp::of(now);
                     self.heartbeats += 1;
                     if cfg.echo {
                         out.extend_from_slice(data);
@@ -196,8 +213,8 @@ impl Conn {
     /// WELCOME to `out` and starts the liveness clock.
     pub fn welcome(&mut self, now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) {
         self.state = State::Online;
-        self.since = now;
-        self.last_activity = now;
+        self.since = Stamp::of(now);
+        self.last_activity = Stamp::of(now);
         self.queue_welcome(cfg, out);
     }
 
@@ -216,12 +233,13 @@ impl Conn {
     /// deadline applies (raw with `timeout = "0s"`).
     pub fn next_deadline(&self, cfg: &ListenerConfig) -> Option<Instant> {
         match self.state {
-            State::Handshake => Some(self.since + cfg.handshake_timeout),
+            State::Handshake => Some(self.since() + cfg.handshake_timeout),
             State::Online if cfg.timeout.is_zero() => None,
             State::Online => {
-                let offline_at = self.last_activity + cfg.timeout;
+                let last = self.last_activity();
+                let offline_at = last + cfg.timeout;
                 if cfg.server_ping && !self.pinged {
-                    Some(offline_at.min(self.last_activity + cfg.interval))
+                    Some(offline_at.min(last + cfg.interval))
                 } else {
                     Some(offline_at)
                 }
@@ -235,14 +253,14 @@ impl Conn {
     pub fn on_timer(&mut self, now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) -> Progress {
         match self.state {
             State::Handshake => {
-                if now >= self.since + cfg.handshake_timeout {
+                if now >= self.since() + cfg.handshake_timeout {
                     let message = "no HELLO within the handshake timeout";
                     native::encode(&Frame::Error { code: error_code::HANDSHAKE_TIMEOUT, message }, out);
                     return Progress::close(OfflineReason::Timeout, "handshake timeout");
                 }
             }
             State::Online => {
-                let silent = now.saturating_duration_since(self.last_activity);
+                let silent = now.saturating_duration_since(self.last_activity());
                 // The wheel never fires early, but the deadline may have
                 // moved on since this timer was armed: only the silence
                 // measured now convicts.
@@ -391,12 +409,13 @@ impl Conn {
                 return Progress::close(OfflineReason::ProtocolError, format!("bad token for id {id}"));
             }
             self.id = Some(id.into());
-            self.last_activity = now;
+            self.last_activity = Stamp::of(now);
             return Progress::Hello;
         }
         match frame {
             Frame::Ping(payload) => native::encode(&Frame::Pong(payload), out),
             Frame::Pong(_) => {}
+            Frame::Bye("") => return Progress::Close(OfflineReason::Left, None),
             Frame::Bye(reason) => return Progress::close(OfflineReason::Left, reason),
             Frame::Hello { .. } => {
                 native::encode(&Frame::Error { code: error_code::OUT_OF_ORDER, message: "HELLO sent twice" }, out);
@@ -408,7 +427,7 @@ impl Conn {
                 return Progress::close(OfflineReason::ProtocolError, "server-to-client frame from client");
             }
         }
-        self.last_activity = now;
+        self.last_activity = Stamp::of(now);
         self.heartbeats += 1;
         self.pinged = false;
         Progress::Continue
@@ -457,7 +476,7 @@ impl Conn {
 
     /// A complete legacy frame: activity.
     fn frame_done(&mut self, now: Instant) {
-        self.last_activity = now;
+        self.last_activity = Stamp::of(now);
         self.heartbeats += 1;
     }
 
@@ -480,6 +499,27 @@ impl Conn {
         if self.pending.as_ref().is_some_and(|p| p.partial.is_empty() && p.out.is_empty()) {
             self.pending = None;
         }
+    }
+}
+
+/// The process's monotonic epoch: the first instant a connection stamped.
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// A monotonic instant in 8 bytes where an `Instant` takes 16: nanoseconds
+/// after [`EPOCH`] (584 years of range). An instant before the epoch
+/// becomes the epoch: later, so a silence is never overstated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Stamp(u64);
+
+impl Stamp {
+    fn of(at: Instant) -> Stamp {
+        let epoch = *EPOCH.get_or_init(|| at);
+        Stamp(u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn instant(self) -> Instant {
+        // A stamp exists only once the epoch is set; `of` sets it.
+        EPOCH.get().map_or_else(Instant::now, |epoch| *epoch + Duration::from_nanos(self.0))
     }
 }
 

@@ -17,12 +17,19 @@ use crate::http::{ClientView, HttpStats, TcpView, View};
 use crate::metrics::{Gauges, Metrics};
 use crate::sockopt;
 
+/// Listener names by listener key: what the view needs of the loop's
+/// listener table.
+pub trait ListenerNames {
+    /// The name of the listener with this key ("" if there is none).
+    fn name(&self, key: usize) -> &str;
+}
+
 /// The loop's tables, borrowed for one request.
 pub struct StatusView<'a> {
     /// The connection table.
     pub conns: &'a Slab<Conn>,
-    /// Listener names by listener key.
-    pub listener_names: &'a dyn Fn(usize) -> &'a str,
+    /// The listener table.
+    pub listeners: &'a dyn ListenerNames,
     /// Online native clients by id.
     pub ids: &'a HashMap<Rc<str>, usize>,
     /// The loop's counters.
@@ -40,17 +47,17 @@ impl<'a> StatusView<'a> {
     }
 
     fn view_of(&self, conn: &Conn) -> ClientView {
-        let online_for = self.now.saturating_duration_since(conn.since);
+        let online_for = self.now.saturating_duration_since(conn.since());
         let since = SystemTime::now().checked_sub(online_for).unwrap_or(SystemTime::UNIX_EPOCH);
         ClientView {
             id: conn.client_id(),
             peer: conn.peer.to_string(),
-            listener: (self.listener_names)(conn.listener).to_owned(),
-            protocol: conn.proto.as_str(),
+            listener: self.listeners.name(conn.listener()).to_owned(),
+            protocol: conn.proto.as_str().to_owned(),
             session: conn.session,
             online_since: humantime::format_rfc3339_millis(since).to_string(),
             online_since_ms: unix_ms(since),
-            last_activity_ms: u64::try_from(self.now.saturating_duration_since(conn.last_activity).as_millis())
+            last_activity_ms: u64::try_from(self.now.saturating_duration_since(conn.last_activity()).as_millis())
                 .unwrap_or(u64::MAX),
             heartbeats: conn.heartbeats,
             tcp: sockopt::tcp_info(&conn.stream).map(|t| TcpView {
@@ -67,7 +74,7 @@ impl View for StatusView<'_> {
     fn clients(&self, listener: Option<&str>) -> Vec<ClientView> {
         let mut clients: Vec<ClientView> = self
             .online()
-            .filter(|c| listener.is_none_or(|name| (self.listener_names)(c.listener) == name))
+            .filter(|c| listener.is_none_or(|name| self.listeners.name(c.listener()) == name))
             .map(|c| self.view_of(c))
             .collect();
         clients.sort_by_key(|c| c.session);
@@ -86,7 +93,7 @@ impl View for StatusView<'_> {
     fn metrics(&self, http: &HttpStats) -> String {
         let mut listeners: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for conn in self.online() {
-            let entry = listeners.entry((self.listener_names)(conn.listener).to_owned()).or_default();
+            let entry = listeners.entry(self.listeners.name(conn.listener()).to_owned()).or_default();
             entry.0 += 1;
             entry.1 += conn.heartbeats;
         }

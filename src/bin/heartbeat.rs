@@ -1,18 +1,20 @@
-//! `heartbeat`: the client agent (`run`) and the health probe (`check`).
+//! `heartbeat`: the client agent (`run`), the health probe (`check`), and
+//! views of the daemon's status API (`status`, `watch`).
 //!
 //! A thin shell around [`heartbeatd::client`]: parse arguments, start
 //! logging, run, map the outcome to an exit code.
 //!
 //! Exit codes: `run` exits 0 after SIGINT/SIGTERM (BYE sent) and 1 when
 //! the daemon refused the agent for good (ERROR 2, 4 or 6) or it could not
-//! start; `check` exits 0 if the daemon is healthy and 1 otherwise; both
-//! exit 2 on invalid arguments.
+//! start; `check` exits 0 if the daemon is healthy and 1 otherwise;
+//! `status` and `watch` exit 1 when the status API cannot be read; all exit
+//! 2 on invalid arguments.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 use heartbeatd::client::{self, AgentConfig, CheckConfig, KeepaliveOptions};
@@ -44,6 +46,62 @@ enum Command {
                             or `unhealthy ... reason=R error=\"...\"`.\n\
                             Exit status: 0 healthy; 1 unhealthy or unreachable; 2 for invalid arguments.")]
     Check(CheckArgs),
+    /// List the clients online now, from the daemon's status API
+    /// (GET /clients): id, peer, listener, since, last seen, RTT.
+    #[command(after_help = "Exit status: 0 when the list was read; 1 when the status API cannot be read.")]
+    Status(StatusArgs),
+    /// Follow the daemon's presence feed (GET /events): one line per event,
+    /// starting with everyone online; reconnects and resumes if the stream
+    /// breaks. Stops on SIGINT or after --count events.
+    #[command(
+        after_help = "Lines: `present client=...` for each client online when the feed starts, then                             `<time> online ...` / `<time> offline ... reason=R` per change, and `gap ...` when                             a resumed feed missed events.
+Exit status: 0 after --count events; 1 when the                             status API cannot be reached at start."
+    )]
+    Watch(WatchArgs),
+}
+
+#[derive(Args)]
+struct Http {
+    /// The daemon's status API: the address of its `[http]` table.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7780")]
+    http: String,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    http: Http,
+
+    /// Print the JSON of /clients instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    /// Only the clients of this listener.
+    #[arg(long, value_name = "NAME")]
+    listener: Option<String>,
+
+    /// Bound on connecting and reading.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    http: Http,
+
+    /// Resume after this event id (as printed by --ids) instead of starting
+    /// with everyone online.
+    #[arg(long, value_name = "ID")]
+    last_event_id: Option<String>,
+
+    /// Stop after this many online/offline events.
+    #[arg(long, value_name = "N")]
+    count: Option<usize>,
+
+    /// Prefix each line with its event id.
+    #[arg(long)]
+    ids: bool,
 }
 
 #[derive(Args)]
@@ -127,6 +185,118 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run(args) => run(args),
         Command::Check(args) => check(args),
+        Command::Status(args) => status(args),
+        Command::Watch(args) => watch(args),
+    }
+}
+
+fn status(args: StatusArgs) -> ExitCode {
+    match client::status::clients(&args.http.http, args.listener.as_deref(), args.timeout) {
+        Ok(clients) if args.json => match serde_json::to_string_pretty(&clients) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("heartbeat: encoding JSON: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(clients) => {
+            print!("{}", client::status::table(&clients, SystemTime::now()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("heartbeat: reading http://{}/clients: {e}", args.http.http);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How long `watch` waits before resuming a broken feed.
+const WATCH_RETRY: Duration = Duration::from_secs(2);
+
+/// Longest silence on the feed before `watch` reconnects: the daemon sends
+/// a keepalive every 15 s.
+const WATCH_IDLE: Duration = Duration::from_secs(40);
+
+fn watch(args: WatchArgs) -> ExitCode {
+    let mut last_id = args.last_event_id.clone();
+    let mut seen = 0usize;
+    let mut connected_once = false;
+    loop {
+        let resume_after = last_id.clone();
+        let result = client::status::follow(&args.http.http, resume_after.as_deref(), WATCH_IDLE, |event| {
+            connected_once = true;
+            if let Some(id) = &event.id {
+                last_id = Some(id.clone());
+            }
+            for line in watch_lines(event) {
+                match (&event.id, args.ids) {
+                    (Some(id), true) => println!("{id} {line}"),
+                    _ => println!("{line}"),
+                }
+            }
+            if matches!(event.event.as_str(), "online" | "offline") {
+                seen += 1;
+            }
+            args.count.is_none_or(|n| seen < n)
+        });
+        if args.count.is_some_and(|n| seen >= n) {
+            return ExitCode::SUCCESS;
+        }
+        match result {
+            Err(e) if !connected_once => {
+                eprintln!("heartbeat: following http://{}/events: {e}", args.http.http);
+                return ExitCode::FAILURE;
+            }
+            Err(e) => eprintln!("heartbeat: feed broken ({e}); resuming in {}s", WATCH_RETRY.as_secs()),
+            Ok(()) => eprintln!("heartbeat: feed ended; resuming in {}s", WATCH_RETRY.as_secs()),
+        }
+        thread::sleep(WATCH_RETRY);
+    }
+}
+
+/// The lines `watch` prints for one feed event.
+fn watch_lines(event: &client::status::SseEvent) -> Vec<String> {
+    let Ok(data) = serde_json::from_str::<serde_json::Value>(&event.data) else {
+        return vec![format!("{} {}", event.event, Logfmt(&event.data))];
+    };
+    let text = |key: &str| data.get(key).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+    let field = |key: &str| text(key).map(|v| format!(" {key}={}", Logfmt(&v))).unwrap_or_default();
+    match event.event.as_str() {
+        "snapshot" => {
+            let clients = data.get("clients").and_then(|c| c.as_array()).cloned().unwrap_or_default();
+            let mut lines = vec![format!("snapshot online={}", clients.len())];
+            lines.extend(clients.iter().map(|c| {
+                let get = |key: &str| c.get(key).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+                format!(
+                    "present client={} peer={} listener={} session={} since={}",
+                    Logfmt(&get("id").unwrap_or_default()),
+                    Logfmt(&get("peer").unwrap_or_default()),
+                    Logfmt(&get("listener").unwrap_or_default()),
+                    Logfmt(&get("session").unwrap_or_default()),
+                    Logfmt(&get("online_since").unwrap_or_default()),
+                )
+            }));
+            lines
+        }
+        "online" | "offline" => {
+            let mut line = format!("{} {}", text("at").unwrap_or_default(), event.event);
+            for key in ["client", "peer", "listener", "protocol", "session", "reason", "silent_ms", "connected_ms"] {
+                line.push_str(&field(key));
+            }
+            vec![line]
+        }
+        other => {
+            let mut line = other.to_owned();
+            if let Some(map) = data.as_object() {
+                for (key, value) in map {
+                    line.push_str(&format!(" {key}={}", Logfmt(&value.to_string())));
+                }
+            }
+            vec![line]
+        }
     }
 }
 

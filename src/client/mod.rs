@@ -10,9 +10,9 @@
 //! its event loop to the agent. [`start`] spawns the thread and returns a
 //! [`Handle`] that reports the [`Status`] (connecting, online, backing off
 //! or stopped; last RTT; last error) and stops the agent with a BYE.
-//! The thread sleeps in `read` with a timeout set from its next deadline
-//! (the next PING, or the silence after which the daemon counts as lost),
-//! so an idle agent costs no CPU.
+//! The thread sleeps in `ppoll` until its next deadline (the next PING, or
+//! the silence after which the daemon counts as lost), so an idle agent
+//! costs no CPU.
 //!
 //! # Behaviour
 //!
@@ -84,6 +84,7 @@ mod backoff;
 mod check;
 mod link;
 mod options;
+pub mod status;
 
 pub use agent::{start, Handle, LostReason, StartError, State, Status, StopReason, Stopper};
 pub use backoff::Backoff;

@@ -153,7 +153,7 @@ impl Http {
                 if let Some((method, target, last_event_id)) = request {
                     self.requests += 1;
                     let reply = route(&method, &target, last_event_id.as_deref(), view, &stats);
-                    start_reply(conn, &method, reply, &self.feed, view);
+                    start_reply(conn, &method, reply, &self.feed, view, self.cfg.subscriber_buffer);
                 }
             }),
             Phase::Streaming => drain_input(conn),
@@ -206,7 +206,7 @@ impl Http {
         for key in late {
             let conn = &mut self.conns[key];
             debug!("http-timeout peer={} received_bytes={}", conn.peer, conn.request.len());
-            queue_response(conn, 408, "text/plain; charset=utf-8", b"request not complete in time\n", true);
+            queue_error(conn, 408, "request not complete in time");
             self.settle(registry, key, Ok(()));
         }
         if now >= self.next_keepalive {
@@ -322,6 +322,10 @@ fn read_request(conn: &mut HttpConn) -> Result<Option<(String, String, Option<St
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(&conn.request) {
+        Ok(httparse::Status::Complete(head)) if head > MAX_REQUEST => {
+            queue_error(conn, 431, "request head too large");
+            Ok(None)
+        }
         Ok(httparse::Status::Complete(_)) => {
             let method = request.method.unwrap_or("GET").to_owned();
             let target = request.path.unwrap_or("/").to_owned();
@@ -334,32 +338,48 @@ fn read_request(conn: &mut HttpConn) -> Result<Option<(String, String, Option<St
             Ok(Some((method, target, last_event_id)))
         }
         Ok(httparse::Status::Partial) if conn.request.len() > MAX_REQUEST => {
-            queue_response(conn, 431, "text/plain; charset=utf-8", b"request head too large\n", true);
+            queue_error(conn, 431, "request head too large");
             Ok(None)
         }
         Ok(httparse::Status::Partial) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            queue_response(conn, 431, "text/plain; charset=utf-8", b"too many headers\n", true);
+            queue_error(conn, 431, "too many headers");
             Ok(None)
         }
         Err(e) => {
-            let body = format!("malformed request: {e}\n");
-            queue_response(conn, 400, "text/plain; charset=utf-8", body.as_bytes(), true);
+            queue_error(conn, 400, &format!("malformed request: {e}"));
             Ok(None)
         }
     }
 }
 
 /// Turns a routed reply into queued output and the connection's next phase.
-fn start_reply(conn: &mut HttpConn, method: &str, reply: Reply, feed: &Feed, view: &dyn View) {
+fn start_reply(
+    conn: &mut HttpConn,
+    method: &str,
+    reply: Reply,
+    feed: &Feed,
+    view: &dyn View,
+    subscriber_buffer: usize,
+) {
     conn.request = Vec::new();
     match reply {
         Reply::Full { status, content_type, body } => {
-            let body: &[u8] = if method == "HEAD" { &[] } else { &body };
-            queue_response(conn, status, content_type, body, false);
+            conn.phase = Phase::Replying;
+            // HEAD gets the headers GET would, Content-Length included.
+            response_head(&mut conn.out, status, content_type, body.len());
+            if method != "HEAD" {
+                conn.out.extend_from_slice(&body);
+            }
         }
         Reply::Events { last_event_id } => {
             conn.phase = Phase::Streaming;
+            // The kernel's send buffer would otherwise autotune to megabytes
+            // and hide a stalled subscriber behind it; sized like our own
+            // queue, a subscriber that stops reading is found within about
+            // three times `subscriber_buffer` of unread bytes. Failure only
+            // means a later drop.
+            let _ = socket2::SockRef::from(&conn.stream).set_send_buffer_size(subscriber_buffer);
             conn.out.extend_from_slice(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
                   X-Accel-Buffering: no\r\nConnection: keep-alive\r\n\r\n",
@@ -389,14 +409,13 @@ fn snapshot(conn: &mut HttpConn, feed: &Feed, view: &dyn View) {
     conn.out.extend_from_slice(feed::message(Some(feed.last_id()), "snapshot", &data).as_bytes());
 }
 
-/// Queues a complete response; `Connection: close` always.
-fn queue_response(conn: &mut HttpConn, status: u16, content_type: &str, body: &[u8], discard_input: bool) {
-    if discard_input {
-        conn.request = Vec::new();
-    }
+/// Queues a plain-text error response and forgets the request.
+fn queue_error(conn: &mut HttpConn, status: u16, message: &str) {
+    conn.request = Vec::new();
     conn.phase = Phase::Replying;
-    response_head(&mut conn.out, status, content_type, body.len());
-    conn.out.extend_from_slice(body);
+    let body = format!("{message}\n");
+    response_head(&mut conn.out, status, "text/plain; charset=utf-8", body.len());
+    conn.out.extend_from_slice(body.as_bytes());
 }
 
 /// A response head; every response but the event stream closes after.

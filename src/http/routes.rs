@@ -10,13 +10,14 @@
 //! | `GET /events` | Server-Sent Events feed (see `feed`) |
 //! | anything else | 404, or 405 for a method other than GET/HEAD |
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The dashboard, built into the binary.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// One online client as `/clients` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One online client as `/clients` shows it (and `heartbeat status` reads
+/// it back).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClientView {
     /// HELLO id, or the peer address for legacy and raw clients.
     pub id: String,
@@ -25,7 +26,7 @@ pub struct ClientView {
     /// Listener name.
     pub listener: String,
     /// `native`, `legacy` or `raw`.
-    pub protocol: &'static str,
+    pub protocol: String,
     /// Session number.
     pub session: u64,
     /// When it went online, RFC 3339 UTC.
@@ -41,7 +42,7 @@ pub struct ClientView {
 }
 
 /// `TCP_INFO` fields of a client connection.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TcpView {
     /// Smoothed round-trip time, microseconds.
     pub rtt_us: u32,
@@ -208,7 +209,7 @@ mod tests {
             id: id.into(),
             peer: "127.0.0.1:1".into(),
             listener: listener.into(),
-            protocol: "native",
+            protocol: "native".into(),
             session: 1,
             online_since: "2026-01-01T00:00:00.000Z".into(),
             online_since_ms: 0,

@@ -5,8 +5,11 @@
 //! registry and the wheel. It moves bytes between sockets and [`Conn`]s,
 //! turns their decisions into events, and knows nothing of wire formats.
 //!
+//! This file holds the loop and the connections; `listeners.rs` binds,
+//! accepts and admits; `signals.rs` stops, reloads and lists clients.
+//!
 //! Invariants:
-//! - Exactly one offline event per online event: [`Server::close`] is the
+//! - Exactly one offline event per online event: `Server::close` is the
 //!   only place a connection leaves the online state, and it runs once per
 //!   connection (`Conn::closing`).
 //! - A closed connection is freed only after the current batch of poll
@@ -24,29 +27,32 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
-use mio::net::{TcpListener, TcpStream};
+use log::{info, warn};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::config::{self, Config, HttpConfig, ListenerConfig, Protocol};
+use crate::config::{self, Config, ListenerConfig, Protocol};
 use crate::conn::{Conn, Progress};
 use crate::event::{self, Client, Event, Logfmt, OfflineReason};
 use crate::http::Http;
-use crate::logging;
-use crate::metrics::{Metrics, Refusal};
-use crate::sockopt;
-use crate::status::StatusView;
-use crate::systemd::{self, ActivatedSocket, Notifier};
+use crate::metrics::Metrics;
+use crate::status::{ListenerNames, StatusView};
+use crate::systemd::{self, Notifier};
 use crate::wheel::Wheel;
 use crate::wire::native::{error_code, Frame};
+
+mod listeners;
+mod signals;
+
+use listeners::take_activated;
 
 /// Buckets in the timer wheel. With the default 100 ms tick one revolution
 /// is 102.4 s, longer than any sensible heartbeat timeout, so most timers
@@ -60,6 +66,13 @@ const READ_BUF: usize = 64 * 1024;
 /// turn. The socket stays readable; the loop comes back to it without
 /// sleeping.
 const READ_BUDGET: usize = 256 * 1024;
+
+/// Connections one listener may accept per poll round before the clients
+/// already connected get their turn. The listener may still have a backlog;
+/// the loop comes back to it without sleeping. Without this bound a flood
+/// of connects (a fleet reconnecting at once) keeps the accept loop busy
+/// while heartbeats of existing clients wait.
+const ACCEPT_BUDGET: usize = 256;
 
 /// How long accepting pauses after the process or system ran out of file
 /// descriptors. Pending connections wait in the kernel's backlog meanwhile.
@@ -86,9 +99,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
     /// A connection's handshake, ping or silence deadline.
-    Conn(usize),
+    Conn(u32),
     /// Retry accepting on a listener paused by fd exhaustion.
-    ResumeAccept(usize),
+    ResumeAccept(u32),
     /// Tell systemd the loop is alive.
     Watchdog,
     /// Send a `STATUS=` line that was held back by the rate limit.
@@ -134,6 +147,12 @@ struct Listener {
     exhausted_since: Option<Instant>,
 }
 
+impl ListenerNames for Slab<Listener> {
+    fn name(&self, key: usize) -> &str {
+        self.get(key).map_or("", |l| l.cfg.name.as_str())
+    }
+}
+
 impl Listener {
     /// The address the socket is bound to (port 0 resolved), while open.
     fn bound_address(&self) -> Option<SocketAddr> {
@@ -164,6 +183,8 @@ pub struct Server {
     doomed: Vec<usize>,
     /// Connections whose read budget ran out while still readable.
     again: Vec<usize>,
+    /// Listeners whose accept budget ran out with connections waiting.
+    accept_again: Vec<usize>,
     /// Set once shutdown has begun: the instant it must be over.
     stop_by: Option<Instant>,
     /// Clients online now (native after HELLO, legacy/raw from accept).
@@ -205,6 +226,7 @@ impl Server {
             scratch: Vec::new(),
             doomed: Vec::new(),
             again: Vec::new(),
+            accept_again: Vec::new(),
             stop_by: None,
             online: 0,
             notifier: Notifier::from_env(),
@@ -276,14 +298,17 @@ impl Server {
             for key in std::mem::take(&mut self.again) {
                 self.on_conn_event(key, false, now);
             }
+            for lkey in std::mem::take(&mut self.accept_again) {
+                self.accept(lkey, now);
+            }
             self.wheel.advance(now, &mut expired);
             for timer in expired.drain(..) {
                 match timer {
-                    Timer::Conn(key) => self.on_conn_timer(key, now),
+                    Timer::Conn(key) => self.on_conn_timer(key as usize, now),
                     Timer::ResumeAccept(lkey) => {
-                        if let Some(l) = self.listeners.get_mut(lkey) {
+                        if let Some(l) = self.listeners.get_mut(lkey as usize) {
                             l.paused = false;
-                            self.accept(lkey, now);
+                            self.accept(lkey as usize, now);
                         }
                     }
                     Timer::Watchdog => {
@@ -315,173 +340,12 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.again.is_empty() {
+        if !self.again.is_empty() || !self.accept_again.is_empty() {
             return Some(Duration::ZERO);
         }
         let http = self.http.as_ref().and_then(Http::next_deadline);
         let next = [self.wheel.next_expiry(), self.stop_by, http].into_iter().flatten().min()?;
         Some(next.saturating_duration_since(now))
-    }
-
-    // ---- listeners -------------------------------------------------------
-
-    /// Opens a listener: adopts the socket systemd passed for it, if any,
-    /// else binds its address.
-    fn open_listener(&mut self, cfg: ListenerConfig, adopted: Option<OwnedFd>) -> Result<(), ServerError> {
-        let what = format!("listener {} on {}", cfg.name, cfg.address);
-        let (mut socket, origin) = match adopted {
-            Some(fd) => {
-                let socket = std::net::TcpListener::from(fd);
-                socket.set_nonblocking(true).map_err(failed(format!("adopting {what}")))?;
-                if let Err(e) = sockopt::apply(&socket, &cfg.tcp) {
-                    warn!("sockopt-failed listener={} error={}", Logfmt(&cfg.name), Logfmt(&e.to_string()));
-                }
-                (TcpListener::from_std(socket), "systemd")
-            }
-            None => {
-                let socket =
-                    sockopt::bind_listener(cfg.address, &cfg.tcp).map_err(failed(format!("binding {what}")))?;
-                (socket, "bound")
-            }
-        };
-        let entry = self.listeners.vacant_entry();
-        self.poll
-            .registry()
-            .register(&mut socket, Token(LISTENER_BASE + entry.key()), Interest::READABLE)
-            .map_err(failed(format!("registering {what}")))?;
-        let address = socket.local_addr().map_err(failed(format!("reading the address of {what}")))?;
-        let tcp = match sockopt::effective(&socket) {
-            Ok(eff) => eff.to_string(),
-            Err(e) => format!("tcp_options_unreadable={}", Logfmt(&e.to_string())),
-        };
-        info!(
-            "listening listener={} address={} socket={} proto={} interval_ms={} timeout_ms={} {}",
-            Logfmt(&cfg.name),
-            address,
-            origin,
-            cfg.protocol,
-            cfg.interval.as_millis(),
-            cfg.timeout.as_millis(),
-            tcp
-        );
-        self.metrics.add_listener(&cfg.name);
-        entry.insert(Listener { cfg, socket: Some(socket), paused: false, exhausted_since: None });
-        Ok(())
-    }
-
-    fn close_listener(&mut self, lkey: usize, now: Instant) {
-        let keys: Vec<usize> =
-            self.conns.iter().filter(|(_, c)| c.listener == lkey && !c.closing).map(|(k, _)| k).collect();
-        for key in keys {
-            self.say_bye(key);
-            self.close(key, OfflineReason::Shutdown, Some("listener removed".into()), now);
-        }
-        let l = self.listeners.remove(lkey);
-        let address = l.bound_address().unwrap_or(l.cfg.address);
-        if let Some(mut socket) = l.socket {
-            // The socket closes on drop; deregistering first keeps the
-            // poll's interest list exact, and its failure changes nothing.
-            let _ = self.poll.registry().deregister(&mut socket);
-        }
-        info!("listener-closed listener={} address={}", Logfmt(&l.cfg.name), address);
-    }
-
-    fn accept(&mut self, lkey: usize, now: Instant) {
-        loop {
-            let Some(l) = self.listeners.get(lkey) else {
-                return;
-            };
-            let Some(socket) = &l.socket else { return };
-            if l.paused {
-                return;
-            }
-            match socket.accept() {
-                Ok((stream, peer)) => {
-                    if let Some(since) = l.exhausted_since {
-                        info!(
-                            "accept-resumed listener={} paused_ms={}",
-                            Logfmt(&l.cfg.name),
-                            now.saturating_duration_since(since).as_millis()
-                        );
-                        self.listeners[lkey].exhausted_since = None;
-                    }
-                    self.admit(lkey, stream, peer, now);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if is_resource_exhaustion(&e) => {
-                    self.metrics.count_accept_error(&l.cfg.name);
-                    // Accepting again at once would fail again and, with a
-                    // level of pending connections, spin a core: pause this
-                    // listener and let the wheel retry. Pending clients wait
-                    // in the kernel's backlog meanwhile.
-                    if l.exhausted_since.is_none() {
-                        warn!(
-                            "accept-paused listener={} error={} retry_ms={}",
-                            Logfmt(&l.cfg.name),
-                            Logfmt(&e.to_string()),
-                            ACCEPT_PAUSE.as_millis()
-                        );
-                    }
-                    let l = &mut self.listeners[lkey];
-                    l.paused = true;
-                    l.exhausted_since.get_or_insert(now);
-                    self.wheel.insert(now + ACCEPT_PAUSE, Timer::ResumeAccept(lkey));
-                    return;
-                }
-                // A connection that died in the backlog (ECONNABORTED) or an
-                // interrupted call costs only itself.
-                Err(e) => {
-                    debug!("accept-failed listener={} error={}", Logfmt(&l.cfg.name), Logfmt(&e.to_string()));
-                    self.metrics.count_accept_error(&l.cfg.name);
-                }
-            }
-        }
-    }
-
-    fn admit(&mut self, lkey: usize, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
-        let daemon = &self.config.daemon;
-        let cfg = &self.listeners[lkey].cfg;
-        let from_peer = self.per_address.get(&peer.ip()).copied().unwrap_or(0);
-        let refusal = if self.conns.len() >= daemon.max_clients {
-            Some((Refusal::MaxClients, daemon.max_clients))
-        } else if daemon.max_per_address > 0 && from_peer >= daemon.max_per_address {
-            Some((Refusal::MaxPerAddress, daemon.max_per_address))
-        } else {
-            None
-        };
-        if let Some((limit, value)) = refusal {
-            warn!("refused peer={} listener={} limit={} value={}", peer, Logfmt(&cfg.name), limit.as_str(), value);
-            self.metrics.count_refused(&cfg.name, limit);
-            if cfg.protocol == Protocol::Native {
-                let mut out = Vec::new();
-                crate::wire::native::encode(
-                    &Frame::Error { code: error_code::SERVER_FULL, message: "server full" },
-                    &mut out,
-                );
-                // Best effort: the socket is fresh, so 20-odd bytes fit its
-                // buffer; a failure only means the client learns by FIN.
-                let _ = io::Write::write(&mut stream, &out);
-            }
-            return;
-        }
-        if let Err(e) = sockopt::apply(&stream, &cfg.tcp) {
-            warn!("sockopt-failed peer={} listener={} error={}", peer, Logfmt(&cfg.name), Logfmt(&e.to_string()));
-        }
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
-            warn!("register-failed peer={} error={}", peer, Logfmt(&e.to_string()));
-            return;
-        }
-        entry.insert(Conn::new(stream, peer, lkey, cfg.protocol, now));
-        *self.per_address.entry(peer.ip()).or_insert(0) += 1;
-        // Sessions number connections in accept order, so the one accepted
-        // later is the newer one when two say HELLO with the same id.
-        self.conns[key].session = self.take_session();
-        if self.conns[key].is_online() {
-            self.emit_online(key);
-        }
-        self.arm(key);
     }
 
     // ---- connections -----------------------------------------------------
@@ -496,7 +360,7 @@ impl Server {
             }
             return;
         }
-        let cfg = &self.listeners[conn.listener].cfg;
+        let cfg = &self.listeners[conn.listener()].cfg;
         let (mut progress, more) = conn.read_some(&mut self.buf, READ_BUDGET, now, cfg, &mut self.scratch);
         if more {
             self.again.push(key);
@@ -515,7 +379,7 @@ impl Server {
         if conn.closing {
             return;
         }
-        let cfg = &self.listeners[conn.listener].cfg;
+        let cfg = &self.listeners[conn.listener()].cfg;
         let progress = conn.on_timer(now, cfg, &mut self.scratch);
         self.settle(key, progress, now);
         if !self.conns[key].closing {
@@ -562,13 +426,13 @@ impl Server {
             self.close(online, OfflineReason::Replaced, Some(format!("by session {session}")), now);
         }
         let conn = &mut self.conns[key];
-        let cfg = &self.listeners[conn.listener].cfg;
+        let cfg = &self.listeners[conn.listener()].cfg;
         conn.welcome(now, cfg, &mut self.scratch);
         self.ids.insert(id, key);
         self.emit_online(key);
         self.arm(key);
         let conn = &mut self.conns[key];
-        let cfg = &self.listeners[conn.listener].cfg;
+        let cfg = &self.listeners[conn.listener()].cfg;
         conn.resume(now, cfg, &mut self.scratch)
     }
 
@@ -581,10 +445,10 @@ impl Server {
     /// Arms (or moves) the connection's timer at its next deadline.
     fn arm(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        let deadline = conn.next_deadline(&self.listeners[conn.listener].cfg);
+        let deadline = conn.next_deadline(&self.listeners[conn.listener()].cfg);
         match (deadline, conn.timer) {
             (Some(at), Some(id)) => self.wheel.reschedule(id, at),
-            (Some(at), None) => conn.timer = Some(self.wheel.insert(at, Timer::Conn(key))),
+            (Some(at), None) => conn.timer = Some(self.wheel.insert(at, Timer::Conn(timer_key(key)))),
             (None, Some(id)) => {
                 self.wheel.cancel(id);
                 conn.timer = None;
@@ -623,7 +487,7 @@ impl Server {
         // Best effort for the last frame; its failure changes nothing.
         let _ = conn.flush(&mut self.scratch);
         self.scratch.clear();
-        let listener = &self.listeners[conn.listener].cfg.name;
+        let listener = &self.listeners[conn.listener()].cfg.name;
         self.metrics.count_closed_heartbeats(listener, conn.heartbeats);
         if reason == OfflineReason::ProtocolError {
             self.metrics.count_protocol_error(listener);
@@ -635,8 +499,8 @@ impl Server {
             let event = Event::Offline {
                 client: Client { id: &id, peer: conn.peer, listener, proto: conn.proto, session: conn.session },
                 reason,
-                silent: now.saturating_duration_since(conn.last_activity),
-                connected: now.saturating_duration_since(conn.since),
+                silent: now.saturating_duration_since(conn.last_activity()),
+                connected: now.saturating_duration_since(conn.since()),
                 detail: detail.as_deref(),
             };
             publish(&event, &mut self.metrics, &mut self.http, self.poll.registry());
@@ -703,7 +567,7 @@ impl Server {
         let event = Event::Online(Client {
             id: &id,
             peer: conn.peer,
-            listener: &self.listeners[conn.listener].cfg.name,
+            listener: &self.listeners[conn.listener()].cfg.name,
             proto: conn.proto,
             session: conn.session,
         });
@@ -711,18 +575,22 @@ impl Server {
     }
 
     fn on_http(&mut self, token: Token, now: Instant) {
-        let Some(http) = self.http.as_mut() else { return };
-        let listeners = &self.listeners;
-        let names = |lkey: usize| listeners.get(lkey).map_or("", |l| l.cfg.name.as_str());
-        let view = StatusView {
+        // Out of `self` while it reads the rest of it through the view.
+        let Some(mut http) = self.http.take() else { return };
+        http.handle(self.poll.registry(), token, now, &self.status_view(now));
+        self.http = Some(http);
+    }
+
+    /// What `/clients`, `/metrics` and SIGUSR1 show.
+    fn status_view(&self, now: Instant) -> StatusView<'_> {
+        StatusView {
             conns: &self.conns,
-            listener_names: &names,
+            listeners: &self.listeners,
             ids: &self.ids,
             metrics: &self.metrics,
             wheel_timers: self.wheel.len(),
             now,
-        };
-        http.handle(self.poll.registry(), token, now, &view);
+        }
     }
 
     /// Arms the rate-limited `STATUS=` update, when systemd listens.
@@ -749,204 +617,13 @@ impl Server {
             crate::wire::native::encode(&Frame::Bye("shutdown"), &mut self.scratch);
         }
     }
+}
 
-    // ---- signals ---------------------------------------------------------
-
-    fn on_signals(&mut self, now: Instant) {
-        let pending: Vec<i32> = self.signals.pending().collect();
-        for signal in pending {
-            match signal {
-                SIGTERM | SIGINT => self.begin_shutdown(signal, now),
-                SIGHUP => self.reload(now),
-                SIGUSR1 => self.log_clients(now),
-                _ => {}
-            }
-        }
-    }
-
-    fn begin_shutdown(&mut self, signal: i32, now: Instant) {
-        if self.stop_by.is_some() {
-            // A second stop signal: the operator wants out now. Every
-            // offline event was already emitted when shutdown began.
-            info!("stop-now signal={signal}");
-            self.stop_by = Some(now);
-            return;
-        }
-        self.notifier.stopping();
-        let grace = self.config.daemon.shutdown_grace;
-        info!("shutdown signal={} clients={} grace_ms={}", signal, self.conns.len(), grace.as_millis());
-        self.stop_by = Some(now + grace);
-        for (_, l) in self.listeners.iter_mut() {
-            if let Some(mut socket) = l.socket.take() {
-                let _ = self.poll.registry().deregister(&mut socket);
-            }
-        }
-        let keys: Vec<usize> = self.conns.iter().filter(|(_, c)| !c.closing).map(|(k, _)| k).collect();
-        for key in keys {
-            self.say_bye(key);
-            self.close(key, OfflineReason::Shutdown, None, now);
-        }
-    }
-
-    fn reload(&mut self, now: Instant) {
-        if self.stop_by.is_some() {
-            return;
-        }
-        let Some(path) = self.config_path.clone() else {
-            info!("reload-skipped reason=\"no config file: running on the embedded config\"");
-            return;
-        };
-        self.notifier.reloading();
-        match config::load(&path) {
-            Ok(new) => {
-                self.apply_config(new, now);
-                self.reload_error = None;
-                self.metrics.count_reload(true);
-            }
-            Err(e) => {
-                error!("reload-failed keeping=running-config error={}", Logfmt(&e.to_string()));
-                self.reload_error = Some(e.to_string());
-                self.metrics.count_reload(false);
-            }
-        }
-        // READY=1 ends the reload for systemd whether or not the file was
-        // accepted: the daemon is serving either way.
-        self.notifier.ready(&self.status_line());
-    }
-
-    /// Applies a validated config: daemon limits and log level at once;
-    /// listeners matched by name. A listener whose address or protocol
-    /// changed is closed and reopened; its clients go offline (`shutdown`).
-    fn apply_config(&mut self, mut new: Config, now: Instant) {
-        if new.daemon.tick != self.config.daemon.tick {
-            warn!(
-                "reload-tick-ignored running_ms={} configured_ms={} reason=\"tick changes take a restart\"",
-                self.config.daemon.tick.as_millis(),
-                new.daemon.tick.as_millis()
-            );
-            new.daemon.tick = self.config.daemon.tick;
-        }
-        logging::set_level(new.daemon.log_level);
-        let (mut added, mut removed, mut changed) = (0, 0, 0);
-        let current: Vec<(usize, ListenerConfig, Option<SocketAddr>)> =
-            self.listeners.iter().map(|(k, l)| (k, l.cfg.clone(), l.bound_address())).collect();
-        for (lkey, old, bound) in current {
-            match new.listeners.iter().find(|n| n.name == old.name) {
-                // The same socket keeps serving when the address is as
-                // configured before, or now names the port that ":0" got.
-                Some(n) if (n.address == old.address || Some(n.address) == bound) && n.protocol == old.protocol => {
-                    let n = ListenerConfig { address: old.address, ..n.clone() };
-                    if n != old {
-                        self.update_listener(lkey, n, now);
-                        changed += 1;
-                    }
-                }
-                _ => {
-                    self.close_listener(lkey, now);
-                    removed += 1;
-                }
-            }
-        }
-        for cfg in &new.listeners {
-            if self.listeners.iter().any(|(_, l)| l.cfg.name == cfg.name) {
-                continue;
-            }
-            match self.open_listener(cfg.clone(), None) {
-                Ok(()) => added += 1,
-                Err(e) => error!("listener-failed listener={} error={}", Logfmt(&cfg.name), Logfmt(&e.to_string())),
-            }
-        }
-        self.apply_http(new.http.clone(), now);
-        self.config = new;
-        info!("reloaded listeners={} added={} removed={} changed={}", self.listeners.len(), added, removed, changed);
-    }
-
-    /// Applies a reloaded `[http]` table: new limits in place, or the status
-    /// API closed and reopened when its address changed, added or removed.
-    fn apply_http(&mut self, wanted: Option<HttpConfig>, now: Instant) {
-        if let (Some(http), Some(cfg)) = (&mut self.http, &wanted) {
-            if http.config().address == cfg.address {
-                http.set_limits(cfg.clone());
-                return;
-            }
-        }
-        if let Some(mut old) = self.http.take() {
-            old.close_all(self.poll.registry());
-            info!("http-closed address={}", old.address());
-        }
-        if let Some(cfg) = wanted {
-            let address = cfg.address;
-            match Http::bind(cfg, self.poll.registry(), HTTP_BASE, now) {
-                Ok(http) => self.http = Some(http),
-                Err(e) => error!("http-failed address={} error={}", address, Logfmt(&e.to_string())),
-            }
-        }
-    }
-
-    /// Applies new settings to a running listener and its clients: fresh
-    /// socket options, re-armed deadlines, and a fresh WELCOME to native
-    /// clients when their interval or timeout changed.
-    fn update_listener(&mut self, lkey: usize, cfg: ListenerConfig, now: Instant) {
-        let old = std::mem::replace(&mut self.listeners[lkey].cfg, cfg);
-        let l = &self.listeners[lkey];
-        let timing = old.interval != l.cfg.interval || old.timeout != l.cfg.timeout;
-        let tcp = old.tcp != l.cfg.tcp;
-        if let (true, Some(socket)) = (tcp, &l.socket) {
-            if let Err(e) = sockopt::apply(socket, &l.cfg.tcp) {
-                warn!("sockopt-failed listener={} error={}", Logfmt(&l.cfg.name), Logfmt(&e.to_string()));
-            }
-        }
-        info!(
-            "listener-updated listener={} interval_ms={} timeout_ms={}",
-            Logfmt(&l.cfg.name),
-            l.cfg.interval.as_millis(),
-            l.cfg.timeout.as_millis()
-        );
-        let keys: Vec<usize> =
-            self.conns.iter().filter(|(_, c)| c.listener == lkey && !c.closing).map(|(k, _)| k).collect();
-        for key in keys {
-            let conn = &mut self.conns[key];
-            let cfg = &self.listeners[lkey].cfg;
-            if tcp {
-                if let Err(e) = sockopt::apply(&conn.stream, &cfg.tcp) {
-                    warn!("sockopt-failed peer={} error={}", conn.peer, Logfmt(&e.to_string()));
-                }
-            }
-            if timing && conn.proto == Protocol::Native && conn.is_online() {
-                conn.queue_welcome(cfg, &mut self.scratch);
-            }
-            self.settle(key, Progress::Continue, now);
-            if !self.conns[key].closing {
-                self.arm(key);
-            }
-        }
-    }
-
-    fn log_clients(&self, now: Instant) {
-        let names = |lkey: usize| self.listeners.get(lkey).map_or("", |l| l.cfg.name.as_str());
-        let view = StatusView {
-            conns: &self.conns,
-            listener_names: &names,
-            ids: &self.ids,
-            metrics: &self.metrics,
-            wheel_timers: self.wheel.len(),
-            now,
-        };
-        let online: Vec<&Conn> = view.online().collect();
-        info!("clients online={} connections={}", online.len(), self.conns.len());
-        for conn in online {
-            info!(
-                "client client={} peer={} listener={} proto={} session={} online_ms={} silent_ms={}",
-                Logfmt(&conn.client_id()),
-                conn.peer,
-                Logfmt(&self.listeners[conn.listener].cfg.name),
-                conn.proto,
-                conn.session,
-                now.saturating_duration_since(conn.since).as_millis(),
-                now.saturating_duration_since(conn.last_activity).as_millis()
-            );
-        }
-    }
+/// A slab key as a timer payload. Config caps `max_clients` far below
+/// `u32::MAX`, so keys fit; `u32::MAX` would name no connection, and its
+/// timer would find nothing to do.
+fn timer_key(key: usize) -> u32 {
+    u32::try_from(key).unwrap_or(u32::MAX)
 }
 
 /// Hands an event to every sink: the log or journal, the counters, the
@@ -957,21 +634,6 @@ fn publish(event: &Event<'_>, metrics: &mut Metrics, http: &mut Option<Http>, re
     if let Some(http) = http {
         http.publish(registry, event);
     }
-}
-
-/// Removes and returns the activated socket meant for `cfg`: the one whose
-/// `FileDescriptorName=` is the listener's name, else the one bound to its
-/// address.
-fn take_activated(activated: &mut Vec<ActivatedSocket>, cfg: &ListenerConfig) -> Option<OwnedFd> {
-    let index = activated
-        .iter()
-        .position(|s| s.name.as_deref() == Some(cfg.name.as_str()))
-        .or_else(|| activated.iter().position(|s| s.address == Some(cfg.address)))?;
-    Some(activated.remove(index).fd)
-}
-
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
 /// Reads and validates the config for the binary: the file at `path`, or the

@@ -1,0 +1,239 @@
+//! Reading a daemon's status API from the command line: the online clients
+//! (`heartbeat status`) and the live event feed (`heartbeat watch`).
+//!
+//! A deliberately small HTTP/1.1 client over a blocking `TcpStream`: one
+//! GET per connection (`Connection: close`), which is all the daemon's API
+//! speaks. The feed is parsed as Server-Sent Events: `field: value` lines,
+//! a blank line ends an event.
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, SystemTime};
+
+use crate::http::ClientView;
+
+/// Why the API could not be read.
+#[derive(Debug)]
+pub enum StatusError {
+    /// Connecting, sending or receiving failed.
+    Io(String, io::Error),
+    /// The daemon answered with a status other than 200.
+    Status(u16, String),
+    /// The answer was not what the API sends.
+    Malformed(String),
+}
+
+impl fmt::Display for StatusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StatusError::Io(what, e) => write!(f, "{what}: {e}"),
+            StatusError::Status(code, body) => write!(f, "HTTP {code}: {}", body.trim()),
+            StatusError::Malformed(what) => write!(f, "unexpected answer: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for StatusError {}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `id:` field, if any.
+    pub id: Option<String>,
+    /// The `event:` field (`message` when absent, as in browsers).
+    pub event: String,
+    /// The `data:` lines, joined by newlines.
+    pub data: String,
+}
+
+/// Sends `GET path` to `http` and returns the response reader positioned
+/// at the body, after checking for status 200.
+fn get(http: &str, path: &str, timeout: Duration, headers: &str) -> Result<BufReader<TcpStream>, StatusError> {
+    let address = http
+        .to_socket_addrs()
+        .map_err(|e| StatusError::Io(format!("resolving {http}"), e))?
+        .next()
+        .ok_or_else(|| StatusError::Malformed(format!("{http} resolves to no address")))?;
+    let mut stream = TcpStream::connect_timeout(&address, timeout)
+        .map_err(|e| StatusError::Io(format!("connecting to {address}"), e))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| StatusError::Io("setting a read timeout".into(), e))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {http}\r\nAccept: */*\r\nConnection: close\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).map_err(|e| StatusError::Io(format!("sending GET {path}"), e))?;
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).map_err(|e| StatusError::Io("reading the status line".into(), e))?;
+    let code: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| StatusError::Malformed(format!("status line {status_line:?}")))?;
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).map_err(|e| StatusError::Io("reading headers".into(), e))?;
+        if n == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    if code != 200 {
+        let mut body = String::new();
+        // The body only explains the status; a failure to read it is moot.
+        let _ = reader.take(4096).read_to_string(&mut body);
+        return Err(StatusError::Status(code, body));
+    }
+    Ok(reader)
+}
+
+/// The online clients, from `GET /clients[?listener=NAME]`.
+pub fn clients(http: &str, listener: Option<&str>, timeout: Duration) -> Result<Vec<ClientView>, StatusError> {
+    let path = match listener {
+        Some(name) => format!("/clients?listener={}", percent_encode(name)),
+        None => "/clients".to_owned(),
+    };
+    let mut body = String::new();
+    get(http, &path, timeout, "")?
+        .read_to_string(&mut body)
+        .map_err(|e| StatusError::Io("reading /clients".into(), e))?;
+    serde_json::from_str(&body).map_err(|e| StatusError::Malformed(format!("/clients is not the client list: {e}")))
+}
+
+/// Follows `GET /events`, calling `on_event` for each event until the
+/// stream ends (returns `Ok`) or `on_event` returns `false`.
+/// `last_event_id` resumes after that event. `idle` bounds the silence
+/// between two reads (the daemon sends a keepalive every 15 s).
+pub fn follow(
+    http: &str,
+    last_event_id: Option<&str>,
+    idle: Duration,
+    mut on_event: impl FnMut(&SseEvent) -> bool,
+) -> Result<(), StatusError> {
+    let headers = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
+    let reader = get(http, "/events", idle, &headers)?;
+    let mut event = SseEvent { id: None, event: String::new(), data: String::new() };
+    for line in reader.lines() {
+        let line = line.map_err(|e| StatusError::Io("reading the event stream".into(), e))?;
+        if line.is_empty() {
+            if !event.data.is_empty() || !event.event.is_empty() {
+                if event.event.is_empty() {
+                    event.event = "message".into();
+                }
+                if !on_event(&event) {
+                    return Ok(());
+                }
+            }
+            event = SseEvent { id: None, event: String::new(), data: String::new() };
+            continue;
+        }
+        // Lines starting with ':' are comments (keepalives).
+        let (field, value) = line.split_once(':').unwrap_or((line.as_str(), ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => event.id = Some(value.to_owned()),
+            "event" => event.event = value.to_owned(),
+            "data" => {
+                if !event.data.is_empty() {
+                    event.data.push('\n');
+                }
+                event.data.push_str(value);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The `heartbeat status` table: one row per client.
+pub fn table(clients: &[ClientView], now: SystemTime) -> String {
+    let header = ["ID", "PEER", "LISTENER", "PROTO", "SESSION", "ONLINE FOR", "LAST SEEN", "RTT"];
+    let rows: Vec<[String; 8]> = clients
+        .iter()
+        .map(|c| {
+            let since = SystemTime::UNIX_EPOCH + Duration::from_millis(c.online_since_ms);
+            let online_for = now.duration_since(since).unwrap_or_default();
+            [
+                c.id.clone(),
+                c.peer.clone(),
+                c.listener.clone(),
+                c.protocol.clone(),
+                c.session.to_string(),
+                short(online_for),
+                format!("{} ago", short(Duration::from_millis(c.last_activity_ms))),
+                c.tcp.map_or_else(|| "-".to_owned(), |t| format!("{:.2}ms", f64::from(t.rtt_us) / 1000.0)),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    out.push_str(&format!("{} online\n", clients.len()));
+    out
+}
+
+/// A duration to the second (or millisecond below one second), for humans.
+fn short(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis());
+    }
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string().replace(' ', "")
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::TcpView;
+
+    #[test]
+    fn table_has_a_row_per_client_and_aligned_columns() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let client = ClientView {
+            id: "dev-42".into(),
+            peer: "10.0.0.7:51234".into(),
+            listener: "main".into(),
+            protocol: "native".into(),
+            session: 17,
+            online_since: String::new(),
+            online_since_ms: (1_000_000 - 192) * 1000,
+            last_activity_ms: 1200,
+            heartbeats: 3,
+            tcp: Some(TcpView { rtt_us: 1500, rttvar_us: 10, retransmits: 0, unacked: 0 }),
+        };
+        let text = table(&[client], now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("ID      PEER"), "{text}");
+        assert!(lines[1].contains("dev-42") && lines[1].contains("3m12s") && lines[1].contains("1s ago"), "{text}");
+        assert!(lines[1].ends_with("1.50ms"), "{text}");
+        assert_eq!(lines[2], "1 online");
+        assert_eq!(lines[0].find("PEER"), lines[1].find("10.0.0.7"));
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
+        assert_eq!(percent_encode("main-1.x"), "main-1.x");
+    }
+}

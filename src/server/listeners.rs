@@ -1,0 +1,217 @@
+//! Listening sockets: binding or adopting them, closing them, accepting
+//! connections within a budget, and admitting each within the limits.
+//!
+//! Invariants:
+//! - accepting never spins: at most [`ACCEPT_BUDGET`] per listener per
+//!   round, and a listener out of file descriptors pauses (one warning per
+//!   episode) until the wheel retries it;
+//! - a refused connection never becomes a `Conn`: it gets ERROR 5 (native)
+//!   or a plain close, and a `refused` line.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::time::Instant;
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Token};
+
+use super::{failed, timer_key, Listener, Server, ServerError, Timer, ACCEPT_BUDGET, ACCEPT_PAUSE, LISTENER_BASE};
+use crate::config::{ListenerConfig, Protocol};
+use crate::conn::Conn;
+use crate::event::{Logfmt, OfflineReason};
+use crate::metrics::Refusal;
+use crate::sockopt;
+use crate::systemd::ActivatedSocket;
+use crate::wire::native::{error_code, Frame};
+
+impl Server {
+    /// Opens a listener: adopts the socket systemd passed for it, if any,
+    /// else binds its address.
+    pub(super) fn open_listener(&mut self, cfg: ListenerConfig, adopted: Option<OwnedFd>) -> Result<(), ServerError> {
+        let what = format!("listener {} on {}", cfg.name, cfg.address);
+        let (mut socket, origin) = match adopted {
+            Some(fd) => {
+                let socket = std::net::TcpListener::from(fd);
+                socket.set_nonblocking(true).map_err(failed(format!("adopting {what}")))?;
+                if let Err(e) = sockopt::apply(&socket, &cfg.tcp) {
+                    warn!("sockopt-failed listener={} error={}", Logfmt(&cfg.name), Logfmt(&e.to_string()));
+                }
+                (TcpListener::from_std(socket), "systemd")
+            }
+            None => {
+                let socket =
+                    sockopt::bind_listener(cfg.address, &cfg.tcp).map_err(failed(format!("binding {what}")))?;
+                (socket, "bound")
+            }
+        };
+        let entry = self.listeners.vacant_entry();
+        self.poll
+            .registry()
+            .register(&mut socket, Token(LISTENER_BASE + entry.key()), Interest::READABLE)
+            .map_err(failed(format!("registering {what}")))?;
+        let address = socket.local_addr().map_err(failed(format!("reading the address of {what}")))?;
+        if origin == "systemd" && address != cfg.address {
+            // Matched by FileDescriptorName=: systemd's socket wins, so say
+            // that the configured address is not the one served.
+            warn!(
+                "activated-address-differs listener={} configured={} serving={} \
+                 fix=\"make ListenStream= in heartbeatd.socket match the config\"",
+                Logfmt(&cfg.name),
+                cfg.address,
+                address
+            );
+        }
+        let tcp = match sockopt::effective(&socket) {
+            Ok(eff) => eff.to_string(),
+            Err(e) => format!("tcp_options_unreadable={}", Logfmt(&e.to_string())),
+        };
+        info!(
+            "listening listener={} address={} socket={} proto={} interval_ms={} timeout_ms={} {}",
+            Logfmt(&cfg.name),
+            address,
+            origin,
+            cfg.protocol,
+            cfg.interval.as_millis(),
+            cfg.timeout.as_millis(),
+            tcp
+        );
+        self.metrics.add_listener(&cfg.name);
+        entry.insert(Listener { cfg, socket: Some(socket), paused: false, exhausted_since: None });
+        Ok(())
+    }
+
+    pub(super) fn close_listener(&mut self, lkey: usize, now: Instant) {
+        let keys: Vec<usize> =
+            self.conns.iter().filter(|(_, c)| c.listener() == lkey && !c.closing).map(|(k, _)| k).collect();
+        for key in keys {
+            self.say_bye(key);
+            self.close(key, OfflineReason::Shutdown, Some("listener removed".into()), now);
+        }
+        let l = self.listeners.remove(lkey);
+        let address = l.bound_address().unwrap_or(l.cfg.address);
+        if let Some(mut socket) = l.socket {
+            // The socket closes on drop; deregistering first keeps the
+            // poll's interest list exact, and its failure changes nothing.
+            let _ = self.poll.registry().deregister(&mut socket);
+        }
+        info!("listener-closed listener={} address={}", Logfmt(&l.cfg.name), address);
+    }
+
+    pub(super) fn accept(&mut self, lkey: usize, now: Instant) {
+        for _ in 0..ACCEPT_BUDGET {
+            let Some(l) = self.listeners.get(lkey) else {
+                return;
+            };
+            let Some(socket) = &l.socket else { return };
+            if l.paused {
+                return;
+            }
+            match socket.accept() {
+                Ok((stream, peer)) => {
+                    if let Some(since) = l.exhausted_since {
+                        info!(
+                            "accept-resumed listener={} paused_ms={}",
+                            Logfmt(&l.cfg.name),
+                            now.saturating_duration_since(since).as_millis()
+                        );
+                        self.listeners[lkey].exhausted_since = None;
+                    }
+                    self.admit(lkey, stream, peer, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if is_resource_exhaustion(&e) => {
+                    self.metrics.count_accept_error(&l.cfg.name);
+                    // Accepting again at once would fail again and, with a
+                    // level of pending connections, spin a core: pause this
+                    // listener and let the wheel retry. Pending clients wait
+                    // in the kernel's backlog meanwhile.
+                    if l.exhausted_since.is_none() {
+                        warn!(
+                            "accept-paused listener={} error={} retry_ms={}",
+                            Logfmt(&l.cfg.name),
+                            Logfmt(&e.to_string()),
+                            ACCEPT_PAUSE.as_millis()
+                        );
+                    }
+                    let l = &mut self.listeners[lkey];
+                    l.paused = true;
+                    l.exhausted_since.get_or_insert(now);
+                    self.wheel.insert(now + ACCEPT_PAUSE, Timer::ResumeAccept(timer_key(lkey)));
+                    return;
+                }
+                // A connection that died in the backlog (ECONNABORTED) or an
+                // interrupted call costs only itself.
+                Err(e) => {
+                    debug!("accept-failed listener={} error={}", Logfmt(&l.cfg.name), Logfmt(&e.to_string()));
+                    self.metrics.count_accept_error(&l.cfg.name);
+                }
+            }
+        }
+        // Budget spent before WouldBlock: more may be waiting, and the edge
+        // that announced them will not come again.
+        self.accept_again.push(lkey);
+    }
+
+    pub(super) fn admit(&mut self, lkey: usize, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+        let daemon = &self.config.daemon;
+        let cfg = &self.listeners[lkey].cfg;
+        let from_peer = self.per_address.get(&peer.ip()).copied().unwrap_or(0);
+        let refusal = if self.conns.len() >= daemon.max_clients {
+            Some((Refusal::MaxClients, daemon.max_clients))
+        } else if daemon.max_per_address > 0 && from_peer >= daemon.max_per_address {
+            Some((Refusal::MaxPerAddress, daemon.max_per_address))
+        } else {
+            None
+        };
+        if let Some((limit, value)) = refusal {
+            warn!("refused peer={} listener={} limit={} value={}", peer, Logfmt(&cfg.name), limit.as_str(), value);
+            self.metrics.count_refused(&cfg.name, limit);
+            if cfg.protocol == Protocol::Native {
+                let mut out = Vec::new();
+                crate::wire::native::encode(
+                    &Frame::Error { code: error_code::SERVER_FULL, message: "server full" },
+                    &mut out,
+                );
+                // Best effort: the socket is fresh, so 20-odd bytes fit its
+                // buffer; a failure only means the client learns by FIN.
+                let _ = io::Write::write(&mut stream, &out);
+            }
+            return;
+        }
+        if let Err(e) = sockopt::apply(&stream, &cfg.tcp) {
+            warn!("sockopt-failed peer={} listener={} error={}", peer, Logfmt(&cfg.name), Logfmt(&e.to_string()));
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
+            warn!("register-failed peer={} error={}", peer, Logfmt(&e.to_string()));
+            return;
+        }
+        entry.insert(Conn::new(stream, peer, lkey, cfg.protocol, now));
+        *self.per_address.entry(peer.ip()).or_insert(0) += 1;
+        // Sessions number connections in accept order, so the one accepted
+        // later is the newer one when two say HELLO with the same id.
+        self.conns[key].session = self.take_session();
+        if self.conns[key].is_online() {
+            self.emit_online(key);
+        }
+        self.arm(key);
+    }
+}
+
+/// Removes and returns the activated socket meant for `cfg`: the one whose
+/// `FileDescriptorName=` is the listener's name, else the one bound to its
+/// address.
+pub(super) fn take_activated(activated: &mut Vec<ActivatedSocket>, cfg: &ListenerConfig) -> Option<OwnedFd> {
+    let index = activated
+        .iter()
+        .position(|s| s.name.as_deref() == Some(cfg.name.as_str()))
+        .or_else(|| activated.iter().position(|s| s.address == Some(cfg.address)))?;
+    Some(activated.remove(index).fd)
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}

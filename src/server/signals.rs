@@ -1,0 +1,211 @@
+//! What the operator asks through signals: stop (SIGTERM, SIGINT), reload
+//! the config (SIGHUP), list the clients (SIGUSR1).
+//!
+//! Invariants:
+//! - a stop emits every offline event (`shutdown`) at once, then gives BYE
+//!   frames until `shutdown_grace` to drain; a second stop signal ends it;
+//! - a reload either applies a whole validated file or changes nothing
+//!   (`reload-failed`), and tells systemd `RELOADING=1` then `READY=1`.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use log::{error, info, warn};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+
+use super::{Server, HTTP_BASE};
+use crate::config::{self, Config, HttpConfig, ListenerConfig, Protocol};
+use crate::conn::{Conn, Progress};
+use crate::event::{Logfmt, OfflineReason};
+use crate::http::Http;
+use crate::logging;
+use crate::sockopt;
+
+impl Server {
+    pub(super) fn on_signals(&mut self, now: Instant) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for signal in pending {
+            match signal {
+                SIGTERM | SIGINT => self.begin_shutdown(signal, now),
+                SIGHUP => self.reload(now),
+                SIGUSR1 => self.log_clients(now),
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) fn begin_shutdown(&mut self, signal: i32, now: Instant) {
+        if self.stop_by.is_some() {
+            // A second stop signal: the operator wants out now. Every
+            // offline event was already emitted when shutdown began.
+            info!("stop-now signal={signal}");
+            self.stop_by = Some(now);
+            return;
+        }
+        self.notifier.stopping();
+        let grace = self.config.daemon.shutdown_grace;
+        info!("shutdown signal={} clients={} grace_ms={}", signal, self.conns.len(), grace.as_millis());
+        self.stop_by = Some(now + grace);
+        for (_, l) in self.listeners.iter_mut() {
+            if let Some(mut socket) = l.socket.take() {
+                let _ = self.poll.registry().deregister(&mut socket);
+            }
+        }
+        let keys: Vec<usize> = self.conns.iter().filter(|(_, c)| !c.closing).map(|(k, _)| k).collect();
+        for key in keys {
+            self.say_bye(key);
+            self.close(key, OfflineReason::Shutdown, None, now);
+        }
+    }
+
+    pub(super) fn reload(&mut self, now: Instant) {
+        if self.stop_by.is_some() {
+            return;
+        }
+        let Some(path) = self.config_path.clone() else {
+            info!("reload-skipped reason=\"no config file: running on the embedded config\"");
+            return;
+        };
+        self.notifier.reloading();
+        match config::load(&path) {
+            Ok(new) => {
+                self.apply_config(new, now);
+                self.reload_error = None;
+                self.metrics.count_reload(true);
+            }
+            Err(e) => {
+                error!("reload-failed keeping=running-config error={}", Logfmt(&e.to_string()));
+                self.reload_error = Some(e.to_string());
+                self.metrics.count_reload(false);
+            }
+        }
+        // READY=1 ends the reload for systemd whether or not the file was
+        // accepted: the daemon is serving either way.
+        self.notifier.ready(&self.status_line());
+    }
+
+    /// Applies a validated config: daemon limits and log level at once;
+    /// listeners matched by name. A listener whose address or protocol
+    /// changed is closed and reopened; its clients go offline (`shutdown`).
+    pub(super) fn apply_config(&mut self, mut new: Config, now: Instant) {
+        if new.daemon.tick != self.config.daemon.tick {
+            warn!(
+                "reload-tick-ignored running_ms={} configured_ms={} reason=\"tick changes take a restart\"",
+                self.config.daemon.tick.as_millis(),
+                new.daemon.tick.as_millis()
+            );
+            new.daemon.tick = self.config.daemon.tick;
+        }
+        logging::set_level(new.daemon.log_level);
+        let (mut added, mut removed, mut changed) = (0, 0, 0);
+        let current: Vec<(usize, ListenerConfig, Option<SocketAddr>)> =
+            self.listeners.iter().map(|(k, l)| (k, l.cfg.clone(), l.bound_address())).collect();
+        for (lkey, old, bound) in current {
+            match new.listeners.iter().find(|n| n.name == old.name) {
+                // The same socket keeps serving when the address is as
+                // configured before, or now names the port that ":0" got.
+                Some(n) if (n.address == old.address || Some(n.address) == bound) && n.protocol == old.protocol => {
+                    let n = ListenerConfig { address: old.address, ..n.clone() };
+                    if n != old {
+                        self.update_listener(lkey, n, now);
+                        changed += 1;
+                    }
+                }
+                _ => {
+                    self.close_listener(lkey, now);
+                    removed += 1;
+                }
+            }
+        }
+        for cfg in &new.listeners {
+            if self.listeners.iter().any(|(_, l)| l.cfg.name == cfg.name) {
+                continue;
+            }
+            match self.open_listener(cfg.clone(), None) {
+                Ok(()) => added += 1,
+                Err(e) => error!("listener-failed listener={} error={}", Logfmt(&cfg.name), Logfmt(&e.to_string())),
+            }
+        }
+        self.apply_http(new.http.clone(), now);
+        self.config = new;
+        info!("reloaded listeners={} added={} removed={} changed={}", self.listeners.len(), added, removed, changed);
+    }
+
+    /// Applies a reloaded `[http]` table: new limits in place, or the status
+    /// API closed and reopened when its address changed, added or removed.
+    pub(super) fn apply_http(&mut self, wanted: Option<HttpConfig>, now: Instant) {
+        if let (Some(http), Some(cfg)) = (&mut self.http, &wanted) {
+            if http.config().address == cfg.address {
+                http.set_limits(cfg.clone());
+                return;
+            }
+        }
+        if let Some(mut old) = self.http.take() {
+            old.close_all(self.poll.registry());
+            info!("http-closed address={}", old.address());
+        }
+        if let Some(cfg) = wanted {
+            let address = cfg.address;
+            match Http::bind(cfg, self.poll.registry(), HTTP_BASE, now) {
+                Ok(http) => self.http = Some(http),
+                Err(e) => error!("http-failed address={} error={}", address, Logfmt(&e.to_string())),
+            }
+        }
+    }
+
+    /// Applies new settings to a running listener and its clients: fresh
+    /// socket options, re-armed deadlines, and a fresh WELCOME to native
+    /// clients when their interval or timeout changed.
+    pub(super) fn update_listener(&mut self, lkey: usize, cfg: ListenerConfig, now: Instant) {
+        let old = std::mem::replace(&mut self.listeners[lkey].cfg, cfg);
+        let l = &self.listeners[lkey];
+        let timing = old.interval != l.cfg.interval || old.timeout != l.cfg.timeout;
+        let tcp = old.tcp != l.cfg.tcp;
+        if let (true, Some(socket)) = (tcp, &l.socket) {
+            if let Err(e) = sockopt::apply(socket, &l.cfg.tcp) {
+                warn!("sockopt-failed listener={} error={}", Logfmt(&l.cfg.name), Logfmt(&e.to_string()));
+            }
+        }
+        info!(
+            "listener-updated listener={} interval_ms={} timeout_ms={}",
+            Logfmt(&l.cfg.name),
+            l.cfg.interval.as_millis(),
+            l.cfg.timeout.as_millis()
+        );
+        let keys: Vec<usize> =
+            self.conns.iter().filter(|(_, c)| c.listener() == lkey && !c.closing).map(|(k, _)| k).collect();
+        for key in keys {
+            let conn = &mut self.conns[key];
+            let cfg = &self.listeners[lkey].cfg;
+            if tcp {
+                if let Err(e) = sockopt::apply(&conn.stream, &cfg.tcp) {
+                    warn!("sockopt-failed peer={} error={}", conn.peer, Logfmt(&e.to_string()));
+                }
+            }
+            if timing && conn.proto == Protocol::Native && conn.is_online() {
+                conn.queue_welcome(cfg, &mut self.scratch);
+            }
+            self.settle(key, Progress::Continue, now);
+            if !self.conns[key].closing {
+                self.arm(key);
+            }
+        }
+    }
+
+    pub(super) fn log_clients(&self, now: Instant) {
+        let online: Vec<&Conn> = self.status_view(now).online().collect();
+        info!("clients online={} connections={}", online.len(), self.conns.len());
+        for conn in online {
+            info!(
+                "client client={} peer={} listener={} proto={} session={} online_ms={} silent_ms={}",
+                Logfmt(&conn.client_id()),
+                conn.peer,
+                Logfmt(&self.listeners[conn.listener()].cfg.name),
+                conn.proto,
+                conn.session,
+                now.saturating_duration_since(conn.since()).as_millis(),
+                now.saturating_duration_since(conn.last_activity()).as_millis()
+            );
+        }
+    }
+}

@@ -1,0 +1,798 @@
+//! heartbeatd as an operator meets it: the Debian package installed in a
+//! Debian bookworm system booted under a real systemd (`systemd-nspawn
+//! -b`), driven with `systemctl` and read with `journalctl`.
+//!
+//! What it proves, in one container:
+//! - `dpkg -i` enables and starts `heartbeatd.service` (the postinst) and
+//!   leaves `heartbeatd.socket` disabled; `systemctl stop`/`start` work and
+//!   `systemctl status` shows the daemon's `STATUS=` line;
+//! - a native client (bash and `/dev/tcp`, inside the container) produces
+//!   online/offline journal entries with the right `HEARTBEAT_*` fields and
+//!   priorities, `journalctl HEARTBEAT_REASON=left` finds them, and
+//!   `journalctl -p warning` shows exactly the losses;
+//! - `systemctl reload` after an interval edit sends a connected client a
+//!   fresh WELCOME with the new interval; a broken file makes `systemctl
+//!   reload` fail with the config error, and a SIGHUP that bypasses the
+//!   check keeps the service running (`reload-failed` in the journal, the
+//!   failure in the status);
+//! - `systemctl stop` with a client connected sends it BYE `shutdown` and
+//!   logs its offline event with reason `shutdown`;
+//! - with `heartbeatd.socket` started, a client's connection starts the
+//!   service, which adopts the socket and serves the client.
+//!
+//! It needs root, `systemd-nspawn` and `nsenter`, and the package built by
+//! `cargo deb` (.ci/test builds it as root). The bookworm tree comes from a
+//! cache made once by `debootstrap`. Without root it prints `skipped:` and
+//! passes, except under `CI=true`, where anything that stops it from
+//! running fails it.
+
+mod common;
+mod systemd_common;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use heartbeatd::event::{OFFLINE_MESSAGE_ID, ONLINE_MESSAGE_ID};
+use systemd_common::{frame, is_root, parse_frames, parse_welcome, skip, wait_until, which, TempDir, Welcome};
+
+/// A pristine `debootstrap --variant=minbase` bookworm tree with systemd.
+/// Copied per run, never booted itself.
+const CACHE: &str = "/var/cache/heartbeatd-tests/bookworm-debootstrapped";
+
+/// Held for the whole test: one container at a time on this machine, and
+/// one debootstrap filling the cache.
+const LOCK: &str = "/var/cache/heartbeatd-tests/e2e.lock";
+
+/// Where debootstrap fetches bookworm from when the cache is missing.
+const MIRROR: &str = "http://deb.debian.org/debian";
+
+/// Packages on top of minbase: an init that boots, the bus `systemctl`
+/// talks over, and `pgrep`/`ps` for debugging.
+const INCLUDE: &str = "systemd,systemd-sysv,dbus,procps";
+
+/// The port of the packaged config (/etc/heartbeatd/heartbeatd.toml).
+const PORT: u16 = 7700;
+
+/// Time allowed for one command inside the container.
+const COMMAND_TIME: Duration = Duration::from_secs(60);
+
+/// Time allowed for the journal to show an entry the daemon sent.
+const JOURNAL_TIME: Duration = Duration::from_secs(15);
+
+/// A native client in bash: `hbclient ID MODE OUT`. Every byte it receives
+/// is appended to OUT, which the test reads from the host side. MODE `bye`
+/// says HELLO, waits for WELCOME, says BYE and waits for the close; `drop`
+/// closes without BYE after WELCOME; `hold` PINGs every half second until
+/// `OUT.stop` exists or the daemon closes the connection.
+const CLIENT: &str = r#"#!/bin/bash
+set -u
+id=$1 mode=$2 out=$3
+: >"$out"
+exec 3<>/dev/tcp/127.0.0.1/7700 || exit 2
+cat <&3 >>"$out" &
+reader=$!
+hex() { printf '\\x%02x' "$1"; }
+# HELLO: type 1, flags 0, length, version 1, id_len, id, token_len 0.
+printf "\x01\x00\x00$(hex $((${#id} + 3)))\x01$(hex ${#id})%s\x00" "$id" >&3
+for _ in $(seq 200); do
+    [ "$(stat -c %s "$out")" -ge 20 ] && break
+    sleep 0.05
+done
+[ "$(stat -c %s "$out")" -ge 20 ] || { echo "no WELCOME" >&2; kill $reader; exit 3; }
+case $mode in
+bye)
+    printf '\x05\x00\x00\x08e2e-done' >&3
+    for _ in $(seq 200); do kill -0 $reader 2>/dev/null || exit 0; sleep 0.05; done
+    echo "not closed after BYE" >&2; kill $reader; exit 4 ;;
+drop)
+    kill $reader; exit 0 ;;
+hold)
+    while [ ! -e "$out.stop" ] && kill -0 $reader 2>/dev/null; do
+        printf '\x03\x00\x00\x00' >&3 2>/dev/null || break
+        sleep 0.5
+    done
+    kill $reader 2>/dev/null; exit 0 ;;
+esac
+"#;
+
+/// The whole operator story, in one booted container.
+#[test]
+fn package_under_systemd() {
+    in_container(scenario);
+}
+
+/// The unit's comment promises that a listener on a port below 1024 works
+/// through `AmbientCapabilities=CAP_NET_BIND_SERVICE` (which
+/// `PrivateUsers=yes` would void: the capability would hold only inside the
+/// service's user namespace, and the bind would get EACCES).
+#[test]
+fn privileged_port_binds_under_the_unit() {
+    in_container(|c, deb| {
+        install(c, deb);
+        let conf = "/etc/heartbeatd/heartbeatd.toml";
+        c.ok(&format!(
+            "sed -i 's/^address = \"0.0.0.0:7700\"/address = \"0.0.0.0:700\"/' {conf} \
+             && grep -q '^address = \"0.0.0.0:700\"' {conf}"
+        ));
+        let restart = c.sh("systemctl restart heartbeatd");
+        let log = c.ok("journalctl -u heartbeatd -o cat --no-pager | tail -n 5");
+        assert!(restart.status.success(), "heartbeatd did not start on port 700:\n{log}");
+        assert_eq!(c.ok("systemctl is-active heartbeatd").trim(), "active");
+        assert!(log.contains("address=0.0.0.0:700 socket=bound"), "{log}");
+    });
+}
+
+/// Boots a container (one at a time on this machine), runs `steps` in it
+/// with the package's path, dumps the unit's state and journal if they
+/// panic, and tears the container down on every path. Skips (fails under
+/// CI) when the test cannot run here.
+fn in_container(steps: impl FnOnce(&Container, &Path)) {
+    if !is_root() {
+        return skip("needs root to boot a container with systemd-nspawn");
+    }
+    for tool in ["systemd-nspawn", "nsenter", "cp"] {
+        if which(tool).is_none() {
+            return skip(&format!("{tool} not found (.ci/setup installs systemd-container and util-linux)"));
+        }
+    }
+    let Some(deb) = find_deb() else {
+        return skip("no target/debian/heartbeatd_*.deb: run `cargo deb` first (.ci/test does, as root)");
+    };
+    let started = Instant::now();
+    fs::create_dir_all(Path::new(LOCK).parent().expect("lock dir")).expect("create the cache dir");
+    let _lock = FileLock::acquire(Path::new(LOCK), Duration::from_secs(600));
+    if !ensure_cache() {
+        return;
+    }
+    let work = TempDir::new("e2e");
+    let container = Container::boot(Path::new(CACHE), &work);
+    println!("e2e: container ready {:.1?} after the test started", started.elapsed());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let inside = container.ok("systemctl --version | head -n1; cat /etc/debian_version");
+    println!("e2e: kernel {} | inside: {}", kernel.trim(), inside.trim().replace('\n', " | debian "));
+    println!("e2e: package {}", deb.display());
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| steps(&container, &deb)));
+    if let Err(panic) = outcome {
+        container.dump_diagnostics();
+        std::panic::resume_unwind(panic);
+    }
+    drop(container);
+    println!("e2e: done in {:.1?}", started.elapsed());
+}
+
+/// Copies the package and the bash client in, and installs the package.
+fn install(c: &Container, deb: &Path) {
+    fs::copy(deb, c.host_path("/root/heartbeatd.deb")).expect("copy the .deb into the container");
+    fs::write(c.host_path("/root/hbclient"), CLIENT).expect("write the bash client");
+    c.ok("dpkg -i /root/heartbeatd.deb");
+}
+
+/// The steps, in order; each asserts what an operator would check.
+fn scenario(c: &Container, deb: &Path) {
+    // --- install: the postinst enables and starts the service ---
+    install(c, deb);
+    assert_eq!(c.ok("systemctl is-enabled heartbeatd.service").trim(), "enabled");
+    assert_eq!(c.ok("systemctl is-active heartbeatd.service").trim(), "active");
+    let socket_state = c.sh("systemctl is-enabled heartbeatd.socket");
+    assert_eq!(stdout(&socket_state).trim(), "disabled", "the postinst must leave the socket to the operator");
+
+    // --- stop and start by hand ---
+    c.ok("systemctl stop heartbeatd");
+    assert_eq!(stdout(&c.sh("systemctl is-active heartbeatd")).trim(), "inactive");
+    c.ok("systemctl start heartbeatd");
+    assert_eq!(c.ok("systemctl is-active heartbeatd").trim(), "active");
+    let listening = c.wait_journal("the listening line of the restart", |entries| {
+        entries.iter().rev().find(|e| message(e).starts_with("listening listener=main ")).cloned()
+    });
+    assert!(message(&listening).contains(&format!("address=0.0.0.0:{PORT} socket=bound")), "{listening:?}");
+    let status = c.ok("systemctl status heartbeatd --no-pager");
+    assert!(status.contains("Status: \"0 clients online on 1 listeners\""), "no STATUS line in:\n{status}");
+
+    // --- a client that leaves: online + offline(left), found by field ---
+    c.ok("bash /root/hbclient e2e-left bye /root/left.rx");
+    let left_welcome = welcomes(&c.host_path("/root/left.rx"))[0];
+    assert_eq!((left_welcome.interval_ms, left_welcome.timeout_ms), (3000, 15000), "packaged interval/timeout");
+    let session = left_welcome.session.to_string();
+    let online = c.wait_journal("the online entry of e2e-left", |entries| find_event(entries, "e2e-left", "online"));
+    assert_fields(
+        &online,
+        &[
+            ("PRIORITY", "6"),
+            ("MESSAGE_ID", ONLINE_MESSAGE_ID),
+            ("SYSLOG_IDENTIFIER", "heartbeatd"),
+            ("HEARTBEAT_LISTENER", "main"),
+            ("HEARTBEAT_PROTOCOL", "native"),
+            ("HEARTBEAT_SESSION", &session),
+            ("_SYSTEMD_UNIT", "heartbeatd.service"),
+        ],
+    );
+    let left = c.wait_journal("the offline entry of e2e-left", |entries| find_event(entries, "e2e-left", "offline"));
+    assert_fields(
+        &left,
+        &[
+            ("PRIORITY", "5"),
+            ("MESSAGE_ID", OFFLINE_MESSAGE_ID),
+            ("HEARTBEAT_REASON", "left"),
+            ("HEARTBEAT_CLIENT", "e2e-left"),
+            ("HEARTBEAT_SESSION", &session),
+        ],
+    );
+    assert!(message(&left).starts_with("offline client=e2e-left "), "{left:?}");
+    let by_reason = parse_json_lines(&c.ok("journalctl -u heartbeatd HEARTBEAT_REASON=left -o json --no-pager"));
+    assert!(by_reason.iter().all(|e| field(e, "HEARTBEAT_REASON") == "left"), "{by_reason:?}");
+    assert!(find_event(&by_reason, "e2e-left", "offline").is_some(), "HEARTBEAT_REASON=left misses it: {by_reason:?}");
+
+    // --- a client that is lost: only losses at -p warning ---
+    c.ok("bash /root/hbclient e2e-lost drop /root/lost.rx");
+    let lost = c.wait_journal("the offline entry of e2e-lost", |entries| find_event(entries, "e2e-lost", "offline"));
+    assert_fields(&lost, &[("PRIORITY", "4"), ("HEARTBEAT_REASON", "closed")]);
+    let warnings = parse_json_lines(&c.ok("journalctl -u heartbeatd -p warning -o json --no-pager"));
+    assert!(find_event(&warnings, "e2e-lost", "offline").is_some(), "-p warning misses the loss: {warnings:?}");
+    let shown: Vec<&str> = warnings.iter().map(message).collect();
+    println!("e2e: journalctl -u heartbeatd -p warning: {shown:?}");
+    for e in &warnings {
+        let reason = field(e, "HEARTBEAT_REASON");
+        assert!(
+            field(e, "HEARTBEAT_EVENT") == "offline" && !reason.is_empty() && reason != "left" && reason != "shutdown",
+            "-p warning shows something that is not a loss: {:?}",
+            message(e)
+        );
+    }
+
+    // --- a client that stays; STATUS counts it ---
+    let hold =
+        Background::spawn(c, "bash /root/hbclient e2e-hold hold /root/hold.rx", c.host_path("/root/hold.rx.stop"));
+    let hold_rx = c.host_path("/root/hold.rx");
+    let first = wait_until("WELCOME for e2e-hold", Duration::from_secs(10), || welcomes(&hold_rx).first().copied());
+    c.wait_status("1 clients online on 1 listeners");
+    let status = c.ok("systemctl status heartbeatd --no-pager");
+    assert!(status.contains("Status: \"1 clients online on 1 listeners\""), "no STATUS line in:\n{status}");
+
+    // --- reload with a new interval: a fresh WELCOME ---
+    let conf = "/etc/heartbeatd/heartbeatd.toml";
+    c.ok(&format!("cp {conf} /root/heartbeatd.toml.good"));
+    c.ok(&format!("sed -i 's/^interval = \"3s\"/interval = \"2s\"/' {conf} && grep -q '^interval = \"2s\"' {conf}"));
+    c.ok("systemctl reload heartbeatd");
+    let renewed =
+        wait_until("a second WELCOME after the reload", Duration::from_secs(10), || welcomes(&hold_rx).get(1).copied());
+    assert_eq!(
+        renewed,
+        Welcome { interval_ms: 2000, timeout_ms: 10000, session: first.session },
+        "the reload's WELCOME"
+    );
+    c.wait_journal("listener-updated", |entries| {
+        entries.iter().find(|e| message(e).starts_with("listener-updated listener=main interval_ms=2000")).cloned()
+    });
+
+    // --- a broken file: the service keeps running on what it had ---
+    c.ok(&format!("echo 'interval = = broken' >> {conf}"));
+    // `systemctl reload` checks the file first (ExecReload=), so it fails
+    // and says why, and the daemon is never signalled.
+    let reload = c.sh("systemctl reload heartbeatd");
+    println!("e2e: reload of a broken file: {} {}", reload.status, String::from_utf8_lossy(&reload.stderr).trim());
+    assert!(!reload.status.success(), "systemctl reload accepted a broken file");
+    let checked = c.wait_journal("the config check's error", |entries| {
+        entries.iter().find(|e| message(e).contains(&format!("invalid config: {conf}:"))).cloned()
+    });
+    println!("e2e: the check said: {:?}", message(&checked));
+    assert_eq!(c.ok("systemctl is-active heartbeatd").trim(), "active");
+    // A SIGHUP that bypasses the check meets the daemon's own validation:
+    // it logs the error and keeps the running config.
+    c.ok("systemctl kill --signal=HUP heartbeatd");
+    let failed = c.wait_journal("reload-failed", |entries| {
+        entries.iter().find(|e| message(e).starts_with("reload-failed ")).cloned()
+    });
+    assert_fields(&failed, &[("PRIORITY", "3")]);
+    assert_eq!(c.ok("systemctl is-active heartbeatd").trim(), "active");
+    let text = c.wait_status("last reload failed");
+    assert!(text.starts_with("1 clients online"), "{text}");
+    assert!(find_event(&c.journal(), "e2e-hold", "offline").is_none(), "a failed reload dropped the connected client");
+    c.ok(&format!("cp /root/heartbeatd.toml.good {conf}"));
+    c.ok("systemctl reload heartbeatd");
+    c.wait_status("1 clients online on 1 listeners");
+    let restored =
+        wait_until("a third WELCOME after the restore", Duration::from_secs(10), || welcomes(&hold_rx).get(2).copied());
+    assert_eq!(restored.interval_ms, 3000, "the restored interval");
+
+    // --- stop with a client connected: BYE shutdown and its offline event ---
+    c.ok("systemctl stop heartbeatd");
+    assert_eq!(stdout(&c.sh("systemctl is-active heartbeatd")).trim(), "inactive");
+    assert_eq!(c.ok("systemctl show -p Result --value heartbeatd").trim(), "success");
+    let bye = c.wait_journal("the offline entry of e2e-hold", |entries| find_event(entries, "e2e-hold", "offline"));
+    assert_fields(
+        &bye,
+        &[("PRIORITY", "5"), ("HEARTBEAT_REASON", "shutdown"), ("HEARTBEAT_SESSION", &first.session.to_string())],
+    );
+    println!("e2e: stopped with a client connected: {:?}", message(&bye));
+    let frames = parse_frames(&fs::read(&hold_rx).expect("read hold.rx"));
+    assert_eq!(frames.last(), Some(&(frame::BYE, b"shutdown".to_vec())), "the last frame before the stop");
+    hold.finish(Duration::from_secs(10));
+
+    // --- socket activation: the first client starts the service ---
+    c.ok("systemctl start heartbeatd.socket");
+    assert_eq!(stdout(&c.sh("systemctl is-active heartbeatd.service")).trim(), "inactive");
+    c.ok("bash /root/hbclient e2e-activated bye /root/activated.rx");
+    assert_eq!(welcomes(&c.host_path("/root/activated.rx")).len(), 1, "WELCOME through the activated socket");
+    assert_eq!(c.ok("systemctl is-active heartbeatd.service").trim(), "active");
+    let adopted = c.wait_journal("the listening line of the activated start", |entries| {
+        entries.iter().rev().find(|e| message(e).starts_with("listening listener=main ")).cloned()
+    });
+    assert!(message(&adopted).contains("socket=systemd"), "the activated socket was not adopted: {adopted:?}");
+    println!("e2e: socket activation: {:?}", message(&adopted));
+    let activated =
+        c.wait_journal("the offline entry of e2e-activated", |entries| find_event(entries, "e2e-activated", "offline"));
+    println!("e2e: socket activation: {:?}", message(&activated));
+    c.ok("systemctl stop heartbeatd.socket heartbeatd.service");
+}
+
+// ---- the container ----------------------------------------------------------
+
+/// A booted container: `systemd-nspawn -b` on a private copy of the cache.
+/// On drop (also while panicking) it halts the container, kills what is
+/// left, and removes the copy.
+struct Container {
+    nspawn: Child,
+    /// The container's PID 1 (systemd), as the host sees it.
+    leader: u32,
+    root: PathBuf,
+    log: PathBuf,
+}
+
+impl Container {
+    /// Copies `cache` under `work`, boots it and waits until systemd says
+    /// the system is running.
+    fn boot(cache: &Path, work: &TempDir) -> Container {
+        let root = work.join("root");
+        fs::create_dir(&root).expect("create the container root");
+        let started = Instant::now();
+        let copy = run(Command::new("cp").arg("-a").arg(cache.join(".")).arg(&root), Duration::from_secs(300));
+        assert!(copy.status.success(), "cp -a {}: {}", cache.display(), String::from_utf8_lossy(&copy.stderr));
+        println!("e2e: copied {} in {:.1?}", cache.display(), started.elapsed());
+        let started = Instant::now();
+        let log = work.join("nspawn.log");
+        let out = File::create(&log).expect("create the nspawn log");
+        let err = out.try_clone().expect("dup the nspawn log");
+        let nspawn = Command::new("systemd-nspawn")
+            .arg("-D")
+            .arg(&root)
+            .args(["-b", "--keep-unit", "--register=no", "--private-network", "--console=pipe"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn systemd-nspawn");
+        let mut container = Container { nspawn, leader: 0, root, log };
+        let nspawn_pid = container.nspawn.id();
+        container.leader = wait_until("the container's systemd", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = container.nspawn.try_wait() {
+                panic!("systemd-nspawn exited ({status}):\n{}", fs::read_to_string(&container.log).unwrap_or_default());
+            }
+            children(nspawn_pid)
+                .into_iter()
+                .find(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "systemd"))
+        });
+        let state = wait_until("systemctl is-system-running", Duration::from_secs(90), || {
+            let out = container.sh("systemctl is-system-running");
+            let state = stdout(&out).trim().to_owned();
+            matches!(state.as_str(), "running" | "degraded").then_some(state)
+        });
+        println!("e2e: systemd in the container is {state} after {:.1?}", started.elapsed());
+        if state == "degraded" {
+            println!("e2e: the container booted degraded:\n{}", container.ok("systemctl --failed --no-pager"));
+        }
+        container
+    }
+
+    /// `path` inside the container, as seen from the host.
+    fn host_path(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+
+    /// The command that runs `script` with bash inside the container, with
+    /// a clean environment.
+    fn command(&self, script: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(self.leader.to_string())
+            .args(["-a", "bash", "-c", script])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("LANG", "C.UTF-8")
+            .env("SYSTEMD_COLORS", "0")
+            .env("SYSTEMD_PAGER", "")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `script` inside the container and returns what it did.
+    fn sh(&self, script: &str) -> Output {
+        run(&mut self.command(script), COMMAND_TIME)
+    }
+
+    /// Runs `script` inside the container, asserts it succeeded, and
+    /// returns its stdout.
+    fn ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(
+            out.status.success(),
+            "`{script}` failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+    }
+
+    /// Every journal entry of heartbeatd.service (the daemon's and
+    /// systemd's about it), parsed from `journalctl -o json`.
+    fn journal(&self) -> Vec<HashMap<String, String>> {
+        parse_json_lines(&self.ok("journalctl -u heartbeatd -o json --no-pager"))
+    }
+
+    /// Polls the unit's journal until `find` picks something out of it.
+    fn wait_journal<T>(&self, what: &str, find: impl Fn(&[HashMap<String, String>]) -> Option<T>) -> T {
+        let deadline = Instant::now() + JOURNAL_TIME;
+        loop {
+            let entries = self.journal();
+            if let Some(found) = find(&entries) {
+                return found;
+            }
+            if Instant::now() >= deadline {
+                let messages: Vec<&str> = entries.iter().map(message).collect();
+                panic!("{what} is not in the journal after {JOURNAL_TIME:?}; it holds: {messages:#?}");
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Polls systemd's idea of the status text (`STATUS=`) until it
+    /// contains `wanted`, and returns it.
+    fn wait_status(&self, wanted: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let last = self.ok("systemctl show -p StatusText --value heartbeatd").trim().to_owned();
+            if last.contains(wanted) {
+                return last;
+            }
+            assert!(Instant::now() < deadline, "StatusText never contained {wanted:?}; last {last:?}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Prints what helps explain a failure: the unit's state and journal.
+    fn dump_diagnostics(&self) {
+        let out = self.sh("systemctl status heartbeatd --no-pager; journalctl -u heartbeatd --no-pager | tail -n 80");
+        println!("e2e: diagnostics:\n{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let nspawn = libc::pid_t::try_from(self.nspawn.id()).expect("pid");
+        // SAFETY: signals to our own unreaped child and, below, to the
+        // container's PID 1, which dies with it.
+        unsafe { libc::kill(nspawn, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        if let Ok(None) = self.nspawn.try_wait() {
+            eprintln!("e2e: the container did not halt in 30 s; killing it");
+            if let Ok(leader) = libc::pid_t::try_from(self.leader) {
+                if leader > 0 {
+                    // SAFETY: as above; killing a pid namespace's init
+                    // kills every process in it.
+                    unsafe { libc::kill(leader, libc::SIGKILL) };
+                }
+            }
+            let _ = self.nspawn.kill();
+            let _ = self.nspawn.wait();
+        }
+        if let Err(e) = fs::remove_dir_all(&self.root) {
+            eprintln!("e2e: could not remove {}: {e}", self.root.display());
+        }
+    }
+}
+
+/// A command running inside the container in the background (a client
+/// that stays connected). `finish` stops it; drop kills it.
+struct Background {
+    child: Child,
+    stop_file: PathBuf,
+}
+
+impl Background {
+    fn spawn(c: &Container, script: &str, stop_file: PathBuf) -> Background {
+        let child = c.command(script).stdout(Stdio::null()).spawn().expect("spawn a background command");
+        Background { child, stop_file }
+    }
+
+    /// Asks it to stop (the stop file) and waits for it to exit cleanly.
+    fn finish(mut self, within: Duration) {
+        File::create(&self.stop_file).expect("create the stop file");
+        let status = wait_until("the background client to exit", within, || self.child.try_wait().ok().flatten());
+        assert!(status.success(), "the background client failed: {status}");
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = File::create(&self.stop_file);
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The children of `pid`, from `/proc/PID/task/*/children`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .collect()
+}
+
+/// Runs `cmd` to completion, killing it and panicking after `within`.
+fn run(cmd: &mut Command, within: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(within) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("{what}: {e}")),
+        Err(_) => {
+            if let Ok(pid) = libc::pid_t::try_from(pid) {
+                // SAFETY: the child is not reaped until the thread above
+                // sees it exit, so the pid is still ours.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            panic!("{what} took longer than {within:?}");
+        }
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---- the package and the cache ----------------------------------------------
+
+/// The newest `heartbeatd_*.deb` under the target dir's `debian/`. Warns
+/// when a source file is newer than it (a stale package from an older
+/// build would test old code).
+fn find_deb() -> Option<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| manifest.join("target"), PathBuf::from);
+    let deb = fs::read_dir(target.join("debian"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("heartbeatd_") && name.ends_with(".deb")
+        })
+        .max_by_key(|p| mtime(p))?;
+    let built = mtime(&deb);
+    let sources = ["src", "systemd", "config", "Cargo.toml"].map(|p| newest_mtime(&manifest.join(p)));
+    if sources.iter().any(|t| *t > built) {
+        println!("e2e: warning: {} is older than the sources; run `cargo deb` to test the current code", deb.display());
+    }
+    Some(deb)
+}
+
+fn mtime(path: &Path) -> SystemTime {
+    fs::metadata(path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn newest_mtime(path: &Path) -> SystemTime {
+    let own = mtime(path);
+    match fs::read_dir(path) {
+        Ok(entries) => entries.flatten().map(|e| newest_mtime(&e.path())).fold(own, SystemTime::max),
+        Err(_) => own,
+    }
+}
+
+/// Makes sure the bookworm cache exists, running debootstrap into a
+/// side directory and renaming it into place (so an interrupted run never
+/// leaves a half tree where the cache should be). The caller holds the
+/// lock. Returns false when it cannot, after `skip`.
+fn ensure_cache() -> bool {
+    let cache = Path::new(CACHE);
+    if cache.join("usr/bin/systemctl").exists() && cache.join("sbin/init").exists() {
+        return true;
+    }
+    if which("debootstrap").is_none() {
+        skip(&format!("{CACHE} is missing and debootstrap is not installed (.ci/setup installs it)"));
+        return false;
+    }
+    let partial = cache.with_extension("partial");
+    let _ = fs::remove_dir_all(&partial);
+    if cache.exists() {
+        fs::remove_dir_all(cache).expect("remove the incomplete cache");
+    }
+    println!("e2e: creating {CACHE} with debootstrap (a few minutes, once)");
+    let started = Instant::now();
+    let out = run(
+        Command::new("debootstrap")
+            .args(["--variant=minbase", &format!("--include={INCLUDE}"), "bookworm"])
+            .arg(&partial)
+            .arg(MIRROR),
+        Duration::from_secs(1200),
+    );
+    assert!(
+        out.status.success(),
+        "debootstrap failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    );
+    fs::rename(&partial, cache).expect("move the new tree into the cache");
+    println!("e2e: debootstrap took {:.0?}", started.elapsed());
+    true
+}
+
+/// An exclusive `flock` on a file, released on drop.
+struct FileLock {
+    _file: File,
+}
+
+impl FileLock {
+    /// Waits (up to `within`) for the lock on `path`.
+    fn acquire(path: &Path, within: Duration) -> FileLock {
+        let file = File::options().create(true).truncate(false).write(true).open(path).expect("open the lock file");
+        wait_until(&format!("the lock {}", path.display()), within, || {
+            // SAFETY: flock on an fd we own.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                return Some(());
+            }
+            let e = io::Error::last_os_error();
+            assert_eq!(e.raw_os_error(), Some(libc::EWOULDBLOCK), "flock {}: {e}", path.display());
+            None
+        });
+        FileLock { _file: file }
+    }
+}
+
+// ---- reading what the client and the journal saw ----------------------------
+
+/// The WELCOMEs in a client's received bytes, in order.
+fn welcomes(rx: &Path) -> Vec<Welcome> {
+    let bytes = fs::read(rx).unwrap_or_default();
+    parse_frames(&bytes).into_iter().filter(|(k, _)| *k == frame::WELCOME).map(|(_, p)| parse_welcome(&p)).collect()
+}
+
+fn field<'a>(entry: &'a HashMap<String, String>, name: &str) -> &'a str {
+    entry.get(name).map_or("", String::as_str)
+}
+
+fn message(entry: &HashMap<String, String>) -> &str {
+    field(entry, "MESSAGE")
+}
+
+/// The `event` entry (`online`/`offline`) of client `id`.
+fn find_event(entries: &[HashMap<String, String>], id: &str, event: &str) -> Option<HashMap<String, String>> {
+    entries.iter().find(|e| field(e, "HEARTBEAT_CLIENT") == id && field(e, "HEARTBEAT_EVENT") == event).cloned()
+}
+
+fn assert_fields(entry: &HashMap<String, String>, expected: &[(&str, &str)]) {
+    for (name, value) in expected {
+        assert_eq!(field(entry, name), *value, "{name} of {:?}", message(entry));
+    }
+}
+
+/// Parses `journalctl -o json` output: one flat object per line. String
+/// values are kept; arrays (binary fields), numbers and nulls are skipped.
+fn parse_json_lines(text: &str) -> Vec<HashMap<String, String>> {
+    text.lines().filter(|l| !l.trim().is_empty()).map(parse_json_object).collect()
+}
+
+fn parse_json_object(line: &str) -> HashMap<String, String> {
+    let mut p = JsonCursor { chars: line.chars().collect(), at: 0 };
+    let mut object = HashMap::new();
+    p.expect('{');
+    loop {
+        p.skip_ws();
+        if p.peek() == Some('}') {
+            break;
+        }
+        let key = p.string();
+        p.skip_ws();
+        p.expect(':');
+        p.skip_ws();
+        if p.peek() == Some('"') {
+            object.insert(key, p.string());
+        } else {
+            p.skip_value();
+        }
+        p.skip_ws();
+        match p.next() {
+            Some(',') => continue,
+            Some('}') => break,
+            other => panic!("bad journal JSON at {other:?}: {line}"),
+        }
+    }
+    object
+}
+
+/// Just enough of a JSON reader for journalctl's flat objects.
+struct JsonCursor {
+    chars: Vec<char>,
+    at: usize,
+}
+
+impl JsonCursor {
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<char> {
+        let c = self.peek();
+        self.at += 1;
+        c
+    }
+
+    fn skip_ws(&mut self) {
+        while self.peek().is_some_and(char::is_whitespace) {
+            self.at += 1;
+        }
+    }
+
+    fn expect(&mut self, want: char) {
+        let got = self.next();
+        assert_eq!(got, Some(want), "journal JSON: expected {want:?}");
+    }
+
+    fn string(&mut self) -> String {
+        self.expect('"');
+        let mut s = String::new();
+        loop {
+            match self.next().expect("unterminated JSON string") {
+                '"' => return s,
+                '\\' => match self.next().expect("JSON escape") {
+                    'n' => s.push('\n'),
+                    't' => s.push('\t'),
+                    'r' => s.push('\r'),
+                    'b' => s.push('\u{8}'),
+                    'f' => s.push('\u{c}'),
+                    'u' => {
+                        let hex: String = (0..4).filter_map(|_| self.next()).collect();
+                        let code = u32::from_str_radix(&hex, 16).expect("JSON \\u escape");
+                        s.push(char::from_u32(code).unwrap_or('\u{fffd}'));
+                    }
+                    other => s.push(other),
+                },
+                c => s.push(c),
+            }
+        }
+    }
+
+    /// Skips a number, `null`, or an array of numbers.
+    fn skip_value(&mut self) {
+        let mut depth = 0usize;
+        while let Some(c) = self.peek() {
+            match c {
+                '[' => depth += 1,
+                ']' => depth = depth.saturating_sub(1),
+                ',' | '}' if depth == 0 => return,
+                _ => {}
+            }
+            self.at += 1;
+        }
+    }
+}
