@@ -1,7 +1,8 @@
 //! Detection under real network faults.
 //!
 //! Each test runs the real `heartbeatd` in a network namespace of its own,
-//! joined by veth pairs to client namespaces (`tests/netns/mod.rs`), injects
+//! cabled by veth pairs through a switch namespace to client namespaces
+//! (`tests/netns/mod.rs`), injects
 //! one fault with the kernel's own tools (`ip link set down`, an nft drop
 //! rule, SIGSTOP, SIGKILL, `RLIMIT_NOFILE`) and asserts the offline reason
 //! and that the detection delay lies within the configured bound: never
