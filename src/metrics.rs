@@ -100,51 +100,52 @@ impl Metrics {
         }
     }
 
-    /// A listener's counters, created at zero. Called per event and per
-    /// closed connection, never per heartbeat, so the key allocation is fine.
-    fn listener(&mut self, name: &str) -> &mut ListenerCounters {
-        self.listeners.entry(name.to_owned()).or_default()
+    /// Runs `f` on a listener's counters, created at zero the first time;
+    /// the name is copied only then, not per event.
+    fn with_listener(&mut self, name: &str, f: impl FnOnce(&mut ListenerCounters)) {
+        match self.listeners.get_mut(name) {
+            Some(counters) => f(counters),
+            None => f(self.listeners.entry(name.to_owned()).or_default()),
+        }
     }
 
     /// Makes a listener's series appear (at zero) as soon as it opens.
     pub fn add_listener(&mut self, name: &str) {
-        self.listener(name);
+        self.with_listener(name, |_| {});
     }
 
     /// Counts an online or offline event.
     pub fn record(&mut self, event: &Event<'_>) {
-        let counters = self.listener(event.client().listener);
-        match event {
+        self.with_listener(event.client().listener, |counters| match event {
             Event::Online(_) => counters.online += 1,
             Event::Offline { reason, .. } => {
                 let index = OfflineReason::ALL.iter().position(|r| r == reason).unwrap_or(0);
                 counters.offline[index] += 1;
             }
-        }
+        });
     }
 
     /// Adds the heartbeats of a connection that closed.
     pub fn count_closed_heartbeats(&mut self, listener: &str, heartbeats: u64) {
-        self.listener(listener).heartbeats_closed += heartbeats;
+        self.with_listener(listener, |c| c.heartbeats_closed += heartbeats);
     }
 
     /// Counts malformed input, online or during the handshake.
     pub fn count_protocol_error(&mut self, listener: &str) {
-        self.listener(listener).protocol_errors += 1;
+        self.with_listener(listener, |c| c.protocol_errors += 1);
     }
 
     /// Counts a failed `accept`.
     pub fn count_accept_error(&mut self, listener: &str) {
-        self.listener(listener).accept_errors += 1;
+        self.with_listener(listener, |c| c.accept_errors += 1);
     }
 
     /// Counts a connection refused by a limit.
     pub fn count_refused(&mut self, listener: &str, refusal: Refusal) {
-        let counters = self.listener(listener);
-        match refusal {
+        self.with_listener(listener, |counters| match refusal {
             Refusal::MaxClients => counters.refused_max_clients += 1,
             Refusal::MaxPerAddress => counters.refused_max_per_address += 1,
-        }
+        });
     }
 
     /// Counts one turn of the event loop.

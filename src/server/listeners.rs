@@ -195,7 +195,7 @@ impl Server {
         // later is the newer one when two say HELLO with the same id.
         self.conns[key].session = self.take_session();
         if self.conns[key].is_online() {
-            self.emit_online(key);
+            self.emit_online(key, now);
         }
         self.arm(key);
     }

@@ -429,7 +429,7 @@ impl Server {
         let cfg = &self.listeners[conn.listener()].cfg;
         conn.welcome(now, cfg, &mut self.scratch);
         self.ids.insert(id, key);
-        self.emit_online(key);
+        self.emit_online(key, now);
         self.arm(key);
         let conn = &mut self.conns[key];
         let cfg = &self.listeners[conn.listener()].cfg;
@@ -559,9 +559,9 @@ impl Server {
         }
     }
 
-    fn emit_online(&mut self, key: usize) {
+    fn emit_online(&mut self, key: usize, now: Instant) {
         self.online += 1;
-        self.schedule_status(Instant::now());
+        self.schedule_status(now);
         let conn = &self.conns[key];
         let id = conn.client_id();
         let event = Event::Online(Client {

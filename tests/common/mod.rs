@@ -605,13 +605,19 @@ impl Daemon {
     }
 }
 
+/// Kills a child that is still running (SIGKILL ends a stopped one too)
+/// and reaps it, so no test leaves a process or a zombie behind.
+pub fn reap(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(child.try_wait(), Ok(None)) {
-            let _ = child.kill();
-        }
-        let _ = child.wait();
+        reap(&mut child);
         if thread::panicking() {
             let mut log = self.log();
             // The pipe closes with the process; take what is left of it.

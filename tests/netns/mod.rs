@@ -672,11 +672,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(child.try_wait(), Ok(None)) {
-            // SIGKILL ends a stopped process too.
-            let _ = child.kill();
-        }
-        let _ = child.wait();
+        crate::common::reap(&mut child);
         if thread::panicking() {
             drop(child);
             eprintln!("--- output of {} (test failed) ---\n{}--- end ---", self.name, self.text());
