@@ -25,6 +25,7 @@ pub mod journal;
 pub mod logging;
 pub mod metrics;
 pub mod server;
+pub mod session;
 pub mod sockopt;
 pub mod status;
 pub mod systemd;

@@ -17,14 +17,16 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Token};
 
-use super::{failed, timer_key, Listener, Server, ServerError, Timer, ACCEPT_BUDGET, ACCEPT_PAUSE, LISTENER_BASE};
-use crate::config::{ListenerConfig, Protocol};
+use super::{
+    failed, timer_key, Listener, Server, ServerError, Slot, Timer, ACCEPT_BUDGET, ACCEPT_PAUSE, LISTENER_BASE,
+};
+use crate::config::ListenerConfig;
 use crate::conn::Conn;
 use crate::event::{Logfmt, OfflineReason};
 use crate::metrics::Refusal;
+use crate::session::Session;
 use crate::sockopt;
 use crate::systemd::ActivatedSocket;
-use crate::wire::native::{error_code, Frame};
 
 impl Server {
     /// Opens a listener: adopts the socket systemd passed for it, if any,
@@ -84,7 +86,7 @@ impl Server {
 
     pub(super) fn close_listener(&mut self, lkey: usize, now: Instant) {
         let keys: Vec<usize> =
-            self.conns.iter().filter(|(_, c)| c.listener() == lkey && !c.closing).map(|(k, _)| k).collect();
+            self.conns.iter().filter(|(_, s)| s.conn.listener() == lkey && !s.closing).map(|(k, _)| k).collect();
         for key in keys {
             self.say_bye(key);
             self.close(key, OfflineReason::Shutdown, Some("listener removed".into()), now);
@@ -168,12 +170,9 @@ impl Server {
         if let Some((limit, value)) = refusal {
             warn!("refused peer={} listener={} limit={} value={}", peer, Logfmt(&cfg.name), limit.as_str(), value);
             self.metrics.count_refused(&cfg.name, limit);
-            if cfg.protocol == Protocol::Native {
-                let mut out = Vec::new();
-                crate::wire::native::encode(
-                    &Frame::Error { code: error_code::SERVER_FULL, message: "server full" },
-                    &mut out,
-                );
+            let mut out = Vec::new();
+            Session::full(cfg.protocol, &mut out);
+            if !out.is_empty() {
                 // Best effort: the socket is fresh, so 20-odd bytes fit its
                 // buffer; a failure only means the client learns by FIN.
                 let _ = io::Write::write(&mut stream, &out);
@@ -189,12 +188,13 @@ impl Server {
             warn!("register-failed peer={} error={}", peer, Logfmt(&e.to_string()));
             return;
         }
-        entry.insert(Conn::new(stream, peer, lkey, cfg.protocol, now));
+        let conn = Conn::new(stream, peer, lkey, cfg.protocol, now);
+        entry.insert(Slot { conn, session: 0, timer: None, writable: false, closing: false });
         *self.per_address.entry(peer.ip()).or_insert(0) += 1;
         // Sessions number connections in accept order, so the one accepted
         // later is the newer one when two say HELLO with the same id.
         self.conns[key].session = self.take_session();
-        if self.conns[key].is_online() {
+        if self.conns[key].conn.session().is_online() {
             self.emit_online(key, now);
         }
         self.arm(key);

@@ -9,5 +9,6 @@
 //! The `raw` protocol has no codec: every byte received is activity, which
 //! `conn` handles directly.
 
+pub mod deframe;
 pub mod legacy;
 pub mod native;

@@ -13,12 +13,12 @@ use std::time::Instant;
 use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
-use super::{Server, HTTP_BASE};
-use crate::config::{self, Config, HttpConfig, ListenerConfig, Protocol};
-use crate::conn::{Conn, Progress};
+use super::{Server, Slot, HTTP_BASE};
+use crate::config::{self, Config, HttpConfig, ListenerConfig};
 use crate::event::{Logfmt, OfflineReason};
 use crate::http::Http;
 use crate::logging;
+use crate::session::Next;
 use crate::sockopt;
 
 impl Server {
@@ -51,7 +51,7 @@ impl Server {
                 let _ = self.poll.registry().deregister(&mut socket);
             }
         }
-        let keys: Vec<usize> = self.conns.iter().filter(|(_, c)| !c.closing).map(|(k, _)| k).collect();
+        let keys: Vec<usize> = self.conns.iter().filter(|(_, s)| !s.closing).map(|(k, _)| k).collect();
         for key in keys {
             self.say_bye(key);
             self.close(key, OfflineReason::Shutdown, None, now);
@@ -173,19 +173,21 @@ impl Server {
             l.cfg.timeout.as_millis()
         );
         let keys: Vec<usize> =
-            self.conns.iter().filter(|(_, c)| c.listener() == lkey && !c.closing).map(|(k, _)| k).collect();
+            self.conns.iter().filter(|(_, s)| s.conn.listener() == lkey && !s.closing).map(|(k, _)| k).collect();
         for key in keys {
-            let conn = &mut self.conns[key];
+            let slot = &mut self.conns[key];
             let cfg = &self.listeners[lkey].cfg;
             if tcp {
-                if let Err(e) = sockopt::apply(&conn.stream, &cfg.tcp) {
-                    warn!("sockopt-failed peer={} error={}", conn.peer, Logfmt(&e.to_string()));
+                if let Err(e) = sockopt::apply(slot.conn.stream(), &cfg.tcp) {
+                    warn!("sockopt-failed peer={} error={}", slot.conn.peer(), Logfmt(&e.to_string()));
                 }
             }
-            if timing && conn.proto == Protocol::Native && conn.is_online() {
-                conn.queue_welcome(cfg, &mut self.scratch);
+            let mut next = Next::Continue;
+            if timing {
+                let session = slot.session;
+                next = slot.conn.say(&mut self.scratch, |s, out| s.rewelcome(session, cfg, out));
             }
-            self.settle(key, Progress::Continue, now);
+            self.settle(key, next, now);
             if !self.conns[key].closing {
                 self.arm(key);
             }
@@ -193,18 +195,19 @@ impl Server {
     }
 
     pub(super) fn log_clients(&self, now: Instant) {
-        let online: Vec<&Conn> = self.status_view(now).online().collect();
+        let online: Vec<&Slot> = self.status_view(now).online().collect();
         info!("clients online={} connections={}", online.len(), self.conns.len());
-        for conn in online {
+        for slot in online {
+            let (conn, session) = (&slot.conn, slot.conn.session());
             info!(
                 "client client={} peer={} listener={} proto={} session={} online_ms={} silent_ms={}",
                 Logfmt(&conn.client_id()),
-                conn.peer,
+                conn.peer(),
                 Logfmt(&self.listeners[conn.listener()].cfg.name),
-                conn.proto,
-                conn.session,
-                now.saturating_duration_since(conn.since()).as_millis(),
-                now.saturating_duration_since(conn.last_activity()).as_millis()
+                session.proto(),
+                slot.session,
+                now.saturating_duration_since(session.since()).as_millis(),
+                now.saturating_duration_since(session.last_activity()).as_millis()
             );
         }
     }
