@@ -8,6 +8,9 @@
 //!
 //! Invariants, so that no HTTP client can slow the heartbeat loop:
 //! - at most `max_connections` HTTP connections; more get 503 and close;
+//! - at most `ACCEPT_BUDGET` accepts per poll round: a connect flood on
+//!   the status port cannot hold the loop (the rest wait for the next
+//!   round, which [`Http::next_deadline`] makes immediate);
 //! - a request head larger than [`MAX_REQUEST`] gets 431, one not complete
 //!   within `request_timeout` gets 408 (slowloris), a malformed one 400;
 //! - a subscriber whose unread output would pass `subscriber_buffer` is
@@ -46,6 +49,10 @@ const MAX_HEADERS: usize = 32;
 /// timing the stream out and finds subscribers that vanished.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
 
+/// Connections accepted per poll round before the loop serves the rest;
+/// the same bound the client listeners have.
+const ACCEPT_BUDGET: usize = 256;
+
 /// Reconnect delay a browser's `EventSource` uses after the stream breaks.
 const RETRY_MS: u32 = 2000;
 
@@ -81,6 +88,10 @@ pub struct Http {
     next_keepalive: Instant,
     requests: u64,
     subscribers_dropped: u64,
+    /// Set when the accept budget ran out with connections maybe waiting:
+    /// the edge that announced them will not come again, so
+    /// [`Http::on_time`] accepts more in the next round.
+    accept_again: Option<Instant>,
 }
 
 /// Why a connection ends; only logged.
@@ -104,6 +115,7 @@ impl Http {
             next_keepalive: now + KEEPALIVE_EVERY,
             requests: 0,
             subscribers_dropped: 0,
+            accept_again: None,
         })
     }
 
@@ -122,11 +134,6 @@ impl Http {
     pub fn set_limits(&mut self, cfg: HttpConfig) {
         self.feed.set_capacity(cfg.history);
         self.cfg = cfg;
-    }
-
-    /// True when `token` belongs to this server.
-    pub fn owns(&self, token: Token) -> bool {
-        token.0 >= self.token_base
     }
 
     /// The numbers `/metrics` reports for the HTTP layer.
@@ -181,8 +188,8 @@ impl Http {
         }
     }
 
-    /// The earliest instant [`Http::on_time`] has work: a request deadline
-    /// or the next keepalive.
+    /// The earliest instant [`Http::on_time`] has work: a request deadline,
+    /// the next keepalive, or at once when accepting must go on.
     pub fn next_deadline(&self) -> Option<Instant> {
         let streaming = self.conns.iter().any(|(_, c)| c.phase == Phase::Streaming);
         self.conns
@@ -192,11 +199,19 @@ impl Http {
                 _ => None,
             })
             .chain(streaming.then_some(self.next_keepalive))
+            .chain(self.accept_again)
             .min()
     }
 
-    /// Times out slow requests (408) and sends subscriber keepalives.
+    /// Accepts what the last round's budget left, times out slow requests
+    /// (408) and sends subscriber keepalives.
     pub fn on_time(&mut self, registry: &Registry, now: Instant) {
+        // Only a later round: the round that spent the budget also calls
+        // this, and must leave the backlog to the next one.
+        if self.accept_again.is_some_and(|at| at < now) {
+            self.accept_again = None;
+            self.accept(registry, now);
+        }
         let late: Vec<usize> = self
             .conns
             .iter()
@@ -230,7 +245,7 @@ impl Http {
     }
 
     fn accept(&mut self, registry: &Registry, now: Instant) {
-        loop {
+        for _ in 0..ACCEPT_BUDGET {
             match self.listener.accept() {
                 Ok((mut stream, peer)) => {
                     if self.conns.len() >= self.cfg.max_connections {
@@ -266,6 +281,9 @@ impl Http {
                 }
             }
         }
+        // Budget spent before WouldBlock: come back next round, after the
+        // heartbeats waiting in this one.
+        self.accept_again = Some(now);
     }
 
     /// Writes what is queued, then closes the connection if it is done, or
