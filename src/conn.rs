@@ -230,3 +230,97 @@ pub fn reason_for_io_error(e: &io::Error) -> OfflineReason {
 fn io_close(e: &io::Error) -> Next {
     Next::Close(reason_for_io_error(e), Some(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::time::Duration;
+
+    /// A `Conn` of `proto` on one end of a loopback connection, and the
+    /// other end (blocking, with a read timeout).
+    fn pair(proto: Protocol) -> (Conn, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let peer = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        peer.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let (stream, addr) = listener.accept().expect("accept");
+        stream.set_nonblocking(true).expect("nonblocking");
+        (Conn::new(TcpStream::from_std(stream), addr, 0, proto, Instant::now()), peer)
+    }
+
+    fn cfg(proto: &str, extra: &str) -> ListenerConfig {
+        let text = format!("[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\nprotocol = \"{proto}\"\n{extra}");
+        match crate::config::parse(&text, "test.toml", Path::new("/nonexistent")) {
+            Ok(mut c) => c.listeners.remove(0),
+            Err(e) => panic!("config: {e}"),
+        }
+    }
+
+    /// Reads until `want` bytes arrived (or the read times out).
+    fn read_n(peer: &mut std::net::TcpStream, want: usize) -> Vec<u8> {
+        let mut got = vec![0; want];
+        peer.read_exact(&mut got).expect("read");
+        got
+    }
+
+    /// Reads from the conn until data or a close arrives.
+    fn recv_wait(conn: &mut Conn, buf: &mut [u8]) -> Recv {
+        for _ in 0..500 {
+            match conn.recv(buf) {
+                Recv::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+                other => return other,
+            }
+        }
+        Recv::WouldBlock
+    }
+
+    #[test]
+    fn replies_are_written_at_once_and_scratch_comes_back_empty() {
+        let (mut conn, mut peer) = pair(Protocol::Raw);
+        let cfg = cfg("raw", "echo = true\n");
+        peer.write_all(b"hello").expect("write");
+        let mut buf = [0; 64];
+        let Recv::Data(n) = recv_wait(&mut conn, &mut buf) else { panic!("no data") };
+        let mut scratch = Vec::new();
+        let (next, used) = conn.ingest(&buf[..n], Instant::now(), &cfg, &mut scratch);
+        assert_eq!((next, used), (Next::Continue, n));
+        assert!(scratch.is_empty());
+        assert!(!conn.wants_write());
+        assert_eq!(read_n(&mut peer, n), &buf[..n]);
+    }
+
+    #[test]
+    fn fin_and_reset_are_told_apart() {
+        let (mut conn, peer) = pair(Protocol::Raw);
+        drop(peer);
+        let mut buf = [0; 64];
+        assert!(matches!(recv_wait(&mut conn, &mut buf), Recv::Closed(Next::Close(OfflineReason::Closed, None))));
+
+        let (mut conn, peer) = pair(Protocol::Raw);
+        socket2::SockRef::from(&peer).set_linger(Some(Duration::ZERO)).expect("linger");
+        drop(peer);
+        assert!(matches!(recv_wait(&mut conn, &mut buf), Recv::Closed(Next::Close(OfflineReason::Reset, _))));
+    }
+
+    #[test]
+    fn unread_output_is_queued_in_order_then_write_stalled() {
+        let (mut conn, mut peer) = pair(Protocol::Raw);
+        socket2::SockRef::from(conn.stream()).set_send_buffer_size(4096).expect("sndbuf");
+        let mut scratch = Vec::new();
+        let mut sent = 0u32;
+        let mut next = Next::Continue;
+        // Numbered 1 KiB chunks until the queue passes the limit.
+        while next == Next::Continue && sent < 1000 {
+            next = conn.say(&mut scratch, |_, out| out.extend(std::iter::repeat_n((sent % 251) as u8, 1024)));
+            sent += 1;
+            assert!(scratch.is_empty());
+        }
+        assert!(matches!(next, Next::Close(OfflineReason::WriteStalled, _)), "{next:?}");
+        assert!(conn.wants_write());
+        // What was written left in the order produced.
+        let first = read_n(&mut peer, 4096);
+        for (i, chunk) in first.chunks(1024).enumerate() {
+            assert!(chunk.iter().all(|&b| usize::from(b) == i % 251), "chunk {i}");
+        }
+    }
+}

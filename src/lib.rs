@@ -9,7 +9,8 @@
 //! Data flows one way:
 //!
 //! ```text
-//! socket bytes → wire codec (pure) → Conn (state, deadlines) → Event → sinks
+//! socket → Conn (bytes, output queue) → Session (deframer over the pure
+//! wire codec; state, deadlines) → Next → server (events) → sinks
 //! ```
 //!
 //! The daemon is one thread around one `mio::Poll` ([`server`]); idle

@@ -16,7 +16,7 @@
 //!   only place a connection leaves the online state, and it runs once per
 //!   connection (`Slot::closing`).
 //! - A closed connection is freed only at the end of the round
-//!   (`free_doomed`; or, while shutting down, once its BYE is written), so
+//!   (`end_round`; or, while shutting down, once its BYE is written), so
 //!   a stale event in the same batch finds it marked `closing` instead of a
 //!   reused slot.
 //! - A reply reaches only its own connection: the scratch buffer is lent to
@@ -343,47 +343,67 @@ impl Server {
                     Token(key) => self.on_conn_event(key, Ready::of(event), now),
                 }
             }
-            for (key, closed) in std::mem::take(&mut self.again) {
-                self.on_conn_event(key, Ready { readable: true, closed, writable: false }, now);
+            self.serve_leftovers(now);
+            self.fire_timers(now, &mut expired);
+            if self.end_round(now) {
+                return Ok(());
             }
-            for lkey in std::mem::take(&mut self.accept_again) {
-                self.accept(lkey, now);
-            }
-            self.wheel.advance(now, &mut expired);
-            for timer in expired.drain(..) {
-                match timer {
-                    Timer::Conn(key) => self.on_conn_timer(key as usize, now),
-                    Timer::ResumeAccept(lkey) => {
-                        if let Some(l) = self.listeners.get_mut(lkey as usize) {
-                            l.paused = false;
-                            self.accept(lkey as usize, now);
-                        }
-                    }
-                    Timer::Watchdog => {
-                        self.notifier.watchdog();
-                        if let Some(every) = self.watchdog {
-                            self.wheel.insert(now + every, Timer::Watchdog);
-                        }
-                    }
-                    Timer::Status => {
-                        self.status_pending = false;
-                        self.notifier.status(&self.status_line());
+        }
+    }
+
+    /// Serves what a budget cut short earlier in the round: connections with
+    /// bytes left to read, listeners with connections left to accept.
+    fn serve_leftovers(&mut self, now: Instant) {
+        for (key, closed) in std::mem::take(&mut self.again) {
+            self.on_conn_event(key, Ready { readable: true, closed, writable: false }, now);
+        }
+        for lkey in std::mem::take(&mut self.accept_again) {
+            self.accept(lkey, now);
+        }
+    }
+
+    /// Runs every wheel timer due at `now`, and the HTTP server's deadlines.
+    fn fire_timers(&mut self, now: Instant, expired: &mut Vec<Timer>) {
+        self.wheel.advance(now, expired);
+        for timer in expired.drain(..) {
+            match timer {
+                Timer::Conn(key) => self.on_conn_timer(key as usize, now),
+                Timer::ResumeAccept(lkey) => {
+                    if let Some(l) = self.listeners.get_mut(lkey as usize) {
+                        l.paused = false;
+                        self.accept(lkey as usize, now);
                     }
                 }
-            }
-            if let Some(http) = &mut self.http {
-                if http.next_deadline().is_some_and(|at| at <= now) {
-                    http.on_time(self.poll.registry(), now);
+                Timer::Watchdog => {
+                    self.notifier.watchdog();
+                    if let Some(every) = self.watchdog {
+                        self.wheel.insert(now + every, Timer::Watchdog);
+                    }
+                }
+                Timer::Status => {
+                    self.status_pending = false;
+                    self.notifier.status(&self.status_line());
                 }
             }
-            self.free_doomed();
-            self.metrics.count_loop_iteration();
-            if let Some(stop_by) = self.stop_by {
-                if self.conns.is_empty() || now >= stop_by {
-                    info!("stopped clients_dropped={}", self.conns.len());
-                    return Ok(());
-                }
+        }
+        if let Some(http) = &mut self.http {
+            if http.next_deadline().is_some_and(|at| at <= now) {
+                http.on_time(self.poll.registry(), now);
             }
+        }
+    }
+
+    /// The end of a round: frees the connections closed during it, counts
+    /// the round, and says whether a shutdown is complete.
+    fn end_round(&mut self, now: Instant) -> bool {
+        self.free_doomed();
+        self.metrics.count_loop_iteration();
+        match self.stop_by {
+            Some(stop_by) if self.conns.is_empty() || now >= stop_by => {
+                info!("stopped clients_dropped={}", self.conns.len());
+                true
+            }
+            _ => false,
         }
     }
 
@@ -632,7 +652,7 @@ impl Server {
         }
     }
 
-    /// The named end of a round: frees the connections closed during it.
+    /// Frees the connections closed this round (see [`Server::end_round`]).
     /// Until now their slots stayed taken, so a stale event of the same
     /// batch found them `closing` instead of a reused slot.
     fn free_doomed(&mut self) {
