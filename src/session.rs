@@ -20,7 +20,7 @@
 //! [`Framing`] variant.
 //!
 //! Invariants:
-//! - `state` is private and becomes `Online` only in `welcome` (native) or
+//! - The state is private and becomes online only in `welcome` (native) or
 //!   at creation (legacy, raw), and never leaves it: the loop emits the
 //!   online event on entering it and the offline event when it drops the
 //!   session, so there is exactly one of each.
@@ -69,19 +69,31 @@ enum State {
     Online,
 }
 
-/// The per-protocol framing state.
+/// The per-protocol framing state, and what only that protocol needs.
 #[derive(Debug)]
 enum Framing {
-    Native(NativeDeframer),
+    Native {
+        deframer: NativeDeframer,
+        flags: NativeFlags,
+    },
     Legacy(LegacyDeframer),
     /// Every byte is activity: nothing to keep.
     Raw,
 }
 
+/// Native only: where the handshake is, and the server PING. Kept in the
+/// `Framing` variant, whose padding they fill, rather than in `Clock`.
+#[derive(Debug, Default, Clone, Copy)]
+struct NativeFlags {
+    /// WELCOME was given: the session is online.
+    online: bool,
+    /// With `server_ping`: a PING was sent since the last activity.
+    pinged: bool,
+}
+
 /// The liveness clock and counters every protocol shares.
 #[derive(Debug)]
 struct Clock {
-    state: State,
     /// The HELLO id (native, once received).
     id: Option<Rc<str>>,
     /// When the session started, then when it went online.
@@ -91,8 +103,6 @@ struct Clock {
     /// Heartbeats: PING/PONG frames (native), complete frames (legacy),
     /// reads with data (raw).
     heartbeats: u64,
-    /// Native with `server_ping`: a PING was sent since the last activity.
-    pinged: bool,
 }
 
 /// One client's protocol state.
@@ -107,28 +117,34 @@ impl Session {
     /// this moment (the caller emits their online event); native ones wait
     /// for HELLO.
     pub fn new(proto: Protocol, now: Instant) -> Session {
-        let (state, framing) = match proto {
-            Protocol::Native => (State::Handshake, Framing::Native(NativeDeframer::default())),
-            Protocol::Legacy => (State::Online, Framing::Legacy(LegacyDeframer::default())),
-            Protocol::Raw => (State::Online, Framing::Raw),
+        let framing = match proto {
+            Protocol::Native => Framing::Native { deframer: NativeDeframer::default(), flags: NativeFlags::default() },
+            Protocol::Legacy => Framing::Legacy(LegacyDeframer::default()),
+            Protocol::Raw => Framing::Raw,
         };
         Session {
-            clock: Clock {
-                state,
-                id: None,
-                since: Stamp::of(now),
-                last_activity: Stamp::of(now),
-                heartbeats: 0,
-                pinged: false,
-            },
+            clock: Clock { id: None, since: Stamp::of(now), last_activity: Stamp::of(now), heartbeats: 0 },
             framing,
         }
+    }
+
+    /// Handshake (native before WELCOME) or online.
+    fn state(&self) -> State {
+        match self.framing {
+            Framing::Native { flags, .. } if !flags.online => State::Handshake,
+            _ => State::Online,
+        }
+    }
+
+    /// Native with `server_ping`: a PING was sent since the last activity.
+    fn pinged(&self) -> bool {
+        matches!(self.framing, Framing::Native { flags, .. } if flags.pinged)
     }
 
     /// The protocol spoken.
     pub fn proto(&self) -> Protocol {
         match self.framing {
-            Framing::Native(_) => Protocol::Native,
+            Framing::Native { .. } => Protocol::Native,
             Framing::Legacy(_) => Protocol::Legacy,
             Framing::Raw => Protocol::Raw,
         }
@@ -136,7 +152,7 @@ impl Session {
 
     /// True once the session has gone online.
     pub fn is_online(&self) -> bool {
-        self.clock.state == State::Online
+        self.state() == State::Online
     }
 
     /// The HELLO id, once received (native only).
@@ -192,14 +208,14 @@ impl Session {
                     }
                 }
             }
-            Framing::Native(deframer) => {
+            Framing::Native { deframer, flags } => {
                 let mut used = 0;
                 loop {
                     let (frame, n) = deframer.next(&data[used..], cfg.max_frame);
                     used += n;
                     let next = match frame {
                         Ok(None) => return (Next::Continue, used),
-                        Ok(Some(frame)) => clock.on_frame(frame, now, cfg, out),
+                        Ok(Some(frame)) => clock.on_frame(flags, frame, now, cfg, out),
                         Err(e) => {
                             encode_error(e.error_code(), &e.to_string(), out);
                             Next::close(OfflineReason::ProtocolError, e.to_string())
@@ -217,10 +233,11 @@ impl Session {
     /// writes WELCOME with the session number to `out` and starts the
     /// liveness clock. Does nothing unless the session waits for it.
     pub fn welcome(&mut self, now: Instant, session: u64, cfg: &ListenerConfig, out: &mut Vec<u8>) {
-        if self.clock.state != State::Handshake || self.clock.id.is_none() {
+        let Framing::Native { flags, .. } = &mut self.framing else { return };
+        if flags.online || self.clock.id.is_none() {
             return;
         }
-        self.clock.state = State::Online;
+        flags.online = true;
         self.clock.since = Stamp::of(now);
         self.clock.last_activity = Stamp::of(now);
         encode_welcome(session, cfg, out);
@@ -229,7 +246,7 @@ impl Session {
     /// Writes a fresh WELCOME to an online native session, after a reload
     /// changed its listener's interval or timeout.
     pub fn rewelcome(&self, session: u64, cfg: &ListenerConfig, out: &mut Vec<u8>) {
-        if matches!(self.framing, Framing::Native(_)) && self.is_online() {
+        if matches!(self.framing, Framing::Native { .. }) && self.is_online() {
             encode_welcome(session, cfg, out);
         }
     }
@@ -237,14 +254,14 @@ impl Session {
     /// Writes what a connection replaced by another with the same id (or
     /// refused as the older of two) is told: ERROR 6 (native).
     pub fn replaced(&self, out: &mut Vec<u8>) {
-        if matches!(self.framing, Framing::Native(_)) {
+        if matches!(self.framing, Framing::Native { .. }) {
             encode_error(error_code::REPLACED, "replaced by a newer connection with the same id", out);
         }
     }
 
     /// Writes the goodbye of a stopping daemon: BYE `shutdown` (native).
     pub fn shutdown(&self, out: &mut Vec<u8>) {
-        if matches!(self.framing, Framing::Native(_)) {
+        if matches!(self.framing, Framing::Native { .. }) {
             native::encode(&Frame::Bye("shutdown"), out);
         }
     }
@@ -260,13 +277,13 @@ impl Session {
     /// The next instant this session needs [`Session::on_timer`], or `None`
     /// when no deadline applies (raw with `timeout = "0s"`).
     pub fn next_deadline(&self, cfg: &ListenerConfig) -> Option<Instant> {
-        match self.clock.state {
+        match self.state() {
             State::Handshake => Some(self.since() + cfg.handshake_timeout),
             State::Online if cfg.timeout.is_zero() => None,
             State::Online => {
                 let last = self.last_activity();
                 let offline_at = last + cfg.timeout;
-                if cfg.server_ping && !self.clock.pinged {
+                if cfg.server_ping && !self.pinged() {
                     Some(offline_at.min(last + cfg.interval))
                 } else {
                     Some(offline_at)
@@ -278,7 +295,7 @@ impl Session {
     /// Handles the deadline passing at `now`: handshake timeout, offline for
     /// silence, or a server PING (to `out`). Early calls do nothing.
     pub fn on_timer(&mut self, now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) -> Next {
-        match self.clock.state {
+        match self.state() {
             State::Handshake => {
                 if now >= self.since() + cfg.handshake_timeout {
                     encode_error(error_code::HANDSHAKE_TIMEOUT, "no HELLO within the handshake timeout", out);
@@ -292,9 +309,11 @@ impl Session {
                 if !cfg.timeout.is_zero() && silent >= cfg.timeout {
                     return Next::Close(OfflineReason::Timeout, None);
                 }
-                if cfg.server_ping && !self.clock.pinged && silent >= cfg.interval {
-                    self.clock.pinged = true;
-                    native::encode(&Frame::Ping(&[]), out);
+                if let Framing::Native { flags, .. } = &mut self.framing {
+                    if cfg.server_ping && !flags.pinged && silent >= cfg.interval {
+                        flags.pinged = true;
+                        native::encode(&Frame::Ping(&[]), out);
+                    }
                 }
             }
         }
@@ -310,8 +329,15 @@ impl Clock {
     }
 
     /// One native frame from the client.
-    fn on_frame(&mut self, frame: Frame<'_>, now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) -> Next {
-        if self.state == State::Handshake {
+    fn on_frame(
+        &mut self,
+        flags: &mut NativeFlags,
+        frame: Frame<'_>,
+        now: Instant,
+        cfg: &ListenerConfig,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        if !flags.online {
             if self.id.is_some() {
                 // HELLO accepted, WELCOME not given: the caller did not
                 // call `welcome` before feeding more. Never online twice.
@@ -345,7 +371,7 @@ impl Clock {
             }
         }
         self.activity(now);
-        self.pinged = false;
+        flags.pinged = false;
         Next::Continue
     }
 }

@@ -51,7 +51,7 @@ impl Server {
                 let _ = self.poll.registry().deregister(&mut socket);
             }
         }
-        let keys: Vec<usize> = self.conns.iter().filter(|(_, s)| !s.closing).map(|(k, _)| k).collect();
+        let keys: Vec<usize> = self.conns.iter().filter(|(_, s)| !s.is_closing()).map(|(k, _)| k).collect();
         for key in keys {
             self.say_bye(key);
             self.close(key, OfflineReason::Shutdown, None, now);
@@ -173,7 +173,7 @@ impl Server {
             l.cfg.timeout.as_millis()
         );
         let keys: Vec<usize> =
-            self.conns.iter().filter(|(_, s)| s.conn.listener() == lkey && !s.closing).map(|(k, _)| k).collect();
+            self.conns.iter().filter(|(_, s)| s.conn.listener() == lkey && !s.is_closing()).map(|(k, _)| k).collect();
         for key in keys {
             let slot = &mut self.conns[key];
             let cfg = &self.listeners[lkey].cfg;
@@ -188,7 +188,7 @@ impl Server {
                 next = slot.conn.say(&mut self.scratch, |s, out| s.rewelcome(session, cfg, out));
             }
             self.settle(key, next, now);
-            if !self.conns[key].closing {
+            if !self.conns[key].is_closing() {
                 self.arm(key);
             }
         }

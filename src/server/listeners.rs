@@ -86,7 +86,7 @@ impl Server {
 
     pub(super) fn close_listener(&mut self, lkey: usize, now: Instant) {
         let keys: Vec<usize> =
-            self.conns.iter().filter(|(_, s)| s.conn.listener() == lkey && !s.closing).map(|(k, _)| k).collect();
+            self.conns.iter().filter(|(_, s)| s.conn.listener() == lkey && !s.is_closing()).map(|(k, _)| k).collect();
         for key in keys {
             self.say_bye(key);
             self.close(key, OfflineReason::Shutdown, Some("listener removed".into()), now);
@@ -189,7 +189,7 @@ impl Server {
             return;
         }
         let conn = Conn::new(stream, peer, lkey, cfg.protocol, now);
-        entry.insert(Slot { conn, session: 0, timer: None, writable: false, closing: false });
+        entry.insert(Slot::new(conn, 0));
         *self.per_address.entry(peer.ip()).or_insert(0) += 1;
         // Sessions number connections in accept order, so the one accepted
         // later is the newer one when two say HELLO with the same id.

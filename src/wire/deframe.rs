@@ -9,9 +9,10 @@
 //! - [`NativeDeframer`] keeps at most one incomplete frame: it takes from
 //!   each slice only the bytes that frame still needs, and the header
 //!   checks of [`native::decode`] bound a frame before its payload arrives.
-//!   Its buffer owns no heap memory once a frame is complete and consumed.
-//! - [`LegacyDeframer`] never buffers a payload: it keeps up to 7 header
-//!   bytes inline and counts the payload bytes still to discard.
+//!   It owns no heap memory unless a frame is split across slices.
+//! - [`LegacyDeframer`] never buffers a payload and never allocates: it
+//!   keeps up to 7 header bytes inline, then counts the payload bytes
+//!   still to discard.
 //! - Feeding a stream in any split yields the same items as feeding it
 //!   whole (tested here and, end to end, in `session`).
 
@@ -21,10 +22,15 @@ use super::native::{self, DecodeError, Frame};
 /// Cuts a native byte stream into frames.
 #[derive(Debug, Default)]
 pub struct NativeDeframer {
-    /// The start of a frame split across slices, or the complete frame
-    /// returned last (see `complete`).
-    partial: Vec<u8>,
-    /// `partial` holds the frame returned by the previous call, which
+    /// A frame split across slices; `None` (8 bytes, no heap) otherwise.
+    partial: Option<Box<Partial>>,
+}
+
+/// The bytes of a frame that arrived in pieces.
+#[derive(Debug)]
+struct Partial {
+    bytes: Vec<u8>,
+    /// `bytes` is the whole frame, returned by the previous call, which
     /// borrowed it; it is dropped at the start of the next call.
     complete: bool,
 }
@@ -35,40 +41,45 @@ impl NativeDeframer {
     /// or why the stream is invalid. The `usize` is the bytes of `data`
     /// used (after an error it means nothing: the stream is dead).
     pub fn next<'a>(&'a mut self, data: &'a [u8], max_frame: usize) -> (Result<Option<Frame<'a>>, DecodeError>, usize) {
-        if self.complete {
+        if self.partial.as_ref().is_some_and(|p| p.complete) {
             // Frees the buffer: an idle connection keeps no heap memory.
-            self.partial = Vec::new();
-            self.complete = false;
+            self.partial = None;
         }
-        if self.partial.is_empty() {
+        if self.partial.is_none() {
             return match native::decode(data, max_frame) {
                 Ok(Some((frame, used))) => (Ok(Some(frame)), used),
                 Ok(None) => {
-                    self.partial.extend_from_slice(data);
+                    if !data.is_empty() {
+                        self.partial = Some(Box::new(Partial { bytes: data.to_vec(), complete: false }));
+                    }
                     (Ok(None), data.len())
                 }
                 Err(e) => (Err(e), 0),
             };
         }
+        let Some(partial) = self.partial.as_mut() else {
+            return (Ok(None), 0);
+        };
+        let bytes = &mut partial.bytes;
         let mut used = 0;
         loop {
-            match native::decode(&self.partial, max_frame) {
+            match native::decode(bytes, max_frame) {
                 Ok(Some(_)) => break,
                 Ok(None) if used == data.len() => return (Ok(None), used),
                 Ok(None) => {
                     // Only what this frame still needs, so `partial` never
                     // holds the start of the next one.
-                    let need = needed(&self.partial).clamp(1, data.len() - used);
-                    self.partial.extend_from_slice(&data[used..used + need]);
+                    let need = needed(bytes).clamp(1, data.len() - used);
+                    bytes.extend_from_slice(&data[used..used + need]);
                     used += need;
                 }
                 Err(e) => return (Err(e), used),
             }
         }
-        self.complete = true;
+        partial.complete = true;
         // Decoded twice: the borrow checker cannot return the frame of the
         // loop above. Only frames split across reads take this path.
-        match native::decode(&self.partial, max_frame) {
+        match native::decode(&partial.bytes, max_frame) {
             Ok(Some((frame, _))) => (Ok(Some(frame)), used),
             Ok(None) => (Ok(None), used),
             Err(e) => (Err(e), used),
@@ -97,54 +108,64 @@ pub enum LegacyItem {
 }
 
 /// Cuts a legacy byte stream into headers and skipped payloads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LegacyDeframer {
-    /// Header bytes gathered so far (only the first `have` are meaningful).
-    header: [u8; legacy::HEADER_LEN],
-    /// Header bytes gathered; 0 while a payload is being skipped.
-    have: u8,
-    /// `Some(n)`: a header was decoded and `n` payload bytes remain to be
-    /// discarded; `Some(0)` reports [`LegacyItem::End`] on the next call.
-    skip: Option<u32>,
+    state: LegacyState,
+}
+
+/// Where a legacy stream is: 12 bytes, no heap, ever.
+#[derive(Debug, Clone, Copy)]
+enum LegacyState {
+    /// Gathering a header: the first `have` (0..=7) bytes of it.
+    Header { bytes: [u8; legacy::HEADER_LEN - 1], have: u8 },
+    /// A header was decoded: this many payload bytes remain to discard;
+    /// `Skip(0)` reports [`LegacyItem::End`] on the next call.
+    Skip(u32),
+}
+
+impl Default for LegacyDeframer {
+    fn default() -> LegacyDeframer {
+        LegacyDeframer { state: LegacyState::Header { bytes: [0; legacy::HEADER_LEN - 1], have: 0 } }
+    }
 }
 
 impl LegacyDeframer {
     /// The next item from `data`, and the bytes of `data` used: `Ok(None)`
     /// when all of `data` was used without completing an item.
     pub fn next(&mut self, data: &[u8], max_frame: usize) -> (Result<Option<LegacyItem>, legacy::DecodeError>, usize) {
-        if let Some(left) = self.skip {
-            // `n <= left`, which is a u32.
-            let n = data.len().min(left as usize);
-            let left = left - n as u32;
-            if left == 0 {
-                self.skip = None;
-                return (Ok(Some(LegacyItem::End)), n);
+        match &mut self.state {
+            LegacyState::Skip(left) => {
+                // `n <= left`, which is a u32.
+                let n = data.len().min(*left as usize);
+                *left -= n as u32;
+                if *left > 0 {
+                    return (Ok(None), n);
+                }
+                *self = LegacyDeframer::default();
+                (Ok(Some(LegacyItem::End)), n)
             }
-            self.skip = Some(left);
-            return (Ok(None), n);
-        }
-        let have = usize::from(self.have);
-        let take = (legacy::HEADER_LEN - have).min(data.len());
-        let decoded = if have == 0 && take == legacy::HEADER_LEN {
-            legacy::decode_header(&data[..take], max_frame)
-        } else {
-            self.header[have..have + take].copy_from_slice(&data[..take]);
-            // `have + take <= HEADER_LEN`, which fits a u8.
-            self.have = (have + take) as u8;
-            if usize::from(self.have) < legacy::HEADER_LEN {
-                return (Ok(None), take);
+            LegacyState::Header { bytes, have } => {
+                let kept = usize::from(*have);
+                let take = (legacy::HEADER_LEN - kept).min(data.len());
+                if kept + take < legacy::HEADER_LEN {
+                    bytes[kept..kept + take].copy_from_slice(&data[..take]);
+                    // `kept + take < HEADER_LEN`, which fits a u8.
+                    *have = (kept + take) as u8;
+                    return (Ok(None), take);
+                }
+                let mut header = [0; legacy::HEADER_LEN];
+                header[..kept].copy_from_slice(&bytes[..kept]);
+                header[kept..].copy_from_slice(&data[..take]);
+                match legacy::decode_header(&header, max_frame) {
+                    Ok(Some(header)) => {
+                        // Config caps legacy `max_frame` at 16 MiB, so it fits.
+                        self.state = LegacyState::Skip(u32::try_from(header.length).unwrap_or(u32::MAX));
+                        (Ok(Some(LegacyItem::Header(header.kind))), take)
+                    }
+                    Ok(None) => (Ok(None), take),
+                    Err(e) => (Err(e), take),
+                }
             }
-            self.have = 0;
-            legacy::decode_header(&self.header, max_frame)
-        };
-        match decoded {
-            Ok(Some(header)) => {
-                // Config caps legacy `max_frame` at 16 MiB, so it fits.
-                self.skip = Some(u32::try_from(header.length).unwrap_or(u32::MAX));
-                (Ok(Some(LegacyItem::Header(header.kind))), take)
-            }
-            Ok(None) => (Ok(None), take),
-            Err(e) => (Err(e), take),
         }
     }
 }
@@ -225,7 +246,7 @@ mod tests {
         assert!(matches!(d.next(&stream[..2], MAX_FRAME), (Ok(None), 2)));
         assert!(matches!(d.next(&stream[2..], MAX_FRAME), (Ok(Some(Frame::Ping(b"abc"))), 5)));
         assert!(matches!(d.next(&[], MAX_FRAME), (Ok(None), 0)));
-        assert_eq!(d.partial.capacity(), 0);
+        assert!(d.partial.is_none());
     }
 
     #[test]
