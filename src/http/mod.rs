@@ -49,9 +49,10 @@ const MAX_HEADERS: usize = 32;
 /// timing the stream out and finds subscribers that vanished.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
 
-/// Connections accepted per poll round before the loop serves the rest;
-/// the same bound the client listeners have.
-const ACCEPT_BUDGET: usize = 256;
+/// Connections accepted per poll round before the loop serves the rest.
+/// Smaller than the client listeners' budget: HTTP is best effort, and 64
+/// is the default `max_connections`, so one round can fill an empty server.
+const ACCEPT_BUDGET: usize = 64;
 
 /// Reconnect delay a browser's `EventSource` uses after the stream breaks.
 const RETRY_MS: u32 = 2000;
@@ -476,4 +477,55 @@ fn flush(conn: &mut HttpConn) -> Done {
     }
     conn.out.drain(..written);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::Poll;
+
+    /// A view with no clients: accepting never consults it.
+    struct NoClients;
+
+    impl View for NoClients {
+        fn clients(&self, _: Option<&str>) -> Vec<ClientView> {
+            Vec::new()
+        }
+        fn client(&self, _: &str) -> Option<ClientView> {
+            None
+        }
+        fn metrics(&self, _: &HttpStats) -> String {
+            String::new()
+        }
+    }
+
+    #[test]
+    fn a_connect_flood_is_accepted_a_budget_per_round() {
+        let text = "[http]\naddress = \"127.0.0.1:0\"\nmax_connections = 4096\n\
+                    [[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\n";
+        let cfg = match crate::config::parse(text, "test.toml", std::path::Path::new("/nonexistent")) {
+            Ok(c) => c.http.expect("http table"),
+            Err(e) => panic!("config: {e}"),
+        };
+        let poll = Poll::new().expect("poll");
+        let now = Instant::now();
+        let base = 1000;
+        let mut http = Http::bind(cfg, poll.registry(), base, now).expect("bind");
+        // Fewer than the listener's backlog (128), so all wait at once.
+        let flood = ACCEPT_BUDGET + 10;
+        let _clients: Vec<std::net::TcpStream> =
+            (0..flood).map(|_| std::net::TcpStream::connect(http.address()).expect("connect")).collect();
+        std::thread::sleep(Duration::from_millis(50));
+
+        http.handle(poll.registry(), Token(base), now, &NoClients);
+        assert_eq!(http.conns.len(), ACCEPT_BUDGET, "one budget in the first round");
+        assert_eq!(http.next_deadline(), Some(now), "the next round must not sleep");
+        http.on_time(poll.registry(), now);
+        assert_eq!(http.conns.len(), ACCEPT_BUDGET, "nothing more in the same round");
+
+        let later = now + Duration::from_millis(1);
+        http.on_time(poll.registry(), later);
+        assert_eq!(http.conns.len(), flood, "the rest in the next round");
+        assert_eq!(http.accept_again, None, "drained: no more immediate rounds");
+    }
 }
