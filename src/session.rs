@@ -17,7 +17,7 @@
 //! Every frame the daemon sends is produced here (welcome, replaced,
 //! shutdown, server full, the ERRORs and PONGs), so the loop never names a
 //! wire format. A new protocol is one deframer in `wire` and one
-//! [`Framing`] variant.
+//! `Framing` variant.
 //!
 //! Invariants:
 //! - The state is private and becomes online only in `welcome` (native) or
