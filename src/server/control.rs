@@ -158,14 +158,18 @@ impl Server {
     /// clients when their interval or timeout changed.
     pub(super) fn update_listener(&mut self, lkey: usize, cfg: ListenerConfig, now: Instant) {
         let old = std::mem::replace(&mut self.listeners[lkey].cfg, cfg);
-        let l = &self.listeners[lkey];
+        let l = &mut self.listeners[lkey];
         let timing = old.interval != l.cfg.interval || old.timeout != l.cfg.timeout;
         let tcp = old.tcp != l.cfg.tcp;
         if let (true, Some(socket)) = (tcp, &l.socket) {
-            if let Err(e) = sockopt::apply(socket, &l.cfg.tcp) {
+            // Connections accepted from now on inherit what is set here.
+            let set = sockopt::apply(socket, &l.cfg.tcp);
+            if let Err(e) = &set {
                 warn!("sockopt-failed listener={} error={}", Logfmt(&l.cfg.name), Logfmt(&e.to_string()));
             }
+            l.options_set = set.is_ok();
         }
+        let l = &self.listeners[lkey];
         info!(
             "listener-updated listener={} interval_ms={} timeout_ms={}",
             Logfmt(&l.cfg.name),

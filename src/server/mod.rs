@@ -254,6 +254,11 @@ struct Listener {
     /// When accepting first failed for lack of fds, until an accept works
     /// again: one warning per episode, not one per retry.
     exhausted_since: Option<Instant>,
+    /// The listening socket carries `cfg.tcp`, so accepted sockets inherit
+    /// it (Linux clones them from the listener; `options_are_inherited`
+    /// tests which). False after setting them failed: then each accepted
+    /// socket gets them set, as a fallback.
+    options_set: bool,
 }
 
 impl ListenerNames for Slab<Listener> {
