@@ -16,6 +16,7 @@
 //! deadlines live in a hashed timer wheel ([`wheel`]). The reconnecting
 //! client agent lives in [`client`].
 
+pub mod api;
 pub mod client;
 pub mod config;
 pub mod conn;

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use socket2::{Domain, SockRef, Socket, Type};
 
+use crate::api::TcpView;
 use crate::config::TcpConfig;
 
 /// Pending connections the kernel queues per listener before refusing.
@@ -178,22 +179,8 @@ pub fn bind_listener(address: SocketAddr, tcp: &TcpConfig) -> io::Result<mio::ne
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
-/// The kernel's view of a connection (`TCP_INFO`), the fields operators ask
-/// for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpInfo {
-    /// Smoothed round-trip time, in microseconds.
-    pub rtt_us: u32,
-    /// Round-trip time variance, in microseconds.
-    pub rttvar_us: u32,
-    /// Segments retransmitted over the connection's life.
-    pub retransmits: u32,
-    /// Segments sent and not yet acknowledged.
-    pub unacked: u32,
-}
-
 /// Reads `TCP_INFO`; `None` if the kernel refuses (socket already gone).
-pub fn tcp_info<S: AsFd>(socket: &S) -> Option<TcpInfo> {
+pub fn tcp_info<S: AsFd>(socket: &S) -> Option<TcpView> {
     // SAFETY: an all-zero tcp_info is a valid value for the kernel to fill.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -208,7 +195,7 @@ pub fn tcp_info<S: AsFd>(socket: &S) -> Option<TcpInfo> {
             &mut len,
         )
     };
-    (rc == 0).then_some(TcpInfo {
+    (rc == 0).then_some(TcpView {
         rtt_us: info.tcpi_rtt,
         rttvar_us: info.tcpi_rttvar,
         retransmits: info.tcpi_total_retrans,
