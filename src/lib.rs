@@ -15,6 +15,12 @@
 //! The daemon is one thread around one `mio::Poll` ([`server`]); idle
 //! deadlines live in a hashed timer wheel ([`wheel`]). The reconnecting
 //! client agent lives in [`client`].
+//!
+//! `unsafe` lives only in [`sockopt`] and [`systemd`], each block with a
+//! `// SAFETY:` comment; the lints below make the compiler hold that line.
+
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod api;
 pub mod client;
@@ -26,8 +32,10 @@ pub mod journal;
 pub mod logging;
 pub mod metrics;
 pub mod server;
+#[allow(unsafe_code)]
 pub mod sockopt;
 pub mod status;
+#[allow(unsafe_code)]
 pub mod systemd;
 pub mod wheel;
 pub mod wire;
