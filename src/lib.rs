@@ -16,7 +16,7 @@
 //! deadlines live in a hashed timer wheel ([`wheel`]). The reconnecting
 //! client agent lives in [`client`].
 //!
-//! `unsafe` lives only in [`sockopt`] and [`systemd`], each block with a
+//! `unsafe` lives only in `sockopt` and `systemd`, each block with a
 //! `// SAFETY:` comment; the lints below make the compiler hold that line.
 
 #![deny(unsafe_code)]
@@ -25,17 +25,17 @@
 pub mod api;
 pub mod client;
 pub mod config;
-pub mod conn;
+pub(crate) mod conn;
 pub mod event;
 pub mod http;
-pub mod journal;
+pub(crate) mod journal;
 pub mod logging;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod server;
 #[allow(unsafe_code)]
-pub mod sockopt;
-pub mod status;
+pub(crate) mod sockopt;
+pub(crate) mod status;
 #[allow(unsafe_code)]
-pub mod systemd;
+pub(crate) mod systemd;
 pub mod wheel;
 pub mod wire;

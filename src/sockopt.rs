@@ -205,11 +205,6 @@ pub fn tcp_info<S: AsFd>(socket: &S) -> Option<TcpView> {
     })
 }
 
-/// Takes the socket's pending error (`SO_ERROR`), if any.
-pub fn take_error<S: AsFd>(socket: &S) -> io::Result<Option<io::Error>> {
-    SockRef::from(socket).take_error()
-}
-
 /// Waits until `socket` is readable (data, EOF or an error) or `timeout`
 /// has passed; false on timeout.
 ///
