@@ -1,14 +1,17 @@
-//! The status API's contract: the JSON the daemon serves on `/clients` and
-//! the client library (`heartbeat status`) reads back, and the read-only
-//! [`View`] through which the HTTP layer sees the loop.
+//! The status API's contract: the JSON the daemon serves on `/clients`
+//! (which the client library, `heartbeat status`, reads back) and in the
+//! `/events` feed, and the read-only [`View`] through which the HTTP layer
+//! sees the loop.
 //!
 //! Knows nothing about sockets or the loop: the daemon fills these types
-//! (`status.rs`, `sockopt::tcp_info`), the HTTP layer encodes them
-//! (`http::routes`), the client decodes them (`client::status`).
+//! (`status.rs`, `sockopt::tcp_info`, the feed), the HTTP layer encodes
+//! them (`http::routes`, `http::feed`), the client decodes them
+//! (`client::status`).
 //!
 //! Invariant: field names and order are the wire contract; serde derives
 //! them from the declarations, so renaming or reordering a field changes
-//! the API (tests/http_api.rs pins the output).
+//! the API (tests/http_api.rs pins the output, and so do the unit tests
+//! below).
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +53,37 @@ pub struct TcpView {
     pub retransmits: u32,
     /// Segments sent and not yet acknowledged.
     pub unacked: u32,
+}
+
+/// One online or offline event as the `/events` feed's `data:` JSON
+/// (`heartbeat watch` prints these fields).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EventView<'a> {
+    /// `online` or `offline`, as the SSE `event:` field.
+    pub event: &'static str,
+    /// HELLO id, or the peer address for legacy and raw clients.
+    pub client: &'a str,
+    /// Peer address.
+    pub peer: String,
+    /// Listener name.
+    pub listener: &'a str,
+    /// `native`, `legacy` or `raw`.
+    pub protocol: &'static str,
+    /// Session number.
+    pub session: u64,
+    /// When the event happened, RFC 3339 UTC.
+    pub at: String,
+    /// The same instant in Unix milliseconds.
+    pub at_ms: u64,
+    /// Offline only: the reason (`timeout`, `reset`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// Offline only: milliseconds since the client's last activity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub silent_ms: Option<u64>,
+    /// Offline only: milliseconds it was online.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected_ms: Option<u64>,
 }
 
 /// What the HTTP layer may read of the daemon.
@@ -108,5 +142,32 @@ mod tests {
         )
         .expect("decodes");
         assert_eq!(without.tcp, None);
+    }
+
+    #[test]
+    fn offline_event_json_has_the_contract_field_order() {
+        let event = EventView {
+            event: "offline",
+            client: "dev-42",
+            peer: "10.0.0.7:51234".into(),
+            listener: "main",
+            protocol: "native",
+            session: 17,
+            at: "2026-01-01T00:00:00.000Z".into(),
+            at_ms: 1_767_225_600_000,
+            reason: Some("timeout"),
+            silent_ms: Some(15012),
+            connected_ms: Some(20000),
+        };
+        assert_eq!(
+            serde_json::to_string(&event).expect("json"),
+            "{\"event\":\"offline\",\"client\":\"dev-42\",\"peer\":\"10.0.0.7:51234\",\"listener\":\"main\",\
+             \"protocol\":\"native\",\"session\":17,\"at\":\"2026-01-01T00:00:00.000Z\",\"at_ms\":1767225600000,\
+             \"reason\":\"timeout\",\"silent_ms\":15012,\"connected_ms\":20000}"
+        );
+        // Online events carry no offline fields at all, not nulls.
+        let online = EventView { event: "online", reason: None, silent_ms: None, connected_ms: None, ..event };
+        let json = serde_json::to_string(&online).expect("json");
+        assert!(json.ends_with("\"at_ms\":1767225600000}"), "{json}");
     }
 }

@@ -14,7 +14,8 @@
 //!
 //! The daemon is one thread around one `mio::Poll` ([`server`]); idle
 //! deadlines live in a hashed timer wheel ([`wheel`]). The reconnecting
-//! client agent lives in [`client`].
+//! client agent lives in [`client`]. The status API's JSON contract, which
+//! the daemon serves and the client library reads, is [`api`].
 //!
 //! `unsafe` lives only in `sockopt` and `systemd`, each block with a
 //! `// SAFETY:` comment; the lints below make the compiler hold that line.
