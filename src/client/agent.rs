@@ -220,6 +220,7 @@ impl LostReason {
             LostReason::DaemonError => "daemon-error",
             LostReason::ConnectFailed => "connect-failed",
             LostReason::HandshakeTimeout => "handshake-timeout",
+            // Every variant left is a shared end, so `as_offline` is Some.
             shared => shared.as_offline().map_or("error", OfflineReason::as_str),
         }
     }
