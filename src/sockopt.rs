@@ -1,5 +1,7 @@
 //! Socket options, one small function each: keepalive, user timeout,
-//! nodelay, and how listening sockets are made.
+//! nodelay, and how listening sockets are made; and the raw socket calls
+//! the daemon and the agent need beyond `std` and socket2 (`TCP_INFO`, a
+//! high-resolution wait for readability), so that `unsafe` stays here.
 //!
 //! Every error names the option it was setting, so a log line says which
 //! knob the kernel refused. Nothing here knows about clients or the loop.
@@ -23,6 +25,7 @@ use std::time::Duration;
 
 use socket2::{Domain, SockRef, Socket, Type};
 
+use crate::api::TcpView;
 use crate::config::TcpConfig;
 
 /// Pending connections the kernel queues per listener before refusing.
@@ -178,22 +181,8 @@ pub fn bind_listener(address: SocketAddr, tcp: &TcpConfig) -> io::Result<mio::ne
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
-/// The kernel's view of a connection (`TCP_INFO`), the fields operators ask
-/// for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpInfo {
-    /// Smoothed round-trip time, in microseconds.
-    pub rtt_us: u32,
-    /// Round-trip time variance, in microseconds.
-    pub rttvar_us: u32,
-    /// Segments retransmitted over the connection's life.
-    pub retransmits: u32,
-    /// Segments sent and not yet acknowledged.
-    pub unacked: u32,
-}
-
 /// Reads `TCP_INFO`; `None` if the kernel refuses (socket already gone).
-pub fn tcp_info<S: AsFd>(socket: &S) -> Option<TcpInfo> {
+pub fn tcp_info<S: AsFd>(socket: &S) -> Option<TcpView> {
     // SAFETY: an all-zero tcp_info is a valid value for the kernel to fill.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -208,7 +197,7 @@ pub fn tcp_info<S: AsFd>(socket: &S) -> Option<TcpInfo> {
             &mut len,
         )
     };
-    (rc == 0).then_some(TcpInfo {
+    (rc == 0).then_some(TcpView {
         rtt_us: info.tcpi_rtt,
         rttvar_us: info.tcpi_rttvar,
         retransmits: info.tcpi_total_retrans,
@@ -216,9 +205,36 @@ pub fn tcp_info<S: AsFd>(socket: &S) -> Option<TcpInfo> {
     })
 }
 
-/// Takes the socket's pending error (`SO_ERROR`), if any.
-pub fn take_error<S: AsFd>(socket: &S) -> io::Result<Option<io::Error>> {
-    SockRef::from(socket).take_error()
+/// Waits until `socket` is readable (data, EOF or an error) or `timeout`
+/// has passed; false on timeout.
+///
+/// `ppoll` rather than `SO_RCVTIMEO`: the socket timeout counts in
+/// jiffies and wakes up to a few milliseconds late, which would push a
+/// PING past its interval; `ppoll` sleeps on a high-resolution timer.
+pub(crate) fn wait_readable<S: AsFd>(socket: &S, timeout: Duration) -> io::Result<bool> {
+    let mut pollfd = libc::pollfd { fd: socket.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        // Below 10⁹, so it fits a c_long on every target.
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one pollfd whose fd stays open for the borrow, a valid
+    // timespec, both live for the call, and no signal mask.
+    let rc = unsafe { libc::ppoll(&mut pollfd, 1, &ts, std::ptr::null()) };
+    match rc {
+        -1 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+        0 => Ok(false),
+        // POLLIN, POLLHUP or POLLERR: the read that follows returns data,
+        // EOF or the socket's error without blocking.
+        _ => Ok(true),
+    }
 }
 
 #[cfg(test)]
@@ -267,6 +283,19 @@ mod tests {
         let info = tcp_info(&client).expect("TCP_INFO on a connected socket");
         assert_eq!(info.unacked, 0);
         assert_eq!(info.retransmits, 0);
+    }
+
+    #[test]
+    fn wait_readable_times_out_then_sees_data() {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let started = std::time::Instant::now();
+        assert!(!wait_readable(&server, Duration::from_millis(20)).expect("wait"));
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        client.write_all(b"x").expect("write");
+        assert!(wait_readable(&server, Duration::from_secs(5)).expect("wait"));
     }
 
     #[test]

@@ -30,11 +30,11 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
+use crate::api::{HttpStats, View};
 use crate::config::HttpConfig;
 use crate::event::{Event, Logfmt};
 use feed::{Feed, Start};
 use routes::{reason_phrase, route, Reply};
-pub use routes::{ClientView, HttpStats, TcpView, View};
 
 /// Largest request head accepted, in bytes.
 pub const MAX_REQUEST: usize = 8 * 1024;

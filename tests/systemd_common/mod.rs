@@ -410,6 +410,38 @@ pub struct JournalEntry {
 }
 
 impl JournalEntry {
+    /// Decodes one datagram of the journal's native protocol, written from
+    /// systemd's description of it (not from the daemon's encoder, so an
+    /// encoder bug cannot hide behind its own inverse): a field is
+    /// `NAME=value\n`, or `NAME\n`, a little-endian u64 length, that many
+    /// bytes and `\n` for a value that may hold newlines. `None` for
+    /// anything else.
+    pub fn decode(datagram: &[u8]) -> Option<JournalEntry> {
+        let mut fields = Vec::new();
+        let mut rest = datagram;
+        while !rest.is_empty() {
+            let split = rest.iter().position(|&b| b == b'=' || b == b'\n')?;
+            let name = std::str::from_utf8(&rest[..split]).ok()?.to_owned();
+            let value;
+            if rest[split] == b'=' {
+                let line = &rest[split + 1..];
+                let end = line.iter().position(|&b| b == b'\n')?;
+                value = &line[..end];
+                rest = &line[end + 1..];
+            } else {
+                let (len, tail) = rest[split + 1..].split_first_chunk::<8>()?;
+                let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
+                if tail.len() <= len || tail[len] != b'\n' {
+                    return None;
+                }
+                value = &tail[..len];
+                rest = &tail[len + 1..];
+            }
+            fields.push((name, std::str::from_utf8(value).ok()?.to_owned()));
+        }
+        Some(JournalEntry { fields })
+    }
+
     /// The value of field `name` (the first, if repeated).
     pub fn get(&self, name: &str) -> Option<&str> {
         self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
@@ -446,7 +478,7 @@ impl JournalSocket {
 
     /// Returns the first entry received so far or within `within` that
     /// satisfies `wanted`, decoding each datagram with
-    /// `heartbeatd::journal::decode`. Panics (listing what arrived) if none
+    /// [`JournalEntry::decode`]. Panics (listing what arrived) if none
     /// does, or if a datagram does not decode.
     pub fn wait_for(&mut self, what: &str, within: Duration, wanted: impl Fn(&JournalEntry) -> bool) -> JournalEntry {
         if let Some(e) = self.entries.iter().find(|e| wanted(e)) {
@@ -458,9 +490,8 @@ impl JournalSocket {
                 let messages: Vec<&str> = self.entries.iter().map(JournalEntry::message).collect();
                 panic!("no journal entry {what} within {within:?}; messages received: {messages:#?}");
             };
-            let fields = heartbeatd::journal::decode(&d.data)
+            let entry = JournalEntry::decode(&d.data)
                 .unwrap_or_else(|| panic!("undecodable journal datagram {:?}", String::from_utf8_lossy(&d.data)));
-            let entry = JournalEntry { fields };
             self.entries.push(entry.clone());
             if wanted(&entry) {
                 return entry;
@@ -472,8 +503,7 @@ impl JournalSocket {
     pub fn drain_for(&mut self, window: Duration) {
         let deadline = Instant::now() + window;
         while let Some(d) = self.sink.recv_before(deadline) {
-            let fields = heartbeatd::journal::decode(&d.data).expect("journal datagram decodes");
-            self.entries.push(JournalEntry { fields });
+            self.entries.push(JournalEntry::decode(&d.data).expect("journal datagram decodes"));
         }
     }
 }
