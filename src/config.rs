@@ -33,6 +33,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+// Re-export until the loop's imports move (merge step)
+use crate::wire::protocol::UnknownProtocol;
+pub use crate::wire::Protocol;
+
 /// The default configuration, built into the binary: `config/heartbeatd.toml`.
 pub const EMBEDDED: &str = include_str!("../config/heartbeatd.toml");
 
@@ -77,34 +81,6 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     /// Log verbosity.
     pub log_level: log::LevelFilter,
-}
-
-/// Which wire protocol a listener speaks (PROTOCOL.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    /// Framed protocol with HELLO/WELCOME/PING/PONG/BYE/ERROR.
-    Native,
-    /// `{int type; int length;}` little-endian struct.
-    Legacy,
-    /// Any byte is activity.
-    Raw,
-}
-
-impl Protocol {
-    /// The name used in config files and log lines.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Native => "native",
-            Protocol::Legacy => "legacy",
-            Protocol::Raw => "raw",
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// One `[[listener]]` table.
@@ -622,18 +598,9 @@ impl ListenerSource<'_> {
 
         let protocol = match &raw.protocol {
             None => Protocol::Native,
-            Some(value) => match value.get_ref().as_str() {
-                "native" => Protocol::Native,
-                "legacy" => Protocol::Legacy,
-                "raw" => Protocol::Raw,
-                other => {
-                    return Err(self.at(
-                        value,
-                        "protocol",
-                        format!("unknown protocol {other:?}: use native, legacy or raw"),
-                    ))
-                }
-            },
+            Some(value) => {
+                value.get_ref().parse().map_err(|e: UnknownProtocol| self.at(value, "protocol", e.to_string()))?
+            }
         };
         // Options a protocol does not use are errors: silently ignoring
         // them would hide a wrong `protocol` line.
