@@ -112,8 +112,9 @@ pub struct ListenerConfig {
     pub tcp: TcpConfig,
 }
 
-/// TCP socket options: a listener's `[listener.tcp]` table, and the
-/// agent's resolved options.
+/// TCP socket options: a listener's `[listener.tcp]` table, the agent's
+/// resolved options, and what the kernel reports back
+/// ([`crate::sockopt::effective`]), so the three compare directly.
 ///
 /// Keepalive is off exactly when `keepalive_idle` is zero; the interval and
 /// count then mean nothing.
@@ -140,12 +141,29 @@ impl TcpConfig {
 
     /// How long keepalive takes to give up on a silent peer:
     /// `keepalive_idle + keepalive_interval × keepalive_count`, zero with
-    /// keepalive off.
+    /// keepalive off. The one place this sum is made: the config's
+    /// `user_timeout` check and the agent's derived user timeout both use it.
     pub fn keepalive_limit(&self) -> Duration {
         if !self.keepalive() {
             return Duration::ZERO;
         }
         self.keepalive_idle.saturating_add(self.keepalive_interval.saturating_mul(self.keepalive_count))
+    }
+}
+
+impl fmt::Display for TcpConfig {
+    /// logfmt keys, in the units the kernel uses.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "keepalive={} keepalive_idle_s={} keepalive_interval_s={} keepalive_count={} user_timeout_ms={} nodelay={}",
+            self.keepalive(),
+            self.keepalive_idle.as_secs(),
+            self.keepalive_interval.as_secs(),
+            self.keepalive_count,
+            self.user_timeout.as_millis(),
+            self.nodelay
+        )
     }
 }
 
@@ -459,6 +477,18 @@ pub(super) mod tests {
         assert_eq!(off.keepalive_limit(), Duration::ZERO);
         let huge = TcpConfig { keepalive_interval: Duration::MAX, ..default_tcp() };
         assert_eq!(huge.keepalive_limit(), Duration::MAX, "saturates rather than panics");
+    }
+
+    #[test]
+    fn tcp_options_display_as_logfmt_in_kernel_units() {
+        let tcp = TcpConfig { keepalive_interval: ms(2500), user_timeout: ms(1500), ..default_tcp() };
+        assert_eq!(
+            tcp.to_string(),
+            "keepalive=true keepalive_idle_s=15 keepalive_interval_s=2 keepalive_count=3 user_timeout_ms=1500 nodelay=true"
+        );
+        let off = TcpConfig { keepalive_idle: Duration::ZERO, nodelay: false, ..default_tcp() };
+        assert!(off.to_string().starts_with("keepalive=false keepalive_idle_s=0 "), "{off}");
+        assert!(off.to_string().ends_with(" nodelay=false"), "{off}");
     }
 
     proptest::proptest! {
