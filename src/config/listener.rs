@@ -36,6 +36,10 @@ const MISSES: RangeInclusive<i64> = 1..=1000;
 const NATIVE_MAX_FRAME: RangeInclusive<i64> = 16..=65535;
 /// `max_frame` range for `legacy` (16 MiB).
 const LEGACY_MAX_FRAME: RangeInclusive<i64> = 0..=16_777_216;
+/// What `name` must look like, for the "required" error.
+const NAME_RULE: &str = "a unique name of 1..=64 characters from A-Z a-z 0-9 _ . -";
+/// What `address` must look like, for the "required" error.
+const ADDRESS_RULE: &str = "ip:port to listen on, e.g. \"127.0.0.1:7700\" or \"[::1]:7700\"";
 /// Longest listener name, in characters.
 const MAX_NAME_LEN: usize = 64;
 /// Longest HELLO token, in bytes: its length is a `u8` on the wire.
@@ -104,8 +108,8 @@ impl ListenerSource<'_> {
         self.source.error(Some(span), Some(self.key(field)), message)
     }
 
-    /// Validates the whole listener table, in the order of its keys in the
-    /// documented config.
+    /// Validates the whole listener table. The checks run in a fixed order,
+    /// so which error is reported first never depends on the key order.
     fn listener(&self, raw: Spanned<RawListener>) -> Result<CheckedListener, ConfigError> {
         let table_span = raw.span();
         let raw = raw.into_inner();
@@ -483,11 +487,6 @@ impl ListenerSource<'_> {
     }
 }
 
-/// What `name` must look like, for the "required" error.
-const NAME_RULE: &str = "a unique name of 1..=64 characters from A-Z a-z 0-9 _ . -";
-/// What `address` must look like, for the "required" error.
-const ADDRESS_RULE: &str = "ip:port to listen on, e.g. \"127.0.0.1:7700\" or \"[::1]:7700\"";
-
 /// Names and addresses of the listeners validated so far, each with the
 /// key prefix and line of the listener that has it.
 #[derive(Default)]
@@ -749,8 +748,16 @@ mod tests {
     fn missing_listener_keys_are_reported_at_the_table() {
         let text = "[daemon]\ntick = \"1s\"\n\n[[listener]]\nprotocol = \"raw\"\n";
         let e = parse_err(text);
-        assert_eq!(e.to_string(), format!("test.toml:4: listener[0].name: name is required: {NAME_RULE}"));
+        assert_eq!(
+            e.to_string(),
+            "test.toml:4: listener[0].name: name is required: \
+             a unique name of 1..=64 characters from A-Z a-z 0-9 _ . -"
+        );
         let e = parse_err(&text.replace("protocol", "name = \"x\"\nprotocol"));
-        assert_eq!(e.to_string(), format!("test.toml:4: listener[0].address: address is required: {ADDRESS_RULE}"));
+        assert_eq!(
+            e.to_string(),
+            "test.toml:4: listener[0].address: address is required: \
+             ip:port to listen on, e.g. \"127.0.0.1:7700\" or \"[::1]:7700\""
+        );
     }
 }
