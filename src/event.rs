@@ -15,8 +15,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::Protocol;
 use crate::journal::Journal;
+use crate::wire::Protocol;
 
 /// Why a client went offline (PROTOCOL.md "Offline reasons").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -13,7 +13,8 @@
 //!   keepalive cut-off (the kernel drops the connection once the user
 //!   timeout has passed since the last ACK and at least one probe went
 //!   unanswered). That is why the config insists on
-//!   `user_timeout >= keepalive_idle + keepalive_interval * keepalive_count`.
+//!   `user_timeout >= keepalive_idle + keepalive_interval * keepalive_count`
+//!   ([`TcpConfig::keepalive_limit`]).
 //! - `TCP_NODELAY` is on by default: frames are tiny and latency is the
 //!   product; Nagle would hold a PONG for the peer's delayed ACK.
 
@@ -53,39 +54,6 @@ impl std::error::Error for SockoptError {
     }
 }
 
-/// The options as the kernel reports them after [`apply`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Effective {
-    /// `SO_KEEPALIVE`.
-    pub keepalive: bool,
-    /// `TCP_KEEPIDLE`.
-    pub keepalive_idle: Duration,
-    /// `TCP_KEEPINTVL`.
-    pub keepalive_interval: Duration,
-    /// `TCP_KEEPCNT`.
-    pub keepalive_count: u32,
-    /// `TCP_USER_TIMEOUT`; zero is the kernel default.
-    pub user_timeout: Duration,
-    /// `TCP_NODELAY`.
-    pub nodelay: bool,
-}
-
-impl fmt::Display for Effective {
-    /// logfmt keys, in the units the kernel uses.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "keepalive={} keepalive_idle_s={} keepalive_interval_s={} keepalive_count={} user_timeout_ms={} nodelay={}",
-            self.keepalive,
-            self.keepalive_idle.as_secs(),
-            self.keepalive_interval.as_secs(),
-            self.keepalive_count,
-            self.user_timeout.as_millis(),
-            self.nodelay
-        )
-    }
-}
-
 /// Applies a listener's `[tcp]` options to one socket.
 pub fn apply<S: AsFd>(socket: &S, tcp: &TcpConfig) -> Result<(), SockoptError> {
     let sock = SockRef::from(socket);
@@ -101,13 +69,16 @@ pub fn apply<S: AsFd>(socket: &S, tcp: &TcpConfig) -> Result<(), SockoptError> {
     set_nodelay(&sock, tcp.nodelay)
 }
 
-/// Reads the options back from the kernel.
-pub fn effective<S: AsFd>(socket: &S) -> Result<Effective, SockoptError> {
+/// Reads the options back from the kernel, in [`TcpConfig`]'s terms so
+/// they compare with what was applied: with `SO_KEEPALIVE` off,
+/// `keepalive_idle` is zero (the kernel's idle time is then unused).
+pub fn effective<S: AsFd>(socket: &S) -> Result<TcpConfig, SockoptError> {
     let sock = SockRef::from(socket);
     let named = |option| move |source| SockoptError { option, source };
-    Ok(Effective {
-        keepalive: sock.keepalive().map_err(named("SO_KEEPALIVE"))?,
-        keepalive_idle: sock.tcp_keepalive_time().map_err(named("TCP_KEEPIDLE"))?,
+    let keepalive = sock.keepalive().map_err(named("SO_KEEPALIVE"))?;
+    let idle = sock.tcp_keepalive_time().map_err(named("TCP_KEEPIDLE"))?;
+    Ok(TcpConfig {
+        keepalive_idle: if keepalive { idle } else { Duration::ZERO },
         keepalive_interval: sock.tcp_keepalive_interval().map_err(named("TCP_KEEPINTVL"))?,
         keepalive_count: sock.tcp_keepalive_retries().map_err(named("TCP_KEEPCNT"))?,
         user_timeout: sock.tcp_user_timeout().map_err(named("TCP_USER_TIMEOUT"))?.unwrap_or(Duration::ZERO),
@@ -254,25 +225,15 @@ mod tests {
     #[test]
     fn applied_options_read_back() {
         let listener = bind_listener("127.0.0.1:0".parse().expect("addr"), &tcp(7, 15_000)).expect("bind");
-        let eff = effective(&listener).expect("read back");
-        assert_eq!(
-            eff,
-            Effective {
-                keepalive: true,
-                keepalive_idle: Duration::from_secs(7),
-                keepalive_interval: Duration::from_secs(2),
-                keepalive_count: 4,
-                user_timeout: Duration::from_millis(15_000),
-                nodelay: true,
-            }
-        );
+        assert_eq!(effective(&listener).expect("read back"), tcp(7, 15_000));
     }
 
     #[test]
     fn zero_idle_turns_keepalive_off() {
         let listener = bind_listener("127.0.0.1:0".parse().expect("addr"), &tcp(0, 0)).expect("bind");
         let eff = effective(&listener).expect("read back");
-        assert!(!eff.keepalive);
+        assert!(!eff.keepalive());
+        assert_eq!(eff.keepalive_idle, Duration::ZERO);
         assert_eq!(eff.user_timeout, Duration::ZERO);
     }
 

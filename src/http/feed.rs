@@ -139,8 +139,8 @@ fn millis(ms: u128) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Protocol;
     use crate::event::{Client, OfflineReason};
+    use crate::wire::Protocol;
     use std::time::Duration;
 
     fn online(id: &str) -> Event<'_> {

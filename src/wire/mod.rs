@@ -11,3 +11,6 @@
 
 pub mod legacy;
 pub mod native;
+pub mod protocol;
+
+pub use protocol::Protocol;
