@@ -2,12 +2,10 @@
 //! accepting without spinning, keeps serving the clients it has, and
 //! accepts the waiting ones once fds free up.
 
-mod common;
-
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
-use common::*;
+use heartbeatd_harness::*;
 
 /// The daemon's fd limit: a handful for itself (stdio, epoll, signal pipe,
 /// listener), the rest for clients.

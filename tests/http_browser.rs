@@ -11,9 +11,6 @@
 //! Without Chromium the test says `skipped` and passes, except under
 //! `CI=true`, where it fails (`.ci/setup` installs `chromium`).
 
-mod common;
-mod http_common;
-
 use std::io::{self, BufRead, BufReader};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
@@ -24,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
-use http_common::*;
+use heartbeatd_harness::http::*;
+use heartbeatd_harness::*;
 use serde_json::{json, Value as Json};
 use tungstenite::{Message, WebSocket};
 
@@ -71,7 +68,7 @@ impl Chromium {
                 "--mute-audio",
                 "--remote-debugging-port=0",
             ])
-            .arg(format!("--user-data-dir={}", profile.path.display()))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -26,9 +26,6 @@
 //! passes, except under `CI=true`, where anything that stops it from
 //! running fails it.
 
-mod common;
-mod systemd_common;
-
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
@@ -40,7 +37,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use heartbeatd::event::{OFFLINE_MESSAGE_ID, ONLINE_MESSAGE_ID};
-use systemd_common::{frame, is_root, parse_frames, parse_welcome, skip, wait_until, which, TempDir, Welcome};
+use heartbeatd_harness::systemd::{is_root, skip, wait_until, which};
+use heartbeatd_harness::{parse_frames, TempDir, Welcome, BYE, WELCOME};
 
 /// A pristine `debootstrap --variant=minbase` bookworm tree with systemd.
 /// Copied per run, never booted itself.
@@ -312,7 +310,11 @@ fn scenario(c: &Container, deb: &Path) {
     );
     println!("e2e: stopped with a client connected: {:?}", message(&bye));
     let frames = parse_frames(&fs::read(&hold_rx).expect("read hold.rx"));
-    assert_eq!(frames.last(), Some(&(frame::BYE, b"shutdown".to_vec())), "the last frame before the stop");
+    assert_eq!(
+        frames.last().map(|f| (f.ty, f.payload.as_slice())),
+        Some((BYE, &b"shutdown"[..])),
+        "the last frame before the stop"
+    );
     hold.finish(Duration::from_secs(10));
 
     // --- socket activation: the first client starts the service ---
@@ -674,7 +676,7 @@ impl FileLock {
 /// The WELCOMEs in a client's received bytes, in order.
 fn welcomes(rx: &Path) -> Vec<Welcome> {
     let bytes = fs::read(rx).unwrap_or_default();
-    parse_frames(&bytes).into_iter().filter(|(k, _)| *k == frame::WELCOME).map(|(_, p)| parse_welcome(&p)).collect()
+    parse_frames(&bytes).into_iter().filter(|f| f.ty == WELCOME).map(|f| Welcome::parse(&f.payload)).collect()
 }
 
 fn field<'a>(entry: &'a HashMap<String, String>, name: &str) -> &'a str {
