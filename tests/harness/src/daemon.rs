@@ -173,6 +173,11 @@ impl Daemon {
         self.lines().into_iter().filter(|l| pred.test(l)).collect()
     }
 
+    /// True if some line received so far contains `part`.
+    pub fn saw(&self, part: &str) -> bool {
+        self.find(part).is_some()
+    }
+
     /// The first line received so far that matches `pred`.
     pub fn find(&self, pred: impl Pred) -> Option<Line> {
         self.lines().into_iter().find(|l| pred.test(l))
