@@ -11,16 +11,6 @@ use heartbeatd_harness::*;
 /// listener), the rest for clients.
 const NOFILE: u64 = 32;
 
-/// CPU ticks (1/100 s) of a process, user + system.
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/PID/stat");
-    let after_name = stat.rsplit_once(')').expect("stat has a command name").1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5) are utime and stime; after the name they
-    // are the 12th and 13th.
-    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
-}
-
 #[test]
 fn out_of_fds_pauses_accepting_keeps_clients_and_resumes() {
     let dir = TempDir::new("fds");

@@ -29,7 +29,7 @@ use prometheus_parse::{LineInfo, Scrape, Value};
 
 use crate::audit::ms;
 use crate::daemon::Daemon;
-use crate::native::{frame, End, NativeClient, PING, PONG};
+use crate::native::{frame, read_some, End, NativeClient, PING, PONG};
 use crate::DEADLINE;
 
 /// `config_text` with an `[http]` table on 127.0.0.1, port 0, plus
@@ -273,23 +273,9 @@ impl Sse {
 
     fn fill(&mut self, deadline: Instant) -> Result<(), End> {
         let mut chunk = [0u8; 8192];
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(End::Timeout);
-            }
-            self.stream.set_read_timeout(Some(deadline - now)).expect("setting a read timeout");
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(End::Eof),
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(());
-                }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(End::Error(e)),
-            }
-        }
+        let n = read_some(&mut self.stream, &mut chunk, deadline)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
     }
 
     /// The next event (blocks without `data:` are not events: the opening

@@ -67,7 +67,7 @@ impl End {
 }
 
 /// Reads once into `buf` with a deadline.
-fn read_some(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Result<usize, End> {
+pub(crate) fn read_some(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Result<usize, End> {
     loop {
         let now = Instant::now();
         if now >= deadline {

@@ -12,6 +12,17 @@ use std::time::{Duration, Instant};
 use crate::daemon::{kill, reap};
 use crate::log::{Follower, Line, Pred};
 
+/// CPU time a process has used (user + system) in clock ticks
+/// (`_SC_CLK_TCK`, 100 per second on Linux), from `/proc/PID/stat`.
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/PID/stat");
+    let after_name = stat.rsplit_once(')').expect("stat has a command name").1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5); after the name,
+    // the 12th and 13th.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
 /// Which output of a [`Proc`] is followed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Output {

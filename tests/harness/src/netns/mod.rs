@@ -110,7 +110,7 @@ pub fn missing_privilege() -> Option<String> {
 /// a fault test that cannot run is a failure.
 pub fn can_run(test: &str) -> bool {
     let Some(why) = missing_privilege() else { return true };
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    if crate::systemd::in_ci() {
         panic!("{test}: cannot run the network fault tests under CI=true: {why}");
     }
     // Written to stderr directly: libtest captures `eprintln!` of passing
@@ -445,15 +445,9 @@ pub fn instant_of(ns: u64) -> Instant {
 
 /// CPU time a process has used (user + system), from `/proc/PID/stat`.
 pub fn cpu_time(pid: i32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/PID/stat");
-    let after_name = stat.rsplit_once(')').expect("stat has a command name").1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat(5); after the name,
-    // the 12th and 13th.
-    let ticks = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     // SAFETY: sysconf has no preconditions.
     let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).expect("CLK_TCK");
-    Duration::from_millis(ticks * 1000 / hz)
+    Duration::from_millis(crate::proc::cpu_ticks(pid) * 1000 / hz)
 }
 
 /// A `TcpExt` counter (e.g. `TCPKeepAlive`) of the network namespace that
