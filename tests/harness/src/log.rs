@@ -376,3 +376,44 @@ impl Follower {
         s.closed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_line_gives_its_event_and_unquoted_fields() {
+        let text = r#"2026-12-01T20:00:00.123Z [ INFO] offline client="a b" reason=left detail="x\"y\\z\n\u{e9}""#;
+        let line = Line::parse(3, Instant::now(), text.to_string());
+        assert_eq!(line.index, 3);
+        assert_eq!(line.event, "offline");
+        assert_eq!(line.get("client"), Some("a b"));
+        assert_eq!(line.field("reason"), "left");
+        assert_eq!(line.get("detail"), Some("x\"y\\z\n\u{e9}"));
+        assert!(ev("offline").kv("reason", "left").test(&line));
+        assert!(!ev("offline").kv("reason", "timeout").test(&line));
+        assert!(["offline ", "reason=left"].test(&line));
+        assert!(!["offline ", "reason=timeout"].test(&line));
+    }
+
+    #[test]
+    fn a_line_without_a_level_is_all_message() {
+        assert_eq!(message_of("listening listener=main"), "listening listener=main");
+        let (words, fields) = parse_logfmt("listening a=1 b");
+        assert_eq!(words, ["listening", "b"]);
+        assert_eq!(fields.get("a").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn a_follower_keeps_every_line_in_order_and_next_consumes_them() {
+        let f = Follower::start("test", std::io::Cursor::new(b"one x=1\ntwo x=2\none x=3\n".to_vec()));
+        assert!(f.wait_closed(Instant::now() + Duration::from_secs(5)));
+        let lines = f.lines();
+        assert_eq!(lines.iter().map(|l| l.index).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(f.next(&ev("one"), Duration::ZERO).map(|l| l.index), Some(0));
+        assert_eq!(f.next(&ev("one"), Duration::ZERO).map(|l| l.index), Some(2));
+        assert!(f.next(&ev("one"), Duration::ZERO).is_none());
+        assert_eq!(f.poll_from(1, &ev("one"), Duration::ZERO).map(|l| l.index), Some(2));
+        assert_eq!(f.mark(), 3);
+    }
+}

@@ -497,3 +497,27 @@ impl PlainClient {
         reset(self.stream);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_decode_only_when_whole() {
+        let mut bytes = frame(PONG, b"abc");
+        bytes.extend_from_slice(&frame(BYE, b"")[..3]);
+        assert_eq!(decode_frame(&bytes[..6]), None);
+        let (f, used) = decode_frame(&bytes).expect("a whole frame");
+        assert_eq!((f.ty, f.flags, f.payload.as_slice(), used), (PONG, 0, &b"abc"[..], 7));
+        assert_eq!(parse_frames(&bytes), [f]);
+    }
+
+    #[test]
+    fn hello_and_welcome_follow_the_protocol_text() {
+        assert_eq!(hello_frame("ab", "t"), [HELLO, 0, 0, 6, 1, 2, b'a', b'b', 1, b't']);
+        let mut p = 1000u32.to_be_bytes().to_vec();
+        p.extend_from_slice(&3000u32.to_be_bytes());
+        p.extend_from_slice(&7u64.to_be_bytes());
+        assert_eq!(Welcome::parse(&p), Welcome { interval_ms: 1000, timeout_ms: 3000, session: 7 });
+    }
+}

@@ -455,3 +455,21 @@ pub fn dev_ino_of_new_file(path: &Path) -> String {
     let meta = fs::metadata(path).expect("stat the log file");
     format!("{}:{}", meta.dev(), meta.ino())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_datagrams_decode_plain_and_binary_fields() {
+        let mut data = b"MESSAGE=online client=a\nDETAIL\n".to_vec();
+        data.extend_from_slice(&9u64.to_le_bytes());
+        data.extend_from_slice(b"two\nlines\nPRIORITY=6\n");
+        let fields = decode_journal(&data).expect("decodes");
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(fields, [("MESSAGE", "online client=a"), ("DETAIL", "two\nlines"), ("PRIORITY", "6")]);
+        // A binary value must be followed by its newline; a line must end.
+        assert_eq!(decode_journal(&data[..data.len() - 13]), None);
+        assert_eq!(decode_journal(b"MESSAGE=no end"), None);
+    }
+}
