@@ -213,22 +213,10 @@ fn write_all_possible(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<usize>
     Ok(written)
 }
 
-/// The offline reason for an I/O error on a client socket.
-pub fn reason_for_io_error(e: &io::Error) -> OfflineReason {
-    match e.raw_os_error() {
-        Some(libc::ECONNRESET | libc::ECONNABORTED) => OfflineReason::Reset,
-        Some(libc::EPIPE) => OfflineReason::Closed,
-        // The kernel's verdict after unanswered keepalive probes or an
-        // expired TCP_USER_TIMEOUT is ETIMEDOUT, unless an ICMP error was
-        // seen meanwhile, in which case it reports that soft error instead.
-        Some(libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH) => OfflineReason::TcpTimeout,
-        _ => OfflineReason::Error,
-    }
-}
-
 /// `Close` for an I/O error on a client socket.
+/// (`WouldBlock` never gets here: both callers retry on it.)
 fn io_close(e: &io::Error) -> Next {
-    Next::Close(reason_for_io_error(e), Some(e.to_string()))
+    Next::Close(OfflineReason::from_io_error(e), Some(e.to_string()))
 }
 
 #[cfg(test)]

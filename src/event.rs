@@ -1,18 +1,22 @@
 //! Online/offline events and how each sink renders them.
 //!
-//! One [`Event`] per state change of a client; the loop hands every event to
-//! [`emit`], which today writes one logfmt line through `log`. Later sinks
-//! (journal fields, HTTP feed, metrics) read the same struct.
+//! One [`Event`] per state change of a client. The loop hands every event
+//! to each sink, and every sink reads the same struct: [`emit`] writes it
+//! to the journal with structured fields (`HEARTBEAT_*`, a `MESSAGE_ID` per
+//! kind) or, off the journal, as one logfmt line through `log`; the HTTP
+//! feed renders it as a Server-Sent Event (`http::feed`); the counters
+//! count it (`metrics`).
 //!
 //! Invariant (kept by the loop, relied on by every sink): each client that
 //! goes online produces exactly one offline event, with one reason.
 
 use std::fmt::{self, Write as _};
+use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::Protocol;
 use crate::journal::Journal;
+use crate::wire::Protocol;
 
 /// Why a client went offline (PROTOCOL.md "Offline reasons").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,6 +71,27 @@ impl OfflineReason {
             OfflineReason::WriteStalled => "write-stalled",
             OfflineReason::Shutdown => "shutdown",
             OfflineReason::Error => "error",
+        }
+    }
+
+    /// The reason a socket error stands for, on either end of a
+    /// connection: the one errno table the daemon (its clients' sockets)
+    /// and the agent (its socket to the daemon) both classify with.
+    ///
+    /// `WouldBlock` is a reason only on a blocking socket with a send or
+    /// receive timeout (the agent's): the peer took nothing for that whole
+    /// timeout. Non-blocking callers (the daemon) retry on it instead and
+    /// never pass it here.
+    pub fn from_io_error(e: &io::Error) -> OfflineReason {
+        match e.raw_os_error() {
+            Some(libc::ECONNRESET | libc::ECONNABORTED) => OfflineReason::Reset,
+            Some(libc::EPIPE) => OfflineReason::Closed,
+            // The kernel's verdict after unanswered keepalive probes or an
+            // expired TCP_USER_TIMEOUT is ETIMEDOUT, unless an ICMP error was
+            // seen meanwhile, in which case it reports that soft error instead.
+            Some(libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH) => OfflineReason::TcpTimeout,
+            Some(libc::EAGAIN) => OfflineReason::Timeout,
+            _ => OfflineReason::Error,
         }
     }
 
@@ -314,6 +339,21 @@ mod tests {
             let want = if reason.is_orderly() { log::Level::Info } else { log::Level::Warn };
             assert_eq!(e.level(), want, "{reason}");
         }
+    }
+
+    #[test]
+    fn socket_errors_classify_as_the_kernel_means_them() {
+        let of = |errno| OfflineReason::from_io_error(&io::Error::from_raw_os_error(errno));
+        assert_eq!(of(libc::ECONNRESET), OfflineReason::Reset);
+        assert_eq!(of(libc::ECONNABORTED), OfflineReason::Reset);
+        assert_eq!(of(libc::EPIPE), OfflineReason::Closed);
+        assert_eq!(of(libc::ETIMEDOUT), OfflineReason::TcpTimeout);
+        assert_eq!(of(libc::EHOSTUNREACH), OfflineReason::TcpTimeout);
+        assert_eq!(of(libc::ENETUNREACH), OfflineReason::TcpTimeout);
+        assert_eq!(of(libc::EAGAIN), OfflineReason::Timeout);
+        assert_eq!(of(libc::EBADF), OfflineReason::Error);
+        let custom = io::Error::new(io::ErrorKind::WriteZero, "write returned 0");
+        assert_eq!(OfflineReason::from_io_error(&custom), OfflineReason::Error);
     }
 
     #[test]

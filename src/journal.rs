@@ -86,32 +86,32 @@ pub fn priority(level: log::Level) -> u8 {
     }
 }
 
-/// Decodes a native-protocol datagram back into fields: the inverse of
-/// [`encode`], for tests of what the journal receives.
-pub fn decode(mut data: &[u8]) -> Option<Vec<(String, String)>> {
-    let mut fields = Vec::new();
-    while !data.is_empty() {
-        let end = data.iter().position(|&b| b == b'\n' || b == b'=')?;
-        let name = String::from_utf8(data[..end].to_vec()).ok()?;
-        let (value, rest) = if data[end] == b'=' {
-            let line_end = end + 1 + data[end + 1..].iter().position(|&b| b == b'\n')?;
-            (&data[end + 1..line_end], &data[line_end + 1..])
-        } else {
-            let len_bytes: [u8; 8] = data.get(end + 1..end + 9)?.try_into().ok()?;
-            let len = usize::try_from(u64::from_le_bytes(len_bytes)).ok()?;
-            let start = end + 9;
-            let value = data.get(start..start + len)?;
-            (value, data.get(start + len + 1..)?)
-        };
-        fields.push((name, String::from_utf8(value.to_vec()).ok()?));
-        data = rest;
-    }
-    Some(fields)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Decodes a native-protocol datagram back into fields: the inverse of
+    /// [`encode`].
+    fn decode(mut data: &[u8]) -> Option<Vec<(String, String)>> {
+        let mut fields = Vec::new();
+        while !data.is_empty() {
+            let end = data.iter().position(|&b| b == b'\n' || b == b'=')?;
+            let name = String::from_utf8(data[..end].to_vec()).ok()?;
+            let (value, rest) = if data[end] == b'=' {
+                let line_end = end + 1 + data[end + 1..].iter().position(|&b| b == b'\n')?;
+                (&data[end + 1..line_end], &data[line_end + 1..])
+            } else {
+                let len_bytes: [u8; 8] = data.get(end + 1..end + 9)?.try_into().ok()?;
+                let len = usize::try_from(u64::from_le_bytes(len_bytes)).ok()?;
+                let start = end + 9;
+                let value = data.get(start..start + len)?;
+                (value, data.get(start + len + 1..)?)
+            };
+            fields.push((name, String::from_utf8(value.to_vec()).ok()?));
+            data = rest;
+        }
+        Some(fields)
+    }
 
     #[test]
     fn simple_and_multiline_values_round_trip() {

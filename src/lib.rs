@@ -15,20 +15,30 @@
 //!
 //! The daemon is one thread around one `mio::Poll` ([`server`]); idle
 //! deadlines live in a hashed timer wheel ([`wheel`]). The reconnecting
-//! client agent lives in [`client`].
+//! client agent lives in [`client`]. The status API's JSON contract, which
+//! the daemon serves and the client library reads, is [`api`].
+//!
+//! `unsafe` lives only in `sockopt` and `systemd`, each block with a
+//! `// SAFETY:` comment; the lints below make the compiler hold that line.
 
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod api;
 pub mod client;
 pub mod config;
-pub mod conn;
+pub(crate) mod conn;
 pub mod event;
 pub mod http;
-pub mod journal;
+pub(crate) mod journal;
 pub mod logging;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod server;
-pub mod session;
-pub mod sockopt;
-pub mod status;
-pub mod systemd;
+pub(crate) mod session;
+#[allow(unsafe_code)]
+pub(crate) mod sockopt;
+pub(crate) mod status;
+#[allow(unsafe_code)]
+pub(crate) mod systemd;
 pub mod wheel;
 pub mod wire;

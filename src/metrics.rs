@@ -282,8 +282,8 @@ fn escape_label(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Protocol;
     use crate::event::Client;
+    use crate::wire::Protocol;
     use std::time::Duration;
 
     fn client(listener: &str) -> Client<'_> {

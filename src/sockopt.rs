@@ -1,5 +1,7 @@
 //! Socket options, one small function each: keepalive, user timeout,
-//! nodelay, and how listening sockets are made.
+//! nodelay, and how listening sockets are made; and the raw socket calls
+//! the daemon and the agent need beyond `std` and socket2 (`TCP_INFO`, a
+//! high-resolution wait for readability), so that `unsafe` stays here.
 //!
 //! Every error names the option it was setting, so a log line says which
 //! knob the kernel refused. Nothing here knows about clients or the loop.
@@ -11,7 +13,8 @@
 //!   keepalive cut-off (the kernel drops the connection once the user
 //!   timeout has passed since the last ACK and at least one probe went
 //!   unanswered). That is why the config insists on
-//!   `user_timeout >= keepalive_idle + keepalive_interval * keepalive_count`.
+//!   `user_timeout >= keepalive_idle + keepalive_interval * keepalive_count`
+//!   ([`TcpConfig::keepalive_limit`]).
 //! - `TCP_NODELAY` is on by default: frames are tiny and latency is the
 //!   product; Nagle would hold a PONG for the peer's delayed ACK.
 
@@ -23,6 +26,7 @@ use std::time::Duration;
 
 use socket2::{Domain, SockRef, Socket, Type};
 
+use crate::api::TcpView;
 use crate::config::TcpConfig;
 
 /// Pending connections the kernel queues per listener before refusing.
@@ -50,39 +54,6 @@ impl std::error::Error for SockoptError {
     }
 }
 
-/// The options as the kernel reports them after [`apply`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Effective {
-    /// `SO_KEEPALIVE`.
-    pub keepalive: bool,
-    /// `TCP_KEEPIDLE`.
-    pub keepalive_idle: Duration,
-    /// `TCP_KEEPINTVL`.
-    pub keepalive_interval: Duration,
-    /// `TCP_KEEPCNT`.
-    pub keepalive_count: u32,
-    /// `TCP_USER_TIMEOUT`; zero is the kernel default.
-    pub user_timeout: Duration,
-    /// `TCP_NODELAY`.
-    pub nodelay: bool,
-}
-
-impl fmt::Display for Effective {
-    /// logfmt keys, in the units the kernel uses.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "keepalive={} keepalive_idle_s={} keepalive_interval_s={} keepalive_count={} user_timeout_ms={} nodelay={}",
-            self.keepalive,
-            self.keepalive_idle.as_secs(),
-            self.keepalive_interval.as_secs(),
-            self.keepalive_count,
-            self.user_timeout.as_millis(),
-            self.nodelay
-        )
-    }
-}
-
 /// Applies a listener's `[tcp]` options to one socket.
 pub fn apply<S: AsFd>(socket: &S, tcp: &TcpConfig) -> Result<(), SockoptError> {
     let sock = SockRef::from(socket);
@@ -98,13 +69,16 @@ pub fn apply<S: AsFd>(socket: &S, tcp: &TcpConfig) -> Result<(), SockoptError> {
     set_nodelay(&sock, tcp.nodelay)
 }
 
-/// Reads the options back from the kernel.
-pub fn effective<S: AsFd>(socket: &S) -> Result<Effective, SockoptError> {
+/// Reads the options back from the kernel, in [`TcpConfig`]'s terms so
+/// they compare with what was applied: with `SO_KEEPALIVE` off,
+/// `keepalive_idle` is zero (the kernel's idle time is then unused).
+pub fn effective<S: AsFd>(socket: &S) -> Result<TcpConfig, SockoptError> {
     let sock = SockRef::from(socket);
     let named = |option| move |source| SockoptError { option, source };
-    Ok(Effective {
-        keepalive: sock.keepalive().map_err(named("SO_KEEPALIVE"))?,
-        keepalive_idle: sock.tcp_keepalive_time().map_err(named("TCP_KEEPIDLE"))?,
+    let keepalive = sock.keepalive().map_err(named("SO_KEEPALIVE"))?;
+    let idle = sock.tcp_keepalive_time().map_err(named("TCP_KEEPIDLE"))?;
+    Ok(TcpConfig {
+        keepalive_idle: if keepalive { idle } else { Duration::ZERO },
         keepalive_interval: sock.tcp_keepalive_interval().map_err(named("TCP_KEEPINTVL"))?,
         keepalive_count: sock.tcp_keepalive_retries().map_err(named("TCP_KEEPCNT"))?,
         user_timeout: sock.tcp_user_timeout().map_err(named("TCP_USER_TIMEOUT"))?.unwrap_or(Duration::ZERO),
@@ -178,22 +152,8 @@ pub fn bind_listener(address: SocketAddr, tcp: &TcpConfig) -> io::Result<mio::ne
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
-/// The kernel's view of a connection (`TCP_INFO`), the fields operators ask
-/// for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpInfo {
-    /// Smoothed round-trip time, in microseconds.
-    pub rtt_us: u32,
-    /// Round-trip time variance, in microseconds.
-    pub rttvar_us: u32,
-    /// Segments retransmitted over the connection's life.
-    pub retransmits: u32,
-    /// Segments sent and not yet acknowledged.
-    pub unacked: u32,
-}
-
 /// Reads `TCP_INFO`; `None` if the kernel refuses (socket already gone).
-pub fn tcp_info<S: AsFd>(socket: &S) -> Option<TcpInfo> {
+pub fn tcp_info<S: AsFd>(socket: &S) -> Option<TcpView> {
     // SAFETY: an all-zero tcp_info is a valid value for the kernel to fill.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -208,7 +168,7 @@ pub fn tcp_info<S: AsFd>(socket: &S) -> Option<TcpInfo> {
             &mut len,
         )
     };
-    (rc == 0).then_some(TcpInfo {
+    (rc == 0).then_some(TcpView {
         rtt_us: info.tcpi_rtt,
         rttvar_us: info.tcpi_rttvar,
         retransmits: info.tcpi_total_retrans,
@@ -216,9 +176,36 @@ pub fn tcp_info<S: AsFd>(socket: &S) -> Option<TcpInfo> {
     })
 }
 
-/// Takes the socket's pending error (`SO_ERROR`), if any.
-pub fn take_error<S: AsFd>(socket: &S) -> io::Result<Option<io::Error>> {
-    SockRef::from(socket).take_error()
+/// Waits until `socket` is readable (data, EOF or an error) or `timeout`
+/// has passed; false on timeout.
+///
+/// `ppoll` rather than `SO_RCVTIMEO`: the socket timeout counts in
+/// jiffies and wakes up to a few milliseconds late, which would push a
+/// PING past its interval; `ppoll` sleeps on a high-resolution timer.
+pub(crate) fn wait_readable<S: AsFd>(socket: &S, timeout: Duration) -> io::Result<bool> {
+    let mut pollfd = libc::pollfd { fd: socket.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        // Below 10⁹, so it fits a c_long on every target.
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one pollfd whose fd stays open for the borrow, a valid
+    // timespec, both live for the call, and no signal mask.
+    let rc = unsafe { libc::ppoll(&mut pollfd, 1, &ts, std::ptr::null()) };
+    match rc {
+        -1 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+        0 => Ok(false),
+        // POLLIN, POLLHUP or POLLERR: the read that follows returns data,
+        // EOF or the socket's error without blocking.
+        _ => Ok(true),
+    }
 }
 
 #[cfg(test)]
@@ -238,25 +225,15 @@ mod tests {
     #[test]
     fn applied_options_read_back() {
         let listener = bind_listener("127.0.0.1:0".parse().expect("addr"), &tcp(7, 15_000)).expect("bind");
-        let eff = effective(&listener).expect("read back");
-        assert_eq!(
-            eff,
-            Effective {
-                keepalive: true,
-                keepalive_idle: Duration::from_secs(7),
-                keepalive_interval: Duration::from_secs(2),
-                keepalive_count: 4,
-                user_timeout: Duration::from_millis(15_000),
-                nodelay: true,
-            }
-        );
+        assert_eq!(effective(&listener).expect("read back"), tcp(7, 15_000));
     }
 
     #[test]
     fn zero_idle_turns_keepalive_off() {
         let listener = bind_listener("127.0.0.1:0".parse().expect("addr"), &tcp(0, 0)).expect("bind");
         let eff = effective(&listener).expect("read back");
-        assert!(!eff.keepalive);
+        assert!(!eff.keepalive());
+        assert_eq!(eff.keepalive_idle, Duration::ZERO);
         assert_eq!(eff.user_timeout, Duration::ZERO);
     }
 
@@ -267,6 +244,19 @@ mod tests {
         let info = tcp_info(&client).expect("TCP_INFO on a connected socket");
         assert_eq!(info.unacked, 0);
         assert_eq!(info.retransmits, 0);
+    }
+
+    #[test]
+    fn wait_readable_times_out_then_sees_data() {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let started = std::time::Instant::now();
+        assert!(!wait_readable(&server, Duration::from_millis(20)).expect("wait"));
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        client.write_all(b"x").expect("write");
+        assert!(wait_readable(&server, Duration::from_secs(5)).expect("wait"));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::time::{Instant, SystemTime};
 
 use slab::Slab;
 
+use crate::api::{ClientView, HttpStats, View};
 use crate::http::feed::unix_ms;
-use crate::http::{ClientView, HttpStats, TcpView, View};
 use crate::metrics::{Gauges, Metrics};
 use crate::server::Slot;
 use crate::sockopt;
@@ -61,12 +61,7 @@ impl<'a> StatusView<'a> {
             last_activity_ms: u64::try_from(self.now.saturating_duration_since(session.last_activity()).as_millis())
                 .unwrap_or(u64::MAX),
             heartbeats: session.heartbeats(),
-            tcp: sockopt::tcp_info(conn.stream()).map(|t| TcpView {
-                rtt_us: t.rtt_us,
-                rttvar_us: t.rttvar_us,
-                retransmits: t.retransmits,
-                unacked: t.unacked,
-            }),
+            tcp: sockopt::tcp_info(conn.stream()),
         }
     }
 }

@@ -102,9 +102,7 @@ struct Node<T> {
 
 /// A hashed timer wheel carrying a `Copy` payload per timer.
 pub struct Wheel<T> {
-    /// Width of one bucket.
-    tick: Duration,
-    /// `tick` in nanoseconds; never zero.
+    /// Width of one bucket in nanoseconds; never zero.
     tick_ns: u128,
     /// The instant of tick 0.
     start: Instant,
@@ -139,7 +137,6 @@ impl<T: Copy> Wheel<T> {
         assert!(slots.is_power_of_two(), "timer wheel slots must be a power of two, got {slots}");
         assert!(!tick.is_zero(), "timer wheel tick must be non-zero");
         Wheel {
-            tick,
             tick_ns: tick.as_nanos(),
             start,
             mask: slots - 1,
@@ -151,11 +148,6 @@ impl<T: Copy> Wheel<T> {
             free: NIL,
             len: 0,
         }
-    }
-
-    /// The width of one bucket.
-    pub fn tick(&self) -> Duration {
-        self.tick
     }
 
     /// Number of armed timers.
@@ -292,7 +284,7 @@ impl<T: Copy> Wheel<T> {
         Some(tick.min(NEVER - 1))
     }
 
-    /// The instant tick `tick` begins: `start + tick * self.tick`.
+    /// The instant tick `tick` begins: `start + tick * tick_ns` nanoseconds.
     fn instant_of(&self, tick: u64) -> Instant {
         u128::from(tick)
             .checked_mul(self.tick_ns)
@@ -443,12 +435,12 @@ mod tests {
         (Wheel::new(TICK, SLOTS, start), start)
     }
 
-    /// Advances to `now` and returns what fired, sorted; checks the wheel's
-    /// structure before and after.
     /// Nothing fired (a typed empty list: `[]` alone is ambiguous once
     /// serde_json's comparisons are in scope).
     const NONE: [u64; 0] = [];
 
+    /// Advances to `now` and returns what fired, sorted; checks the wheel's
+    /// structure before and after.
     fn fire<T: Copy + Ord>(wheel: &mut Wheel<T>, now: Instant) -> Vec<T> {
         check(wheel);
         let mut expired = Vec::new();
@@ -522,7 +514,7 @@ mod tests {
     #[test]
     fn new_wheel_is_empty() {
         let (wheel, _) = wheel();
-        assert_eq!(wheel.tick(), TICK);
+        assert_eq!(wheel.tick_ns, TICK.as_nanos());
         assert_eq!(wheel.len(), 0);
         assert!(wheel.is_empty());
         assert_eq!(wheel.next_expiry(), None);

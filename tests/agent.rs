@@ -9,19 +9,12 @@
 //! printed (`cargo test -- --nocapture` shows them).
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use heartbeatd::client::{self, AgentConfig, LostReason, State, StopReason};
-
-const DAEMON: &str = env!("CARGO_BIN_EXE_heartbeatd");
-const AGENT: &str = env!("CARGO_BIN_EXE_heartbeat");
+use heartbeatd_harness::{bin, config, listener, Daemon, Output, Proc, TempDir};
 
 /// Listener interval in most tests, and the timeout it gives with 3 misses.
 const INTERVAL: Duration = Duration::from_millis(200);
@@ -30,217 +23,33 @@ const TIMEOUT: Duration = Duration::from_millis(600);
 /// Deadline for things that should happen "at once" on a loaded machine.
 const SOON: Duration = Duration::from_secs(5);
 
-// ---- harness -------------------------------------------------------------
+// ---- helpers -------------------------------------------------------------
 
-/// A line a child wrote to stderr, and when the test read it.
-#[derive(Clone, Debug)]
-struct Line {
-    at: Instant,
-    text: String,
+/// A daemon config: one native listener named `main` at `address`, tick
+/// 20 ms, misses 3.
+fn main_listener(address: &str, interval: Duration, listener_extra: &str, daemon_extra: &str) -> String {
+    let body = format!("interval = \"{}ms\"\nmisses = 3\n{listener_extra}", interval.as_millis());
+    config("20ms", daemon_extra, &[listener("main", "native", address, &body)])
 }
 
-/// A spawned process whose stderr is read line by line; killed on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    rx: Receiver<Line>,
-    lines: Vec<Line>,
-    /// Lines before this index have been matched by a wait already.
-    cursor: usize,
-    exited: Option<ExitStatus>,
+/// Starts the daemon on `config_text` and waits until `main` listens.
+fn start_daemon(config_text: &str) -> Daemon {
+    let daemon = Daemon::start(config_text);
+    daemon.addr("main");
+    daemon
 }
 
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command) -> Proc {
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for text in BufReader::new(stderr).lines() {
-                let Ok(text) = text else { break };
-                if tx.send(Line { at: Instant::now(), text }).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc { name: name.to_string(), child, rx, lines: Vec::new(), cursor: 0, exited: None }
-    }
-
-    fn pid(&self) -> libc::pid_t {
-        libc::pid_t::try_from(self.child.id()).expect("pid fits")
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: plain kill(2) on a child we own and have not reaped.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill({}, {signal})", self.name);
-    }
-
-    /// Takes one more line, waiting until `until`; false on timeout or EOF.
-    fn pump(&mut self, until: Instant) -> bool {
-        let left = until.saturating_duration_since(Instant::now());
-        match self.rx.recv_timeout(left) {
-            Ok(line) => {
-                self.lines.push(line);
-                true
-            }
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => false,
-        }
-    }
-
-    /// The next unmatched line satisfying `pred` within `within`, if any.
-    fn find(&mut self, within: Duration, pred: impl Fn(&str) -> bool) -> Option<Line> {
-        let until = Instant::now() + within;
-        let mut scanned = self.cursor;
-        loop {
-            while scanned < self.lines.len() {
-                if pred(&self.lines[scanned].text) {
-                    self.cursor = scanned + 1;
-                    return Some(self.lines[scanned].clone());
-                }
-                scanned += 1;
-            }
-            if !self.pump(until) {
-                // EOF comes at once, a timeout only at `until`: either way
-                // nothing more can match in time.
-                if Instant::now() >= until || self.lines.len() == scanned {
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// Like [`Proc::find`], but a missing line fails the test with the log.
-    fn wait(&mut self, within: Duration, what: &str, pred: impl Fn(&str) -> bool) -> Line {
-        match self.find(within, pred) {
-            Some(line) => line,
-            None => {
-                let log = self.dump();
-                panic!("{}: no {what} within {within:?}; log:\n{log}", self.name)
-            }
-        }
-    }
-
-    /// Waits for a line containing every one of `parts`.
-    fn wait_for(&mut self, within: Duration, parts: &[&str]) -> Line {
-        let what = format!("line with {parts:?}");
-        self.wait(within, &what, |l| parts.iter().all(|p| l.contains(p)))
-    }
-
-    /// True if some line read so far (matched or not) contains `part`.
-    fn saw(&self, part: &str) -> bool {
-        self.lines.iter().any(|l| l.text.contains(part))
-    }
-
-    /// Waits for the process to exit: its stderr closes first.
-    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let until = Instant::now() + within;
-        while self.pump(until) {}
-        for _ in 0..100 {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.exited = Some(status);
-                return status;
-            }
-            if Instant::now() >= until {
-                break;
-            }
-            // stderr is closed, so the process is exiting: reaping it is a
-            // matter of the kernel's bookkeeping, not of the test's timing.
-            thread::sleep(Duration::from_millis(10));
-        }
-        let log = self.dump();
-        panic!("{} did not exit within {within:?}; log:\n{log}", self.name);
-    }
-
-    fn kill_now(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            self.exited = self.child.wait().ok();
-        }
-    }
-
-    fn dump(&mut self) -> String {
-        while let Ok(line) = self.rx.try_recv() {
-            self.lines.push(line);
-        }
-        self.lines.iter().map(|l| format!("  {}\n", l.text)).collect()
-    }
+/// The `HOST:PORT` of the daemon's listener `main`.
+fn address(daemon: &Daemon) -> String {
+    daemon.addr("main").to_string()
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill_now();
-    }
-}
-
-/// A temp directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("heartbeat-agent-test-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A daemon config: one native listener named `main`.
-fn config(address: &str, interval: Duration, listener_extra: &str, daemon_extra: &str) -> String {
-    format!(
-        "[daemon]\ntick = \"20ms\"\n{daemon_extra}\n\n[[listener]]\nname = \"main\"\naddress = \"{address}\"\n\
-         protocol = \"native\"\ninterval = \"{}ms\"\nmisses = 3\n{listener_extra}\n",
-        interval.as_millis()
-    )
-}
-
-/// A running daemon, its config file and its bound address.
-struct Daemon {
-    proc: Proc,
-    config: PathBuf,
-    addr: SocketAddr,
-}
-
-impl Daemon {
-    fn start(dir: &TempDir, config_text: &str) -> Daemon {
-        let config = dir.path().join("heartbeatd.toml");
-        fs::write(&config, config_text).expect("write config");
-        let mut proc = Proc::spawn("heartbeatd", Command::new(DAEMON).arg("-c").arg(&config));
-        let line = proc.wait_for(SOON, &["listening listener=main"]);
-        let addr = field(&line.text, "address").parse().expect("address in listening line");
-        Daemon { proc, config, addr }
-    }
-
-    fn server(&self) -> String {
-        self.addr.to_string()
-    }
-}
-
-/// Starts `heartbeat run` at debug level (one line per PING).
+/// Starts `heartbeat run` at debug level (one line per PING), following its
+/// stderr.
 fn agent(server: &str, id: &str, extra: &[&str]) -> Proc {
-    let mut cmd = Command::new(AGENT);
+    let mut cmd = Command::new(bin("heartbeat"));
     cmd.args(["run", "--server", server, "--id", id, "--log-level", "debug"]).args(extra);
-    Proc::spawn(&format!("heartbeat[{id}]"), &mut cmd)
-}
-
-/// The value of `key=` in a logfmt line (bare values only).
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    let needle = format!(" {key}=");
-    let start = line.find(&needle).unwrap_or_else(|| panic!("no {key}= in {line:?}")) + needle.len();
-    line[start..].split(' ').next().unwrap_or("")
+    Proc::spawn(&format!("heartbeat[{id}]"), cmd, Output::Stderr)
 }
 
 /// The agent's own timestamp of a log line (RFC 3339, UTC), as seconds of
@@ -252,9 +61,8 @@ fn stamp(line: &str) -> f64 {
 }
 
 /// Gaps between consecutive PING lines, in ms.
-fn ping_gaps(agent: &mut Proc, count: usize, within: Duration) -> Vec<f64> {
-    let stamps: Vec<f64> =
-        (0..=count).map(|_| stamp(&agent.wait(within, "ping", |l| l.contains(" ping ")).text)).collect();
+fn ping_gaps(agent: &Proc, count: usize, within: Duration) -> Vec<f64> {
+    let stamps: Vec<f64> = (0..=count).map(|_| stamp(&agent.wait_next(" ping ", within).text)).collect();
     // A gap across midnight would be negative by a day.
     stamps.windows(2).map(|w| ((w[1] - w[0]).rem_euclid(86_400.0)) * 1000.0).collect()
 }
@@ -269,19 +77,18 @@ fn dead_port() -> SocketAddr {
 
 #[test]
 fn agent_goes_online_and_pings_at_the_welcome_interval() {
-    let dir = TempDir::new();
-    let mut daemon = Daemon::start(&dir, &config("127.0.0.1:0", INTERVAL, "", ""));
-    let mut agent = agent(&daemon.server(), "dev-42", &[]);
+    let daemon = start_daemon(&main_listener("127.0.0.1:0", INTERVAL, "", ""));
+    let agent = agent(&address(&daemon), "dev-42", &[]);
 
-    let connected = agent.wait_for(SOON, &["connected ", "id=dev-42", "interval_ms=200", "timeout_ms=600"]);
-    let online = daemon.proc.wait_for(SOON, &["online client=dev-42 ", "proto=native"]);
-    assert_eq!(field(&connected.text, "session"), field(&online.text, "session"));
+    let connected = agent.wait_next(["connected ", "id=dev-42", "interval_ms=200", "timeout_ms=600"], SOON);
+    let online = daemon.wait_next(["online client=dev-42 ", "proto=native"], SOON);
+    assert_eq!(connected.field("session"), online.field("session"));
     // The socket options derived from a 200 ms interval.
     assert!(
         agent.saw("keepalive=true keepalive_idle_s=1 keepalive_interval_s=1 keepalive_count=3 user_timeout_ms=4000")
     );
 
-    let gaps = ping_gaps(&mut agent, 8, SOON);
+    let gaps = ping_gaps(&agent, 8, SOON);
     println!("ping gaps at interval 200 ms: {gaps:.1?}");
     for gap in &gaps {
         // Up to 10 % early by design, never late beyond scheduling noise.
@@ -290,76 +97,75 @@ fn agent_goes_online_and_pings_at_the_welcome_interval() {
     let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
     assert!(mean < 210.0, "mean gap {mean:.1} ms: PINGs are not at the interval");
     assert!(agent.saw("pong "), "no PONG answered");
-    assert!(!daemon.proc.saw("offline client=dev-42"), "daemon dropped the agent:\n{}", daemon.proc.dump());
+    assert!(!daemon.saw("offline client=dev-42"), "daemon dropped the agent:\n{}", daemon.log_text());
 
     agent.signal(libc::SIGTERM);
     assert!(agent.wait_exit(SOON).success(), "SIGTERM must exit 0");
-    daemon.proc.wait_for(SOON, &["offline client=dev-42 ", "reason=left"]);
+    daemon.wait_next(["offline client=dev-42 ", "reason=left"], SOON);
 }
 
 #[test]
 fn agent_adopts_the_interval_of_a_reload() {
-    let dir = TempDir::new();
-    let mut daemon = Daemon::start(&dir, &config("127.0.0.1:0", INTERVAL, "", ""));
-    let mut agent = agent(&daemon.server(), "reload-1", &[]);
-    agent.wait_for(SOON, &["connected ", "interval_ms=200"]);
-    ping_gaps(&mut agent, 2, SOON);
+    let daemon = start_daemon(&main_listener("127.0.0.1:0", INTERVAL, "", ""));
+    let agent = agent(&address(&daemon), "reload-1", &[]);
+    agent.wait_next(["connected ", "interval_ms=200"], SOON);
+    ping_gaps(&agent, 2, SOON);
 
     // Same listener (name, address, protocol), new interval: the daemon
     // sends a fresh WELCOME instead of closing the listener.
     // (The address stays as written, port 0: a changed address would
     // reopen the listener and drop its clients.)
-    fs::write(&daemon.config, config("127.0.0.1:0", Duration::from_millis(500), "", "")).expect("rewrite config");
-    daemon.proc.signal(libc::SIGHUP);
-    daemon.proc.wait_for(SOON, &["reloaded ", "changed=1"]);
-    agent.wait_for(SOON, &["welcome-updated ", "interval_ms=500", "timeout_ms=1500"]);
+    fs::write(&daemon.config_path, main_listener("127.0.0.1:0", Duration::from_millis(500), "", ""))
+        .expect("rewrite config");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_next(["reloaded ", "changed=1"], SOON);
+    agent.wait_next(["welcome-updated ", "interval_ms=500", "timeout_ms=1500"], SOON);
 
     // The first PING after the update may still be due on the old clock;
     // the ones after follow the new interval.
-    agent.wait(SOON, "ping", |l| l.contains(" ping "));
-    let gaps = ping_gaps(&mut agent, 3, SOON);
+    agent.wait_next(" ping ", SOON);
+    let gaps = ping_gaps(&agent, 3, SOON);
     println!("ping gaps after reload to 500 ms: {gaps:.1?}");
     for gap in &gaps {
         assert!((445.0..=650.0).contains(gap), "gap {gap:.1} ms after reload to 500 ms: {gaps:.1?}");
     }
-    assert!(!daemon.proc.saw("offline client=reload-1"));
+    assert!(!daemon.saw("offline client=reload-1"));
 
     agent.signal(libc::SIGINT);
     assert!(agent.wait_exit(SOON).success(), "SIGINT must exit 0");
-    daemon.proc.wait_for(SOON, &["offline client=reload-1 ", "reason=left"]);
+    daemon.wait_next(["offline client=reload-1 ", "reason=left"], SOON);
 }
 
 #[test]
 fn frozen_daemon_is_lost_within_its_timeout_and_found_after_sigcont() {
-    let dir = TempDir::new();
-    let mut daemon = Daemon::start(&dir, &config("127.0.0.1:0", INTERVAL, "", ""));
-    let mut agent = agent(&daemon.server(), "frozen-1", &["--connect-timeout", "1s", "--backoff-cap", "1s"]);
-    agent.wait_for(SOON, &["connected "]);
-    daemon.proc.wait_for(SOON, &["online client=frozen-1 "]);
+    let daemon = start_daemon(&main_listener("127.0.0.1:0", INTERVAL, "", ""));
+    let agent = agent(&address(&daemon), "frozen-1", &["--connect-timeout", "1s", "--backoff-cap", "1s"]);
+    agent.wait_next(["connected "], SOON);
+    daemon.wait_next(["online client=frozen-1 "], SOON);
     // Online for more than one timeout, so the backoff starts from its base.
-    ping_gaps(&mut agent, 5, SOON);
+    ping_gaps(&agent, 5, SOON);
 
     let frozen_at = Instant::now();
-    daemon.proc.signal(libc::SIGSTOP);
-    let lost = agent.wait_for(SOON, &["daemon-lost ", "reason=timeout"]);
+    daemon.signal(libc::SIGSTOP);
+    let lost = agent.wait_next(["daemon-lost ", "reason=timeout"], SOON);
     let noticed = lost.at.duration_since(frozen_at);
     // The last PONG came about one interval or less before the freeze;
     // silent_ms below is the exact check that it waited out the timeout.
     assert!(noticed >= TIMEOUT / 2, "lost too early: {noticed:?}");
     assert!(noticed <= TIMEOUT + Duration::from_millis(700), "lost too late: {noticed:?}");
-    let silent = field(&lost.text, "silent_ms").parse::<u64>().expect("silent_ms");
+    let silent = lost.field("silent_ms").parse::<u64>().expect("silent_ms");
     assert!(silent >= 600, "declared lost after {silent} ms of silence, before the timeout");
-    agent.wait_for(SOON, &["reconnecting ", "in_ms="]);
+    agent.wait_next(["reconnecting ", "in_ms="], SOON);
 
     // The kernel still accepts connections for the stopped process, so the
     // agent connects but gets no WELCOME and keeps retrying until thawed.
-    agent.wait_for(SOON, &["handshake-failed ", "reason=handshake-timeout"]);
+    agent.wait_next(["handshake-failed ", "reason=handshake-timeout"], SOON);
     let thawed_at = Instant::now();
-    daemon.proc.signal(libc::SIGCONT);
-    let back = agent.wait_for(SOON, &["connected "]);
+    daemon.signal(libc::SIGCONT);
+    let back = agent.wait_next(["connected "], SOON);
     let reconnect = back.at.duration_since(thawed_at);
-    let session = field(&back.text, "session").to_string();
-    daemon.proc.wait_for(SOON, &["online client=frozen-1 ", &format!("session={session}")]);
+    let session = back.field("session").to_string();
+    daemon.wait_next(["online client=frozen-1 ", &format!("session={session}")], SOON);
     // In the handshake wait at thaw time: WELCOME at once. Backing off:
     // within the cap. Plus slack for a loaded machine.
     assert!(reconnect <= Duration::from_millis(2_500), "reconnect after SIGCONT took {reconnect:?}");
@@ -378,110 +184,103 @@ fn killed_daemon_restarted_on_the_same_port_is_found_again() {
     // healthy connection that follows must reset.
     let server = dead_port().to_string();
     let cap = "1s";
-    let mut agent = agent(&server, "phoenix", &["--backoff-base", "100ms", "--backoff-cap", cap]);
+    let agent = agent(&server, "phoenix", &["--backoff-base", "100ms", "--backoff-cap", cap]);
     for _ in 0..3 {
-        agent.wait_for(SOON, &["connect-failed ", "refused"]);
+        agent.wait_next(["connect-failed ", "refused"], SOON);
     }
-    agent.wait_for(SOON, &["reconnecting ", "attempt=3"]);
-    let dir = TempDir::new();
-    let mut first = Daemon::start(&dir, &config(&server, INTERVAL, "", ""));
-    agent.wait_for(SOON, &["connected "]);
-    first.proc.wait_for(SOON, &["online client=phoenix "]);
+    agent.wait_next(["reconnecting ", "attempt=3"], SOON);
+    let first = start_daemon(&main_listener(&server, INTERVAL, "", ""));
+    agent.wait_next(["connected "], SOON);
+    first.wait_next(["online client=phoenix "], SOON);
     // Online for more than one timeout (600 ms): a healthy connection.
-    ping_gaps(&mut agent, 4, SOON);
+    ping_gaps(&agent, 4, SOON);
 
     let killed_at = Instant::now();
-    first.proc.signal(libc::SIGKILL);
-    first.proc.wait_exit(SOON);
-    let lost = agent.wait_for(SOON, &["daemon-lost "]);
+    first.signal(libc::SIGKILL);
+    first.wait_exit(SOON);
+    let lost = agent.wait_next(["daemon-lost "], SOON);
     let noticed = lost.at.duration_since(killed_at);
-    assert!(["closed", "reset"].contains(&field(&lost.text, "reason")), "{}", lost.text);
+    assert!(["closed", "reset"].contains(&lost.field("reason")), "{}", lost.text);
     // The schedule starts over: the first delay is within the base.
-    let first_retry = agent.wait_for(SOON, &["reconnecting "]);
-    assert_eq!(field(&first_retry.text, "attempt"), "1", "{}", first_retry.text);
-    assert!(field(&first_retry.text, "in_ms").parse::<u64>().expect("in_ms") <= 100, "{}", first_retry.text);
+    let first_retry = agent.wait_next(["reconnecting "], SOON);
+    assert_eq!(first_retry.field("attempt"), "1", "{}", first_retry.text);
+    assert!(first_retry.field("in_ms").parse::<u64>().expect("in_ms") <= 100, "{}", first_retry.text);
     // While it is down, attempts are refused and spaced by the backoff.
-    agent.wait_for(SOON, &["connect-failed ", "refused"]);
-    agent.wait_for(SOON, &["reconnecting ", "attempt=2"]);
+    agent.wait_next(["connect-failed ", "refused"], SOON);
+    agent.wait_next(["reconnecting ", "attempt=2"], SOON);
 
     // Restart on the same port (the daemon binds with SO_REUSEADDR).
-    let dir2 = TempDir::new();
-    let mut second = Daemon::start(&dir2, &config(&server, INTERVAL, "", ""));
+    let second = start_daemon(&main_listener(&server, INTERVAL, "", ""));
     let listening_at = Instant::now();
-    assert_eq!(second.server(), server);
-    let back = agent.wait_for(SOON, &["connected "]);
-    let online = second.proc.wait_for(SOON, &["online client=phoenix "]);
+    assert_eq!(address(&second), server);
+    let back = agent.wait_next(["connected "], SOON);
+    let online = second.wait_next(["online client=phoenix "], SOON);
     let reconnect = back.at.saturating_duration_since(listening_at);
     // Within one capped backoff delay of the daemon's return, plus slack.
     assert!(reconnect <= Duration::from_millis(1_000 + 1_000), "reconnect took {reconnect:?} with cap {cap}");
-    assert_eq!(field(&back.text, "session"), field(&online.text, "session"));
+    assert_eq!(back.field("session"), online.field("session"));
     println!(
         "MEASURED killed daemon: lost after {} ms (reason {}); reconnected {} ms after the restart \
          (backoff base 100 ms, cap {cap})",
         noticed.as_millis(),
-        field(&lost.text, "reason"),
+        lost.field("reason"),
         reconnect.as_millis()
     );
 }
 
 #[test]
 fn second_agent_with_the_same_id_replaces_the_first_which_exits() {
-    let dir = TempDir::new();
-    let mut daemon = Daemon::start(&dir, &config("127.0.0.1:0", INTERVAL, "", ""));
-    let mut first = agent(&daemon.server(), "twin", &["--backoff-base", "50ms", "--backoff-cap", "200ms"]);
-    first.wait_for(SOON, &["connected "]);
-    let first_online = daemon.proc.wait_for(SOON, &["online client=twin "]);
+    let daemon = start_daemon(&main_listener("127.0.0.1:0", INTERVAL, "", ""));
+    let first = agent(&address(&daemon), "twin", &["--backoff-base", "50ms", "--backoff-cap", "200ms"]);
+    first.wait_next(["connected "], SOON);
+    let first_online = daemon.wait_next(["online client=twin "], SOON);
 
-    let mut second = agent(&daemon.server(), "twin", &["--backoff-base", "50ms", "--backoff-cap", "200ms"]);
-    second.wait_for(SOON, &["connected "]);
-    daemon.proc.wait_for(
+    let second = agent(&address(&daemon), "twin", &["--backoff-base", "50ms", "--backoff-cap", "200ms"]);
+    second.wait_next(["connected "], SOON);
+    daemon.wait_next(
+        ["offline client=twin ", &format!("session={}", first_online.field("session")), "reason=replaced"],
         SOON,
-        &["offline client=twin ", &format!("session={}", field(&first_online.text, "session")), "reason=replaced"],
     );
-    let second_online = daemon.proc.wait_for(SOON, &["online client=twin "]);
+    let second_online = daemon.wait_next(["online client=twin "], SOON);
 
     let status = first.wait_exit(SOON);
     assert!(!status.success(), "the replaced agent must exit non-zero");
-    let log = first.dump();
+    let log = first.text();
     assert!(log.contains("stopped ") && log.contains("reason=replaced"), "{log}");
     assert!(log.contains("heartbeat: replaced: another agent connected with the same id"), "{log}");
     assert!(!log.contains("reconnecting "), "the replaced agent fought back:\n{log}");
 
     // The second keeps the session: no further takeover.
-    assert!(
-        daemon.proc.find(Duration::from_secs(1), |l| l.contains("client=twin ")).is_none(),
-        "{}",
-        daemon.proc.dump()
-    );
+    assert!(daemon.poll_next(&"client=twin ", Duration::from_secs(1)).is_none(), "{}", daemon.log_text());
     assert!(!second.saw("daemon-lost"));
     second.signal(libc::SIGTERM);
     assert!(second.wait_exit(SOON).success());
-    daemon.proc.wait_for(
+    daemon.wait_next(
+        ["offline client=twin ", &format!("session={}", second_online.field("session")), "reason=left"],
         SOON,
-        &["offline client=twin ", &format!("session={}", field(&second_online.text, "session")), "reason=left"],
     );
 }
 
 #[test]
 fn check_exit_codes_for_a_live_a_frozen_and_a_missing_daemon() {
-    let dir = TempDir::new();
-    let daemon = Daemon::start(&dir, &config("127.0.0.1:0", INTERVAL, "", ""));
+    let daemon = start_daemon(&main_listener("127.0.0.1:0", INTERVAL, "", ""));
 
-    let out = Command::new(AGENT).args(["check", "--server", &daemon.server()]).output().expect("run check");
+    let out =
+        Command::new(bin("heartbeat")).args(["check", "--server", &address(&daemon)]).output().expect("run check");
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("check (live): {stdout}");
     assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.starts_with("healthy "), "{stdout}");
     assert!(stdout.contains("interval_ms=200 timeout_ms=600 rtt_us="), "{stdout}");
 
-    daemon.proc.signal(libc::SIGSTOP);
+    daemon.signal(libc::SIGSTOP);
     let started = Instant::now();
-    let out = Command::new(AGENT)
-        .args(["check", "--server", &daemon.server(), "--timeout", "500ms"])
+    let out = Command::new(bin("heartbeat"))
+        .args(["check", "--server", &address(&daemon), "--timeout", "500ms"])
         .output()
         .expect("run check");
     let took = started.elapsed();
-    daemon.proc.signal(libc::SIGCONT);
+    daemon.signal(libc::SIGCONT);
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("check (frozen, {} ms): {stdout}", took.as_millis());
     assert_eq!(out.status.code(), Some(1), "{stdout}");
@@ -489,36 +288,37 @@ fn check_exit_codes_for_a_live_a_frozen_and_a_missing_daemon() {
     assert!(took < Duration::from_secs(3), "check overran its timeout: {took:?}");
 
     let missing = dead_port();
-    let out = Command::new(AGENT).args(["check", "--server", &missing.to_string()]).output().expect("run check");
+    let out =
+        Command::new(bin("heartbeat")).args(["check", "--server", &missing.to_string()]).output().expect("run check");
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("check (missing): {stdout}");
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("unhealthy ") && stdout.contains("reason=connect-failed"), "{stdout}");
 
-    let out = Command::new(AGENT).args(["check", "--server", "no-port-here"]).output().expect("run check");
+    let out = Command::new(bin("heartbeat")).args(["check", "--server", "no-port-here"]).output().expect("run check");
     assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]
 fn auth_failure_stops_and_a_token_file_gets_in() {
-    let dir = TempDir::new();
-    let mut daemon = Daemon::start(&dir, &config("127.0.0.1:0", INTERVAL, "tokens = [\"s3cret\"]", ""));
+    let daemon = start_daemon(&main_listener("127.0.0.1:0", INTERVAL, "tokens = [\"s3cret\"]", ""));
 
-    let mut rejected = agent(&daemon.server(), "auth-1", &[]);
+    let rejected = agent(&address(&daemon), "auth-1", &[]);
     let status = rejected.wait_exit(SOON);
     assert!(!status.success());
-    let log = rejected.dump();
+    let log = rejected.text();
     assert!(log.contains("reason=auth") && log.contains("heartbeat: authentication failed"), "{log}");
     assert!(!log.contains("reconnecting "), "{log}");
 
-    let token = dir.path().join("token");
+    let dir = TempDir::new("agent");
+    let token = dir.join("token");
     fs::write(&token, "s3cret\n").expect("write token");
-    let mut admitted = agent(&daemon.server(), "auth-1", &["--token-file", token.to_str().expect("utf-8 path")]);
-    admitted.wait_for(SOON, &["connected "]);
-    daemon.proc.wait_for(SOON, &["online client=auth-1 "]);
+    let admitted = agent(&address(&daemon), "auth-1", &["--token-file", token.to_str().expect("utf-8 path")]);
+    admitted.wait_next(["connected "], SOON);
+    daemon.wait_next(["online client=auth-1 "], SOON);
 
-    let out = Command::new(AGENT)
-        .args(["check", "--server", &daemon.server(), "--token-file", token.to_str().expect("utf-8 path")])
+    let out = Command::new(bin("heartbeat"))
+        .args(["check", "--server", &address(&daemon), "--token-file", token.to_str().expect("utf-8 path")])
         .output()
         .expect("run check");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
@@ -526,28 +326,26 @@ fn auth_failure_stops_and_a_token_file_gets_in() {
 
 #[test]
 fn full_daemon_is_retried_with_backoff_until_a_place_frees() {
-    let dir = TempDir::new();
-    let mut daemon = Daemon::start(&dir, &config("127.0.0.1:0", INTERVAL, "", "max_clients = 1"));
-    let mut first = agent(&daemon.server(), "full-1", &[]);
-    first.wait_for(SOON, &["connected "]);
-    daemon.proc.wait_for(SOON, &["online client=full-1 "]);
+    let daemon = start_daemon(&main_listener("127.0.0.1:0", INTERVAL, "", "max_clients = 1"));
+    let first = agent(&address(&daemon), "full-1", &[]);
+    first.wait_next(["connected "], SOON);
+    daemon.wait_next(["online client=full-1 "], SOON);
 
-    let mut second = agent(&daemon.server(), "full-2", &["--backoff-base", "50ms", "--backoff-cap", "300ms"]);
-    second.wait_for(SOON, &["handshake-failed ", "reason=daemon-error", "ERROR 5"]);
-    second.wait_for(SOON, &["reconnecting "]);
-    second.wait_for(SOON, &["handshake-failed ", "ERROR 5"]);
+    let second = agent(&address(&daemon), "full-2", &["--backoff-base", "50ms", "--backoff-cap", "300ms"]);
+    second.wait_next(["handshake-failed ", "reason=daemon-error", "ERROR 5"], SOON);
+    second.wait_next(["reconnecting "], SOON);
+    second.wait_next(["handshake-failed ", "ERROR 5"], SOON);
 
     first.signal(libc::SIGTERM);
     assert!(first.wait_exit(SOON).success());
-    second.wait_for(SOON, &["connected "]);
-    daemon.proc.wait_for(SOON, &["online client=full-2 "]);
+    second.wait_next(["connected "], SOON);
+    daemon.wait_next(["online client=full-2 "], SOON);
 }
 
 #[test]
 fn library_handle_reports_status_and_stops_with_bye() {
-    let dir = TempDir::new();
-    let mut daemon = Daemon::start(&dir, &config("127.0.0.1:0", INTERVAL, "", ""));
-    let mut cfg = AgentConfig::new(daemon.server(), "lib-1");
+    let daemon = start_daemon(&main_listener("127.0.0.1:0", INTERVAL, "", ""));
+    let mut cfg = AgentConfig::new(address(&daemon), "lib-1");
     cfg.seed = Some(7);
     let agent = client::start(cfg).expect("start");
 
@@ -555,7 +353,7 @@ fn library_handle_reports_status_and_stops_with_bye() {
     match status.state {
         State::Online { interval, timeout, session, .. } => {
             assert_eq!((interval, timeout), (INTERVAL, TIMEOUT));
-            daemon.proc.wait_for(SOON, &["online client=lib-1 ", &format!("session={session}")]);
+            daemon.wait_next(["online client=lib-1 ", &format!("session={session}")], SOON);
         }
         other => panic!("not online: {other:?}"),
     }
@@ -569,7 +367,7 @@ fn library_handle_reports_status_and_stops_with_bye() {
     let took = stopping.elapsed();
     assert_eq!(last.stopped(), Some(&StopReason::Requested));
     assert!(took < Duration::from_millis(500), "stop took {took:?}");
-    daemon.proc.wait_for(SOON, &["offline client=lib-1 ", "reason=left"]);
+    daemon.wait_next(["offline client=lib-1 ", "reason=left"], SOON);
 }
 
 #[test]

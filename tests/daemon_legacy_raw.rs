@@ -1,11 +1,9 @@
 //! The legacy (PROTOCOL.md §2) and raw (§3) protocols against the real
 //! daemon.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use heartbeatd_harness::*;
 
 const TICK: &str = "20ms";
 const TICK_D: Duration = Duration::from_millis(20);

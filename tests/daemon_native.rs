@@ -1,12 +1,10 @@
 //! The native protocol (PROTOCOL.md §1) against the real daemon, with a
 //! client written by hand from the protocol text.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use common::*;
+use heartbeatd_harness::*;
 
 /// Tick of the timing configs, in the config and as a duration.
 const TICK: &str = "20ms";

@@ -2,8 +2,6 @@
 //! SIGTERM, SIGINT), the one-offline-per-online rule over a busy mixed
 //! scenario, and a hostile client next to a well-behaved one.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,7 +9,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use heartbeatd_harness::*;
 
 // ---- command line -----------------------------------------------------------
 
@@ -162,7 +160,7 @@ fn check_config_names_file_line_and_key_of_the_error() {
     assert!(failures.is_empty(), "{} bad configs misreported:\n{}", failures.len(), failures.join("\n"));
 
     // A file that does not exist.
-    let missing = dir.path.join("missing.toml");
+    let missing = dir.join("missing.toml");
     let out = run_cli(&["--check-config", "--config", missing.to_str().expect("utf-8 path")]);
     assert_eq!(out.status.code(), Some(1), "missing file");
     let stderr = String::from_utf8_lossy(&out.stderr);

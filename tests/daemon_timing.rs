@@ -3,11 +3,9 @@
 //! tick (plus slack) later. The numbers are printed
 //! (`cargo test --test daemon_timing -- --nocapture`).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use heartbeatd_harness::*;
 
 const CLIENTS: usize = 50;
 const TICK_D: Duration = Duration::from_millis(20);

@@ -2,12 +2,12 @@
 //!
 //! Each test runs the real `heartbeatd` in a network namespace of its own,
 //! cabled by veth pairs through a switch namespace to client namespaces
-//! (`tests/netns/mod.rs`), injects
+//! (`tests/harness/src/netns/`), injects
 //! one fault with the kernel's own tools (`ip link set down`, an nft drop
 //! rule, SIGSTOP, SIGKILL, `RLIMIT_NOFILE`) and asserts the offline reason
 //! and that the detection delay lies within the configured bound: never
 //! early, late by at most a tick plus slack. The scenarios live in
-//! `tests/netns/scenarios.rs`, shared with the K-fold report
+//! `tests/harness/src/netns/scenarios.rs`, shared with the K-fold report
 //! (`cargo bench --bench faults`, see docs/FAULTS.md); every measured delay
 //! is printed (`cargo test --test faults -- --nocapture`).
 //!
@@ -17,10 +17,10 @@
 //! a test makes is removed on drop, whether the test passes or fails, and
 //! names are unique per test and process, so the tests run in parallel.
 
-mod common;
-mod netns;
-
-use netns::scenarios::{self, Outcome};
+use heartbeatd_harness::netns::{
+    self,
+    scenarios::{self, Outcome},
+};
 
 /// Prints every outcome and fails the test with all problems found.
 fn check(outcomes: &[Outcome]) {
@@ -152,15 +152,18 @@ fn a_failing_fault_test_leaves_no_namespace_or_process_behind() {
         let mut m = made.lock().expect("lock");
         m.0.extend([&topo.daemon, &topo.switch].into_iter().chain(&topo.clients).map(|ns| ns.name.clone()));
         let addr = std::net::SocketAddr::new(netns::Topology::daemon_ip(0).into(), 0);
-        let text = common::config("50ms", "", &[netns::listener("main", "native", addr, "interval = \"1s\"")]);
+        let text = heartbeatd_harness::config(
+            "50ms",
+            "",
+            &[heartbeatd_harness::listener("main", "native", addr, "interval = \"1s\"")],
+        );
         let d = topo.start_daemon(&text, None);
         m.1.push(d.pid());
         let args = [d.addr("main").to_string(), "cleanup".to_string(), "100".to_string()];
-        let helper = netns::Proc::spawn(
+        let helper = topo.clients[0].spawn(
             "cleanup",
-            &topo.clients[0],
             netns::helper_command("pinger", &args),
-            netns::Output::Stdout,
+            heartbeatd_harness::Output::Stdout,
         );
         m.1.push(helper.pid);
         helper.wait_from(0, format!("{}online", netns::HELPER_PREFIX), std::time::Duration::from_secs(10));

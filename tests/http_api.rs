@@ -8,9 +8,6 @@
 //! excess and non-GET requests get their status codes while a native
 //! client's heartbeats go on untouched.
 
-mod common;
-mod http_common;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,8 +15,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::*;
-use http_common::*;
+use heartbeatd_harness::http::*;
+use heartbeatd_harness::*;
 use serde_json::Value as Json;
 
 const TICK: &str = "10ms";

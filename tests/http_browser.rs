@@ -11,21 +11,16 @@
 //! Without Chromium the test says `skipped` and passes, except under
 //! `CI=true`, where it fails (`.ci/setup` installs `chromium`).
 
-mod common;
-mod http_common;
-
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
-use http_common::*;
+use heartbeatd_harness::http::*;
+use heartbeatd_harness::*;
 use serde_json::{json, Value as Json};
 use tungstenite::{Message, WebSocket};
 
@@ -34,28 +29,25 @@ const BROWSER_DEADLINE: Duration = Duration::from_secs(15);
 
 /// The Chromium binary on PATH, if any.
 fn find_chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    ["chromium", "chromium-browser"]
-        .iter()
-        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
-        .find(|candidate| candidate.is_file())
+    which("chromium").or_else(|| which("chromium-browser"))
 }
 
 /// A headless Chromium in its own process group, with a fresh profile in a
 /// temp dir; the whole group is killed on drop.
 struct Chromium {
-    child: Child,
+    /// The browser, its stderr followed (for the DevTools address and for
+    /// failure messages).
+    proc: Proc,
     /// The browser's DevTools websocket.
     ws_url: String,
-    /// Everything it wrote to stderr, for failure messages.
-    stderr: Arc<Mutex<Vec<String>>>,
     _profile: TempDir,
 }
 
 impl Chromium {
     fn launch(bin: &Path) -> Chromium {
         let profile = TempDir::new("chromium");
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -71,56 +63,25 @@ impl Chromium {
                 "--mute-audio",
                 "--remote-debugging-port=0",
             ])
-            .arg(format!("--user-data-dir={}", profile.path.display()))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let stderr = child.stderr.take().expect("chromium's stderr is piped");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let keep = Arc::clone(&lines);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                if let Some(url) = line.split("DevTools listening on ").nth(1) {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-                keep.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
-        let mut browser = Chromium { child, ws_url: String::new(), stderr: lines, _profile: profile };
-        browser.ws_url = browser.wait_for_devtools(&rx);
-        browser
-    }
-
-    fn wait_for_devtools(&mut self, rx: &Receiver<String>) -> String {
-        match rx.recv_timeout(BROWSER_DEADLINE) {
-            Ok(url) => url,
-            Err(e) => panic!("chromium printed no DevTools address within {BROWSER_DEADLINE:?} ({e}):\n{}", self.log()),
-        }
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+            .process_group(0);
+        let proc = Proc::spawn("chromium", command, Output::Stderr);
+        let marker = "DevTools listening on ";
+        let line = proc.wait_from(0, marker, BROWSER_DEADLINE);
+        let ws_url = line.text.split(marker).nth(1).unwrap_or_default().trim().to_owned();
+        Chromium { proc, ws_url, _profile: profile }
     }
 }
 
 impl Drop for Chromium {
     fn drop(&mut self) {
-        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
         // SAFETY: kill(2) on the process group this test created for the
         // browser (process_group(0) made its pid the group id); the child
-        // is not reaped before this, so the id is still ours.
+        // is not reaped before the `Proc` drops, after this, so the id is
+        // still ours.
         unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("--- chromium stderr ---\n{}\n--- end ---", self.log());
+            libc::kill(-self.proc.pid, libc::SIGKILL);
         }
     }
 }

@@ -20,9 +20,6 @@
 //!   logfmt line, nothing is duplicated on stderr, and a stderr that is not
 //!   the journal keeps plain text.
 
-mod common;
-mod systemd_common;
-
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -30,11 +27,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use heartbeatd::event::{OFFLINE_MESSAGE_ID, ONLINE_MESSAGE_ID};
-use systemd_common::{
-    config_text, daemon_command, daemon_command_with_own_pid, dev_ino_of_new_file, frame, hello_frame, monotonic_usec,
-    parse_listening_address, pass_as_fd3, skip, which, Daemon, JournalEntry, JournalSocket, NativeClient, Notification,
-    NotifySocket, TempDir,
+use heartbeatd_harness::systemd::{
+    config_text, daemon_command, daemon_command_with_own_pid, dev_ino_of_new_file, monotonic_usec,
+    parse_listening_address, pass_as_fd3, skip, which, FileDaemon, JournalEntry, JournalSocket, Notification,
+    NotifySocket,
 };
+use heartbeatd_harness::{daemon_bin, hello_frame, NativeClient, TempDir, BYE};
 
 /// Time allowed for start-up, a reload or a stop. Generous: CI machines are
 /// small and run tests in parallel.
@@ -66,8 +64,8 @@ impl NotifyFixture {
         cmd
     }
 
-    fn spawn(&self, cmd: Command) -> Daemon {
-        Daemon::spawn(cmd, &self.dir.join("stderr.log"))
+    fn spawn(&self, cmd: Command) -> FileDaemon {
+        FileDaemon::spawn(cmd, &self.dir.join("stderr.log"))
     }
 
     /// Waits for the first `READY=1` and returns everything received up to it.
@@ -109,7 +107,8 @@ fn units_pass_systemd_analyze_verify() {
         let text = std::fs::read_to_string(units.join(unit)).expect("read the unit file");
         assert!(unit.ends_with(".socket") || text.contains("/usr/bin/heartbeatd"), "{unit} runs /usr/bin/heartbeatd");
         let path = dir.join(unit);
-        std::fs::write(&path, text.replace("/usr/bin/heartbeatd", systemd_common::HEARTBEATD)).expect("write unit");
+        std::fs::write(&path, text.replace("/usr/bin/heartbeatd", daemon_bin().to_str().expect("a UTF-8 path")))
+            .expect("write unit");
         paths.push(path);
     }
     let out = Command::new(analyze)
@@ -170,7 +169,7 @@ fn ready_is_sent_once_the_listener_accepts() {
     let ready = got.last().expect("the READY notification");
     assert_eq!(ready.get("STATUS"), Some("0 clients online on 1 listeners"), "{:?}", ready.text);
     let mut client = NativeClient::connect(addr);
-    let welcome = client.hello("ready-probe");
+    let welcome = client.join("ready-probe");
     assert_eq!((welcome.interval_ms, welcome.timeout_ms), (1000, 3000));
     daemon.wait_for_line("online client=ready-probe ", PROMPTLY);
 }
@@ -186,14 +185,14 @@ fn status_follows_online_clients_at_most_once_a_second() {
     let addr = daemon.listen_addr("main");
 
     let mut first = NativeClient::connect(addr);
-    first.hello("status-1");
+    first.join("status-1");
     let mut seen = fx.notify.recv_until("STATUS with 1 client", PROMPTLY, |n| {
         n.get("STATUS").is_some_and(|s| s.starts_with("1 clients online"))
     });
     let mut others: Vec<NativeClient> = (2..=3)
         .map(|i| {
             let mut c = NativeClient::connect(addr);
-            c.hello(&format!("status-{i}"));
+            c.join(&format!("status-{i}"));
             c
         })
         .collect();
@@ -235,7 +234,7 @@ fn sighup_sends_reloading_with_monotonic_usec_then_ready() {
     fx.wait_ready();
     let addr = daemon.listen_addr("main");
     let mut client = NativeClient::connect(addr);
-    assert_eq!(client.hello("reload-watcher").interval_ms, 1000);
+    assert_eq!(client.join("reload-watcher").interval_ms, 1000);
     // Same listener (name and configured address), new timing.
     std::fs::write(fx.config(), config_text("127.0.0.1:0", "2s", "6s")).expect("rewrite config");
 
@@ -259,7 +258,7 @@ fn sighup_sends_reloading_with_monotonic_usec_then_ready() {
     let ready = got.last().expect("READY");
     assert_eq!(ready.get("STATUS"), Some("1 clients online on 1 listeners"), "{:?}", ready.text);
     // The new interval is in force: the connected client is told so.
-    let welcome = client.expect_welcome(PROMPTLY);
+    let welcome = client.expect_welcome_within(PROMPTLY);
     assert_eq!((welcome.interval_ms, welcome.timeout_ms), (2000, 6000));
     daemon.wait_for_line("reloaded ", PROMPTLY);
 }
@@ -284,7 +283,7 @@ fn broken_config_on_sighup_still_ends_with_ready_and_says_so() {
     daemon.wait_for_line("reload-failed ", PROMPTLY);
     // Still serving on the old config.
     let mut client = NativeClient::connect(addr);
-    assert_eq!(client.hello("after-broken-reload").interval_ms, 1000);
+    assert_eq!(client.join("after-broken-reload").interval_ms, 1000);
 
     std::fs::write(fx.config(), good).expect("restore config");
     daemon.signal(libc::SIGHUP);
@@ -301,11 +300,14 @@ fn sigterm_sends_stopping_then_exits_cleanly() {
     fx.wait_ready();
     let addr = daemon.listen_addr("main");
     let mut client = NativeClient::connect(addr);
-    client.hello("stop-watcher");
+    client.join("stop-watcher");
     daemon.signal(libc::SIGTERM);
     fx.notify.recv_until("STOPPING=1", PROMPTLY, |n| n.has("STOPPING", "1"));
     let frames = client.wait_closed(PROMPTLY);
-    assert!(frames.contains(&(frame::BYE, b"shutdown".to_vec())), "no BYE shutdown before close: {frames:?}");
+    assert!(
+        frames.iter().any(|f| (f.ty, f.payload.as_slice()) == (BYE, &b"shutdown"[..])),
+        "no BYE shutdown before close: {frames:?}"
+    );
     let status = daemon.wait_exit(PROMPTLY);
     assert!(status.success(), "heartbeatd exited with {status}; log:\n{}", daemon.log_text());
 }
@@ -401,7 +403,7 @@ fn no_watchdog_when_watchdog_pid_is_another_process() {
 /// Starts the daemon as systemd would with `socket` as its one activated
 /// fd: fd 3, `LISTEN_FDS=1`, `LISTEN_PID` = the daemon's own pid, and
 /// `LISTEN_FDNAMES` when given. `listener_address` goes in the config.
-fn spawn_activated(dir: &TempDir, socket: &TcpListener, names: Option<&str>, listener_address: &str) -> Daemon {
+fn spawn_activated(dir: &TempDir, socket: &TcpListener, names: Option<&str>, listener_address: &str) -> FileDaemon {
     let config = dir.join("heartbeatd.toml");
     std::fs::write(&config, config_text(listener_address, "1s", "3s")).expect("write config");
     let mut cmd = daemon_command_with_own_pid(&config, &["LISTEN_PID"]);
@@ -410,7 +412,7 @@ fn spawn_activated(dir: &TempDir, socket: &TcpListener, names: Option<&str>, lis
         cmd.env("LISTEN_FDNAMES", names);
     }
     pass_as_fd3(&mut cmd, socket.as_raw_fd());
-    Daemon::spawn(cmd, &dir.join("stderr.log"))
+    FileDaemon::spawn(cmd, &dir.join("stderr.log"))
 }
 
 /// The socket named `main` is adopted for listener `main` even though the
@@ -427,7 +429,7 @@ fn activated_socket_is_adopted_by_name() {
     let log = daemon.log_text();
     assert!(!log.contains("activated-socket-unused"), "{log}");
     let mut client = NativeClient::connect(port);
-    assert_eq!(client.hello("activated-by-name").interval_ms, 1000);
+    assert_eq!(client.join("activated-by-name").interval_ms, 1000);
 }
 
 /// Without `LISTEN_FDNAMES` the socket is matched to the listener whose
@@ -441,7 +443,7 @@ fn activated_socket_is_adopted_by_address_without_names() {
     let line = daemon.wait_for_line("listening listener=main ", PROMPTLY);
     assert!(line.contains("socket=systemd"), "the passed socket was not adopted: {line}");
     let mut client = NativeClient::connect(port);
-    assert_eq!(client.hello("activated-by-address").interval_ms, 1000);
+    assert_eq!(client.join("activated-by-address").interval_ms, 1000);
 }
 
 /// A connection made before the daemon starts waits in the passed socket's
@@ -453,9 +455,9 @@ fn connection_pending_before_start_is_served() {
     let socket = TcpListener::bind("127.0.0.1:0").expect("bind the activated socket");
     let port = socket.local_addr().expect("local_addr");
     let mut early = NativeClient::from_stream(std::net::TcpStream::connect(port).expect("connect to the backlog"));
-    early.send(&hello_frame("pending-early"));
+    early.send(&hello_frame("pending-early", ""));
     let mut daemon = spawn_activated(&dir, &socket, Some("main"), "127.0.0.1:0");
-    let welcome = early.expect_welcome(PROMPTLY);
+    let welcome = early.expect_welcome_within(PROMPTLY);
     assert_eq!(welcome.interval_ms, 1000);
     let line = daemon.wait_for_line("online client=pending-early ", PROMPTLY);
     assert!(line.contains(&format!("session={}", welcome.session)), "{line}");
@@ -472,7 +474,7 @@ fn activated_socket_for_another_pid_is_left_alone() {
     let mut cmd = daemon_command(&config);
     cmd.env("LISTEN_FDS", "1").env("LISTEN_PID", "1").env("LISTEN_FDNAMES", "main");
     pass_as_fd3(&mut cmd, socket.as_raw_fd());
-    let mut daemon = Daemon::spawn(cmd, &dir.join("stderr.log"));
+    let mut daemon = FileDaemon::spawn(cmd, &dir.join("stderr.log"));
     let line = daemon.wait_for_line("listening listener=main ", PROMPTLY);
     assert!(line.contains("socket=bound"), "adopted an fd meant for pid 1: {line}");
     assert_ne!(parse_listening_address(&line), socket.local_addr().ok(), "{line}");
@@ -531,7 +533,7 @@ fn journal_entries_carry_event_fields_and_are_not_duplicated() {
     let stream = dev_ino_of_new_file(&log);
     let mut cmd = daemon_command(&config);
     cmd.env("JOURNAL_STREAM", &stream).env("HEARTBEATD_JOURNAL_SOCKET", journal.path());
-    let mut daemon = Daemon::spawn(cmd, &log);
+    let mut daemon = FileDaemon::spawn(cmd, &log);
 
     let listening = journal.wait_for("`listening`", PROMPTLY, |e| e.message().starts_with("listening listener=main "));
     assert_eq!(listening.get("PRIORITY"), Some("6"), "{:?}", listening.fields);
@@ -541,12 +543,12 @@ fn journal_entries_carry_event_fields_and_are_not_duplicated() {
     // One client that leaves with BYE...
     let mut leaver = NativeClient::connect(addr);
     let leaver_peer = leaver.stream.local_addr().expect("local_addr").to_string();
-    let leaver_session = leaver.hello("journal-left").session.to_string();
+    let leaver_session = leaver.join("journal-left").session.to_string();
     leaver.bye("done");
     leaver.wait_closed(PROMPTLY);
     // ...and one that goes silent until its 600 ms timeout.
     let mut silent = NativeClient::connect(addr);
-    let silent_session = silent.hello("journal-silent").session.to_string();
+    let silent_session = silent.join("journal-silent").session.to_string();
 
     let online = journal.wait_for("online of journal-left", PROMPTLY, event_of("journal-left", "online"));
     let expect = [
@@ -622,9 +624,9 @@ fn stderr_that_is_not_the_journal_keeps_plain_text() {
     let other = dev_ino_of_new_file(&dir.join("not-stderr"));
     let mut cmd = daemon_command(&config);
     cmd.env("JOURNAL_STREAM", &other).env("HEARTBEATD_JOURNAL_SOCKET", journal.path());
-    let mut daemon = Daemon::spawn(cmd, &dir.join("stderr.log"));
+    let mut daemon = FileDaemon::spawn(cmd, &dir.join("stderr.log"));
     let addr = daemon.listen_addr("main");
-    NativeClient::connect(addr).hello("plain-text");
+    NativeClient::connect(addr).join("plain-text");
     daemon.wait_for_line("online client=plain-text ", PROMPTLY);
     let mut journal = journal;
     journal.drain_for(Duration::from_millis(300));

@@ -6,7 +6,7 @@
 //! sudo cargo bench --bench faults -- --runs 5 --only 1,2,7
 //! ```
 //!
-//! The scenarios are the fault tests' own (`tests/netns/scenarios.rs`): real
+//! The scenarios are the fault tests' own (`tests/harness/src/netns/scenarios.rs`): real
 //! `heartbeatd` in a network namespace, clients behind veth pairs, faults
 //! injected with `ip link`, nft, signals and `RLIMIT_NOFILE`. Per fault the
 //! table gives the reason seen, the configured bound, the detection delay
@@ -20,16 +20,14 @@
 //! that the timings are not disturbed by each other. Under `cargo test
 //! --all-targets` (no `--bench` argument) it does nothing.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
-#[path = "../../tests/netns/mod.rs"]
-mod netns;
-
 use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use netns::scenarios::{self, KernelDefaults, Outcome};
+use heartbeatd_harness::netns::{
+    self,
+    scenarios::{self, KernelDefaults, Outcome},
+};
 
 /// Runs per fault unless `--runs` says otherwise.
 const DEFAULT_RUNS: usize = 20;
@@ -236,7 +234,7 @@ fn print_report(args: &Args, rows: &[(String, Row)], skipped: &[String], took: D
             (Some(min), Some(max)) => (*min, all[all.len() / 2], *max),
             _ => (f64::NAN, f64::NAN, f64::NAN),
         };
-        let late = max - common::ms(first.nominal);
+        let late = max - heartbeatd_harness::ms(first.nominal);
         println!(
             "| {label} | {} | {} | {} / {} / {} | {} | {expected} | {lost} | {bad} of {} |",
             reasons.reasons_seen(),

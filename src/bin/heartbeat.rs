@@ -53,10 +53,10 @@ enum Command {
     /// Follow the daemon's presence feed (GET /events): one line per event,
     /// starting with everyone online; reconnects and resumes if the stream
     /// breaks. Stops on SIGINT or after --count events.
-    #[command(
-        after_help = "Lines: `present client=...` for each client online when the feed starts, then                             `<time> online ...` / `<time> offline ... reason=R` per change, and `gap ...` when                             a resumed feed missed events.
-Exit status: 0 after --count events; 1 when the                             status API cannot be reached at start."
-    )]
+    #[command(after_help = "Lines: `present client=...` for each client online when the feed starts, then \
+                      `<time> online ...` / `<time> offline ... reason=R` per change, and `gap ...` when \
+                      a resumed feed missed events.\n\
+                      Exit status: 0 after --count events; 1 when the status API cannot be reached at start.")]
     Watch(WatchArgs),
 }
 

@@ -7,8 +7,9 @@
 //! BYE or ERROR. It then waits out a [`Backoff`] delay and starts over,
 //! until it is stopped or the daemon refuses it for good.
 //!
-//! The thread blocks in `read` with a timeout computed from the next PING
-//! or the silence deadline, whichever is first, so an idle agent sleeps.
+//! The thread sleeps in `ppoll` (inside [`Link::recv`]) until the next PING
+//! or the silence deadline, whichever is first, and reads only what is
+//! ready, so an idle agent costs no CPU.
 //! [`Handle::stop`] wakes it at once wherever it is: it sets a flag and
 //! shuts down the read side of the socket (which also aborts a connect in
 //! progress), or signals the condition variable the backoff waits on.
@@ -35,7 +36,7 @@ use super::backoff::Backoff;
 use super::link::{self, ConnectError, Incoming, Link, LinkError};
 use super::options::{AgentConfig, ConfigError};
 use crate::config::TcpConfig;
-use crate::event::Logfmt;
+use crate::event::{Logfmt, OfflineReason};
 use crate::sockopt;
 use crate::wire::native::{error_code, Frame, VERSION};
 
@@ -165,19 +166,62 @@ pub enum LostReason {
 }
 
 impl LostReason {
-    /// The name used in log lines: `timeout`, `tcp-timeout`, ...
+    /// Every reason.
+    pub const ALL: [LostReason; 10] = [
+        LostReason::Timeout,
+        LostReason::Closed,
+        LostReason::Reset,
+        LostReason::TcpTimeout,
+        LostReason::DaemonShutdown,
+        LostReason::DaemonError,
+        LostReason::ProtocolError,
+        LostReason::ConnectFailed,
+        LostReason::HandshakeTimeout,
+        LostReason::Error,
+    ];
+
+    /// The daemon's reason for the same end of a connection, for the ends
+    /// both sides see alike (silence, FIN, RST, the kernel's timeout,
+    /// malformed bytes, another socket error); `None` for the ends only a
+    /// client has. The one table from which the names and the errno
+    /// classification of those shared ends follow.
+    pub fn as_offline(self) -> Option<OfflineReason> {
+        match self {
+            LostReason::Timeout => Some(OfflineReason::Timeout),
+            LostReason::Closed => Some(OfflineReason::Closed),
+            LostReason::Reset => Some(OfflineReason::Reset),
+            LostReason::TcpTimeout => Some(OfflineReason::TcpTimeout),
+            LostReason::ProtocolError => Some(OfflineReason::ProtocolError),
+            LostReason::Error => Some(OfflineReason::Error),
+            LostReason::DaemonShutdown
+            | LostReason::DaemonError
+            | LostReason::ConnectFailed
+            | LostReason::HandshakeTimeout => None,
+        }
+    }
+
+    /// The client's name for an end the daemon names `reason`; `None` for
+    /// the ends only the daemon sees (`left`, `replaced`, ...).
+    pub fn from_offline(reason: OfflineReason) -> Option<LostReason> {
+        LostReason::ALL.into_iter().find(|lost| lost.as_offline() == Some(reason))
+    }
+
+    /// The loss a socket error means, classified as the daemon classifies
+    /// its side ([`OfflineReason::from_io_error`]).
+    pub(crate) fn from_io_error(e: &io::Error) -> LostReason {
+        LostReason::from_offline(OfflineReason::from_io_error(e)).unwrap_or(LostReason::Error)
+    }
+
+    /// The name used in log lines: `timeout`, `tcp-timeout`, ... The ends
+    /// both sides share carry the daemon's names.
     pub fn as_str(self) -> &'static str {
         match self {
-            LostReason::Timeout => "timeout",
-            LostReason::Closed => "closed",
-            LostReason::Reset => "reset",
-            LostReason::TcpTimeout => "tcp-timeout",
             LostReason::DaemonShutdown => "daemon-shutdown",
             LostReason::DaemonError => "daemon-error",
-            LostReason::ProtocolError => "protocol-error",
             LostReason::ConnectFailed => "connect-failed",
             LostReason::HandshakeTimeout => "handshake-timeout",
-            LostReason::Error => "error",
+            // Every variant left is a shared end, so `as_offline` is Some.
+            shared => shared.as_offline().map_or("error", OfflineReason::as_str),
         }
     }
 }
@@ -773,7 +817,7 @@ impl Session<'_> {
         if self.shared.stop_requested() {
             return End::Stopped;
         }
-        End::Lost(reason_for_io_error(e), e.to_string())
+        End::Lost(LostReason::from_io_error(e), e.to_string())
     }
 }
 
@@ -804,15 +848,53 @@ fn frame_end(frame: Incoming) -> End {
     }
 }
 
-/// The loss reason for a socket error, as the daemon classifies its side.
-fn reason_for_io_error(e: &io::Error) -> LostReason {
-    match e.raw_os_error() {
-        Some(libc::ECONNRESET | libc::ECONNABORTED) => LostReason::Reset,
-        Some(libc::EPIPE) => LostReason::Closed,
-        Some(libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH) => LostReason::TcpTimeout,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_names_are_the_public_strings() {
+        let names: Vec<&str> = LostReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "timeout",
+                "closed",
+                "reset",
+                "tcp-timeout",
+                "daemon-shutdown",
+                "daemon-error",
+                "protocol-error",
+                "connect-failed",
+                "handshake-timeout",
+                "error"
+            ]
+        );
+    }
+
+    #[test]
+    fn shared_ends_map_both_ways_and_keep_one_name() {
+        for lost in LostReason::ALL {
+            if let Some(offline) = lost.as_offline() {
+                assert_eq!(LostReason::from_offline(offline), Some(lost));
+                assert_eq!(lost.as_str(), offline.as_str());
+            }
+        }
+        for offline in [OfflineReason::Left, OfflineReason::Replaced, OfflineReason::Shutdown] {
+            assert_eq!(LostReason::from_offline(offline), None);
+        }
+    }
+
+    #[test]
+    fn socket_errors_classify_like_the_daemon() {
+        let lost = |errno| LostReason::from_io_error(&io::Error::from_raw_os_error(errno));
+        assert_eq!(lost(libc::ECONNRESET), LostReason::Reset);
+        assert_eq!(lost(libc::EPIPE), LostReason::Closed);
+        assert_eq!(lost(libc::ETIMEDOUT), LostReason::TcpTimeout);
+        assert_eq!(lost(libc::EHOSTUNREACH), LostReason::TcpTimeout);
         // A send that could not finish within its timeout: the daemon
         // stopped reading.
-        Some(libc::EAGAIN) => LostReason::Timeout,
-        _ => LostReason::Error,
+        assert_eq!(lost(libc::EAGAIN), LostReason::Timeout);
+        assert_eq!(lost(libc::EBADF), LostReason::Error);
     }
 }

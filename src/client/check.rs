@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::agent::LostReason;
 use super::link::{self, Incoming, Link, LinkError};
 use super::options::{self, ConfigError};
 use crate::wire::native::{Frame, VERSION};
@@ -69,15 +70,16 @@ pub enum CheckError {
 
 impl CheckError {
     /// A logfmt-safe name for the failure: `config`, `connect-failed`,
-    /// `timeout`, `refused`, `daemon-shutdown`, `error`.
+    /// `timeout`, `refused`, `daemon-shutdown`, `error`: the agent's
+    /// [`LostReason`] names where the failure is one of those.
     pub fn as_str(&self) -> &'static str {
         match self {
             CheckError::Config(_) => "config",
-            CheckError::Connect(_) => "connect-failed",
-            CheckError::Timeout(_) => "timeout",
+            CheckError::Connect(_) => LostReason::ConnectFailed.as_str(),
+            CheckError::Timeout(_) => LostReason::Timeout.as_str(),
             CheckError::Refused { .. } => "refused",
-            CheckError::Bye(_) => "daemon-shutdown",
-            CheckError::Link(_) => "error",
+            CheckError::Bye(_) => LostReason::DaemonShutdown.as_str(),
+            CheckError::Link(_) => LostReason::Error.as_str(),
         }
     }
 }

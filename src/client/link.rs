@@ -12,11 +12,11 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
+use crate::sockopt;
 use crate::wire::native::{self, Frame};
 
 /// Bytes read per `read` call; frames are tiny, so one read usually holds
@@ -117,7 +117,7 @@ impl Link {
             if left.is_zero() {
                 return Ok(None);
             }
-            if !wait_readable(&self.stream, left)? {
+            if !sockopt::wait_readable(&self.stream, left)? {
                 continue;
             }
             match self.stream.read(&mut chunk) {
@@ -138,38 +138,6 @@ impl Link {
         };
         self.buf.drain(..used);
         Ok(Some(incoming))
-    }
-}
-
-/// Waits until `stream` is readable (data, EOF or an error) or `timeout`
-/// has passed; false on timeout.
-///
-/// `ppoll` rather than `SO_RCVTIMEO`: the socket timeout counts in
-/// jiffies and wakes up to a few milliseconds late, which would push a
-/// PING past its interval; `ppoll` sleeps on a high-resolution timer.
-fn wait_readable(stream: &TcpStream, timeout: Duration) -> io::Result<bool> {
-    let mut pollfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let ts = libc::timespec {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        // Below 10⁹, so it fits a c_long on every target.
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: one valid pollfd for the duration of the call, a valid
-    // timespec, and no signal mask.
-    let rc = unsafe { libc::ppoll(&mut pollfd, 1, &ts, std::ptr::null()) };
-    match rc {
-        -1 => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            }
-        }
-        0 => Ok(false),
-        // POLLIN, POLLHUP or POLLERR: the read that follows returns data,
-        // EOF or the socket's error without blocking.
-        _ => Ok(true),
     }
 }
 

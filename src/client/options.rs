@@ -112,20 +112,15 @@ impl KeepaliveOptions {
         let idle = self.idle.unwrap_or_else(|| whole_seconds(heartbeat.saturating_mul(2)));
         let interval = self.interval.unwrap_or_else(|| whole_seconds(heartbeat));
         let count = self.count.unwrap_or(DEFAULT_KEEPALIVE_COUNT);
-        let user_timeout = self.user_timeout.unwrap_or_else(|| {
-            if idle.is_zero() {
-                Duration::ZERO
-            } else {
-                idle.saturating_add(interval.saturating_mul(count))
-            }
-        });
-        TcpConfig {
+        let mut tcp = TcpConfig {
             keepalive_idle: idle,
             keepalive_interval: interval,
             keepalive_count: count,
-            user_timeout,
+            user_timeout: Duration::ZERO,
             nodelay: true,
-        }
+        };
+        tcp.user_timeout = self.user_timeout.unwrap_or_else(|| tcp.keepalive_limit());
+        tcp
     }
 }
 

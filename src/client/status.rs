@@ -11,7 +11,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, SystemTime};
 
-use crate::http::ClientView;
+use crate::api::ClientView;
 
 /// Why the API could not be read.
 #[derive(Debug)]
@@ -204,7 +204,7 @@ fn percent_encode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::TcpView;
+    use crate::api::TcpView;
 
     #[test]
     fn table_has_a_row_per_client_and_aligned_columns() {

@@ -14,30 +14,8 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::SystemTime;
 
-use serde::Serialize;
-
+use crate::api::EventView;
 use crate::event::Event;
-
-/// One event as the feed's `data:` JSON.
-#[derive(Serialize)]
-struct EventJson<'a> {
-    event: &'static str,
-    client: &'a str,
-    peer: String,
-    listener: &'a str,
-    protocol: &'static str,
-    session: u64,
-    /// When the event happened, RFC 3339 UTC.
-    at: String,
-    /// The same instant in Unix milliseconds.
-    at_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    silent_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    connected_ms: Option<u64>,
-}
 
 /// Where a new subscriber starts.
 #[derive(Debug, PartialEq, Eq)]
@@ -96,7 +74,7 @@ impl Feed {
                 Some(millis(connected.as_millis())),
             ),
         };
-        let json = EventJson {
+        let json = EventView {
             event: kind,
             client: c.id,
             peer: c.peer.to_string(),
@@ -161,8 +139,8 @@ fn millis(ms: u128) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Protocol;
     use crate::event::{Client, OfflineReason};
+    use crate::wire::Protocol;
     use std::time::Duration;
 
     fn online(id: &str) -> Event<'_> {

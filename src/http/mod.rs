@@ -33,11 +33,11 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
+use crate::api::{HttpStats, View};
 use crate::config::HttpConfig;
 use crate::event::{Event, Logfmt};
 use feed::{Feed, Start};
 use routes::{reason_phrase, route, Reply};
-pub use routes::{ClientView, HttpStats, TcpView, View};
 
 /// Largest request head accepted, in bytes.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -482,6 +482,7 @@ fn flush(conn: &mut HttpConn) -> Done {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ClientView;
     use mio::Poll;
 
     /// A view with no clients: accepting never consults it.

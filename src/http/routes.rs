@@ -10,70 +10,12 @@
 //! | `GET /events` | Server-Sent Events feed (see `feed`) |
 //! | anything else | 404, or 405 for a method other than GET/HEAD |
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+
+use crate::api::{HttpStats, View};
 
 /// The dashboard, built into the binary.
 const DASHBOARD: &str = include_str!("dashboard.html");
-
-/// One online client as `/clients` shows it (and `heartbeat status` reads
-/// it back).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ClientView {
-    /// HELLO id, or the peer address for legacy and raw clients.
-    pub id: String,
-    /// Peer address.
-    pub peer: String,
-    /// Listener name.
-    pub listener: String,
-    /// `native`, `legacy` or `raw`.
-    pub protocol: String,
-    /// Session number.
-    pub session: u64,
-    /// When it went online, RFC 3339 UTC.
-    pub online_since: String,
-    /// The same instant in Unix milliseconds.
-    pub online_since_ms: u64,
-    /// Milliseconds since its last activity.
-    pub last_activity_ms: u64,
-    /// Frames received that counted as activity.
-    pub heartbeats: u64,
-    /// The kernel's view (`TCP_INFO`), when readable.
-    pub tcp: Option<TcpView>,
-}
-
-/// `TCP_INFO` fields of a client connection.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TcpView {
-    /// Smoothed round-trip time, microseconds.
-    pub rtt_us: u32,
-    /// Round-trip time variance, microseconds.
-    pub rttvar_us: u32,
-    /// Segments retransmitted so far.
-    pub retransmits: u32,
-    /// Segments not yet acknowledged.
-    pub unacked: u32,
-}
-
-/// What the HTTP layer may read of the daemon.
-pub trait View {
-    /// Online clients, optionally of one listener, ordered by session.
-    fn clients(&self, listener: Option<&str>) -> Vec<ClientView>;
-    /// The online client with this id.
-    fn client(&self, id: &str) -> Option<ClientView>;
-    /// The Prometheus exposition, including the HTTP layer's own numbers.
-    fn metrics(&self, http: &HttpStats) -> String;
-}
-
-/// The HTTP layer's own numbers, for `/metrics`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct HttpStats {
-    /// Requests answered.
-    pub requests: u64,
-    /// Event subscribers connected now.
-    pub subscribers: u64,
-    /// Event subscribers dropped for not reading.
-    pub subscribers_dropped: u64,
-}
 
 /// The answer to a request.
 #[derive(Debug, PartialEq)]
@@ -187,6 +129,7 @@ fn percent_decode(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ClientView;
 
     struct Fixed(Vec<ClientView>);
 

@@ -255,7 +255,7 @@ mod tests {
             };
             assert_eq!(sockopt::effective(&accepted).expect("accepted options"), wanted, "{tcp}");
             assert_eq!(wanted.nodelay, cfg.tcp.nodelay);
-            assert_eq!(wanted.keepalive, !cfg.tcp.keepalive_idle.is_zero());
+            assert_eq!(wanted.keepalive(), cfg.tcp.keepalive());
         }
     }
 }

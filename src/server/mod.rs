@@ -116,7 +116,7 @@ enum Timer {
 }
 
 /// One connection and the flags only the loop uses for it.
-pub struct Slot {
+pub(crate) struct Slot {
     conn: Conn,
     /// Session number, assigned at accept in accept order.
     session: u64,

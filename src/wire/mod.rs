@@ -14,3 +14,6 @@
 pub mod deframe;
 pub mod legacy;
 pub mod native;
+pub mod protocol;
+
+pub use protocol::Protocol;

@@ -1,4 +1,4 @@
-//! Harness for the status-API tests, on top of `tests/common`.
+//! The status API's side of the harness.
 //!
 //! Written from the routes table (`src/http/routes.rs`), the feed format
 //! (`src/http/feed.rs`) and the Prometheus text format, not from the
@@ -18,8 +18,6 @@
 //!
 //! Every read has a deadline; a missed one fails the test.
 
-#![allow(dead_code)]
-
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +27,10 @@ use std::time::{Duration, Instant};
 
 use prometheus_parse::{LineInfo, Scrape, Value};
 
-use crate::common::*;
+use crate::audit::ms;
+use crate::daemon::Daemon;
+use crate::native::{frame, read_some, End, NativeClient, PING, PONG};
+use crate::DEADLINE;
 
 /// `config_text` with an `[http]` table on 127.0.0.1, port 0, plus
 /// `extra` lines inside that table.
@@ -272,23 +273,9 @@ impl Sse {
 
     fn fill(&mut self, deadline: Instant) -> Result<(), End> {
         let mut chunk = [0u8; 8192];
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(End::Timeout);
-            }
-            self.stream.set_read_timeout(Some(deadline - now)).expect("setting a read timeout");
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(End::Eof),
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(());
-                }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(End::Error(e)),
-            }
-        }
+        let n = read_some(&mut self.stream, &mut chunk, deadline)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
     }
 
     /// The next event (blocks without `data:` are not events: the opening

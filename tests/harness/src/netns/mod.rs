@@ -42,24 +42,23 @@
 //! - [`Proc`] is a child process (helper or `heartbeat` agent) whose output
 //!   lines are collected like the daemon's, and which is killed on drop.
 
-#![allow(dead_code)]
-
 pub mod scenarios;
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::{Daemon, Line, Pred, TempDir};
+use crate::daemon::Daemon;
+pub use crate::mono_ns;
+use crate::proc::{Output, Proc};
+use crate::temp::TempDir;
 
 /// Where `ip netns` keeps its named namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
@@ -99,16 +98,11 @@ pub fn missing_privilege() -> Option<String> {
         return Some("needs CAP_NET_ADMIN and CAP_SYS_ADMIN (run as root)".into());
     }
     for tool in ["ip", "nft"] {
-        if !on_path(tool) {
+        if crate::which(tool).is_none() {
             return Some(format!("needs the `{tool}` command (bash .ci/setup installs it)"));
         }
     }
     None
-}
-
-fn on_path(tool: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).any(|dir| dir.join(tool).is_file())
 }
 
 /// True when the namespace tests can run. Otherwise prints
@@ -116,7 +110,7 @@ fn on_path(tool: &str) -> bool {
 /// a fault test that cannot run is a failure.
 pub fn can_run(test: &str) -> bool {
     let Some(why) = missing_privilege() else { return true };
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    if crate::systemd::in_ci() {
         panic!("{test}: cannot run the network fault tests under CI=true: {why}");
     }
     // Written to stderr directly: libtest captures `eprintln!` of passing
@@ -436,28 +430,8 @@ impl Topology {
 }
 
 // ---------------------------------------------------------------------------
-// Configs
-// ---------------------------------------------------------------------------
-
-/// The body of a `[[listener]]` table at `address`; `extra` holds more keys
-/// and may end with a `[listener.tcp]` table.
-pub fn listener(name: &str, protocol: &str, address: SocketAddr, extra: &str) -> String {
-    format!("name = \"{name}\"\naddress = \"{address}\"\nprotocol = \"{protocol}\"\n{extra}")
-}
-
-// ---------------------------------------------------------------------------
 // Clocks and /proc
 // ---------------------------------------------------------------------------
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock `Instant` reads on Linux,
-/// shared by every process on the machine.
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime fills the timespec it is given.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
-    u64::try_from(ts.tv_sec).expect("monotonic seconds") * 1_000_000_000 + u64::try_from(ts.tv_nsec).expect("ns")
-}
 
 /// The `Instant` of a `CLOCK_MONOTONIC` reading taken in any process.
 pub fn instant_of(ns: u64) -> Instant {
@@ -471,15 +445,9 @@ pub fn instant_of(ns: u64) -> Instant {
 
 /// CPU time a process has used (user + system), from `/proc/PID/stat`.
 pub fn cpu_time(pid: i32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/PID/stat");
-    let after_name = stat.rsplit_once(')').expect("stat has a command name").1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat(5); after the name,
-    // the 12th and 13th.
-    let ticks = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     // SAFETY: sysconf has no preconditions.
     let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).expect("CLK_TCK");
-    Duration::from_millis(ticks * 1000 / hz)
+    Duration::from_millis(crate::proc::cpu_ticks(pid) * 1000 / hz)
 }
 
 /// A `TcpExt` counter (e.g. `TCPKeepAlive`) of the network namespace that
@@ -514,169 +482,15 @@ pub fn raise_nofile(want: u64) -> u64 {
 // Child processes
 // ---------------------------------------------------------------------------
 
-/// Which output of a [`Proc`] is collected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Output {
-    Stdout,
-    Stderr,
-}
-
-/// A child process in a namespace whose output lines are collected (each
-/// stamped with the instant it was read) and which is killed on drop.
-pub struct Proc {
-    pub name: String,
-    child: Mutex<Child>,
-    pub pid: i32,
-    rx: Mutex<Receiver<(Instant, String)>>,
-    lines: Mutex<Vec<Line>>,
-}
-
-impl Proc {
-    /// Spawns `command` inside `ns`, collecting `output`.
-    pub fn spawn(name: &str, ns: &Netns, mut command: Command, output: Output) -> Proc {
-        let fd = ns.open();
+impl Netns {
+    /// Spawns `command` inside the namespace as a [`Proc`], following
+    /// `output`.
+    pub fn spawn(&self, name: &str, mut command: Command, output: Output) -> Proc {
+        let fd = self.open();
         Netns::prepare(&mut command, &fd, None);
-        command.stdin(Stdio::null());
-        match output {
-            Output::Stdout => command.stdout(Stdio::piped()).stderr(Stdio::inherit()),
-            Output::Stderr => command.stdout(Stdio::null()).stderr(Stdio::piped()),
-        };
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("spawning {name} ({command:?}): {e}"));
+        let proc = Proc::spawn(name, command, output);
         drop(fd);
-        let pipe: Box<dyn Read + Send> = match output {
-            Output::Stdout => Box::new(child.stdout.take().expect("stdout is piped")),
-            Output::Stderr => Box::new(child.stderr.take().expect("stderr is piped")),
-        };
-        let (tx, rx) = mpsc::channel();
-        thread::Builder::new()
-            .name(format!("{name}-output"))
-            .spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { return };
-                    if tx.send((Instant::now(), line)).is_err() {
-                        return;
-                    }
-                }
-            })
-            .expect("spawning an output reader thread");
-        let pid = i32::try_from(child.id()).expect("pid fits i32");
-        Proc {
-            name: name.to_string(),
-            child: Mutex::new(child),
-            pid,
-            rx: Mutex::new(rx),
-            lines: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn lines_guard(&self) -> MutexGuard<'_, Vec<Line>> {
-        self.lines.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Takes what the reader thread has, waiting up to `timeout` for one
-    /// more line if none is there. Returns false once the output closed.
-    fn pump(&self, timeout: Duration) -> bool {
-        let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
-        let mut got = Vec::new();
-        let mut open = true;
-        match rx.recv_timeout(timeout) {
-            Ok(item) => got.push(item),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => open = false,
-        }
-        while let Ok(item) = rx.try_recv() {
-            got.push(item);
-        }
-        drop(rx);
-        let mut lines = self.lines_guard();
-        for (at, text) in got {
-            let index = lines.len();
-            lines.push(Line::parse(index, at, text));
-        }
-        open
-    }
-
-    /// Every line so far.
-    pub fn lines(&self) -> Vec<Line> {
-        self.pump(Duration::ZERO);
-        self.lines_guard().clone()
-    }
-
-    /// Number of lines so far (an index for [`Proc::wait_from`]).
-    pub fn mark(&self) -> usize {
-        self.pump(Duration::ZERO);
-        self.lines_guard().len()
-    }
-
-    /// The first line at index `start` or later matching `pred` within
-    /// `timeout`, or `None`.
-    pub fn poll_from(&self, start: usize, pred: &impl Pred, timeout: Duration) -> Option<Line> {
-        let deadline = Instant::now() + timeout;
-        let mut next = start;
-        loop {
-            {
-                let lines = self.lines_guard();
-                while next < lines.len() {
-                    if pred.test(&lines[next]) {
-                        return Some(lines[next].clone());
-                    }
-                    next += 1;
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            if !self.pump(deadline - now) {
-                // Closed: take the last lines, check once more, give up.
-                let lines = self.lines_guard();
-                return lines[next.min(lines.len())..].iter().find(|l| pred.test(l)).cloned();
-            }
-        }
-    }
-
-    /// Like [`Proc::poll_from`], failing the test with the output if no
-    /// line matches.
-    pub fn wait_from(&self, start: usize, pred: impl Pred, timeout: Duration) -> Line {
-        self.poll_from(start, &pred, timeout).unwrap_or_else(|| {
-            panic!(
-                "{} ({}): no {} from line {start} within {timeout:?}\n--- output ---\n{}--- end ---",
-                self.name,
-                self.pid,
-                pred.describe(),
-                self.text()
-            )
-        })
-    }
-
-    /// The whole output so far.
-    pub fn text(&self) -> String {
-        self.lines().iter().map(|l| format!("{}\n", l.text)).collect()
-    }
-
-    /// Sends `signal` to the process.
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child, not reaped before drop, so the
-        // pid cannot name another process.
-        if unsafe { libc::kill(self.pid, signal) } != 0 {
-            panic!("kill({}, {signal}) of {}: {}", self.pid, self.name, io::Error::last_os_error());
-        }
-    }
-
-    /// True while the process has not exited.
-    pub fn running(&self) -> bool {
-        matches!(self.child.lock().unwrap_or_else(|e| e.into_inner()).try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        crate::common::reap(&mut child);
-        if thread::panicking() {
-            drop(child);
-            eprintln!("--- output of {} (test failed) ---\n{}--- end ---", self.name, self.text());
-        }
+        proc
     }
 }
 
@@ -712,7 +526,7 @@ pub fn helper_main(spec: &str) -> ! {
         ["pinger", addr, id, interval_ms] => {
             let addr: SocketAddr = addr.parse().expect("helper: ADDR");
             let interval = Duration::from_millis(interval_ms.parse().expect("helper: INTERVAL_MS"));
-            let (mut client, welcome) = crate::common::NativeClient::handshake(addr, id, "");
+            let (mut client, welcome) = crate::native::NativeClient::handshake(addr, id, "");
             println!("{HELPER_PREFIX}online session={}", welcome.session);
             loop {
                 let at = mono_ns();
@@ -730,9 +544,8 @@ pub fn helper_main(spec: &str) -> ! {
 }
 
 /// The `heartbeat` agent binary, when this build has one.
-pub fn agent_binary() -> Option<&'static str> {
-    let path = option_env!("CARGO_BIN_EXE_heartbeat")?;
-    Path::new(path).exists().then_some(path)
+pub fn agent_binary() -> Option<PathBuf> {
+    crate::find_bin("heartbeat")
 }
 
 /// True when `heartbeat run` is the real agent (not an empty placeholder

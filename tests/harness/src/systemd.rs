@@ -1,30 +1,27 @@
-//! Helpers shared by the systemd test crates (`systemd_notify`,
-//! `systemd_e2e`): temporary directories, the daemon under test with its
-//! log in a file, the receiving ends of `sd_notify` and of the journal's
-//! native protocol, and a tiny native-protocol client written from
-//! PROTOCOL.md alone (not from the daemon's codec, so a codec bug cannot
-//! hide itself).
+//! The systemd side of the harness (`systemd_notify`, `systemd_e2e`): the
+//! daemon with its log in a file (for `JOURNAL_STREAM`), socket activation,
+//! and the receiving ends of `sd_notify` and of the journal's native
+//! protocol, decoded from that protocol's description, not by the daemon's
+//! code.
 //!
 //! Every wait here has a deadline and panics with what it waited for; no
 //! helper sleeps and hopes.
 
-// Each test crate includes this module and uses a different part of it.
-#![allow(dead_code)]
-
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The daemon binary cargo built for these tests.
-pub const HEARTBEATD: &str = env!("CARGO_BIN_EXE_heartbeatd");
+use crate::daemon::{config, listener, reap};
+use crate::log::Line;
+pub use crate::which;
+use crate::{daemon_bin, mono_ns};
 
 /// Environment variables through which systemd talks to a service. They are
 /// removed from every daemon the tests start, so a test runner that itself
@@ -65,12 +62,6 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Finds `program` on `$PATH`.
-pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
-}
-
 /// Polls `probe` every 10 ms until it returns `Some`, or panics naming
 /// `what` once `within` has passed.
 pub fn wait_until<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
@@ -86,46 +77,7 @@ pub fn wait_until<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Op
 
 /// `CLOCK_MONOTONIC` in microseconds: the clock of `MONOTONIC_USEC=`.
 pub fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
-    u64::try_from(ts.tv_sec).expect("seconds") * 1_000_000 + u64::try_from(ts.tv_nsec).expect("nanos") / 1_000
-}
-
-// ---- temporary directories ------------------------------------------------
-
-/// A fresh directory under the system's temp dir, removed on drop.
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    /// Creates `heartbeatd-LABEL-PID-N`, unique within and across processes.
-    pub fn new(label: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("heartbeatd-{label}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("create the temp dir");
-        TempDir { path }
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// A path inside the directory.
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
+    mono_ns() / 1_000
 }
 
 // ---- the daemon -----------------------------------------------------------
@@ -134,16 +86,13 @@ impl Drop for TempDir {
 /// `timeout` as TOML duration strings, a 100 ms tick and a short shutdown
 /// grace.
 pub fn config_text(address: &str, interval: &str, timeout: &str) -> String {
-    format!(
-        "[daemon]\ntick = \"100ms\"\nshutdown_grace = \"1s\"\n\n\
-         [[listener]]\nname = \"main\"\naddress = \"{address}\"\nprotocol = \"native\"\n\
-         interval = \"{interval}\"\ntimeout = \"{timeout}\"\n"
-    )
+    let body = format!("interval = \"{interval}\"\ntimeout = \"{timeout}\"");
+    config("100ms", "shutdown_grace = \"1s\"", &[listener("main", "native", address, &body)])
 }
 
 /// `heartbeatd --config CONFIG` with every systemd variable removed.
 pub fn daemon_command(config: &Path) -> Command {
-    let mut cmd = Command::new(HEARTBEATD);
+    let mut cmd = Command::new(daemon_bin());
     cmd.arg("--config").arg(config);
     for var in SYSTEMD_ENV {
         cmd.env_remove(var);
@@ -159,7 +108,7 @@ pub fn daemon_command(config: &Path) -> Command {
 pub fn daemon_command_with_own_pid(config: &Path, own_pid_vars: &[&str]) -> Command {
     let exports: String = own_pid_vars.iter().map(|v| format!("export {v}=$$; ")).collect();
     let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(format!("{exports}exec \"$0\" \"$@\"")).arg(HEARTBEATD).arg("--config").arg(config);
+    cmd.arg("-c").arg(format!("{exports}exec \"$0\" \"$@\"")).arg(daemon_bin()).arg("--config").arg(config);
     for var in SYSTEMD_ENV {
         cmd.env_remove(var);
     }
@@ -188,22 +137,23 @@ pub fn pass_as_fd3(cmd: &mut Command, fd: RawFd) {
     }
 }
 
-/// A running `heartbeatd` whose stderr goes to a file. Killed on drop if it
-/// is still running, so no test leaves a daemon behind, even on panic.
-pub struct Daemon {
+/// A running `heartbeatd` whose stderr goes to a file (so that a
+/// `JOURNAL_STREAM` can name its device and inode). Killed on drop if it is
+/// still running, so no test leaves a daemon behind, even on panic.
+pub struct FileDaemon {
     child: Child,
     log: PathBuf,
 }
 
-impl Daemon {
+impl FileDaemon {
     /// Spawns `cmd` with stdin and stdout closed and stderr appended to
     /// `log` (created if missing; an existing file keeps its inode, so a
     /// `JOURNAL_STREAM` computed from it stays true).
-    pub fn spawn(mut cmd: Command, log: &Path) -> Daemon {
+    pub fn spawn(mut cmd: Command, log: &Path) -> FileDaemon {
         let stderr = OpenOptions::new().create(true).append(true).open(log).expect("open the daemon's log file");
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         let child = cmd.spawn().expect("spawn heartbeatd");
-        Daemon { child, log: log.to_owned() }
+        FileDaemon { child, log: log.to_owned() }
     }
 
     /// The daemon's pid.
@@ -259,8 +209,7 @@ impl Daemon {
                 return status;
             }
             if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+                reap(&mut self.child);
                 panic!("heartbeatd did not exit within {within:?}; its log:\n{}", self.log_text());
             }
             thread::sleep(POLL_EVERY);
@@ -268,25 +217,16 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
+impl Drop for FileDaemon {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        reap(&mut self.child);
     }
 }
 
 /// The `address=` of a `listening listener=... address=A ...` log line or
 /// journal message.
 pub fn parse_listening_address(line: &str) -> Option<SocketAddr> {
-    logfmt_value(line, "address")?.parse().ok()
-}
-
-/// The value of `key=` in a logfmt line (bare values only).
-pub fn logfmt_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let start = line.find(&format!(" {key}="))? + key.len() + 2;
-    line[start..].split(' ').next()
+    Line::parse(0, Instant::now(), line.to_owned()).get("address")?.parse().ok()
 }
 
 // ---- datagram receivers ---------------------------------------------------
@@ -445,8 +385,8 @@ impl JournalSocket {
     }
 
     /// Returns the first entry received so far or within `within` that
-    /// satisfies `wanted`, decoding each datagram with
-    /// `heartbeatd::journal::decode`. Panics (listing what arrived) if none
+    /// satisfies `wanted`, decoding each datagram with [`decode_journal`].
+    /// Panics (listing what arrived) if none
     /// does, or if a datagram does not decode.
     pub fn wait_for(&mut self, what: &str, within: Duration, wanted: impl Fn(&JournalEntry) -> bool) -> JournalEntry {
         if let Some(e) = self.entries.iter().find(|e| wanted(e)) {
@@ -458,7 +398,7 @@ impl JournalSocket {
                 let messages: Vec<&str> = self.entries.iter().map(JournalEntry::message).collect();
                 panic!("no journal entry {what} within {within:?}; messages received: {messages:#?}");
             };
-            let fields = heartbeatd::journal::decode(&d.data)
+            let fields = decode_journal(&d.data)
                 .unwrap_or_else(|| panic!("undecodable journal datagram {:?}", String::from_utf8_lossy(&d.data)));
             let entry = JournalEntry { fields };
             self.entries.push(entry.clone());
@@ -472,157 +412,39 @@ impl JournalSocket {
     pub fn drain_for(&mut self, window: Duration) {
         let deadline = Instant::now() + window;
         while let Some(d) = self.sink.recv_before(deadline) {
-            let fields = heartbeatd::journal::decode(&d.data).expect("journal datagram decodes");
+            let fields = decode_journal(&d.data).expect("journal datagram decodes");
             self.entries.push(JournalEntry { fields });
         }
     }
 }
 
-// ---- a tiny native-protocol client (PROTOCOL.md §1) ------------------------
-
-/// Frame types of the native protocol, from the loopback suite's
-/// hand-written client (written from PROTOCOL.md, not from the daemon).
-pub mod frame {
-    pub use crate::common::{BYE, PING, WELCOME};
-}
-
-/// Encodes one frame: type, flags 0, big-endian u16 length, payload.
-pub use crate::common::frame as encode_frame;
-
-/// A HELLO for `id`, version 1, no token.
-pub fn hello_frame(id: &str) -> Vec<u8> {
-    crate::common::hello_frame(id, "")
-}
-
-/// Splits `bytes` into complete frames `(type, payload)`, ignoring an
-/// incomplete tail.
-pub fn parse_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut frames = Vec::new();
-    while bytes.len() >= 4 {
-        let len = usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
-        let Some(payload) = bytes.get(4..4 + len) else { break };
-        frames.push((bytes[0], payload.to_vec()));
-        bytes = &bytes[4 + len..];
-    }
-    frames
-}
-
-/// The fields of a WELCOME.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Welcome {
-    /// How often the client must send.
-    pub interval_ms: u32,
-    /// Silence after which the daemon declares the client offline.
-    pub timeout_ms: u32,
-    /// The connection's session number.
-    pub session: u64,
-}
-
-/// Decodes a WELCOME payload (exactly 16 bytes).
-pub fn parse_welcome(payload: &[u8]) -> Welcome {
-    assert_eq!(payload.len(), 16, "WELCOME payload is 16 bytes: {payload:?}");
-    Welcome {
-        interval_ms: u32::from_be_bytes(payload[0..4].try_into().expect("4 bytes")),
-        timeout_ms: u32::from_be_bytes(payload[4..8].try_into().expect("4 bytes")),
-        session: u64::from_be_bytes(payload[8..16].try_into().expect("8 bytes")),
-    }
-}
-
-/// A blocking native client over loopback.
-pub struct NativeClient {
-    /// The connection.
-    pub stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl NativeClient {
-    /// Connects to `addr` (within 5 s).
-    pub fn connect(addr: SocketAddr) -> NativeClient {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("connect to heartbeatd at {addr}: {e}"));
-        NativeClient { stream, buf: Vec::new() }
-    }
-
-    /// Wraps an already connected stream.
-    pub fn from_stream(stream: TcpStream) -> NativeClient {
-        NativeClient { stream, buf: Vec::new() }
-    }
-
-    /// Writes raw bytes.
-    pub fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write to heartbeatd");
-    }
-
-    /// Reads the next frame; panics on EOF, error or after `within`.
-    pub fn read_frame(&mut self, within: Duration) -> (u8, Vec<u8>) {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some((kind, payload)) = parse_frames(&self.buf).into_iter().next() {
-                self.buf.drain(..4 + payload.len());
-                return (kind, payload);
+/// Decodes one datagram of the journal's native protocol: fields, each
+/// either `NAME=value\n` or `NAME\n`, a little-endian u64 length, that
+/// many bytes of value and `\n`. `None` unless the whole datagram is such
+/// fields with UTF-8 names and values.
+pub fn decode_journal(mut data: &[u8]) -> Option<Vec<(String, String)>> {
+    let mut fields = Vec::new();
+    while !data.is_empty() {
+        let end = data.iter().position(|&b| b == b'\n' || b == b'=')?;
+        let name = std::str::from_utf8(&data[..end]).ok()?.to_owned();
+        let value;
+        if data[end] == b'=' {
+            let len = data[end + 1..].iter().position(|&b| b == b'\n')?;
+            value = &data[end + 1..end + 1 + len];
+            data = &data[end + 2 + len..];
+        } else {
+            let len = u64::from_le_bytes(data.get(end + 1..end + 9)?.try_into().ok()?);
+            let start = end + 9;
+            let stop = start.checked_add(usize::try_from(len).ok()?)?;
+            value = data.get(start..stop)?;
+            if data.get(stop) != Some(&b'\n') {
+                return None;
             }
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-                .unwrap_or_else(|| panic!("no frame from heartbeatd within {within:?}"));
-            self.stream.set_read_timeout(Some(left)).expect("set_read_timeout");
-            let mut chunk = [0u8; 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("heartbeatd closed the connection; unparsed bytes {:?}", self.buf),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => panic!("read from heartbeatd: {e}"),
-            }
+            data = &data[stop + 1..];
         }
+        fields.push((name, std::str::from_utf8(value).ok()?.to_owned()));
     }
-
-    /// Sends HELLO for `id` and returns the WELCOME (panics on anything
-    /// else within 5 s).
-    pub fn hello(&mut self, id: &str) -> Welcome {
-        self.send(&hello_frame(id));
-        self.expect_welcome(Duration::from_secs(5))
-    }
-
-    /// Reads the next frame and decodes it as a WELCOME.
-    pub fn expect_welcome(&mut self, within: Duration) -> Welcome {
-        let (kind, payload) = self.read_frame(within);
-        assert_eq!(kind, frame::WELCOME, "expected WELCOME, got type {kind} payload {payload:?}");
-        parse_welcome(&payload)
-    }
-
-    /// Sends BYE with `reason`.
-    pub fn bye(&mut self, reason: &str) {
-        self.send(&encode_frame(frame::BYE, reason.as_bytes()));
-    }
-
-    /// Sends PING with `payload`.
-    pub fn ping(&mut self, payload: &[u8]) {
-        self.send(&encode_frame(frame::PING, payload));
-    }
-
-    /// Waits until the daemon closes the connection (EOF or reset), within
-    /// `within`; frames that arrive meanwhile are returned.
-    pub fn wait_closed(&mut self, within: Duration) -> Vec<(u8, Vec<u8>)> {
-        let deadline = Instant::now() + within;
-        let mut chunk = [0u8; 1024];
-        loop {
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-                .unwrap_or_else(|| panic!("heartbeatd did not close the connection within {within:?}"));
-            self.stream.set_read_timeout(Some(left)).expect("set_read_timeout");
-            match self.stream.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
-                Err(e) => panic!("read from heartbeatd: {e}"),
-            }
-        }
-        parse_frames(&std::mem::take(&mut self.buf))
-    }
+    Some(fields)
 }
 
 /// Creates an empty file at `path` and returns `"<st_dev>:<st_ino>"`, the
@@ -632,4 +454,22 @@ pub fn dev_ino_of_new_file(path: &Path) -> String {
     File::create(path).expect("create the log file");
     let meta = fs::metadata(path).expect("stat the log file");
     format!("{}:{}", meta.dev(), meta.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_datagrams_decode_plain_and_binary_fields() {
+        let mut data = b"MESSAGE=online client=a\nDETAIL\n".to_vec();
+        data.extend_from_slice(&9u64.to_le_bytes());
+        data.extend_from_slice(b"two\nlines\nPRIORITY=6\n");
+        let fields = decode_journal(&data).expect("decodes");
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(fields, [("MESSAGE", "online client=a"), ("DETAIL", "two\nlines"), ("PRIORITY", "6")]);
+        // A binary value must be followed by its newline; a line must end.
+        assert_eq!(decode_journal(&data[..data.len() - 13]), None);
+        assert_eq!(decode_journal(b"MESSAGE=no end"), None);
+    }
 }

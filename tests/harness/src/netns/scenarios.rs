@@ -27,14 +27,16 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{helper_command, instant_of, listener, tcp_ext, Output, Proc, Topology, HELPER_PREFIX};
-use crate::common::{
-    config, ev, frame, ms, signed_ms, Audit, Daemon, End, Line, NativeClient, PlainClient, When, PING, PONG, SLACK,
+use super::{helper_command, instant_of, tcp_ext, Topology, HELPER_PREFIX};
+use crate::{
+    config, ev, frame, listener, ms, signed_ms, Audit, Daemon, End, Line, NativeClient, Output, PlainClient, Proc,
+    When, PING, PONG, SLACK,
 };
 
 /// The daemon's tick in every scenario.
@@ -488,7 +490,7 @@ const PROC_INTERVAL: Duration = Duration::from_millis(500);
 /// online; returns it and its session.
 fn start_pinger(topo: &Topology, addr: SocketAddr, id: &str) -> (Proc, u64) {
     let args = [addr.to_string(), id.to_string(), PROC_INTERVAL.as_millis().to_string()];
-    let helper = Proc::spawn(id, &topo.clients[0], helper_command("pinger", &args), Output::Stdout);
+    let helper = topo.clients[0].spawn(id, helper_command("pinger", &args), Output::Stdout);
     let online = helper.wait_from(0, format!("{HELPER_PREFIX}online"), Duration::from_secs(10));
     let session = online.text.rsplit('=').next().and_then(|s| s.parse().ok()).expect("helper: session=N");
     (helper, session)
@@ -730,7 +732,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Starts `heartbeat run` agent `i` in client namespace 0.
-fn start_agent(topo: &Topology, bin: &str, i: usize) -> Proc {
+fn start_agent(topo: &Topology, bin: &Path, i: usize) -> Proc {
     let mut command = std::process::Command::new(bin);
     command.args([
         "run",
@@ -745,7 +747,7 @@ fn start_agent(topo: &Topology, bin: &str, i: usize) -> Proc {
         "--connect-timeout",
         &format!("{}ms", CONNECT_TIMEOUT.as_millis()),
     ]);
-    Proc::spawn(&format!("agent-{i}"), &topo.clients[0], command, Output::Stderr)
+    topo.clients[0].spawn(&format!("agent-{i}"), command, Output::Stderr)
 }
 
 /// For each agent, the first line matching `event` from its mark.
@@ -803,7 +805,7 @@ pub fn daemon_side() -> Vec<Outcome> {
     let text = daemon_config("", &[listener("main", "native", link0(AGENT_PORT), &extra)]);
     let d1 = topo.start_daemon(&text, None);
     d1.addr("main");
-    let agents: Vec<Proc> = (0..AGENTS).map(|i| start_agent(&topo, bin, i)).collect();
+    let agents: Vec<Proc> = (0..AGENTS).map(|i| start_agent(&topo, &bin, i)).collect();
     let marks = vec![0; AGENTS];
     for (a, line) in agents.iter().zip(agent_events(&agents, &marks, "connected", Duration::from_secs(10))) {
         assert!(line.is_some(), "{} never connected:\n{}", a.name, a.text());
@@ -999,7 +1001,7 @@ pub fn fd_exhaustion() -> Vec<Outcome> {
     let waiting = (0..total).find(|i| !held.contains(i)).expect("a client waiting in the backlog");
     let resumed = d.poll_from(0, &ev("accept-resumed"), Duration::from_secs(10));
     match clients[waiting].read_frame(Duration::from_secs(10)) {
-        Ok(f) if f.ty == crate::common::WELCOME => outcome.event(
+        Ok(f) if f.ty == crate::WELCOME => outcome.event(
             resumed.as_ref().map_or("no accept-resumed line", |_| "accept-resumed"),
             freed,
             Instant::now(),

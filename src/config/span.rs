@@ -1,0 +1,178 @@
+//! Where an error is: byte spans of the config text → file, line and key.
+//!
+//! Invariants: a line is 1-based and always within the text (an offset past
+//! the end counts the whole text); a key is recovered from the TOML
+//! structure only, never guessed from the message, so an error whose span
+//! lies in invalid TOML has no key rather than a wrong one.
+
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::ConfigError;
+
+/// The config text being validated: turns spans into lines for errors.
+pub(super) struct Source<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+impl<'a> Source<'a> {
+    /// The text, named `origin` in errors.
+    pub(super) fn new(text: &'a str, origin: &'a str) -> Source<'a> {
+        Source { text, origin }
+    }
+
+    /// An error at the start of `span`, if known.
+    pub(super) fn error(
+        &self,
+        span: Option<Range<usize>>,
+        key: Option<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            origin: self.origin.to_owned(),
+            line: span.map(|span| self.line_of(span.start)),
+            key,
+            message: message.into(),
+        }
+    }
+
+    /// An error about `value`, whose key is `key`.
+    pub(super) fn at<T>(&self, value: &Spanned<T>, key: &str, message: String) -> ConfigError {
+        self.error(Some(value.span()), Some(key.to_owned()), message)
+    }
+
+    /// 1-based line of byte `offset`.
+    pub(super) fn line_of(&self, offset: usize) -> usize {
+        let before = self.text.as_bytes().get(..offset).unwrap_or(self.text.as_bytes());
+        1 + before.iter().filter(|&&b| b == b'\n').count()
+    }
+
+    /// A syntax, type or unknown-key error from toml. Its message has no key,
+    /// so the key is recovered from the span when the text is valid TOML.
+    pub(super) fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
+        let span = error.span();
+        let key = span.as_ref().and_then(|span| key_at(self.text, span.start));
+        self.error(span, key, error.message())
+    }
+}
+
+/// The dotted key path of the entry at byte `offset`, or `None` when the
+/// text is not valid TOML.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let root = toml::de::DeTable::parse(text).ok()?;
+    key_in_table(root.get_ref(), offset)
+}
+
+/// Searches a table: the deepest entry whose key or value covers `offset`.
+fn key_in_table(table: &toml::de::DeTable<'_>, offset: usize) -> Option<String> {
+    table.iter().find_map(|(key, value)| {
+        let name = key.get_ref();
+        // Look inside first: a table's own span is only its header, so a
+        // child may match where the parent does not.
+        if let Some(rest) = key_in_value(value.get_ref(), offset) {
+            return Some(format!("{name}{rest}"));
+        }
+        (covers(&key.span(), offset) || covers(&value.span(), offset)).then(|| name.to_string())
+    })
+}
+
+/// Searches inside a value; returns the path below it (`.key`, `[i]`).
+fn key_in_value(value: &toml::de::DeValue<'_>, offset: usize) -> Option<String> {
+    match value {
+        toml::de::DeValue::Table(table) => key_in_table(table, offset).map(|key| format!(".{key}")),
+        toml::de::DeValue::Array(items) => {
+            items.iter().enumerate().find_map(|(i, item)| match key_in_value(item.get_ref(), offset) {
+                Some(rest) => Some(format!("[{i}]{rest}")),
+                None => covers(&item.span(), offset).then(|| format!("[{i}]")),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Whether `span` covers `offset`; an empty span covers its start.
+fn covers(span: &Range<usize>, offset: usize) -> bool {
+    span.start <= offset && offset < span.end.max(span.start + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{assert_err, listener, parse_err};
+    use super::*;
+
+    #[test]
+    fn lines_are_one_based_and_clamped() {
+        let source = Source::new("a\nb\n\nc", "t");
+        let lines: Vec<usize> = (0..=7).map(|offset| source.line_of(offset)).collect();
+        assert_eq!(lines, [1, 1, 2, 2, 3, 4, 4, 4]);
+    }
+
+    #[test]
+    fn errors_name_origin_line_and_key() {
+        let source = Source::new("x = 1\ny = 2\n", "f.toml");
+        let e = source.error(Some(6..11), Some("y".into()), "bad");
+        assert_eq!(e.to_string(), "f.toml:2: y: bad");
+        assert_eq!(source.error(None, None, "bad").to_string(), "f.toml: bad");
+    }
+
+    #[test]
+    fn keys_are_found_by_offset() {
+        let text = "top = 1\n[daemon]\ntick = \"1s\"\n[[listener]]\nname = \"a\"\n\
+                    [[listener]]\ntokens = [\"x\", \"y\"]\n[listener.tcp]\nnodelay = true\n";
+        let at = |needle: &str| key_at(text, text.find(needle).unwrap());
+        assert_eq!(at("top").as_deref(), Some("top"));
+        assert_eq!(at("tick").as_deref(), Some("daemon.tick"));
+        assert_eq!(at("\"1s\"").as_deref(), Some("daemon.tick"));
+        assert_eq!(at("name").as_deref(), Some("listener[0].name"));
+        assert_eq!(at("\"y\"").as_deref(), Some("listener[1].tokens[1]"));
+        assert_eq!(at("nodelay").as_deref(), Some("listener[1].tcp.nodelay"));
+        assert_eq!(key_at("x = \n", 4), None, "invalid TOML has no key");
+    }
+
+    #[test]
+    fn empty_spans_cover_their_start() {
+        assert!(covers(&(3..3), 3));
+        assert!(!covers(&(3..3), 4));
+        assert!(covers(&(3..5), 4) && !covers(&(3..5), 5) && !covers(&(3..5), 2));
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_toml_message() {
+        let e = parse_err("[daemon]\ntick = \"1s\"\nmax_clients = \n");
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.key, None);
+        assert!(!e.message.is_empty());
+        assert!(e.to_string().starts_with("test.toml:3: "), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys() {
+        assert_err("[daemon]\ntick = \"1s\"\nbogus = 1\n", 3, "daemon.bogus", "unknown field `bogus`");
+        assert_err(&listener("\n\n\ninterval = \"1s\"\nmisess = 3\n"), 8, "listener[0].misess", "unknown field");
+        assert_err(
+            &listener("[listener.tcp]\nnodelay = true\nkeepalive = \"1s\"\n"),
+            6,
+            "listener[0].tcp.keepalive",
+            "unknown field",
+        );
+        assert_err(&listener("tcp = { nodelay = true, idle = 1 }\n"), 4, "listener[0].tcp.idle", "unknown field");
+        assert_err(&format!("{}listeners = 1\n", listener("")), 4, "listener[0].listeners", "unknown field");
+        assert_err("deamon = 1\n", 1, "deamon", "unknown field");
+        // In the second listener.
+        let two =
+            format!("{}{}", listener(""), listener("prot = 1\n").replace("\"a\"", "\"b\"").replace("7700", "7701"));
+        assert_err(&two, 7, "listener[1].prot", "unknown field");
+    }
+
+    #[test]
+    fn wrong_types() {
+        assert_err("[daemon]\ntick = 5\n", 2, "daemon.tick", "expected a string");
+        assert_err("daemon = 5\n", 1, "daemon", "invalid type");
+        assert_err(&listener("echo = \"yes\"\n"), 4, "listener[0].echo", "expected a boolean");
+        assert_err(&listener("tokens = [\"x\",\n  3]\n"), 5, "listener[0].tokens[1]", "expected a string");
+        assert_err(&listener("misses = 2.5\n"), 4, "listener[0].misses", "invalid type");
+        assert_err("listener = 3\n", 1, "listener", "invalid type");
+    }
+}
