@@ -26,9 +26,10 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
-use crate::config::{ListenerConfig, Protocol};
+use crate::config::ListenerConfig;
 use crate::event::OfflineReason;
 use crate::session::{Next, Session};
+use crate::wire::Protocol;
 
 /// Output bytes a client may leave unread before it is dropped as
 /// `write-stalled`. Frames are tiny, so 64 KiB is thousands of replies the

@@ -33,11 +33,12 @@ use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::config::{ListenerConfig, Protocol};
+use crate::config::ListenerConfig;
 use crate::event::OfflineReason;
 use crate::wire::deframe::{LegacyDeframer, LegacyItem, NativeDeframer};
 use crate::wire::legacy;
 use crate::wire::native::{self, error_code, Frame};
+use crate::wire::Protocol;
 
 /// What the caller must do after handing bytes or time to a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
