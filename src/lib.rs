@@ -9,7 +9,8 @@
 //! Data flows one way:
 //!
 //! ```text
-//! socket bytes → wire codec (pure) → Conn (state, deadlines) → Event → sinks
+//! socket → Conn (bytes, output queue) → Session (deframer over the pure
+//! wire codec; state, deadlines) → Next → server (events) → sinks
 //! ```
 //!
 //! The daemon is one thread around one `mio::Poll` ([`server`]); idle
@@ -33,6 +34,7 @@ pub(crate) mod journal;
 pub mod logging;
 pub(crate) mod metrics;
 pub mod server;
+pub(crate) mod session;
 #[allow(unsafe_code)]
 pub(crate) mod sockopt;
 pub(crate) mod status;

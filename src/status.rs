@@ -12,9 +12,9 @@ use std::time::{Instant, SystemTime};
 use slab::Slab;
 
 use crate::api::{ClientView, HttpStats, View};
-use crate::conn::Conn;
 use crate::http::feed::unix_ms;
 use crate::metrics::{Gauges, Metrics};
+use crate::server::Slot;
 use crate::sockopt;
 
 /// Listener names by listener key: what the view needs of the loop's
@@ -27,7 +27,7 @@ pub trait ListenerNames {
 /// The loop's tables, borrowed for one request.
 pub struct StatusView<'a> {
     /// The connection table.
-    pub conns: &'a Slab<Conn>,
+    pub conns: &'a Slab<Slot>,
     /// The listener table.
     pub listeners: &'a dyn ListenerNames,
     /// Online native clients by id.
@@ -42,25 +42,26 @@ pub struct StatusView<'a> {
 
 impl<'a> StatusView<'a> {
     /// Online connections, not yet closing.
-    pub fn online(&self) -> impl Iterator<Item = &'a Conn> + 'a {
-        self.conns.iter().map(|(_, c)| c).filter(|c| c.is_online() && !c.closing)
+    pub fn online(&self) -> impl Iterator<Item = &'a Slot> + 'a {
+        self.conns.iter().map(|(_, s)| s).filter(|s| s.conn().session().is_online() && !s.is_closing())
     }
 
-    fn view_of(&self, conn: &Conn) -> ClientView {
-        let online_for = self.now.saturating_duration_since(conn.since());
+    fn view_of(&self, slot: &Slot) -> ClientView {
+        let (conn, session) = (slot.conn(), slot.conn().session());
+        let online_for = self.now.saturating_duration_since(session.since());
         let since = SystemTime::now().checked_sub(online_for).unwrap_or(SystemTime::UNIX_EPOCH);
         ClientView {
             id: conn.client_id(),
-            peer: conn.peer.to_string(),
+            peer: conn.peer().to_string(),
             listener: self.listeners.name(conn.listener()).to_owned(),
-            protocol: conn.proto.as_str().to_owned(),
-            session: conn.session,
+            protocol: session.proto().as_str().to_owned(),
+            session: slot.session_number(),
             online_since: humantime::format_rfc3339_millis(since).to_string(),
             online_since_ms: unix_ms(since),
-            last_activity_ms: u64::try_from(self.now.saturating_duration_since(conn.last_activity()).as_millis())
+            last_activity_ms: u64::try_from(self.now.saturating_duration_since(session.last_activity()).as_millis())
                 .unwrap_or(u64::MAX),
-            heartbeats: conn.heartbeats,
-            tcp: sockopt::tcp_info(&conn.stream),
+            heartbeats: session.heartbeats(),
+            tcp: sockopt::tcp_info(conn.stream()),
         }
     }
 }
@@ -69,7 +70,7 @@ impl View for StatusView<'_> {
     fn clients(&self, listener: Option<&str>) -> Vec<ClientView> {
         let mut clients: Vec<ClientView> = self
             .online()
-            .filter(|c| listener.is_none_or(|name| self.listeners.name(c.listener()) == name))
+            .filter(|s| listener.is_none_or(|name| self.listeners.name(s.conn().listener()) == name))
             .map(|c| self.view_of(c))
             .collect();
         clients.sort_by_key(|c| c.session);
@@ -77,20 +78,20 @@ impl View for StatusView<'_> {
     }
 
     fn client(&self, id: &str) -> Option<ClientView> {
-        if let Some(conn) = self.ids.get(id).and_then(|&key| self.conns.get(key)) {
-            return Some(self.view_of(conn));
+        if let Some(slot) = self.ids.get(id).and_then(|&key| self.conns.get(key)) {
+            return Some(self.view_of(slot));
         }
         // Legacy and raw clients are named by their peer address.
         let peer: SocketAddr = id.parse().ok()?;
-        self.online().find(|c| c.id.is_none() && c.peer == peer).map(|c| self.view_of(c))
+        self.online().find(|s| s.conn().session().id().is_none() && s.conn().peer() == peer).map(|s| self.view_of(s))
     }
 
     fn metrics(&self, http: &HttpStats) -> String {
         let mut listeners: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for conn in self.online() {
-            let entry = listeners.entry(self.listeners.name(conn.listener()).to_owned()).or_default();
+        for slot in self.online() {
+            let entry = listeners.entry(self.listeners.name(slot.conn().listener()).to_owned()).or_default();
             entry.0 += 1;
-            entry.1 += conn.heartbeats;
+            entry.1 += slot.conn().session().heartbeats();
         }
         let gauges = Gauges {
             listeners,

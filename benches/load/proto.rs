@@ -79,9 +79,8 @@ impl Proto {
         let mut out = Vec::new();
         match self {
             Proto::Native => native::encode(&native::Frame::Ping(b""), &mut out),
-            Proto::Legacy => {
-                legacy::encode_header(legacy::Header { kind: legacy::Kind::Heartbeat, length: 0 }, &mut out)
-            }
+            // Type 0, length 0: the same 8 bytes the daemon echoes.
+            Proto::Legacy => out.extend_from_slice(&legacy::HEARTBEAT_ECHO),
             Proto::Mqtt => out.extend_from_slice(&[mqtt::PINGREQ, 0]),
         }
         out

@@ -8,6 +8,9 @@
 //!
 //! Invariants, so that no HTTP client can slow the heartbeat loop:
 //! - at most `max_connections` HTTP connections; more get 503 and close;
+//! - at most `ACCEPT_BUDGET` accepts per poll round: a connect flood on
+//!   the status port cannot hold the loop (the rest wait for the next
+//!   round, which [`Http::next_deadline`] makes immediate);
 //! - a request head larger than [`MAX_REQUEST`] gets 431, one not complete
 //!   within `request_timeout` gets 408 (slowloris), a malformed one 400;
 //! - a subscriber whose unread output would pass `subscriber_buffer` is
@@ -46,6 +49,11 @@ const MAX_HEADERS: usize = 32;
 /// timing the stream out and finds subscribers that vanished.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
 
+/// Connections accepted per poll round before the loop serves the rest.
+/// Smaller than the client listeners' budget: HTTP is best effort, and 64
+/// is the default `max_connections`, so one round can fill an empty server.
+const ACCEPT_BUDGET: usize = 64;
+
 /// Reconnect delay a browser's `EventSource` uses after the stream breaks.
 const RETRY_MS: u32 = 2000;
 
@@ -81,6 +89,10 @@ pub struct Http {
     next_keepalive: Instant,
     requests: u64,
     subscribers_dropped: u64,
+    /// Set when the accept budget ran out with connections maybe waiting:
+    /// the edge that announced them will not come again, so
+    /// [`Http::on_time`] accepts more in the next round.
+    accept_again: Option<Instant>,
 }
 
 /// Why a connection ends; only logged.
@@ -104,6 +116,7 @@ impl Http {
             next_keepalive: now + KEEPALIVE_EVERY,
             requests: 0,
             subscribers_dropped: 0,
+            accept_again: None,
         })
     }
 
@@ -122,11 +135,6 @@ impl Http {
     pub fn set_limits(&mut self, cfg: HttpConfig) {
         self.feed.set_capacity(cfg.history);
         self.cfg = cfg;
-    }
-
-    /// True when `token` belongs to this server.
-    pub fn owns(&self, token: Token) -> bool {
-        token.0 >= self.token_base
     }
 
     /// The numbers `/metrics` reports for the HTTP layer.
@@ -181,8 +189,8 @@ impl Http {
         }
     }
 
-    /// The earliest instant [`Http::on_time`] has work: a request deadline
-    /// or the next keepalive.
+    /// The earliest instant [`Http::on_time`] has work: a request deadline,
+    /// the next keepalive, or at once when accepting must go on.
     pub fn next_deadline(&self) -> Option<Instant> {
         let streaming = self.conns.iter().any(|(_, c)| c.phase == Phase::Streaming);
         self.conns
@@ -192,11 +200,19 @@ impl Http {
                 _ => None,
             })
             .chain(streaming.then_some(self.next_keepalive))
+            .chain(self.accept_again)
             .min()
     }
 
-    /// Times out slow requests (408) and sends subscriber keepalives.
+    /// Accepts what the last round's budget left, times out slow requests
+    /// (408) and sends subscriber keepalives.
     pub fn on_time(&mut self, registry: &Registry, now: Instant) {
+        // Only a later round: the round that spent the budget also calls
+        // this, and must leave the backlog to the next one.
+        if self.accept_again.is_some_and(|at| at < now) {
+            self.accept_again = None;
+            self.accept(registry, now);
+        }
         let late: Vec<usize> = self
             .conns
             .iter()
@@ -230,7 +246,7 @@ impl Http {
     }
 
     fn accept(&mut self, registry: &Registry, now: Instant) {
-        loop {
+        for _ in 0..ACCEPT_BUDGET {
             match self.listener.accept() {
                 Ok((mut stream, peer)) => {
                     if self.conns.len() >= self.cfg.max_connections {
@@ -266,6 +282,9 @@ impl Http {
                 }
             }
         }
+        // Budget spent before WouldBlock: come back next round, after the
+        // heartbeats waiting in this one.
+        self.accept_again = Some(now);
     }
 
     /// Writes what is queued, then closes the connection if it is done, or
@@ -458,4 +477,56 @@ fn flush(conn: &mut HttpConn) -> Done {
     }
     conn.out.drain(..written);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ClientView;
+    use mio::Poll;
+
+    /// A view with no clients: accepting never consults it.
+    struct NoClients;
+
+    impl View for NoClients {
+        fn clients(&self, _: Option<&str>) -> Vec<ClientView> {
+            Vec::new()
+        }
+        fn client(&self, _: &str) -> Option<ClientView> {
+            None
+        }
+        fn metrics(&self, _: &HttpStats) -> String {
+            String::new()
+        }
+    }
+
+    #[test]
+    fn a_connect_flood_is_accepted_a_budget_per_round() {
+        let text = "[http]\naddress = \"127.0.0.1:0\"\nmax_connections = 4096\n\
+                    [[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\n";
+        let cfg = match crate::config::parse(text, "test.toml", std::path::Path::new("/nonexistent")) {
+            Ok(c) => c.http.expect("http table"),
+            Err(e) => panic!("config: {e}"),
+        };
+        let poll = Poll::new().expect("poll");
+        let now = Instant::now();
+        let base = 1000;
+        let mut http = Http::bind(cfg, poll.registry(), base, now).expect("bind");
+        // Fewer than the listener's backlog (128), so all wait at once.
+        let flood = ACCEPT_BUDGET + 10;
+        let _clients: Vec<std::net::TcpStream> =
+            (0..flood).map(|_| std::net::TcpStream::connect(http.address()).expect("connect")).collect();
+        std::thread::sleep(Duration::from_millis(50));
+
+        http.handle(poll.registry(), Token(base), now, &NoClients);
+        assert_eq!(http.conns.len(), ACCEPT_BUDGET, "one budget in the first round");
+        assert_eq!(http.next_deadline(), Some(now), "the next round must not sleep");
+        http.on_time(poll.registry(), now);
+        assert_eq!(http.conns.len(), ACCEPT_BUDGET, "nothing more in the same round");
+
+        let later = now + Duration::from_millis(1);
+        http.on_time(poll.registry(), later);
+        assert_eq!(http.conns.len(), flood, "the rest in the next round");
+        assert_eq!(http.accept_again, None, "drained: no more immediate rounds");
+    }
 }

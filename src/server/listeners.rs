@@ -17,33 +17,37 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Token};
 
-use super::{failed, timer_key, Listener, Server, ServerError, Timer, ACCEPT_BUDGET, ACCEPT_PAUSE, LISTENER_BASE};
-use crate::config::{ListenerConfig, Protocol};
+use super::{
+    failed, timer_key, Listener, Server, ServerError, Slot, Timer, ACCEPT_BUDGET, ACCEPT_PAUSE, LISTENER_BASE,
+};
+use crate::config::ListenerConfig;
 use crate::conn::Conn;
 use crate::event::{Logfmt, OfflineReason};
 use crate::metrics::Refusal;
+use crate::session::Session;
 use crate::sockopt;
 use crate::systemd::ActivatedSocket;
-use crate::wire::native::{error_code, Frame};
 
 impl Server {
     /// Opens a listener: adopts the socket systemd passed for it, if any,
     /// else binds its address.
     pub(super) fn open_listener(&mut self, cfg: ListenerConfig, adopted: Option<OwnedFd>) -> Result<(), ServerError> {
         let what = format!("listener {} on {}", cfg.name, cfg.address);
-        let (mut socket, origin) = match adopted {
+        let (mut socket, origin, options_set) = match adopted {
             Some(fd) => {
                 let socket = std::net::TcpListener::from(fd);
                 socket.set_nonblocking(true).map_err(failed(format!("adopting {what}")))?;
-                if let Err(e) = sockopt::apply(&socket, &cfg.tcp) {
+                let set = sockopt::apply(&socket, &cfg.tcp);
+                if let Err(e) = &set {
                     warn!("sockopt-failed listener={} error={}", Logfmt(&cfg.name), Logfmt(&e.to_string()));
                 }
-                (TcpListener::from_std(socket), "systemd")
+                (TcpListener::from_std(socket), "systemd", set.is_ok())
             }
             None => {
+                // Binding fails unless the options could be set.
                 let socket =
                     sockopt::bind_listener(cfg.address, &cfg.tcp).map_err(failed(format!("binding {what}")))?;
-                (socket, "bound")
+                (socket, "bound", true)
             }
         };
         let entry = self.listeners.vacant_entry();
@@ -78,13 +82,13 @@ impl Server {
             tcp
         );
         self.metrics.add_listener(&cfg.name);
-        entry.insert(Listener { cfg, socket: Some(socket), paused: false, exhausted_since: None });
+        entry.insert(Listener { cfg, socket: Some(socket), paused: false, exhausted_since: None, options_set });
         Ok(())
     }
 
     pub(super) fn close_listener(&mut self, lkey: usize, now: Instant) {
         let keys: Vec<usize> =
-            self.conns.iter().filter(|(_, c)| c.listener() == lkey && !c.closing).map(|(k, _)| k).collect();
+            self.conns.iter().filter(|(_, s)| s.conn.listener() == lkey && !s.is_closing()).map(|(k, _)| k).collect();
         for key in keys {
             self.say_bye(key);
             self.close(key, OfflineReason::Shutdown, Some("listener removed".into()), now);
@@ -168,20 +172,21 @@ impl Server {
         if let Some((limit, value)) = refusal {
             warn!("refused peer={} listener={} limit={} value={}", peer, Logfmt(&cfg.name), limit.as_str(), value);
             self.metrics.count_refused(&cfg.name, limit);
-            if cfg.protocol == Protocol::Native {
-                let mut out = Vec::new();
-                crate::wire::native::encode(
-                    &Frame::Error { code: error_code::SERVER_FULL, message: "server full" },
-                    &mut out,
-                );
+            let mut out = Vec::new();
+            Session::full(cfg.protocol, &mut out);
+            if !out.is_empty() {
                 // Best effort: the socket is fresh, so 20-odd bytes fit its
                 // buffer; a failure only means the client learns by FIN.
                 let _ = io::Write::write(&mut stream, &out);
             }
             return;
         }
-        if let Err(e) = sockopt::apply(&stream, &cfg.tcp) {
-            warn!("sockopt-failed peer={} listener={} error={}", peer, Logfmt(&cfg.name), Logfmt(&e.to_string()));
+        // The accepted socket inherited the listener's options (six
+        // setsockopt calls saved per accept), unless those could not be set.
+        if !self.listeners[lkey].options_set {
+            if let Err(e) = sockopt::apply(&stream, &cfg.tcp) {
+                warn!("sockopt-failed peer={} listener={} error={}", peer, Logfmt(&cfg.name), Logfmt(&e.to_string()));
+            }
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -189,12 +194,13 @@ impl Server {
             warn!("register-failed peer={} error={}", peer, Logfmt(&e.to_string()));
             return;
         }
-        entry.insert(Conn::new(stream, peer, lkey, cfg.protocol, now));
+        let conn = Conn::new(stream, peer, lkey, cfg.protocol, now);
+        entry.insert(Slot::new(conn, 0));
         *self.per_address.entry(peer.ip()).or_insert(0) += 1;
         // Sessions number connections in accept order, so the one accepted
         // later is the newer one when two say HELLO with the same id.
         self.conns[key].session = self.take_session();
-        if self.conns[key].is_online() {
+        if self.conns[key].conn.session().is_online() {
             self.emit_online(key, now);
         }
         self.arm(key);
@@ -214,4 +220,42 @@ pub(super) fn take_activated(activated: &mut Vec<ActivatedSocket>, cfg: &Listene
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::sockopt;
+
+    /// Linux clones an accepted socket from its listener: every option
+    /// `sockopt::apply` sets comes with it, so `admit` need not set them
+    /// again. Checked for keepalive on (with non-default values) and off,
+    /// and both `nodelay` settings.
+    #[test]
+    fn options_are_inherited() {
+        for tcp in [
+            "keepalive_idle = \"7s\"\nkeepalive_interval = \"3s\"\nkeepalive_count = 4\nuser_timeout = \"21s\"\nnodelay = false\n",
+            "keepalive_idle = \"0s\"\nnodelay = true\n",
+        ] {
+            let text = format!("[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\n[listener.tcp]\n{tcp}");
+            let cfg = match crate::config::parse(&text, "test.toml", Path::new("/nonexistent")) {
+                Ok(mut c) => c.listeners.remove(0),
+                Err(e) => panic!("config: {e}"),
+            };
+            let listener = sockopt::bind_listener(cfg.address, &cfg.tcp).expect("bind");
+            let wanted = sockopt::effective(&listener).expect("listener options");
+            let _client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            let accepted = loop {
+                match listener.accept() {
+                    Ok((stream, _)) => break stream,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                    Err(e) => panic!("accept: {e}"),
+                }
+            };
+            assert_eq!(sockopt::effective(&accepted).expect("accepted options"), wanted, "{tcp}");
+            assert_eq!(wanted.nodelay, cfg.tcp.nodelay);
+            assert_eq!(wanted.keepalive(), cfg.tcp.keepalive());
+        }
+    }
 }

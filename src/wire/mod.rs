@@ -5,10 +5,13 @@
 //!
 //! - [`native`]: the framed protocol with HELLO/WELCOME/PING/PONG/BYE/ERROR.
 //! - [`legacy`]: the `{int type; int length;}` C struct of deployed clients.
+//! - [`deframe`]: the state a stream needs between reads to be cut into
+//!   frames of either (native partial-frame assembly, legacy skip counter).
 //!
 //! The `raw` protocol has no codec: every byte received is activity, which
-//! `conn` handles directly.
+//! `session` handles directly.
 
+pub mod deframe;
 pub mod legacy;
 pub mod native;
 pub mod protocol;

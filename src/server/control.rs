@@ -13,12 +13,12 @@ use std::time::Instant;
 use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
-use super::{Server, HTTP_BASE};
-use crate::config::{self, Config, HttpConfig, ListenerConfig, Protocol};
-use crate::conn::{Conn, Progress};
+use super::{Server, Slot, HTTP_BASE};
+use crate::config::{self, Config, HttpConfig, ListenerConfig};
 use crate::event::{Logfmt, OfflineReason};
 use crate::http::Http;
 use crate::logging;
+use crate::session::Next;
 use crate::sockopt;
 
 impl Server {
@@ -51,7 +51,7 @@ impl Server {
                 let _ = self.poll.registry().deregister(&mut socket);
             }
         }
-        let keys: Vec<usize> = self.conns.iter().filter(|(_, c)| !c.closing).map(|(k, _)| k).collect();
+        let keys: Vec<usize> = self.conns.iter().filter(|(_, s)| !s.is_closing()).map(|(k, _)| k).collect();
         for key in keys {
             self.say_bye(key);
             self.close(key, OfflineReason::Shutdown, None, now);
@@ -158,14 +158,18 @@ impl Server {
     /// clients when their interval or timeout changed.
     pub(super) fn update_listener(&mut self, lkey: usize, cfg: ListenerConfig, now: Instant) {
         let old = std::mem::replace(&mut self.listeners[lkey].cfg, cfg);
-        let l = &self.listeners[lkey];
+        let l = &mut self.listeners[lkey];
         let timing = old.interval != l.cfg.interval || old.timeout != l.cfg.timeout;
         let tcp = old.tcp != l.cfg.tcp;
         if let (true, Some(socket)) = (tcp, &l.socket) {
-            if let Err(e) = sockopt::apply(socket, &l.cfg.tcp) {
+            // Connections accepted from now on inherit what is set here.
+            let set = sockopt::apply(socket, &l.cfg.tcp);
+            if let Err(e) = &set {
                 warn!("sockopt-failed listener={} error={}", Logfmt(&l.cfg.name), Logfmt(&e.to_string()));
             }
+            l.options_set = set.is_ok();
         }
+        let l = &self.listeners[lkey];
         info!(
             "listener-updated listener={} interval_ms={} timeout_ms={}",
             Logfmt(&l.cfg.name),
@@ -173,38 +177,41 @@ impl Server {
             l.cfg.timeout.as_millis()
         );
         let keys: Vec<usize> =
-            self.conns.iter().filter(|(_, c)| c.listener() == lkey && !c.closing).map(|(k, _)| k).collect();
+            self.conns.iter().filter(|(_, s)| s.conn.listener() == lkey && !s.is_closing()).map(|(k, _)| k).collect();
         for key in keys {
-            let conn = &mut self.conns[key];
+            let slot = &mut self.conns[key];
             let cfg = &self.listeners[lkey].cfg;
             if tcp {
-                if let Err(e) = sockopt::apply(&conn.stream, &cfg.tcp) {
-                    warn!("sockopt-failed peer={} error={}", conn.peer, Logfmt(&e.to_string()));
+                if let Err(e) = sockopt::apply(slot.conn.stream(), &cfg.tcp) {
+                    warn!("sockopt-failed peer={} error={}", slot.conn.peer(), Logfmt(&e.to_string()));
                 }
             }
-            if timing && conn.proto == Protocol::Native && conn.is_online() {
-                conn.queue_welcome(cfg, &mut self.scratch);
+            let mut next = Next::Continue;
+            if timing {
+                let session = slot.session;
+                next = slot.conn.say(&mut self.scratch, |s, out| s.rewelcome(session, cfg, out));
             }
-            self.settle(key, Progress::Continue, now);
-            if !self.conns[key].closing {
+            self.settle(key, next, now);
+            if !self.conns[key].is_closing() {
                 self.arm(key);
             }
         }
     }
 
     pub(super) fn log_clients(&self, now: Instant) {
-        let online: Vec<&Conn> = self.status_view(now).online().collect();
+        let online: Vec<&Slot> = self.status_view(now).online().collect();
         info!("clients online={} connections={}", online.len(), self.conns.len());
-        for conn in online {
+        for slot in online {
+            let (conn, session) = (&slot.conn, slot.conn.session());
             info!(
                 "client client={} peer={} listener={} proto={} session={} online_ms={} silent_ms={}",
                 Logfmt(&conn.client_id()),
-                conn.peer,
+                conn.peer(),
                 Logfmt(&self.listeners[conn.listener()].cfg.name),
-                conn.proto,
-                conn.session,
-                now.saturating_duration_since(conn.since()).as_millis(),
-                now.saturating_duration_since(conn.last_activity()).as_millis()
+                session.proto(),
+                slot.session,
+                now.saturating_duration_since(session.since()).as_millis(),
+                now.saturating_duration_since(session.last_activity()).as_millis()
             );
         }
     }

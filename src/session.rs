@@ -1,0 +1,792 @@
+//! The connection protocol without I/O: what one client's bytes and the
+//! passing of time mean, and what to answer.
+//!
+//! A [`Session`] is fed the bytes read from its socket ([`Session::ingest`])
+//! and told when its deadline passed ([`Session::on_timer`]); it writes its
+//! replies to an output buffer and returns a [`Next`] decision. It never sees
+//! a socket, the poll, the wheel or another connection, so a unit test can
+//! drive it byte by byte.
+//!
+//! The HELLO shape: `ingest` stops right after a valid HELLO and returns
+//! [`Next::Hello`] with the number of bytes it used. Only the loop knows the
+//! other connections, so it resolves replacement, then calls
+//! [`Session::welcome`] (the only way into the online state) and feeds the
+//! rest of the same buffer (`data[used..]`) to `ingest` again. Nothing is
+//! stashed and resumed: the bytes after a HELLO stay in the caller's buffer.
+//!
+//! Every frame the daemon sends is produced here (welcome, replaced,
+//! shutdown, server full, the ERRORs and PONGs), so the loop never names a
+//! wire format. A new protocol is one deframer in `wire` and one
+//! `Framing` variant.
+//!
+//! Invariants:
+//! - The state is private and becomes online only in `welcome` (native) or
+//!   at creation (legacy, raw), and never leaves it: the loop emits the
+//!   online event on entering it and the offline event when it drops the
+//!   session, so there is exactly one of each.
+//! - `last_activity` moves only forward, and only on a complete valid frame
+//!   (native, legacy) or any byte (raw); a heartbeat costs this one store.
+//! - After `Next::Close` the session must not be fed again; what it wrote
+//!   to `out` (an ERROR) is its last word.
+
+use std::rc::Rc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::config::ListenerConfig;
+use crate::event::OfflineReason;
+use crate::wire::deframe::{LegacyDeframer, LegacyItem, NativeDeframer};
+use crate::wire::legacy;
+use crate::wire::native::{self, error_code, Frame};
+use crate::wire::Protocol;
+
+/// What the caller must do after handing bytes or time to a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing more; keep serving.
+    Continue,
+    /// A valid HELLO with this id arrived (native). The caller resolves
+    /// replacement, calls [`Session::welcome`], then feeds the bytes after
+    /// the ones `ingest` reported as used.
+    Hello(Rc<str>),
+    /// Close the connection. The reason is the offline reason if the
+    /// session was online; the detail says what happened, for the log.
+    Close(OfflineReason, Option<String>),
+}
+
+impl Next {
+    /// `Close` with a detail for the log.
+    pub fn close(reason: OfflineReason, detail: impl Into<String>) -> Next {
+        Next::Close(reason, Some(detail.into()))
+    }
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Native only: waiting for HELLO. Not online.
+    Handshake,
+    /// Online: the online event has been emitted.
+    Online,
+}
+
+/// The per-protocol framing state, and what only that protocol needs.
+#[derive(Debug)]
+enum Framing {
+    Native {
+        deframer: NativeDeframer,
+        flags: NativeFlags,
+    },
+    Legacy(LegacyDeframer),
+    /// Every byte is activity: nothing to keep.
+    Raw,
+}
+
+/// Native only: where the handshake is, and the server PING. Kept in the
+/// `Framing` variant, whose padding they fill, rather than in `Clock`.
+#[derive(Debug, Default, Clone, Copy)]
+struct NativeFlags {
+    /// WELCOME was given: the session is online.
+    online: bool,
+    /// With `server_ping`: a PING was sent since the last activity.
+    pinged: bool,
+}
+
+/// The liveness clock and counters every protocol shares.
+#[derive(Debug)]
+struct Clock {
+    /// The HELLO id (native, once received).
+    id: Option<Rc<str>>,
+    /// When the session started, then when it went online.
+    since: Stamp,
+    /// Last complete frame (native, legacy) or byte (raw) received.
+    last_activity: Stamp,
+    /// Heartbeats: PING/PONG frames (native), complete frames (legacy),
+    /// reads with data (raw).
+    heartbeats: u64,
+}
+
+/// One client's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    clock: Clock,
+    framing: Framing,
+}
+
+impl Session {
+    /// A session starting at `now`. Legacy and raw sessions are online from
+    /// this moment (the caller emits their online event); native ones wait
+    /// for HELLO.
+    pub fn new(proto: Protocol, now: Instant) -> Session {
+        let framing = match proto {
+            Protocol::Native => Framing::Native { deframer: NativeDeframer::default(), flags: NativeFlags::default() },
+            Protocol::Legacy => Framing::Legacy(LegacyDeframer::default()),
+            Protocol::Raw => Framing::Raw,
+        };
+        Session {
+            clock: Clock { id: None, since: Stamp::of(now), last_activity: Stamp::of(now), heartbeats: 0 },
+            framing,
+        }
+    }
+
+    /// Handshake (native before WELCOME) or online.
+    fn state(&self) -> State {
+        match self.framing {
+            Framing::Native { flags, .. } if !flags.online => State::Handshake,
+            _ => State::Online,
+        }
+    }
+
+    /// Native with `server_ping`: a PING was sent since the last activity.
+    fn pinged(&self) -> bool {
+        matches!(self.framing, Framing::Native { flags, .. } if flags.pinged)
+    }
+
+    /// The protocol spoken.
+    pub fn proto(&self) -> Protocol {
+        match self.framing {
+            Framing::Native { .. } => Protocol::Native,
+            Framing::Legacy(_) => Protocol::Legacy,
+            Framing::Raw => Protocol::Raw,
+        }
+    }
+
+    /// True once the session has gone online.
+    pub fn is_online(&self) -> bool {
+        self.state() == State::Online
+    }
+
+    /// The HELLO id, once received (native only).
+    pub fn id(&self) -> Option<&Rc<str>> {
+        self.clock.id.as_ref()
+    }
+
+    /// When the session started, or when it went online once it has.
+    pub fn since(&self) -> Instant {
+        self.clock.since.instant()
+    }
+
+    /// When the last activity arrived.
+    pub fn last_activity(&self) -> Instant {
+        self.clock.last_activity.instant()
+    }
+
+    /// Heartbeats received so far.
+    pub fn heartbeats(&self) -> u64 {
+        self.clock.heartbeats
+    }
+
+    /// Handles `data` received at `now`; replies go to `out`. Returns the
+    /// decision and the bytes of `data` used: all of them unless the
+    /// decision is [`Next::Hello`] (the rest follows `welcome`) or
+    /// [`Next::Close`] (the rest is never read).
+    pub fn ingest(&mut self, data: &[u8], now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) -> (Next, usize) {
+        let clock = &mut self.clock;
+        match &mut self.framing {
+            Framing::Raw => {
+                if !data.is_empty() {
+                    clock.activity(now);
+                    if cfg.echo {
+                        out.extend_from_slice(data);
+                    }
+                }
+                (Next::Continue, data.len())
+            }
+            Framing::Legacy(deframer) => {
+                let mut used = 0;
+                loop {
+                    let (item, n) = deframer.next(&data[used..], cfg.max_frame);
+                    used += n;
+                    match item {
+                        Ok(None) => return (Next::Continue, used),
+                        Ok(Some(LegacyItem::Header(kind))) => {
+                            if kind == legacy::Kind::Heartbeat && cfg.echo {
+                                out.extend_from_slice(&legacy::HEARTBEAT_ECHO);
+                            }
+                        }
+                        Ok(Some(LegacyItem::End)) => clock.activity(now),
+                        Err(e) => return (Next::close(OfflineReason::ProtocolError, e.to_string()), used),
+                    }
+                }
+            }
+            Framing::Native { deframer, flags } => {
+                let mut used = 0;
+                loop {
+                    let (frame, n) = deframer.next(&data[used..], cfg.max_frame);
+                    used += n;
+                    let next = match frame {
+                        Ok(None) => return (Next::Continue, used),
+                        Ok(Some(frame)) => clock.on_frame(flags, frame, now, cfg, out),
+                        Err(e) => {
+                            encode_error(e.error_code(), &e.to_string(), out);
+                            Next::close(OfflineReason::ProtocolError, e.to_string())
+                        }
+                    };
+                    if next != Next::Continue {
+                        return (next, used);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts a native session online after the caller accepted its HELLO:
+    /// writes WELCOME with the session number to `out` and starts the
+    /// liveness clock. Does nothing unless the session waits for it.
+    pub fn welcome(&mut self, now: Instant, session: u64, cfg: &ListenerConfig, out: &mut Vec<u8>) {
+        let Framing::Native { flags, .. } = &mut self.framing else { return };
+        if flags.online || self.clock.id.is_none() {
+            return;
+        }
+        flags.online = true;
+        self.clock.since = Stamp::of(now);
+        self.clock.last_activity = Stamp::of(now);
+        encode_welcome(session, cfg, out);
+    }
+
+    /// Writes a fresh WELCOME to an online native session, after a reload
+    /// changed its listener's interval or timeout.
+    pub fn rewelcome(&self, session: u64, cfg: &ListenerConfig, out: &mut Vec<u8>) {
+        if matches!(self.framing, Framing::Native { .. }) && self.is_online() {
+            encode_welcome(session, cfg, out);
+        }
+    }
+
+    /// Writes what a connection replaced by another with the same id (or
+    /// refused as the older of two) is told: ERROR 6 (native).
+    pub fn replaced(&self, out: &mut Vec<u8>) {
+        if matches!(self.framing, Framing::Native { .. }) {
+            encode_error(error_code::REPLACED, "replaced by a newer connection with the same id", out);
+        }
+    }
+
+    /// Writes the goodbye of a stopping daemon: BYE `shutdown` (native).
+    pub fn shutdown(&self, out: &mut Vec<u8>) {
+        if matches!(self.framing, Framing::Native { .. }) {
+            native::encode(&Frame::Bye("shutdown"), out);
+        }
+    }
+
+    /// Writes what a connection refused at accept is told, before any
+    /// session exists for it: ERROR 5 (native), nothing otherwise.
+    pub fn full(proto: Protocol, out: &mut Vec<u8>) {
+        if proto == Protocol::Native {
+            encode_error(error_code::SERVER_FULL, "server full", out);
+        }
+    }
+
+    /// The next instant this session needs [`Session::on_timer`], or `None`
+    /// when no deadline applies (raw with `timeout = "0s"`).
+    pub fn next_deadline(&self, cfg: &ListenerConfig) -> Option<Instant> {
+        match self.state() {
+            State::Handshake => Some(self.since() + cfg.handshake_timeout),
+            State::Online if cfg.timeout.is_zero() => None,
+            State::Online => {
+                let last = self.last_activity();
+                let offline_at = last + cfg.timeout;
+                if cfg.server_ping && !self.pinged() {
+                    Some(offline_at.min(last + cfg.interval))
+                } else {
+                    Some(offline_at)
+                }
+            }
+        }
+    }
+
+    /// Handles the deadline passing at `now`: handshake timeout, offline for
+    /// silence, or a server PING (to `out`). Early calls do nothing.
+    pub fn on_timer(&mut self, now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) -> Next {
+        match self.state() {
+            State::Handshake => {
+                if now >= self.since() + cfg.handshake_timeout {
+                    encode_error(error_code::HANDSHAKE_TIMEOUT, "no HELLO within the handshake timeout", out);
+                    return Next::close(OfflineReason::Timeout, "handshake timeout");
+                }
+            }
+            State::Online => {
+                let silent = now.saturating_duration_since(self.last_activity());
+                // The deadline may have moved on since the timer was armed:
+                // only the silence measured now convicts.
+                if !cfg.timeout.is_zero() && silent >= cfg.timeout {
+                    return Next::Close(OfflineReason::Timeout, None);
+                }
+                if let Framing::Native { flags, .. } = &mut self.framing {
+                    if cfg.server_ping && !flags.pinged && silent >= cfg.interval {
+                        flags.pinged = true;
+                        native::encode(&Frame::Ping(&[]), out);
+                    }
+                }
+            }
+        }
+        Next::Continue
+    }
+}
+
+impl Clock {
+    /// A heartbeat: a complete frame, or raw bytes.
+    fn activity(&mut self, now: Instant) {
+        self.last_activity = Stamp::of(now);
+        self.heartbeats += 1;
+    }
+
+    /// One native frame from the client.
+    fn on_frame(
+        &mut self,
+        flags: &mut NativeFlags,
+        frame: Frame<'_>,
+        now: Instant,
+        cfg: &ListenerConfig,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        if !flags.online {
+            if self.id.is_some() {
+                // HELLO accepted, WELCOME not given: the caller did not
+                // call `welcome` before feeding more. Never online twice.
+                return Next::close(OfflineReason::Error, "frame fed before welcome");
+            }
+            let Frame::Hello { id, token, .. } = frame else {
+                encode_error(error_code::OUT_OF_ORDER, "expected HELLO first", out);
+                return Next::close(OfflineReason::ProtocolError, "frame before HELLO");
+            };
+            if !cfg.tokens.is_empty() && !cfg.tokens.iter().any(|t| t.as_slice() == token) {
+                encode_error(error_code::AUTH_FAILED, "authentication failed", out);
+                return Next::close(OfflineReason::ProtocolError, format!("bad token for id {id}"));
+            }
+            let id: Rc<str> = id.into();
+            self.id = Some(Rc::clone(&id));
+            self.last_activity = Stamp::of(now);
+            return Next::Hello(id);
+        }
+        match frame {
+            Frame::Ping(payload) => native::encode(&Frame::Pong(payload), out),
+            Frame::Pong(_) => {}
+            Frame::Bye("") => return Next::Close(OfflineReason::Left, None),
+            Frame::Bye(reason) => return Next::close(OfflineReason::Left, reason),
+            Frame::Hello { .. } => {
+                encode_error(error_code::OUT_OF_ORDER, "HELLO sent twice", out);
+                return Next::close(OfflineReason::ProtocolError, "HELLO sent twice");
+            }
+            Frame::Welcome { .. } | Frame::Error { .. } => {
+                encode_error(error_code::MALFORMED, "WELCOME and ERROR are server-to-client frames", out);
+                return Next::close(OfflineReason::ProtocolError, "server-to-client frame from client");
+            }
+        }
+        self.activity(now);
+        flags.pinged = false;
+        Next::Continue
+    }
+}
+
+fn encode_error(code: u16, message: &str, out: &mut Vec<u8>) {
+    native::encode(&Frame::Error { code, message }, out);
+}
+
+fn encode_welcome(session: u64, cfg: &ListenerConfig, out: &mut Vec<u8>) {
+    let frame = Frame::Welcome { interval_ms: millis_u32(cfg.interval), timeout_ms: millis_u32(cfg.timeout), session };
+    native::encode(&frame, out);
+}
+
+/// A duration as the protocol's `u32` milliseconds (config validation keeps
+/// every duration in range; saturate rather than wrap regardless).
+pub fn millis_u32(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// The process's monotonic epoch: the first instant a session stamped.
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// A monotonic instant in 8 bytes where an `Instant` takes 16: nanoseconds
+/// after [`EPOCH`] (584 years of range). An instant before the epoch
+/// becomes the epoch: later, so a silence is never overstated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Stamp(u64);
+
+impl Stamp {
+    fn of(at: Instant) -> Stamp {
+        let epoch = *EPOCH.get_or_init(|| at);
+        Stamp(u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn instant(self) -> Instant {
+        // A stamp exists only once the epoch is set; `of` sets it.
+        EPOCH.get().map_or_else(Instant::now, |epoch| *epoch + Duration::from_nanos(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    /// A listener of `proto` with `extra` TOML lines, through the real
+    /// config parser (so the test follows the config's defaults).
+    fn cfg(proto: &str, extra: &str) -> ListenerConfig {
+        let text = format!(
+            "[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\nprotocol = \"{proto}\"\ninterval = \"1s\"\n{extra}"
+        );
+        match crate::config::parse(&text, "test.toml", Path::new("/nonexistent")) {
+            Ok(mut c) => c.listeners.remove(0),
+            Err(e) => panic!("config: {e}"),
+        }
+    }
+
+    fn frame(f: &Frame<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        native::encode(f, &mut out);
+        out
+    }
+
+    fn hello(id: &str, token: &[u8]) -> Vec<u8> {
+        frame(&Frame::Hello { version: native::VERSION, id, token })
+    }
+
+    fn legacy_frame(t: i32, len: i32) -> Vec<u8> {
+        let mut v = t.to_le_bytes().to_vec();
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend(std::iter::repeat_n(0xAB, usize::try_from(len).unwrap_or(0)));
+        v
+    }
+
+    /// The loop, modelled: feeds reads to a session, welcomes every HELLO
+    /// (session number 7), and records what the outside world would see.
+    struct Model {
+        session: Session,
+        cfg: ListenerConfig,
+        now: Instant,
+        /// Online and offline events, in order.
+        events: Vec<String>,
+        /// Every byte the session wrote.
+        replies: Vec<u8>,
+        closed: bool,
+    }
+
+    impl Model {
+        fn new(cfg: ListenerConfig) -> Model {
+            let now = Instant::now();
+            let session = Session::new(cfg.protocol, now);
+            let mut events = Vec::new();
+            if session.is_online() {
+                events.push("online".to_owned());
+            }
+            Model { session, cfg, now, events, replies: Vec::new(), closed: false }
+        }
+
+        /// One read of `data`, handled as the loop does.
+        fn read(&mut self, mut data: &[u8]) {
+            while !self.closed {
+                let (next, used) = self.session.ingest(data, self.now, &self.cfg, &mut self.replies);
+                assert!(used <= data.len());
+                data = &data[used..];
+                match next {
+                    Next::Continue => {
+                        assert!(data.is_empty(), "Continue leaves no byte unused");
+                        return;
+                    }
+                    Next::Hello(id) => {
+                        assert_eq!(self.session.id(), Some(&id));
+                        assert!(!self.session.is_online());
+                        self.session.welcome(self.now, 7, &self.cfg, &mut self.replies);
+                        assert!(self.session.is_online());
+                        self.events.push(format!("online {id}"));
+                    }
+                    Next::Close(reason, _) => self.close(reason),
+                }
+            }
+        }
+
+        fn close(&mut self, reason: OfflineReason) {
+            self.closed = true;
+            let event = if self.session.is_online() { "offline" } else { "handshake-failed" };
+            self.events.push(format!("{event} {}", reason.as_str()));
+        }
+
+        /// Time passes to `at`; the timer fires if a deadline is due.
+        fn advance(&mut self, at: Instant) {
+            self.now = at;
+            if self.closed {
+                return;
+            }
+            if self.session.next_deadline(&self.cfg).is_some_and(|d| d <= at) {
+                if let Next::Close(reason, _) = self.session.on_timer(at, &self.cfg, &mut self.replies) {
+                    self.close(reason);
+                }
+            }
+        }
+
+        /// Feeds `stream` in reads of `chunk` bytes.
+        fn feed(cfg: ListenerConfig, stream: &[u8], chunk: usize) -> Model {
+            let mut model = Model::new(cfg);
+            for piece in stream.chunks(chunk.max(1)) {
+                model.read(piece);
+            }
+            model
+        }
+
+        /// Events and replies, the observable outcome.
+        fn outcome(&self) -> (Vec<String>, Vec<u8>) {
+            (self.events.clone(), self.replies.clone())
+        }
+    }
+
+    /// The first frame `replies` holds after `skip` bytes.
+    fn reply_at(replies: &[u8], skip: usize) -> Frame<'_> {
+        match native::decode(&replies[skip..], 65535) {
+            Ok(Some((f, _))) => f,
+            other => panic!("no reply frame: {other:?}"),
+        }
+    }
+
+    fn error_code_of(replies: &[u8]) -> u16 {
+        match reply_at(replies, 0) {
+            Frame::Error { code, .. } => code,
+            other => panic!("not an ERROR: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn native_byte_by_byte_hello_ping_bye() {
+        let mut stream = hello("dev-1", b"");
+        stream.extend(frame(&Frame::Ping(b"abc")));
+        stream.extend(frame(&Frame::Bye("done")));
+        let model = Model::feed(cfg("native", ""), &stream, 1);
+        assert_eq!(model.events, ["online dev-1", "offline left"]);
+        assert_eq!(model.session.heartbeats(), 1);
+        match reply_at(&model.replies, 0) {
+            Frame::Welcome { session: 7, interval_ms: 1000, .. } => {}
+            other => panic!("expected WELCOME, got {other:?}"),
+        }
+        assert_eq!(reply_at(&model.replies, native::HEADER_LEN + native::WELCOME_LEN), Frame::Pong(b"abc"));
+        assert_eq!(Model::feed(cfg("native", ""), &stream, stream.len()).outcome(), model.outcome());
+    }
+
+    #[test]
+    fn hello_stops_ingest_and_reports_the_bytes_used() {
+        let cfg = cfg("native", "");
+        let mut session = Session::new(Protocol::Native, Instant::now());
+        let mut stream = hello("a", b"");
+        let hello_len = stream.len();
+        stream.extend(frame(&Frame::Ping(b"")));
+        let mut out = Vec::new();
+        let (next, used) = session.ingest(&stream, Instant::now(), &cfg, &mut out);
+        assert_eq!((next, used), (Next::Hello("a".into()), hello_len));
+        assert!(out.is_empty());
+        // Fed again without a welcome: refused, never online.
+        let (next, _) = session.ingest(&stream[used..], Instant::now(), &cfg, &mut out);
+        assert!(matches!(next, Next::Close(OfflineReason::Error, _)));
+        assert!(!session.is_online());
+    }
+
+    #[test]
+    fn frame_before_hello_is_out_of_order() {
+        let model = Model::feed(cfg("native", ""), &frame(&Frame::Ping(b"")), 1);
+        assert_eq!(model.events, ["handshake-failed protocol-error"]);
+        assert_eq!(error_code_of(&model.replies), error_code::OUT_OF_ORDER);
+    }
+
+    #[test]
+    fn hello_twice_is_out_of_order() {
+        let mut stream = hello("a", b"");
+        stream.extend(hello("a", b""));
+        let model = Model::feed(cfg("native", ""), &stream, 3);
+        assert_eq!(model.events, ["online a", "offline protocol-error"]);
+        let welcome = native::HEADER_LEN + native::WELCOME_LEN;
+        assert!(matches!(reply_at(&model.replies, welcome), Frame::Error { code: error_code::OUT_OF_ORDER, .. }));
+    }
+
+    #[test]
+    fn bad_token_is_refused() {
+        let cfg = cfg("native", "tokens = [\"good\"]\n");
+        let model = Model::feed(cfg.clone(), &hello("a", b"bad"), 1);
+        assert_eq!(model.events, ["handshake-failed protocol-error"]);
+        assert_eq!(error_code_of(&model.replies), error_code::AUTH_FAILED);
+        let model = Model::feed(cfg, &hello("a", b"good"), 1);
+        assert_eq!(model.events, ["online a"]);
+    }
+
+    #[test]
+    fn oversize_frames_are_refused_from_the_header() {
+        // A native PING announcing more than max_frame: refused after 4 bytes.
+        let model = Model::feed(cfg("native", "max_frame = 16\n"), &[0x01, 0, 0x01, 0x00], 1);
+        assert_eq!(model.events, ["handshake-failed protocol-error"]);
+        assert_eq!(error_code_of(&model.replies), error_code::MALFORMED);
+        let model = Model::feed(cfg("legacy", "max_frame = 16\n"), &legacy_frame(1, 17)[..8], 1);
+        assert_eq!(model.events, ["online", "offline protocol-error"]);
+        assert!(model.replies.is_empty());
+    }
+
+    #[test]
+    fn handshake_timeout_sends_error_3() {
+        let cfg = cfg("native", "handshake_timeout = \"2s\"\n");
+        let mut model = Model::new(cfg);
+        let start = model.now;
+        assert_eq!(model.session.next_deadline(&model.cfg), Some(start + Duration::from_secs(2)));
+        model.advance(start + Duration::from_millis(1999));
+        assert!(!model.closed);
+        model.advance(start + Duration::from_secs(2));
+        assert_eq!(model.events, ["handshake-failed timeout"]);
+        assert_eq!(error_code_of(&model.replies), error_code::HANDSHAKE_TIMEOUT);
+    }
+
+    #[test]
+    fn server_ping_once_per_silence_then_timeout() {
+        let cfg = cfg("native", "server_ping = true\nmisses = 3\n");
+        let mut model = Model::new(cfg);
+        let start = model.now;
+        model.read(&hello("a", b""));
+        model.replies.clear();
+        assert_eq!(model.session.next_deadline(&model.cfg), Some(start + Duration::from_secs(1)));
+        model.advance(start + Duration::from_secs(1));
+        assert_eq!(reply_at(&model.replies, 0), Frame::Ping(b""));
+        // One PING per silence: the next deadline is the timeout.
+        assert_eq!(model.session.next_deadline(&model.cfg), Some(start + Duration::from_secs(3)));
+        model.advance(start + Duration::from_secs(2));
+        assert_eq!(model.replies.len(), native::HEADER_LEN);
+        // A PONG is activity and re-enables the server PING.
+        model.read(&frame(&Frame::Pong(b"")));
+        assert_eq!(model.session.next_deadline(&model.cfg), Some(model.now + Duration::from_secs(1)));
+        model.advance(model.now + Duration::from_secs(4));
+        assert_eq!(model.events, ["online a", "offline timeout"]);
+    }
+
+    #[test]
+    fn silence_timeout_counts_from_the_last_frame() {
+        let mut model = Model::new(cfg("legacy", "misses = 2\n"));
+        let start = model.now;
+        model.now = start + Duration::from_secs(1);
+        model.read(&legacy_frame(0, 0));
+        assert_eq!(model.session.next_deadline(&model.cfg), Some(start + Duration::from_secs(3)));
+        model.advance(start + Duration::from_millis(2999));
+        assert!(!model.closed);
+        model.advance(start + Duration::from_secs(3));
+        assert_eq!(model.events, ["online", "offline timeout"]);
+    }
+
+    #[test]
+    fn raw_without_timeout_has_no_deadline_and_echoes() {
+        let mut model = Model::new(cfg("raw", "timeout = \"0s\"\necho = true\n"));
+        assert_eq!(model.session.next_deadline(&model.cfg), None);
+        model.read(b"xyz");
+        assert_eq!(model.replies, b"xyz");
+        assert_eq!(model.session.heartbeats(), 1);
+    }
+
+    #[test]
+    fn legacy_echo_per_heartbeat_header() {
+        let mut stream = legacy_frame(0, 3);
+        stream.extend(legacy_frame(1, 0));
+        stream.extend(legacy_frame(0, 0));
+        let model = Model::feed(cfg("legacy", "echo = true\n"), &stream, 1);
+        assert_eq!(model.replies, [legacy::HEARTBEAT_ECHO, legacy::HEARTBEAT_ECHO].concat());
+        assert_eq!(model.session.heartbeats(), 3);
+    }
+
+    #[test]
+    fn replies_for_the_loop() {
+        let cfg = cfg("native", "");
+        let mut out = Vec::new();
+        Session::full(Protocol::Native, &mut out);
+        assert_eq!(error_code_of(&out), error_code::SERVER_FULL);
+        out.clear();
+        Session::full(Protocol::Raw, &mut out);
+        let legacy = Session::new(Protocol::Legacy, Instant::now());
+        legacy.shutdown(&mut out);
+        legacy.replaced(&mut out);
+        legacy.rewelcome(1, &cfg, &mut out);
+        assert!(out.is_empty(), "only native has frames to send");
+        let native = Session::new(Protocol::Native, Instant::now());
+        native.rewelcome(1, &cfg, &mut out);
+        assert!(out.is_empty(), "no WELCOME before HELLO");
+        native.shutdown(&mut out);
+        assert_eq!(reply_at(&out, 0), Frame::Bye("shutdown"));
+        out.clear();
+        native.replaced(&mut out);
+        assert_eq!(error_code_of(&out), error_code::REPLACED);
+    }
+
+    /// A valid native stream: HELLO, then PINGs, PONGs and maybe a BYE.
+    fn native_stream() -> impl Strategy<Value = Vec<u8>> {
+        let body = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..=32).prop_map(|p| frame(&Frame::Ping(&p))),
+            proptest::collection::vec(any::<u8>(), 0..=8).prop_map(|p| frame(&Frame::Pong(&p))),
+        ];
+        (proptest::collection::vec(body, 0..12), any::<bool>()).prop_map(|(frames, bye)| {
+            let mut stream = hello("dev", b"");
+            stream.extend(frames.concat());
+            if bye {
+                stream.extend(frame(&Frame::Bye("x")));
+            }
+            stream
+        })
+    }
+
+    /// A valid legacy stream.
+    fn legacy_stream() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec((0i32..2, 0i32..40), 0..12)
+            .prop_map(|frames| frames.into_iter().flat_map(|(t, len)| legacy_frame(t, len)).collect())
+    }
+
+    /// Cut points: reads of these sizes, cycling.
+    fn feed_split(cfg: ListenerConfig, stream: &[u8], sizes: &[usize]) -> Model {
+        let mut model = Model::new(cfg);
+        let mut rest = stream;
+        for size in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, tail) = rest.split_at((*size).clamp(1, rest.len()));
+            model.read(piece);
+            rest = tail;
+        }
+        model
+    }
+
+    proptest! {
+        #[test]
+        fn native_any_split_same_outcome(stream in native_stream(), sizes in proptest::collection::vec(1usize..50, 1..8)) {
+            let whole = Model::feed(cfg("native", ""), &stream, stream.len());
+            prop_assert_eq!(feed_split(cfg("native", ""), &stream, &sizes).outcome(), whole.outcome());
+        }
+
+        #[test]
+        fn legacy_any_split_same_outcome(stream in legacy_stream(), sizes in proptest::collection::vec(1usize..50, 1..8)) {
+            let cfg = || cfg("legacy", "echo = true\n");
+            let whole = Model::feed(cfg(), &stream, stream.len());
+            let split = feed_split(cfg(), &stream, &sizes);
+            prop_assert_eq!(split.session.heartbeats(), whole.session.heartbeats());
+            prop_assert_eq!(split.outcome(), whole.outcome());
+        }
+
+        #[test]
+        fn raw_any_split_same_outcome(stream in proptest::collection::vec(any::<u8>(), 1..200), sizes in proptest::collection::vec(1usize..50, 1..8)) {
+            let cfg = || cfg("raw", "echo = true\n");
+            prop_assert_eq!(feed_split(cfg(), &stream, &sizes).outcome(), Model::feed(cfg(), &stream, stream.len()).outcome());
+        }
+
+        /// Arbitrary bytes and times: no panic, every byte accounted for,
+        /// at most one online and exactly one offline per online.
+        #[test]
+        fn arbitrary_input_never_panics_one_offline_per_online(
+            proto in prop_oneof![Just("native"), Just("legacy"), Just("raw")],
+            prefix_hello in any::<bool>(),
+            reads in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..64), 0u64..3000), 0..16),
+        ) {
+            let mut model = Model::new(cfg(proto, ""));
+            let start = model.now;
+            if prefix_hello && proto == "native" {
+                model.read(&hello("p", b""));
+            }
+            for (bytes, ms) in reads {
+                model.read(&bytes);
+                model.advance(model.now + Duration::from_millis(ms));
+            }
+            model.advance(start + Duration::from_secs(3600));
+            let online = model.events.iter().filter(|e| e.starts_with("online")).count();
+            let offline = model.events.iter().filter(|e| e.starts_with("offline")).count();
+            prop_assert!(online <= 1);
+            // An hour of silence convicts every session still open.
+            prop_assert!(model.closed);
+            prop_assert_eq!(offline, online);
+        }
+    }
+}
