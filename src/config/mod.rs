@@ -35,8 +35,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-// Re-export until the loop's imports move (merge step)
-pub use crate::wire::Protocol;
+use crate::wire::Protocol;
 
 /// The default configuration, built into the binary: `config/heartbeatd.toml`.
 pub const EMBEDDED: &str = include_str!("../../config/heartbeatd.toml");
