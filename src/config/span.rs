@@ -51,11 +51,134 @@ impl<'a> Source<'a> {
 
     /// A syntax, type or unknown-key error from toml. Its message has no key,
     /// so the key is recovered from the span when the text is valid TOML.
+    /// Its words are serde's, so they are put in the operator's terms
+    /// ([`invalid_type`], [`Source::duplicate`]) where the shape is known.
     pub(super) fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
         let span = error.span();
+        if error.message() == "duplicate key" {
+            if let Some(e) = span.as_ref().and_then(|span| self.duplicate(span.start)) {
+                return e;
+            }
+        }
         let key = span.as_ref().and_then(|span| key_at(self.text, span.start));
-        self.error(span, key, error.message())
+        let message = match &key {
+            Some(key) => invalid_type(key, error.message()).unwrap_or_else(|| error.message().to_owned()),
+            None => error.message().to_owned(),
+        };
+        self.error(span, key, message)
     }
+
+    /// A duplicated table header or key at byte `offset`: names it and the
+    /// line where it first appeared. `None` when the text there is neither.
+    ///
+    /// The text is invalid TOML, so this reads lines, not the TOML tree: a
+    /// header is a line `[name]`, a key is `name =` under the last header.
+    fn duplicate(&self, offset: usize) -> Option<ConfigError> {
+        let line = self.line_of(offset);
+        let lines: Vec<&str> = self.text.lines().collect();
+        let here = lines.get(line - 1)?.trim();
+        if let Some(table) = header_name(here) {
+            let first = lines[..line - 1].iter().position(|l| header_name(l.trim()) == Some(table))?;
+            return Some(self.error(
+                Some(offset..offset),
+                Some(table.to_owned()),
+                format!("[{table}] appears twice (first on line {}): merge the two into one table", first + 1),
+            ));
+        }
+        let key = here.split('=').next()?.trim();
+        // The table the key is in: the last header above it.
+        let start = lines[..line - 1].iter().rposition(|l| header_name(l.trim()).is_some()).map_or(0, |i| i + 1);
+        let table = start.checked_sub(1).and_then(|i| header_name(lines[i].trim()));
+        let first = (start..line - 1)
+            .find(|&i| lines[i].split('=').next().map(str::trim) == Some(key) && lines[i].contains('='))?;
+        let (dotted, within) = match table {
+            Some(table) => (format!("{table}.{key}"), format!("[{table}]")),
+            None => (key.to_owned(), "the top level".to_owned()),
+        };
+        Some(self.error(
+            Some(offset..offset),
+            Some(dotted),
+            format!("{key} is set twice in {within} (first on line {}): keep one", first + 1),
+        ))
+    }
+}
+
+/// The name in a `[name]` table header line (not `[[name]]`).
+fn header_name(line: &str) -> Option<&str> {
+    let name = line.strip_prefix('[')?.split(']').next()?.trim();
+    (!name.starts_with('[') && !name.is_empty()).then_some(name)
+}
+
+/// Keys whose value is a duration string, and an example of each.
+const DURATION_EXAMPLES: [(&str, &str); 9] = [
+    ("tick", "\"100ms\""),
+    ("shutdown_grace", "\"5s\""),
+    ("interval", "\"3s\""),
+    ("timeout", "\"15s\""),
+    ("handshake_timeout", "\"5s\""),
+    ("keepalive_idle", "\"15s\""),
+    ("keepalive_interval", "\"5s\""),
+    ("user_timeout", "\"30s\""),
+    ("request_timeout", "\"10s\""),
+];
+
+/// An example value for the other scalar keys, at or near their defaults.
+const OTHER_EXAMPLES: [(&str, &str); 17] = [
+    ("max_clients", "65536"),
+    ("max_per_address", "0"),
+    ("log_level", "\"info\""),
+    ("name", "\"main\""),
+    ("address", "\"127.0.0.1:7700\""),
+    ("protocol", "\"native\""),
+    ("misses", "5"),
+    ("server_ping", "true"),
+    ("echo", "true"),
+    ("max_frame", "1024"),
+    ("tokens", "[\"s3cret\"]"),
+    ("tokens_file", "\"tokens\""),
+    ("keepalive_count", "3"),
+    ("nodelay", "true"),
+    ("max_connections", "64"),
+    ("history", "1024"),
+    ("subscriber_buffer", "262144"),
+];
+
+/// serde's "invalid type: integer `3`, expected a string" for `key`, in
+/// the operator's words: what the key takes, what it got, an example.
+/// `None` for any other message.
+fn invalid_type(key: &str, message: &str) -> Option<String> {
+    let (found, expected) = message.strip_prefix("invalid type: ")?.split_once(", expected ")?;
+    let found = match found.split_once(' ') {
+        _ if found == "map" => "a table".to_owned(),
+        _ if found == "sequence" => "a list".to_owned(),
+        Some(("floating", rest)) => format!("the number {}", rest.trim_start_matches("point ").trim_matches('`')),
+        Some((kind, value)) => format!("the {kind} {}", value.trim_matches('`')),
+        None => found.to_owned(),
+    };
+    if key == "listener" && expected == "a sequence" {
+        let written = if found == "a table" { "[listener]".to_owned() } else { found };
+        return Some(format!(
+            "a listener is written [[listener]] (double brackets: one entry of a list of tables), not {written}"
+        ));
+    }
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    let duration = DURATION_EXAMPLES.iter().find(|(name, _)| *name == leaf);
+    let takes = match expected {
+        _ if duration.is_some() => "a duration in quotes with a unit",
+        "i64" => "a whole number without quotes",
+        "a boolean" => "true or false without quotes",
+        "a string" => "a string in quotes",
+        "a sequence" => "a list in brackets",
+        _ if expected.starts_with("struct ") => {
+            return Some(format!("{leaf} takes a table, not {found}; write it as a [{key}] header and its keys"));
+        }
+        _ => return None,
+    };
+    let example = duration.or_else(|| OTHER_EXAMPLES.iter().find(|(name, _)| *name == leaf));
+    Some(match example {
+        Some((name, value)) => format!("{leaf} takes {takes}, not {found}; write e.g. {name} = {value}"),
+        None => format!("{leaf} takes {takes}, not {found}"),
+    })
 }
 
 /// The dotted key path of the entry at byte `offset`, or `None` when the
@@ -168,11 +291,26 @@ mod tests {
 
     #[test]
     fn wrong_types() {
-        assert_err("[daemon]\ntick = 5\n", 2, "daemon.tick", "expected a string");
-        assert_err("daemon = 5\n", 1, "daemon", "invalid type");
-        assert_err(&listener("echo = \"yes\"\n"), 4, "listener[0].echo", "expected a boolean");
-        assert_err(&listener("tokens = [\"x\",\n  3]\n"), 5, "listener[0].tokens[1]", "expected a string");
-        assert_err(&listener("misses = 2.5\n"), 4, "listener[0].misses", "invalid type");
-        assert_err("listener = 3\n", 1, "listener", "invalid type");
+        assert_err("[daemon]\ntick = 5\n", 2, "daemon.tick", "tick takes a duration in quotes with a unit");
+        assert_err(
+            "daemon = 5\n",
+            1,
+            "daemon",
+            "daemon takes a table, not the integer 5; write it as a [daemon] header",
+        );
+        assert_err(&listener("echo = \"yes\"\n"), 4, "listener[0].echo", "takes true or false");
+        assert_err(
+            &listener("tokens = [\"x\",\n  3]\n"),
+            5,
+            "listener[0].tokens[1]",
+            "tokens[1] takes a string in quotes, not the integer 3",
+        );
+        assert_err(
+            &listener("misses = 2.5\n"),
+            4,
+            "listener[0].misses",
+            "whole number without quotes, not the number 2.5",
+        );
+        assert_err("listener = 3\n", 1, "listener", "[[listener]] (double brackets");
     }
 }
