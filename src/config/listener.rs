@@ -67,10 +67,15 @@ pub(super) fn listeners(
     base_dir: &Path,
 ) -> Result<Vec<ListenerConfig>, ConfigError> {
     let mut seen = Seen::default();
+    // Listeners are numbered from 0 in each file, as toml's own errors
+    // about a drop-in number them.
+    let mut numbers: HashMap<usize, usize> = HashMap::new();
     tables
         .into_iter()
-        .enumerate()
-        .map(|(index, raw)| {
+        .map(|raw| {
+            let number = numbers.entry(source.file_index(raw.span().start)).or_insert(0);
+            let index = *number;
+            *number += 1;
             let ctx = ListenerSource { source, prefix: format!("listener[{index}]"), tick, base_dir };
             let listener = ctx.listener(raw)?;
             seen.check(&ctx, &listener)?;
@@ -504,12 +509,13 @@ impl Seen {
     /// Rejects a listener whose name or address an earlier one has.
     fn check(&mut self, ctx: &ListenerSource<'_>, listener: &CheckedListener) -> Result<(), ConfigError> {
         let config = &listener.config;
-        let here = |span: &Range<usize>| (ctx.prefix.clone(), ctx.source.line_of(span.start));
-        let duplicate = |field: &str, value: String, span: &Range<usize>, (first, line): (String, usize)| {
+        let here = |span: &Range<usize>| (ctx.prefix.clone(), span.start);
+        let duplicate = |field: &str, value: String, span: &Range<usize>, (first, at): (String, usize)| {
+            let place = ctx.source.place(at, span.start);
             ctx.error_at(
                 span.clone(),
                 field,
-                format!("duplicate listener {field} {value}: already used by {first} on line {line}"),
+                format!("duplicate listener {field} {value}: already used by {first} {place}"),
             )
         };
         if let Some(first) = self.names.insert(config.name.clone(), here(&listener.name_span)) {

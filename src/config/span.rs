@@ -1,9 +1,15 @@
 //! Where an error is: byte spans of the config text → file, line and key.
 //!
-//! Invariants: a line is 1-based and always within the text (an offset past
-//! the end counts the whole text); a key is recovered from the TOML
-//! structure only, never guessed from the message, so an error whose span
-//! lies in invalid TOML has no key rather than a wrong one.
+//! A config may be several files (the main file and its `conf.d/`
+//! drop-ins). Each file is parsed on its own, then its spans are shifted by
+//! the file's base offset, so one offset names one byte of one file: the
+//! files lie end to end in a single offset space.
+//!
+//! Invariants: a line is 1-based and always within its file's text (an
+//! offset past the end counts the whole text); a key is recovered from the
+//! TOML structure only, never guessed from the message, so an error whose
+//! span lies in invalid TOML has no key rather than a wrong one, with one
+//! exception: a duplicate table or key, whose line is read as text.
 
 use std::ops::Range;
 
@@ -11,8 +17,17 @@ use toml::Spanned;
 
 use super::ConfigError;
 
-/// The config text being validated: turns spans into lines for errors.
+/// The config text being validated: turns spans into files and lines for
+/// errors.
 pub(super) struct Source<'a> {
+    /// At least one file; bases ascend.
+    files: Vec<File<'a>>,
+}
+
+/// One file of a [`Source`].
+struct File<'a> {
+    /// Offset of the file's first byte in the shared offset space.
+    base: usize,
     text: &'a str,
     origin: &'a str,
 }
@@ -20,7 +35,43 @@ pub(super) struct Source<'a> {
 impl<'a> Source<'a> {
     /// The text, named `origin` in errors.
     pub(super) fn new(text: &'a str, origin: &'a str) -> Source<'a> {
-        Source { text, origin }
+        Source { files: vec![File { base: 0, text, origin }] }
+    }
+
+    /// Adds a file after the others; returns its base offset, by which its
+    /// own spans must be shifted. A gap byte between files keeps an empty
+    /// file's offset distinct from the next file's.
+    pub(super) fn push(&mut self, text: &'a str, origin: &'a str) -> usize {
+        let last = self.files.last().map_or(0, |f| f.base + f.text.len() + 1);
+        self.files.push(File { base: last, text, origin });
+        last
+    }
+
+    /// The file holding `offset`.
+    fn file(&self, offset: usize) -> &File<'a> {
+        let index = self.files.iter().rposition(|f| f.base <= offset).unwrap_or(0);
+        &self.files[index]
+    }
+
+    /// Which file holds `offset`, as an index: 0 is the main file.
+    pub(super) fn file_index(&self, offset: usize) -> usize {
+        self.files.iter().rposition(|f| f.base <= offset).unwrap_or(0)
+    }
+
+    /// The name of the file holding `offset`.
+    pub(super) fn origin_of(&self, offset: usize) -> &'a str {
+        self.file(offset).origin
+    }
+
+    /// Where `offset` is, as seen from an error at `from`: `on line 3` in
+    /// the same file, `at path:3` in another.
+    pub(super) fn place(&self, offset: usize, from: usize) -> String {
+        let line = self.line_of(offset);
+        if self.file_index(offset) == self.file_index(from) {
+            format!("on line {line}")
+        } else {
+            format!("at {}:{line}", self.origin_of(offset))
+        }
     }
 
     /// An error at the start of `span`, if known.
@@ -30,8 +81,9 @@ impl<'a> Source<'a> {
         key: Option<String>,
         message: impl Into<String>,
     ) -> ConfigError {
+        let origin = span.as_ref().map_or(self.files[0].origin, |span| self.origin_of(span.start));
         ConfigError {
-            origin: self.origin.to_owned(),
+            origin: origin.to_owned(),
             line: span.map(|span| self.line_of(span.start)),
             key,
             message: message.into(),
@@ -43,13 +95,22 @@ impl<'a> Source<'a> {
         self.error(Some(value.span()), Some(key.to_owned()), message)
     }
 
-    /// 1-based line of byte `offset`.
+    /// 1-based line of byte `offset`, within its file.
     pub(super) fn line_of(&self, offset: usize) -> usize {
-        let before = self.text.as_bytes().get(..offset).unwrap_or(self.text.as_bytes());
+        let file = self.file(offset);
+        let text = file.text.as_bytes();
+        let before = text.get(..offset.saturating_sub(file.base)).unwrap_or(text);
         1 + before.iter().filter(|&&b| b == b'\n').count()
     }
 
-    /// A syntax, type or unknown-key error from toml. Its message has no key,
+    /// The text of a one-file source: toml errors come from parsing one
+    /// file, with that file's own spans.
+    fn text(&self) -> &'a str {
+        self.files[0].text
+    }
+
+    /// A syntax, type or unknown-key error from toml, on a one-file source.
+    /// Its message has no key,
     /// so the key is recovered from the span when the text is valid TOML.
     /// Its words are serde's, so they are put in the operator's terms
     /// ([`invalid_type`], [`Source::duplicate`]) where the shape is known.
@@ -60,7 +121,7 @@ impl<'a> Source<'a> {
                 return e;
             }
         }
-        let key = span.as_ref().and_then(|span| key_at(self.text, span.start));
+        let key = span.as_ref().and_then(|span| key_at(self.text(), span.start));
         let message = match &key {
             Some(key) => invalid_type(key, error.message()).unwrap_or_else(|| error.message().to_owned()),
             None => error.message().to_owned(),
@@ -75,7 +136,7 @@ impl<'a> Source<'a> {
     /// header is a line `[name]`, a key is `name =` under the last header.
     fn duplicate(&self, offset: usize) -> Option<ConfigError> {
         let line = self.line_of(offset);
-        let lines: Vec<&str> = self.text.lines().collect();
+        let lines: Vec<&str> = self.text().lines().collect();
         let here = lines.get(line - 1)?.trim();
         if let Some(table) = header_name(here) {
             let first = lines[..line - 1].iter().position(|l| header_name(l.trim()) == Some(table))?;
