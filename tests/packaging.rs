@@ -20,3 +20,13 @@ fn packaged_config_is_the_default_on_all_addresses() {
     expected.listeners[0].address = all;
     assert_eq!(packaged, expected);
 }
+
+const SERVICE: &str = include_str!("../systemd/heartbeatd.service");
+
+/// A config error exits 78 (EX_CONFIG); the unit does not retry it, so a
+/// broken file ends as a failed unit showing the error, not start-limit-hit.
+#[test]
+fn the_service_does_not_restart_after_a_config_error() {
+    assert!(SERVICE.lines().any(|l| l == "RestartPreventExitStatus=78"), "{SERVICE}");
+    assert!(SERVICE.lines().any(|l| l == "Restart=on-failure"), "{SERVICE}");
+}

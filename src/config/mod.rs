@@ -31,6 +31,7 @@
 mod check;
 mod dropin;
 mod listener;
+mod print;
 mod raw;
 mod span;
 
@@ -39,6 +40,8 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use print::to_toml;
 
 // Re-export until the loop's imports move (merge step)
 pub use crate::wire::Protocol;
