@@ -154,3 +154,24 @@ fn start_warns_when_max_clients_is_above_the_fd_limit() {
     assert!(warn.text.contains("allows about 223 clients, max_clients=1000 needs 1033 fds"), "{warn:?}");
     assert!(warn.text.contains("raise LimitNOFILE="), "{warn:?}");
 }
+
+#[test]
+fn sighup_reads_the_dropins_too() {
+    let d = Daemon::start(&config("50ms", "", &[native("main", "interval = \"1s\"\nmisses = 5")]));
+    // Bound, so the signal handlers are in place.
+    d.addr("main");
+    fs::create_dir(d.dir.join("conf.d")).expect("mkdir conf.d");
+    let mark = d.mark();
+    fs::write(d.dir.join("conf.d/10-extra.toml"), format!("[[listener]]\n{}\n", raw("extra", "timeout = \"0s\"")))
+        .expect("write drop-in");
+    d.signal(libc::SIGHUP);
+    let done = d.wait_from(mark, ev("reloaded"), DEADLINE);
+    assert_eq!((done.num("added"), done.num("removed")), (1, 0), "{done}");
+
+    // A broken drop-in fails the reload, naming the drop-in.
+    let mark = d.mark();
+    fs::write(d.dir.join("conf.d/20-bad.toml"), "[daemon]\ntick = \"20ms\"\n").expect("write drop-in");
+    d.signal(libc::SIGHUP);
+    let failed = d.wait_from(mark, ev("reload-failed"), DEADLINE);
+    assert!(failed.field("error").contains("20-bad.toml:2: daemon.tick: daemon.tick is already set at"), "{failed}");
+}

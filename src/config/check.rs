@@ -580,6 +580,21 @@ mod operator_messages {
     }
 
     #[test]
+    fn duplicates_inside_listeners_name_the_listener() {
+        let two = format!("{}{}", listener(""), listener("").replace("\"a\"", "\"b\"").replace("7700", "7701"));
+        says(
+            &two.replace("name = \"b\"\n", "name = \"b\"\nname = \"c\"\n"),
+            "test.toml:6: listener[1].name: name is set twice in [[listener]] (first on line 5): keep one",
+        );
+        let tcp = format!(
+            "{}[listener.tcp]\nnodelay = true\n{}[listener.tcp]\nnodelay = true\n[listener.tcp]\n",
+            listener(""),
+            listener("").replace("\"a\"", "\"b\"").replace("7700", "7701")
+        );
+        says(&tcp, "test.toml:11: listener[1].tcp: [listener.tcp] appears twice (first on line 9): merge the two into one table");
+    }
+
+    #[test]
     fn a_port_out_of_range_says_so() {
         says(
             &listener("").replace("7700", "77000"),

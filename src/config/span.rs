@@ -49,8 +49,7 @@ impl<'a> Source<'a> {
 
     /// The file holding `offset`.
     fn file(&self, offset: usize) -> &File<'a> {
-        let index = self.files.iter().rposition(|f| f.base <= offset).unwrap_or(0);
-        &self.files[index]
+        &self.files[self.file_index(offset)]
     }
 
     /// Which file holds `offset`, as an index: 0 is the main file.
@@ -135,39 +134,94 @@ impl<'a> Source<'a> {
     /// The text is invalid TOML, so this reads lines, not the TOML tree: a
     /// header is a line `[name]`, a key is `name =` under the last header.
     fn duplicate(&self, offset: usize) -> Option<ConfigError> {
-        let line = self.line_of(offset);
         let lines: Vec<&str> = self.text().lines().collect();
-        let here = lines.get(line - 1)?.trim();
-        if let Some(table) = header_name(here) {
-            let first = lines[..line - 1].iter().position(|l| header_name(l.trim()) == Some(table))?;
-            return Some(self.error(
-                Some(offset..offset),
-                Some(table.to_owned()),
-                format!("[{table}] appears twice (first on line {}): merge the two into one table", first + 1),
-            ));
+        let at = self.line_of(offset) - 1;
+        let here = lines.get(at)?;
+        let error = |key: String, message: String| Some(self.error(Some(offset..offset), Some(key), message));
+        if let Some(table) = header(here) {
+            // A sub-table of an array table (`[listener.tcp]`) belongs to
+            // the latest entry: an earlier entry's is no duplicate.
+            let from = match array_parent(&lines[..at], table.name) {
+                Some(parent) => last_array_header(&lines[..at], parent).unwrap_or(0),
+                None => 0,
+            };
+            let first = (from..at).find(|&i| header(lines[i]).is_some_and(|h| h == table))?;
+            return error(
+                table_path(&lines, at)?,
+                format!("[{}] appears twice (first on line {}): merge the two into one table", table.name, first + 1),
+            );
         }
-        let key = here.split('=').next()?.trim();
-        // The table the key is in: the last header above it.
-        let start = lines[..line - 1].iter().rposition(|l| header_name(l.trim()).is_some()).map_or(0, |i| i + 1);
-        let table = start.checked_sub(1).and_then(|i| header_name(lines[i].trim()));
-        let first = (start..line - 1)
-            .find(|&i| lines[i].split('=').next().map(str::trim) == Some(key) && lines[i].contains('='))?;
-        let (dotted, within) = match table {
-            Some(table) => (format!("{table}.{key}"), format!("[{table}]")),
+        let (key, _) = here.split_once('=')?;
+        let key = key.trim();
+        // The key's table: the last header above it, if any.
+        let table_at = (0..at).rev().find(|&i| header(lines[i]).is_some());
+        let from = table_at.map_or(0, |i| i + 1);
+        let first = (from..at).find(|&i| lines[i].split_once('=').is_some_and(|(k, _)| k.trim() == key))?;
+        let (dotted, within) = match table_at.and_then(|i| Some((table_path(&lines, i)?, header(lines[i])?))) {
+            Some((path, table)) => (format!("{path}.{key}"), table.written()),
             None => (key.to_owned(), "the top level".to_owned()),
         };
-        Some(self.error(
-            Some(offset..offset),
-            Some(dotted),
-            format!("{key} is set twice in {within} (first on line {}): keep one", first + 1),
-        ))
+        error(dotted, format!("{key} is set twice in {within} (first on line {}): keep one", first + 1))
     }
 }
 
-/// The name in a `[name]` table header line (not `[[name]]`).
-fn header_name(line: &str) -> Option<&str> {
-    let name = line.strip_prefix('[')?.split(']').next()?.trim();
-    (!name.starts_with('[') && !name.is_empty()).then_some(name)
+/// A table header line: `[name]`, or `[[name]]` for an array entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Header<'t> {
+    name: &'t str,
+    array: bool,
+}
+
+impl Header<'_> {
+    /// The header as written: `[daemon]`, `[[listener]]`.
+    fn written(&self) -> String {
+        if self.array {
+            format!("[[{}]]", self.name)
+        } else {
+            format!("[{}]", self.name)
+        }
+    }
+}
+
+/// The header on `line`, if it is one.
+fn header(line: &str) -> Option<Header<'_>> {
+    let line = line.trim();
+    let (name, array) = match line.strip_prefix("[[") {
+        Some(rest) => (rest.split("]]").next()?, true),
+        None => (line.strip_prefix('[')?.split(']').next()?, false),
+    };
+    let name = name.trim();
+    (!name.is_empty()).then_some(Header { name, array })
+}
+
+/// Line index of the last `[[name]]` among `lines`.
+fn last_array_header(lines: &[&str], name: &str) -> Option<usize> {
+    lines.iter().rposition(|l| header(l) == Some(Header { name, array: true }))
+}
+
+/// For `listener.tcp`, the array `listener` when `lines` have a
+/// `[[listener]]`.
+fn array_parent<'n>(lines: &[&str], name: &'n str) -> Option<&'n str> {
+    let (parent, _) = name.split_once('.')?;
+    last_array_header(lines, parent).map(|_| parent)
+}
+
+/// The dotted key of the table whose header is `lines[at]`, with array
+/// entries numbered as [`key_at`] numbers them: `listener[1]`,
+/// `listener[1].tcp`, `daemon`.
+fn table_path(lines: &[&str], at: usize) -> Option<String> {
+    let table = header(lines[at])?;
+    let entry = |name: &str| {
+        let count = lines[..=at].iter().filter(|l| header(l) == Some(Header { name, array: true })).count();
+        count.saturating_sub(1)
+    };
+    if table.array {
+        return Some(format!("{}[{}]", table.name, entry(table.name)));
+    }
+    Some(match array_parent(&lines[..at], table.name) {
+        Some(parent) => format!("{parent}[{}]{}", entry(parent), &table.name[parent.len()..]),
+        None => table.name.to_owned(),
+    })
 }
 
 /// Keys whose value is a duration string, and an example of each.
