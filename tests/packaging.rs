@@ -29,6 +29,9 @@ const SERVICE: &str = include_str!("../systemd/heartbeatd.service");
 fn the_service_does_not_restart_after_a_config_error() {
     assert!(SERVICE.lines().any(|l| l == "RestartPreventExitStatus=78"), "{SERVICE}");
     assert!(SERVICE.lines().any(|l| l == "Restart=on-failure"), "{SERVICE}");
+    // systemd matches RestartPreventExitStatus= against the main process
+    // only: a config check in ExecStartPre= would be restarted regardless.
+    assert!(!SERVICE.lines().any(|l| l.starts_with("ExecStartPre=")), "{SERVICE}");
 }
 
 const MAN5: &str = include_str!("../docs/man/heartbeatd.toml.5");
