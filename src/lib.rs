@@ -31,6 +31,7 @@ pub(crate) mod conn;
 pub mod event;
 pub mod http;
 pub(crate) mod journal;
+pub mod limits;
 pub mod logging;
 pub(crate) mod metrics;
 pub mod server;

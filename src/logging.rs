@@ -43,6 +43,18 @@ pub fn init(level: LevelFilter) {
     set_level(level);
 }
 
+/// Reports an error before [`init`] (a config that cannot be used) on
+/// stderr. When stderr is the journal the line carries the sd-daemon
+/// prefix `<3>`, so journald files it at priority err
+/// (`journalctl -p err` shows it); a terminal sees the plain line.
+pub fn early_error(message: &str) {
+    if systemd::stderr_is_journal() {
+        eprintln!("<3>{message}");
+    } else {
+        eprintln!("{message}");
+    }
+}
+
 /// Changes the global log level.
 pub fn set_level(level: LevelFilter) {
     log::set_max_level(level);

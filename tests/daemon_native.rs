@@ -297,19 +297,19 @@ fn length_over_limits_is_error_1_without_waiting_for_payload() {
         "100ms",
         "",
         &[
-            native("small", "interval = \"3s\"\nmisses = 5\nmax_frame = 64"),
+            native("small", "interval = \"3s\"\nmisses = 5\nmax_frame = 131"),
             native("default", "interval = \"3s\"\nmisses = 5"),
         ],
     ));
     let small = d.addr("small");
     let default = d.addr("default");
 
-    // Over max_frame (64) but within BYE's own limit (128): header only.
-    let (mut c, w) = NativeClient::handshake(small, "big-bye", "");
-    c.send(&[BYE, 0, 0, 100]);
+    // Over max_frame (131, the smallest the config allows) but within
+    // HELLO's own limit: header only.
+    let mut c = NativeClient::connect(small);
+    c.send(&[HELLO, 0, 0, 200]);
     c.expect_error(ERR_MALFORMED);
-    let off = d.wait(ev("offline").kv("session", w.session));
-    assert_eq!(off.field("reason"), "protocol-error", "{off}");
+    d.wait(ev("handshake-failed").kv("peer", c.local));
 
     // A HELLO header announcing 65535 bytes, before any HELLO.
     let mut c = NativeClient::connect(small);

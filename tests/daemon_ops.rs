@@ -136,8 +136,8 @@ fn check_config_names_file_line_and_key_of_the_error() {
         let out = run_cli(&["--check-config", "--config", p]);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         let prefix = format!("heartbeatd: invalid config: {p}:");
-        let problem = if out.status.code() != Some(1) {
-            Some(format!("exit {:?} instead of 1", out.status.code()))
+        let problem = if out.status.code() != Some(78) {
+            Some(format!("exit {:?} instead of 78 (EX_CONFIG)", out.status.code()))
         } else if let Some(rest) = stderr.lines().find_map(|l| l.strip_prefix(&prefix)) {
             // rest = "LINE: KEY: MESSAGE"
             let mut parts = rest.splitn(3, ": ");
@@ -162,7 +162,7 @@ fn check_config_names_file_line_and_key_of_the_error() {
     // A file that does not exist.
     let missing = dir.join("missing.toml");
     let out = run_cli(&["--check-config", "--config", missing.to_str().expect("utf-8 path")]);
-    assert_eq!(out.status.code(), Some(1), "missing file");
+    assert_eq!(out.status.code(), Some(78), "missing file");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("heartbeatd: invalid config: "), "missing file: {stderr}");
     assert!(stderr.contains("missing.toml"), "names the file: {stderr}");
@@ -182,7 +182,7 @@ fn daemon_refuses_to_start_on_a_bad_config() {
     let dir = TempDir::new("start-bad");
     let path = dir.write("bad.toml", &numbered("native", "echo = true"));
     let out = run_cli(&["--config", path.to_str().expect("utf-8 path")]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("heartbeatd: invalid config: "), "{stderr}");
 }

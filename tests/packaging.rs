@@ -20,3 +20,67 @@ fn packaged_config_is_the_default_on_all_addresses() {
     expected.listeners[0].address = all;
     assert_eq!(packaged, expected);
 }
+
+const SERVICE: &str = include_str!("../systemd/heartbeatd.service");
+
+/// A config error exits 78 (EX_CONFIG); the unit does not retry it, so a
+/// broken file ends as a failed unit showing the error, not start-limit-hit.
+#[test]
+fn the_service_does_not_restart_after_a_config_error() {
+    assert!(SERVICE.lines().any(|l| l == "RestartPreventExitStatus=78"), "{SERVICE}");
+    assert!(SERVICE.lines().any(|l| l == "Restart=on-failure"), "{SERVICE}");
+    // systemd matches RestartPreventExitStatus= against the main process
+    // only: a config check in ExecStartPre= would be restarted regardless.
+    assert!(!SERVICE.lines().any(|l| l.starts_with("ExecStartPre=")), "{SERVICE}");
+}
+
+const MAN5: &str = include_str!("../docs/man/heartbeatd.toml.5");
+const CARGO_TOML: &str = include_str!("../Cargo.toml");
+
+/// heartbeatd.toml(5) is installed and documents every key with its
+/// default: a key added to the config without a man page entry fails here.
+#[test]
+fn the_config_man_page_is_installed_and_names_every_key() {
+    assert!(
+        CARGO_TOML.contains("[\"docs/man/heartbeatd.toml.5\", \"usr/share/man/man5/heartbeatd.toml.5\", \"644\"]"),
+        "heartbeatd.toml.5 is not a package asset"
+    );
+    let tables = ["[daemon]", "[http]", "[[listener]]", "[listener.tcp]"];
+    for table in tables {
+        assert!(MAN5.contains(&format!(".SH {table}\n")), "no section for {table}");
+    }
+    let keys = [
+        "tick",
+        "max_clients",
+        "max_per_address",
+        "shutdown_grace",
+        "log_level",
+        "address",
+        "max_connections",
+        "request_timeout",
+        "history",
+        "subscriber_buffer",
+        "name",
+        "protocol",
+        "interval",
+        "misses",
+        "timeout",
+        "handshake_timeout",
+        "server_ping",
+        "echo",
+        "max_frame",
+        "tokens",
+        "tokens_file",
+        "keepalive_idle",
+        "keepalive_interval",
+        "keepalive_count",
+        "user_timeout",
+        "nodelay",
+    ];
+    for key in keys {
+        let entry = format!(".BR {key} \"");
+        assert!(MAN5.lines().any(|l| l.starts_with(&entry)), "no .TP entry for {key}");
+        let line = MAN5.lines().find(|l| l.starts_with(&entry)).unwrap_or_default();
+        assert!(line.contains("default") || line.contains("required"), "{key}: no default: {line}");
+    }
+}

@@ -128,6 +128,41 @@ fn privileged_port_binds_under_the_unit() {
     });
 }
 
+/// A broken config fails the start once: exit 78 (EX_CONFIG), no restart
+/// (`RestartPreventExitStatus=78`), the error in the journal at priority
+/// err; a listener in a `conf.d/` drop-in is served after a fix.
+#[test]
+fn a_broken_config_fails_once_and_drop_ins_are_read() {
+    in_container(|c, deb| {
+        install(c, deb);
+        let conf = "/etc/heartbeatd/heartbeatd.toml";
+        c.ok(&format!("sed -i 's/^interval = \"3s\"/interval = 3/' {conf} && grep -q '^interval = 3$' {conf}"));
+        assert!(!c.sh("systemctl restart heartbeatd").status.success(), "a broken config started");
+        // RestartSec=1s: a restart would have happened by now.
+        thread::sleep(Duration::from_secs(4));
+        let show = c.ok("systemctl show -p ActiveState -p Result -p NRestarts -p ExecMainStatus heartbeatd");
+        for wanted in ["ActiveState=failed", "Result=exit-code", "NRestarts=0", "ExecMainStatus=78"] {
+            assert!(show.lines().any(|l| l == wanted), "{wanted} not in:\n{show}");
+        }
+        let error = c.wait_journal("the config error", |entries| {
+            entries.iter().find(|e| message(e).contains(&format!("invalid config: {conf}:"))).cloned()
+        });
+        assert_fields(&error, &[("PRIORITY", "3")]);
+        assert!(message(&error).contains("interval takes a duration in quotes"), "{error:?}");
+        println!("e2e: a broken config: {:?}", message(&error));
+
+        c.ok(&format!("sed -i 's/^interval = 3$/interval = \"3s\"/' {conf}"));
+        c.ok(
+            "mkdir -p /etc/heartbeatd/conf.d && printf '[[listener]]\\nname = \"extra\"\\naddress = \"127.0.0.1:7709\"\\n' \
+             > /etc/heartbeatd/conf.d/10-extra.toml",
+        );
+        c.ok("systemctl reset-failed heartbeatd; systemctl start heartbeatd");
+        c.wait_journal("the drop-in's listener", |entries| {
+            entries.iter().find(|e| message(e).starts_with("listening listener=extra ")).cloned()
+        });
+    });
+}
+
 /// Boots a container (one at a time on this machine), runs `steps` in it
 /// with the package's path, dumps the unit's state and journal if they
 /// panic, and tears the container down on every path. Skips (fails under
@@ -289,6 +324,7 @@ fn scenario(c: &Container, deb: &Path) {
         entries.iter().find(|e| message(e).contains(&format!("invalid config: {conf}:"))).cloned()
     });
     println!("e2e: the check said: {:?}", message(&checked));
+    assert_fields(&checked, &[("PRIORITY", "3")]);
     assert_eq!(c.ok("systemctl is-active heartbeatd").trim(), "active");
     // A SIGHUP that bypasses the check meets the daemon's own validation:
     // it logs the error and keeps the running config.

@@ -1,13 +1,23 @@
 //! `heartbeatd`: parse arguments, load the config, start logging, run.
 //!
-//! Exit codes: 0 after a graceful stop or a valid `--check-config`; 1 for an
-//! invalid config or a failure to start or keep running.
+//! Exit codes: 0 after a graceful stop, a valid `--check-config` or a
+//! `--print-config`; 78 (`EX_CONFIG`, sysexits.h) for a config that cannot
+//! be read or is invalid, so that the unit's `RestartPreventExitStatus=78`
+//! stops systemd from retrying a broken file; 1 for a failure to start or
+//! keep running; 2 for invalid arguments (clap).
+//!
+//! A config error is reported before logging is set up: on stderr, with
+//! the `<3>` priority prefix when stderr is the journal, so it is an err
+//! entry there.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use heartbeatd::{logging, server};
+use heartbeatd::{config, limits, logging, server};
+
+/// `EX_CONFIG` of sysexits.h: the configuration is unusable.
+const EX_CONFIG: u8 = 78;
 
 /// The heartbeat liveness daemon: tells which TCP clients are gone, and why.
 #[derive(Parser)]
@@ -15,12 +25,18 @@ use heartbeatd::{logging, server};
 struct Args {
     /// Config file to use instead of the embedded default
     /// (a native listener on 127.0.0.1:7700, interval 3s, offline after 15s).
+    /// The `*.toml` files of `conf.d/` beside it are merged in, in name order.
     #[arg(long, short = 'c', value_name = "PATH")]
     config: Option<PathBuf>,
 
-    /// Validate the config and exit: 0 if valid, 1 with the error if not.
+    /// Validate the config and exit: 0 if valid, 78 with the error if not.
     #[arg(long)]
     check_config: bool,
+
+    /// Print the effective config (drop-ins merged, defaults filled in) as
+    /// TOML and exit: 0 if valid, 78 with the error if not.
+    #[arg(long, conflicts_with = "check_config")]
+    print_config: bool,
 }
 
 fn main() -> ExitCode {
@@ -28,13 +44,21 @@ fn main() -> ExitCode {
     let config = match server::load_config(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("heartbeatd: invalid config: {e}");
-            return ExitCode::FAILURE;
+            logging::early_error(&format!("heartbeatd: invalid config: {e}"));
+            return ExitCode::from(EX_CONFIG);
         }
     };
     let origin = args.config.as_ref().map_or_else(|| "embedded".to_string(), |p| p.display().to_string());
     if args.check_config {
         println!("heartbeatd: config {origin} is valid ({} listeners)", config.listeners.len());
+        return ExitCode::SUCCESS;
+    }
+    if args.print_config {
+        let source = match &args.config {
+            Some(path) => format!("{origin} + {}/*.toml", config::dropin_dir(path).display()),
+            None => "embedded default".to_owned(),
+        };
+        print!("{}", config::to_toml(&config, &source));
         return ExitCode::SUCCESS;
     }
     logging::init(config.daemon.log_level);
@@ -44,6 +68,7 @@ fn main() -> ExitCode {
         heartbeatd::event::Logfmt(&origin),
         config.listeners.len()
     );
+    log_fd_limit(&config);
     let result = server::Server::new(config, args.config).and_then(|mut s| s.run());
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -51,5 +76,29 @@ fn main() -> ExitCode {
             log::error!("fatal error={}", heartbeatd::event::Logfmt(&e.to_string()));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs the fd limit, and warns when it is below what `max_clients` needs:
+/// past it, accepting pauses until a client leaves.
+fn log_fd_limit(config: &config::Config) {
+    let Some(limit) = limits::fd_limit() else {
+        log::warn!("fd-limit unknown: /proc/self/limits is unreadable");
+        return;
+    };
+    let needed = limits::fds_needed(config);
+    log::info!(
+        "fd-limit soft={} hard={} needed={needed} max_clients={}",
+        limits::show(limit.soft),
+        limits::show(limit.hard),
+        config.daemon.max_clients
+    );
+    if let Some(soft) = limit.soft.filter(|&soft| soft < needed) {
+        log::warn!(
+            "fd-limit too low for max_clients: soft={soft} allows about {} clients, max_clients={} needs {needed} fds; \
+             raise LimitNOFILE= (or ulimit -n) to at least {needed}, or lower max_clients",
+            limits::clients_allowed(config, soft),
+            config.daemon.max_clients
+        );
     }
 }

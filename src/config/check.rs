@@ -151,7 +151,8 @@ impl Source<'_> {
     pub(super) fn duration(&self, value: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
         let text = value.get_ref();
         let duration = humantime::parse_duration(text).map_err(|e| {
-            self.at(value, key, format!("invalid duration {text:?} ({e}); write e.g. \"100ms\", \"3s\" or \"5min\""))
+            let why = duration_problem(text, &e);
+            self.at(value, key, format!("invalid duration {text:?}: {why}; write e.g. \"100ms\", \"3s\" or \"5min\""))
         })?;
         if duration > MAX_DURATION {
             return Err(self.at(value, key, format!("{text:?} is too long: at most {MAX_DURATION_TEXT}")));
@@ -182,7 +183,9 @@ impl Source<'_> {
             } else {
                 format!("{}..={}", show(*range.start()), show(*range.end()))
             };
-            return Err(self.at(value, key, format!("must be {allowed}, got {}", show(duration))));
+            // Echo what was written: `show` would turn "4294967295ms"
+            // into "1month 19days …", which the operator never typed.
+            return Err(self.at(value, key, format!("must be {allowed}, got {}", value.get_ref().trim())));
         }
         Ok(duration)
     }
@@ -293,14 +296,45 @@ impl Source<'_> {
                 "missing: the [http] table needs an address such as \"127.0.0.1:7780\" (remove the table to serve no HTTP)",
             ));
         };
-        address.get_ref().parse::<SocketAddr>().map_err(|_| {
-            self.at(
-                address,
-                "http.address",
-                format!("invalid address {:?}: write ip:port, e.g. \"127.0.0.1:7780\"", address.get_ref()),
-            )
-        })
+        socket_addr(address.get_ref(), "\"127.0.0.1:7780\"").map_err(|e| self.at(address, "http.address", e))
     }
+}
+
+/// Why humantime refused `text`, in the operator's words.
+fn duration_problem(text: &str, error: &humantime::DurationError) -> String {
+    use humantime::DurationError as E;
+    let char_at = |offset: usize| text.get(offset..).and_then(|rest| rest.chars().next());
+    match error {
+        E::Empty => "it is empty".to_owned(),
+        E::NumberExpected(_) | E::InvalidCharacter(_) if text.trim_start().starts_with('-') => {
+            "a duration cannot be negative".to_owned()
+        }
+        E::NumberExpected(offset) | E::InvalidCharacter(offset) => match char_at(*offset) {
+            Some(c) => format!("unexpected {c:?} at character {}", text[..*offset].chars().count() + 1),
+            None => "it ends too early".to_owned(),
+        },
+        E::UnknownUnit { unit, value, .. } if unit.is_empty() => format!("{value} has no unit"),
+        E::UnknownUnit { unit, .. } => format!("unknown unit {unit:?} (use ms, s, min, h or d)"),
+        E::NumberOverflow => format!("the number is too large: at most {MAX_DURATION_TEXT}"),
+    }
+}
+
+/// Parses a literal `ip:port`; the error says what is wrong with `text`.
+pub(super) fn socket_addr(text: &str, example: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    // A port past 65535 looks like ip:port to a reader: say what is wrong.
+    if let Some((ip, port)) = text.rsplit_once(':') {
+        let ip = ip.trim_start_matches('[').trim_end_matches(']');
+        let port_is_number = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+        if port_is_number && ip.parse::<std::net::IpAddr>().is_ok() {
+            return Err(format!(
+                "{text:?} is not ip:port: port {port} is out of range, a port is 0..=65535 (0 picks a free port)"
+            ));
+        }
+    }
+    Err(format!("{text:?} is not ip:port; write e.g. {example} (no host names; port 0 picks a free port)"))
 }
 
 /// A duration as the config writes it, e.g. `15s`, `1m 30s`.
@@ -371,7 +405,7 @@ mod tests {
             .to_owned()
             + &listener(
                 "protocol = \"native\"\ninterval = \"1s\"\nmisses = 4\nhandshake_timeout = \"2s\"\n\
-                 server_ping = true\nmax_frame = 16\ntokens = [\"t1\", \"t2\"]\n\
+                 server_ping = true\nmax_frame = 131\ntokens = [\"t1\", \"t2\"]\n\
                  [listener.tcp]\nkeepalive_idle = \"0s\"\nkeepalive_count = 9\nnodelay = false\n",
             );
         let config = parse_ok(&text);
@@ -381,7 +415,7 @@ mod tests {
         assert_eq!(config.daemon.log_level, log::LevelFilter::Trace);
         let l = &config.listeners[0];
         assert_eq!((l.interval, l.timeout, l.handshake_timeout), (secs(1), secs(4), secs(2)));
-        assert_eq!((l.server_ping, l.max_frame), (true, 16));
+        assert_eq!((l.server_ping, l.max_frame), (true, 131));
         assert_eq!(l.tokens, vec![b"t1".to_vec(), b"t2".to_vec()]);
         // Keepalive off: user_timeout defaults to the kernel's (0).
         assert_eq!(l.tcp.keepalive_idle, Duration::ZERO);
@@ -405,8 +439,9 @@ mod tests {
         assert_err(&listener("misses = 0\n"), 4, "listener[0].misses", "1..=1000");
         assert_err(&listener("misses = 1001\n"), 4, "listener[0].misses", "1..=1000");
         assert_eq!(only(&listener("misses = 1000\n")).timeout, secs(3000));
-        assert_err(&listener("max_frame = 15\n"), 4, "listener[0].max_frame", "16..=65535");
-        assert_err(&listener("max_frame = 65536\n"), 4, "listener[0].max_frame", "16..=65535");
+        assert_err(&listener("max_frame = 130\n"), 4, "listener[0].max_frame", "131..=65535");
+        assert_eq!(only(&listener("max_frame = 131\n")).max_frame, 131);
+        assert_err(&listener("max_frame = 65536\n"), 4, "listener[0].max_frame", "131..=65535");
         assert_eq!(only(&listener("max_frame = 65535\n")).max_frame, 65535);
         assert_eq!(only(&listener("protocol = \"legacy\"\nmax_frame = 0\n")).max_frame, 0);
         assert_eq!(only(&listener("protocol = \"legacy\"\nmax_frame = 16777216\n")).max_frame, 16_777_216);
@@ -476,5 +511,128 @@ mod tests {
         assert_err(&text, 6, "listener[0].misses", "1..=1000");
         // Within a listener, the protocol is checked before the options it rules.
         assert_err(&listener("echo = true\nprotocol = \"nope\"\n"), 5, "listener[0].protocol", "unknown protocol");
+    }
+}
+
+/// The messages of issue 14, pinned word for word: each says what the
+/// operator wrote and how to fix it, and still names file:line:key.
+#[cfg(test)]
+mod operator_messages {
+    use super::super::tests::{listener, parse_err};
+
+    /// Asserts the whole `file:line: key: message` text.
+    #[track_caller]
+    fn says(text: &str, expected: &str) {
+        assert_eq!(parse_err(text).to_string(), expected, "--- config:\n{text}");
+    }
+
+    #[test]
+    fn a_single_listener_table_asks_for_double_brackets() {
+        says(
+            "[listener]\nname = \"a\"\naddress = \"127.0.0.1:7700\"\n",
+            "test.toml:1: listener: a listener is written [[listener]] (double brackets: one entry of a list \
+             of tables), not [listener]",
+        );
+    }
+
+    #[test]
+    fn a_bare_number_for_a_duration_asks_for_quotes_and_a_unit() {
+        says(
+            &listener("interval = 3\n"),
+            "test.toml:4: listener[0].interval: interval takes a duration in quotes with a unit, not the \
+             integer 3; write e.g. interval = \"3s\"",
+        );
+        says(
+            "[daemon]\ntick = 5\n",
+            "test.toml:2: daemon.tick: tick takes a duration in quotes with a unit, not the integer 5; \
+             write e.g. tick = \"100ms\"",
+        );
+    }
+
+    #[test]
+    fn a_boolean_for_a_number_asks_for_a_number() {
+        says(
+            &listener("max_frame = true\n"),
+            "test.toml:4: listener[0].max_frame: max_frame takes a whole number without quotes, not the \
+             boolean true; write e.g. max_frame = 1024",
+        );
+        says(
+            &listener("echo = \"yes\"\n"),
+            "test.toml:4: listener[0].echo: echo takes true or false without quotes, not the string \"yes\"; \
+             write e.g. echo = true",
+        );
+    }
+
+    #[test]
+    fn a_duplicated_table_names_the_table_and_both_lines() {
+        says(
+            "[daemon]\ntick = \"10ms\"\n[daemon]\nmax_clients = 5\n",
+            "test.toml:3: daemon: [daemon] appears twice (first on line 1): merge the two into one table",
+        );
+    }
+
+    #[test]
+    fn a_duplicated_key_names_the_key_and_both_lines() {
+        says(
+            "[daemon]\ntick = \"10ms\"\ntick = \"20ms\"\n",
+            "test.toml:3: daemon.tick: tick is set twice in [daemon] (first on line 2): keep one",
+        );
+    }
+
+    #[test]
+    fn duplicates_inside_listeners_name_the_listener() {
+        let two = format!("{}{}", listener(""), listener("").replace("\"a\"", "\"b\"").replace("7700", "7701"));
+        says(
+            &two.replace("name = \"b\"\n", "name = \"b\"\nname = \"c\"\n"),
+            "test.toml:6: listener[1].name: name is set twice in [[listener]] (first on line 5): keep one",
+        );
+        let tcp = format!(
+            "{}[listener.tcp]\nnodelay = true\n{}[listener.tcp]\nnodelay = true\n[listener.tcp]\n",
+            listener(""),
+            listener("").replace("\"a\"", "\"b\"").replace("7700", "7701")
+        );
+        says(&tcp, "test.toml:11: listener[1].tcp: [listener.tcp] appears twice (first on line 9): merge the two into one table");
+    }
+
+    #[test]
+    fn a_port_out_of_range_says_so() {
+        says(
+            &listener("").replace("7700", "77000"),
+            "test.toml:3: listener[0].address: \"127.0.0.1:77000\" is not ip:port: port 77000 is out of \
+             range, a port is 0..=65535 (0 picks a free port)",
+        );
+    }
+
+    #[test]
+    fn a_negative_duration_says_durations_are_not_negative() {
+        says(
+            &listener("interval = \"-1s\"\n"),
+            "test.toml:4: listener[0].interval: invalid duration \"-1s\": a duration cannot be negative; \
+             write e.g. \"100ms\", \"3s\" or \"5min\"",
+        );
+        says(
+            &listener("interval = \"3 parsecs\"\n"),
+            "test.toml:4: listener[0].interval: invalid duration \"3 parsecs\": unknown unit \"parsecs\" \
+             (use ms, s, min, h or d); write e.g. \"100ms\", \"3s\" or \"5min\"",
+        );
+        says(
+            &listener("interval = \"3\"\n"),
+            "test.toml:4: listener[0].interval: invalid duration \"3\": 3 has no unit; write e.g. \
+             \"100ms\", \"3s\" or \"5min\"",
+        );
+    }
+
+    #[test]
+    fn an_out_of_range_duration_echoes_the_operators_text() {
+        says("[daemon]\ntick = \"4294967295ms\"\n", "test.toml:2: daemon.tick: must be 1ms..=1s, got 4294967295ms");
+    }
+
+    #[test]
+    fn a_native_max_frame_must_hold_a_hello() {
+        says(
+            &listener("max_frame = 130\n"),
+            "test.toml:4: listener[0].max_frame: must be 131..=65535, got 130: a HELLO with a 64-byte id \
+             and a 64-byte token needs 131 payload bytes",
+        );
     }
 }

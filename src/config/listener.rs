@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::check::{show, MAX_DURATION, MAX_DURATION_TEXT};
+use super::check::{show, socket_addr, MAX_DURATION, MAX_DURATION_TEXT};
 use super::raw::{RawListener, RawTcp};
 use super::span::Source;
 use super::{ConfigError, ListenerConfig, TcpConfig};
@@ -31,9 +31,13 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_MAX_FRAME: usize = 1024;
 /// `misses` range.
 const MISSES: RangeInclusive<i64> = 1..=1000;
-/// `max_frame` range for `native`: a frame length is a `u16`, and 16 bytes
-/// hold a WELCOME.
-const NATIVE_MAX_FRAME: RangeInclusive<i64> = 16..=65535;
+/// `max_frame` range for `native`: a frame length is a `u16`, and the
+/// smallest must hold a HELLO payload with a 64-byte id (the longest
+/// PROTOCOL.md allows) and a 64-byte token: version, id_len, id, token_len,
+/// token. A smaller one would refuse such a client's first frame.
+const NATIVE_MAX_FRAME: RangeInclusive<i64> = HELLO_64_64..=65535;
+/// HELLO payload bytes for a 64-byte id and a 64-byte token.
+const HELLO_64_64: i64 = 1 + 1 + 64 + 1 + 64;
 /// `max_frame` range for `legacy` (16 MiB).
 const LEGACY_MAX_FRAME: RangeInclusive<i64> = 0..=16_777_216;
 /// What `name` must look like, for the "required" error.
@@ -63,10 +67,15 @@ pub(super) fn listeners(
     base_dir: &Path,
 ) -> Result<Vec<ListenerConfig>, ConfigError> {
     let mut seen = Seen::default();
+    // Listeners are numbered from 0 in each file, as toml's own errors
+    // about a drop-in number them.
+    let mut numbers: HashMap<usize, usize> = HashMap::new();
     tables
         .into_iter()
-        .enumerate()
-        .map(|(index, raw)| {
+        .map(|raw| {
+            let number = numbers.entry(source.file_index(raw.span().start)).or_insert(0);
+            let index = *number;
+            *number += 1;
             let ctx = ListenerSource { source, prefix: format!("listener[{index}]"), tick, base_dir };
             let listener = ctx.listener(raw)?;
             seen.check(&ctx, &listener)?;
@@ -183,17 +192,8 @@ impl ListenerSource<'_> {
 
     /// The listen address: a literal `ip:port`, never a host name.
     fn address(&self, address: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
-        address.get_ref().parse::<SocketAddr>().map_err(|_| {
-            self.at(
-                address,
-                "address",
-                format!(
-                    "{:?} is not ip:port; write e.g. \"127.0.0.1:7700\" or \"[::1]:7700\" \
-                     (no host names; port 0 picks a free port)",
-                    address.get_ref()
-                ),
-            )
-        })
+        socket_addr(address.get_ref(), "\"127.0.0.1:7700\" or \"[::1]:7700\"")
+            .map_err(|e| self.at(address, "address", e))
     }
 
     /// Rejects options `protocol` does not use: silently ignoring them
@@ -230,7 +230,15 @@ impl ListenerSource<'_> {
             // Raw never reaches the check: max_frame was rejected before.
             Protocol::Native | Protocol::Raw => NATIVE_MAX_FRAME,
         };
-        self.source.int_in(value, &self.key("max_frame"), range, DEFAULT_MAX_FRAME)
+        let key = self.key("max_frame");
+        self.source.int_in(value, &key, range, DEFAULT_MAX_FRAME).map_err(|mut e| {
+            if protocol == Protocol::Native && value.is_some_and(|v| *v.get_ref() < HELLO_64_64) {
+                e.message.push_str(&format!(
+                    ": a HELLO with a 64-byte id and a 64-byte token needs {HELLO_64_64} payload bytes"
+                ));
+            }
+            e
+        })
     }
 
     /// The silence timeout: `timeout` as given, or `interval * misses`.
@@ -501,12 +509,13 @@ impl Seen {
     /// Rejects a listener whose name or address an earlier one has.
     fn check(&mut self, ctx: &ListenerSource<'_>, listener: &CheckedListener) -> Result<(), ConfigError> {
         let config = &listener.config;
-        let here = |span: &Range<usize>| (ctx.prefix.clone(), ctx.source.line_of(span.start));
-        let duplicate = |field: &str, value: String, span: &Range<usize>, (first, line): (String, usize)| {
+        let here = |span: &Range<usize>| (ctx.prefix.clone(), span.start);
+        let duplicate = |field: &str, value: String, span: &Range<usize>, (first, at): (String, usize)| {
+            let place = ctx.source.place(at, span.start);
             ctx.error_at(
                 span.clone(),
                 field,
-                format!("duplicate listener {field} {value}: already used by {first} on line {line}"),
+                format!("duplicate listener {field} {value}: already used by {first} {place}"),
             )
         };
         if let Some(first) = self.names.insert(config.name.clone(), here(&listener.name_span)) {

@@ -5,11 +5,15 @@
 //! them into the plain types below, applying defaults and checking every
 //! contradiction, with `listener.rs` checking each `[[listener]]` table.
 //! `span.rs` turns a byte span into the file, line and key of an error, so
-//! every error names all three.
+//! every error names all three. [`load`] also reads the `conf.d/*.toml`
+//! drop-ins beside the file and `dropin.rs` merges them into the main
+//! file's tables before the checks (listeners append; a `[daemon]` or
+//! `[http]` key may be set in one file only).
 //!
 //! Keys in errors are dotted paths; listeners are numbered from 0 in file
-//! order, whatever their name: `daemon.tick`, `listener[1].timeout`,
-//! `listener[0].tcp.user_timeout`, `listener[0].tokens[2]`.
+//! order within each file, whatever their name: `daemon.tick`,
+//! `listener[1].timeout`, `listener[0].tcp.user_timeout`,
+//! `listener[0].tokens[2]`.
 //!
 //! Invariants of a [`Config`] returned by [`parse`] or [`load`]:
 //! - at least one listener; names and addresses are unique;
@@ -25,15 +29,19 @@
 //! (e.g. `max_frame` is 1024 on a `raw` listener) and mean nothing there.
 
 mod check;
+mod dropin;
 mod listener;
+mod print;
 mod raw;
 mod span;
 
 use std::fmt;
 use std::fs;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use print::to_toml;
 
 use crate::wire::Protocol;
 
@@ -204,22 +212,60 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config, Config
     check::config(&source, raw, base_dir)
 }
 
-/// Reads and validates the config file at `path`.
+/// Reads and validates the config file at `path` and its drop-ins, the
+/// `*.toml` files of `conf.d/` beside it, merged in name order (the rules
+/// are in `dropin.rs` and heartbeatd.toml(5)).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let origin = path.display().to_string();
-    let text = fs::read_to_string(path).map_err(|e| ConfigError {
-        origin: origin.clone(),
-        line: None,
-        key: None,
-        message: format!("cannot read config file: {e}"),
-    })?;
+    let mut files = vec![read(path)?];
+    for dropin in dropin::files(&dropin::dir_of(path))? {
+        files.push(read(&dropin)?);
+    }
     // `Path::parent` of a bare file name is the empty path; tokens files
     // next to it are then relative to the working directory.
     let base_dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    parse(&text, &origin, base_dir)
+    parse_files(&files, base_dir)
+}
+
+/// The drop-in directory read by [`load`] for the config file at `path`.
+pub fn dropin_dir(path: &Path) -> PathBuf {
+    dropin::dir_of(path)
+}
+
+/// A file's name (as errors show it) and its text.
+type NamedText = (String, String);
+
+/// Reads one config file.
+fn read(path: &Path) -> Result<NamedText, ConfigError> {
+    let origin = path.display().to_string();
+    match fs::read_to_string(path) {
+        Ok(text) => Ok((origin, text)),
+        Err(e) => Err(ConfigError { origin, line: None, key: None, message: format!("cannot read config file: {e}") }),
+    }
+}
+
+/// Parses the main file and its drop-ins (`files[0]` is the main file),
+/// merges them and validates the result.
+fn parse_files(files: &[NamedText], base_dir: &Path) -> Result<Config, ConfigError> {
+    let ((origin, text), dropins) = files.split_first().ok_or_else(|| ConfigError {
+        origin: "config".into(),
+        line: None,
+        key: None,
+        message: "no config file".into(),
+    })?;
+    let mut source = span::Source::new(text, origin);
+    let mut raw = raw::RawConfig::from_toml(text).map_err(|e| source.toml_error(&e))?;
+    for (origin, text) in dropins {
+        // Syntax and type errors are found in the file alone, with its own
+        // spans; the merge then works in the shared offset space.
+        let own = span::Source::new(text, origin);
+        let parsed = raw::RawConfig::from_toml(text).map_err(|e| own.toml_error(&e))?;
+        let base = source.push(text, origin);
+        dropin::merge(&source, &mut raw, dropin::shift(parsed, base))?;
+    }
+    check::config(&source, raw, base_dir)
 }
 
 /// The embedded default config, parsed.
