@@ -166,6 +166,33 @@ fn clients_shows_exactly_the_connected_clients_with_their_fields() {
     missing.check_length();
 }
 
+/// Checks that `r` is an API error: `status`, and the body
+/// `{"error": "...", "status": status}` as `application/json`. Returns the
+/// message.
+fn check_error(r: &Response, status: u16, what: &str) -> String {
+    assert_eq!(r.status, status, "{what}: {}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"), "{what}: {}", r.text());
+    r.check_length();
+    let body = r.json();
+    assert_eq!(body["status"].as_u64(), Some(u64::from(status)), "{what}: {body}");
+    let message = body["error"].as_str().unwrap_or_else(|| panic!("{what}: no `error` text in {body}"));
+    assert!(!message.is_empty(), "{what}: an empty message");
+    assert_eq!(body.as_object().map(|o| o.len()), Some(2), "{what}: only `error` and `status`: {body}");
+    message.to_owned()
+}
+
+#[test]
+fn api_errors_are_json_with_their_status() {
+    let s = setup("");
+    let missing = check_error(&get(s.http, "/clients/nope"), 404, "an unknown client");
+    assert!(missing.contains("\"nope\""), "the message names the id: {missing}");
+    let unknown = check_error(&get(s.http, "/nope"), 404, "an unknown path");
+    assert!(unknown.contains("/clients"), "the message says what exists: {unknown}");
+    check_error(&get(s.http, "/clients/%zz"), 400, "a malformed client id");
+    let post = exchange(s.http, b"POST /clients HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    check_error(&post, 405, "POST");
+}
+
 #[test]
 fn head_answers_with_the_headers_of_get_and_no_body() {
     let s = setup("");
