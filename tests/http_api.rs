@@ -191,6 +191,8 @@ fn api_errors_are_json_with_their_status() {
     check_error(&get(s.http, "/clients/%zz"), 400, "a malformed client id");
     let post = exchange(s.http, b"POST /clients HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
     check_error(&post, 405, "POST");
+    // Refused before routing (the request head itself): the same shape.
+    check_error(&exchange(s.http, b"GET / HTTP/9\r\n\r\n"), 400, "a malformed request");
 }
 
 #[test]
@@ -855,6 +857,7 @@ fn connections_past_max_connections_get_503() {
         assert!(!matches!(ending, Ending::Open), "the connection past the limit was kept open");
         let r = Response::parse(&bytes);
         assert_eq!(r.status, 503, "{}", r.text());
+        check_error(&r, 503, "past max_connections");
         d.wait("http-refused");
         drop(idle);
         // Once the idle ones are gone, requests are served again.
