@@ -467,6 +467,60 @@ fn metrics_parse_as_prometheus_text_and_follow_its_naming_rules() {
     assert!(started <= now && started > now - 60.0, "process_start_time_seconds {started} vs now {now}");
 }
 
+/// The kind of family `name` (`# TYPE` line), if the page has one.
+fn family_type<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| l.strip_prefix("# TYPE ")?.strip_prefix(name)?.strip_prefix(' '))
+}
+
+#[test]
+fn process_metrics_and_build_info_are_there_and_sane() {
+    let s = setup("");
+    let _l = PlainClient::connect(s.old);
+    let m = scrape(s.http);
+    for (name, kind) in [
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_start_time_seconds", "gauge"),
+        ("heartbeatd_build_info", "gauge"),
+    ] {
+        assert_eq!(family_type(&m.text, name), Some(kind), "{name} in\n{}", m.text);
+    }
+    let rss = m.value("process_resident_memory_bytes", &[]);
+    let vsz = m.value("process_virtual_memory_bytes", &[]);
+    assert!(rss > 1024.0 * 1024.0 && rss < 1024.0 * 1024.0 * 1024.0, "resident memory {rss}");
+    assert!(vsz >= rss, "virtual {vsz} < resident {rss}");
+
+    // The daemon's own fd table, counted from outside, between scrapes.
+    let pid = s.d.pid();
+    let count = || std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the daemon's fd table").count() as f64;
+    let before = count();
+    let open = scrape(s.http).value("process_open_fds", &[]);
+    let after = count();
+    // The scrape's own connection may or may not be counted from outside.
+    let (low, high) = (before.min(after), before.max(after) + 1.0);
+    assert!(open >= low && open <= high, "process_open_fds {open}, counted {before} then {after}");
+    let max = m.value("process_max_fds", &[]);
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("the daemon's limits");
+    let soft: f64 = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("a numeric soft fd limit");
+    assert_eq!(max, soft, "process_max_fds is the soft RLIMIT_NOFILE");
+
+    let cpu = m.value("process_cpu_seconds_total", &[]);
+    let started = m.value("process_start_time_seconds", &[]);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs_f64();
+    assert!(cpu >= 0.0 && cpu <= (now - started) * 2.0 + 1.0, "cpu {cpu}s for a process up {}s", now - started);
+
+    let version = [("version", env!("CARGO_PKG_VERSION"))];
+    assert_eq!(m.value("heartbeatd_build_info", &version), 1.0);
+}
+
 // ---------------------------------------------------------------------------
 // A stalled subscriber
 // ---------------------------------------------------------------------------
