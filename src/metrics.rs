@@ -15,9 +15,9 @@
 //!   family the kernel does not give is left out rather than shown as 0.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::fs;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::event::{Event, OfflineReason};
 
@@ -82,6 +82,9 @@ pub struct Gauges {
     pub subscribers_dropped: u64,
     /// HTTP requests served (a counter).
     pub http_requests: u64,
+    /// Per listener open now: its `interval` and silence `timeout` (zero:
+    /// none).
+    pub timing: BTreeMap<String, (Duration, Duration)>,
 }
 
 impl Default for Metrics {
@@ -219,6 +222,24 @@ impl Metrics {
                 sample(&mut out, "heartbeatd_refused_total", &[("listener", name), ("limit", limit.as_str())], count);
             }
         }
+        family(
+            &mut out,
+            "heartbeatd_listener_interval_seconds",
+            "gauge",
+            "How often the listener's clients must send.",
+        );
+        for (name, (interval, _)) in &gauges.timing {
+            sample(&mut out, "heartbeatd_listener_interval_seconds", &[("listener", name)], interval.as_secs_f64());
+        }
+        family(
+            &mut out,
+            "heartbeatd_listener_timeout_seconds",
+            "gauge",
+            "Silence after which a client of the listener is offline (0: no timeout).",
+        );
+        for (name, (_, timeout)) in &gauges.timing {
+            sample(&mut out, "heartbeatd_listener_timeout_seconds", &[("listener", name)], timeout.as_secs_f64());
+        }
         family(&mut out, "heartbeatd_connections", "gauge", "Client connections open, online or in handshake.");
         sample(&mut out, "heartbeatd_connections", &[], gauges.connections);
         family(&mut out, "heartbeatd_loop_iterations_total", "counter", "Turns of the event loop.");
@@ -349,7 +370,9 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+/// One sample line; `value` is a count or, for durations, seconds (`f64`
+/// prints as `2.5`, `15`: no exponent for the values a config allows).
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl fmt::Display) {
     out.push_str(name);
     if !labels.is_empty() {
         out.push('{');
@@ -378,7 +401,6 @@ mod tests {
     use super::*;
     use crate::event::Client;
     use crate::wire::Protocol;
-    use std::time::Duration;
 
     fn client(listener: &str) -> Client<'_> {
         Client { id: "a", peer: "127.0.0.1:1".parse().expect("addr"), listener, proto: Protocol::Native, session: 1 }
@@ -401,6 +423,8 @@ mod tests {
         m.count_reload(false);
         let mut gauges = Gauges { connections: 3, wheel_timers: 2, subscribers: 1, ..Gauges::default() };
         gauges.listeners.insert("main".into(), (2, 5));
+        gauges.timing.insert("main".into(), (Duration::from_millis(2500), Duration::from_secs(15)));
+        gauges.timing.insert("idle".into(), (Duration::from_secs(3), Duration::ZERO));
         let text = m.render(&gauges);
         for line in [
             "heartbeatd_clients_online{listener=\"main\"} 2",
@@ -414,6 +438,9 @@ mod tests {
             "heartbeatd_last_reload_success 0",
             "heartbeatd_timer_wheel_timers 2",
             "# TYPE heartbeatd_offline_total counter",
+            "heartbeatd_listener_interval_seconds{listener=\"main\"} 2.5",
+            "heartbeatd_listener_timeout_seconds{listener=\"main\"} 15",
+            "heartbeatd_listener_timeout_seconds{listener=\"idle\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

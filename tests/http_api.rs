@@ -521,6 +521,19 @@ fn process_metrics_and_build_info_are_there_and_sane() {
     assert_eq!(m.value("heartbeatd_build_info", &version), 1.0);
 }
 
+#[test]
+fn metrics_show_each_listeners_interval_and_timeout() {
+    let listeners = [native("main", PATIENT), raw("bytes", "interval = \"250ms\"\ntimeout = \"0s\"")];
+    let d = Daemon::start(&with_http(&config(TICK, "", &listeners), ""));
+    let m = scrape(http_addr(&d));
+    assert_eq!(family_type(&m.text, "heartbeatd_listener_interval_seconds"), Some("gauge"));
+    assert_eq!(family_type(&m.text, "heartbeatd_listener_timeout_seconds"), Some("gauge"));
+    assert_eq!(m.value("heartbeatd_listener_interval_seconds", &[("listener", "main")]), 2.0);
+    assert_eq!(m.value("heartbeatd_listener_timeout_seconds", &[("listener", "main")]), 10.0, "interval × misses");
+    assert_eq!(m.value("heartbeatd_listener_interval_seconds", &[("listener", "bytes")]), 0.25);
+    assert_eq!(m.value("heartbeatd_listener_timeout_seconds", &[("listener", "bytes")]), 0.0, "no silence timeout");
+}
+
 // ---------------------------------------------------------------------------
 // A stalled subscriber
 // ---------------------------------------------------------------------------
