@@ -9,11 +9,15 @@
 //! - Counters only grow, and a listener's counters outlive the listener
 //!   (a reload that removes it must not make a counter go backwards).
 //! - Names follow Prometheus conventions: `heartbeatd_` prefix, `_total`
-//!   on counters, base units (`_seconds`).
+//!   on counters, base units (`_seconds`); the `process_*` families are the
+//!   standard ones every client library exports, read from `/proc/self` at
+//!   render time ([`ProcessStats::read`]): no thread, no state, and a
+//!   family the kernel does not give is left out rather than shown as 0.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::fmt::{self, Write as _};
+use std::fs;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::event::{Event, OfflineReason};
 
@@ -78,6 +82,9 @@ pub struct Gauges {
     pub subscribers_dropped: u64,
     /// HTTP requests served (a counter).
     pub http_requests: u64,
+    /// Per listener open now: its `interval` and silence `timeout` (zero:
+    /// none).
+    pub timing: BTreeMap<String, (Duration, Duration)>,
 }
 
 impl Default for Metrics {
@@ -215,6 +222,24 @@ impl Metrics {
                 sample(&mut out, "heartbeatd_refused_total", &[("listener", name), ("limit", limit.as_str())], count);
             }
         }
+        family(
+            &mut out,
+            "heartbeatd_listener_interval_seconds",
+            "gauge",
+            "How often the listener's clients must send.",
+        );
+        for (name, (interval, _)) in &gauges.timing {
+            sample(&mut out, "heartbeatd_listener_interval_seconds", &[("listener", name)], interval.as_secs_f64());
+        }
+        family(
+            &mut out,
+            "heartbeatd_listener_timeout_seconds",
+            "gauge",
+            "Silence after which a client of the listener is offline (0: no timeout).",
+        );
+        for (name, (_, timeout)) in &gauges.timing {
+            sample(&mut out, "heartbeatd_listener_timeout_seconds", &[("listener", name)], timeout.as_secs_f64());
+        }
         family(&mut out, "heartbeatd_connections", "gauge", "Client connections open, online or in handshake.");
         sample(&mut out, "heartbeatd_connections", &[], gauges.connections);
         family(&mut out, "heartbeatd_loop_iterations_total", "counter", "Turns of the event loop.");
@@ -241,10 +266,100 @@ impl Metrics {
         sample(&mut out, "heartbeatd_event_subscribers_dropped_total", &[], gauges.subscribers_dropped);
         family(&mut out, "heartbeatd_http_requests_total", "counter", "HTTP requests served.");
         sample(&mut out, "heartbeatd_http_requests_total", &[], gauges.http_requests);
+        family(&mut out, "heartbeatd_build_info", "gauge", "Always 1; the version of the running binary.");
+        sample(&mut out, "heartbeatd_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
         family(&mut out, "process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch.");
         sample_f64(&mut out, "process_start_time_seconds", unix_seconds(self.started));
+        ProcessStats::read().render(&mut out);
         out
     }
+}
+
+/// Clock ticks per second of the times in `/proc/self/stat` (`USER_HZ`).
+/// Fixed at 100 by the kernel ABI on every architecture Debian ships (it is
+/// not `CONFIG_HZ`); Prometheus's own procfs library hard-codes it too, as
+/// asking `sysconf(_SC_CLK_TCK)` would take `unsafe` here.
+const USER_HZ: f64 = 100.0;
+
+/// The standard `process_*` numbers, each `None` when `/proc` does not
+/// give it.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct ProcessStats {
+    resident_bytes: Option<u64>,
+    virtual_bytes: Option<u64>,
+    open_fds: Option<u64>,
+    max_fds: Option<u64>,
+    cpu_seconds: Option<f64>,
+}
+
+impl ProcessStats {
+    /// Reads `/proc/self`: three small files and one directory listing.
+    /// Counting `/proc/self/fd` is O(open fds), up to `max_clients` plus a
+    /// few; that is paid per scrape (every few seconds at most), not per
+    /// event, and is the only exact count the kernel offers (`FDSize` in
+    /// `status` is the table's capacity, not its use).
+    fn read() -> ProcessStats {
+        let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let limits = fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        ProcessStats {
+            resident_bytes: status_kib(&status, "VmRSS").map(|kib| kib * 1024),
+            virtual_bytes: status_kib(&status, "VmSize").map(|kib| kib * 1024),
+            // The listing holds the directory open while it reads, so that
+            // descriptor is one of the entries: not counted.
+            open_fds: fs::read_dir("/proc/self/fd")
+                .ok()
+                .map(|dir| u64::try_from(dir.count()).unwrap_or(u64::MAX).saturating_sub(1)),
+            max_fds: soft_fd_limit(&limits),
+            cpu_seconds: cpu_ticks(&stat).map(|ticks| ticks as f64 / USER_HZ),
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let gauges = [
+            ("process_resident_memory_bytes", "Resident memory size in bytes.", self.resident_bytes),
+            ("process_virtual_memory_bytes", "Virtual memory size in bytes.", self.virtual_bytes),
+            ("process_open_fds", "Number of open file descriptors.", self.open_fds),
+            ("process_max_fds", "Maximum number of open file descriptors (soft limit).", self.max_fds),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(value) = value {
+                family(out, name, "gauge", help);
+                sample(out, name, &[], value);
+            }
+        }
+        if let Some(seconds) = self.cpu_seconds {
+            family(out, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
+            sample_f64(out, "process_cpu_seconds_total", seconds);
+        }
+    }
+}
+
+/// A `Key:   123 kB` line of `/proc/self/status`, in KiB.
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(key)?.strip_prefix(':')?;
+        value.trim().strip_suffix("kB")?.trim().parse().ok()
+    })
+}
+
+/// The soft limit of `Max open files` in `/proc/self/limits`; `None` when
+/// it is `unlimited` (not a number).
+fn soft_fd_limit(limits: &str) -> Option<u64> {
+    let rest = limits.lines().find_map(|line| line.strip_prefix("Max open files"))?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// `utime + stime` from `/proc/self/stat`, in clock ticks. The command
+/// name (field 2) is in parentheses and may hold spaces and parentheses
+/// itself, so fields are counted from the last `)`: utime and stime are
+/// fields 14 and 15, the 12th and 13th after it.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, after) = stat.rsplit_once(')')?;
+    let mut fields = after.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 fn unix_seconds(at: SystemTime) -> f64 {
@@ -255,7 +370,9 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+/// One sample line; `value` is a count or, for durations, seconds (`f64`
+/// prints as `2.5`, `15`: no exponent for the values a config allows).
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl fmt::Display) {
     out.push_str(name);
     if !labels.is_empty() {
         out.push('{');
@@ -284,7 +401,6 @@ mod tests {
     use super::*;
     use crate::event::Client;
     use crate::wire::Protocol;
-    use std::time::Duration;
 
     fn client(listener: &str) -> Client<'_> {
         Client { id: "a", peer: "127.0.0.1:1".parse().expect("addr"), listener, proto: Protocol::Native, session: 1 }
@@ -307,6 +423,8 @@ mod tests {
         m.count_reload(false);
         let mut gauges = Gauges { connections: 3, wheel_timers: 2, subscribers: 1, ..Gauges::default() };
         gauges.listeners.insert("main".into(), (2, 5));
+        gauges.timing.insert("main".into(), (Duration::from_millis(2500), Duration::from_secs(15)));
+        gauges.timing.insert("idle".into(), (Duration::from_secs(3), Duration::ZERO));
         let text = m.render(&gauges);
         for line in [
             "heartbeatd_clients_online{listener=\"main\"} 2",
@@ -320,10 +438,40 @@ mod tests {
             "heartbeatd_last_reload_success 0",
             "heartbeatd_timer_wheel_timers 2",
             "# TYPE heartbeatd_offline_total counter",
+            "heartbeatd_listener_interval_seconds{listener=\"main\"} 2.5",
+            "heartbeatd_listener_timeout_seconds{listener=\"main\"} 15",
+            "heartbeatd_listener_timeout_seconds{listener=\"idle\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(text.contains("\nprocess_start_time_seconds "));
+        assert!(text
+            .lines()
+            .any(|l| l == concat!("heartbeatd_build_info{version=\"", env!("CARGO_PKG_VERSION"), "\"} 1")));
+        for family in ["process_resident_memory_bytes", "process_open_fds", "process_cpu_seconds_total"] {
+            assert!(text.contains(&format!("\n{family} ")), "no {family} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn proc_files_parse_into_process_stats() {
+        let status = "Name:\theartbeatd\nVmPeak:\t   9000 kB\nVmSize:\t    3892 kB\nVmRSS:\t    2104 kB\n";
+        assert_eq!(status_kib(status, "VmRSS"), Some(2104));
+        assert_eq!(status_kib(status, "VmSize"), Some(3892));
+        assert_eq!(status_kib(status, "VmSwap"), None);
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             96365                96365                processes \n\
+                      Max open files            20000                524288               files     \n";
+        assert_eq!(soft_fd_limit(limits), Some(20000));
+        assert_eq!(soft_fd_limit("Max open files            unlimited            unlimited            files\n"), None);
+        // A command name with a space and a parenthesis in it.
+        let stat = "4242 (heart (beat) d) S 1 4242 4242 0 -1 4194560 150 0 0 0 123 45 0 0 20 0 1 0 9876 3985408 526";
+        assert_eq!(cpu_ticks(stat), Some(168));
+        assert_eq!(cpu_ticks("garbage"), None);
+        let read = ProcessStats::read();
+        assert!(read.resident_bytes.is_some_and(|b| b > 0), "{read:?}");
+        assert!(read.open_fds.is_some_and(|n| n >= 3) && read.open_fds <= read.max_fds.or(Some(u64::MAX)), "{read:?}");
+        assert!(read.cpu_seconds.is_some_and(|s| s >= 0.0), "{read:?}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What the daemon shows of itself: the online clients as `/clients` and
-//! SIGUSR1 list them, and the live numbers `/metrics` adds to its counters.
+//! SIGUSR1 list them, and the live numbers `/metrics` adds to its counters
+//! (clients online, each listener's interval and timeout in force).
 //!
 //! A [`StatusView`] borrows the loop's tables read-only for the length of
 //! one request; it changes nothing and holds nothing.
@@ -12,16 +13,18 @@ use std::time::{Instant, SystemTime};
 use slab::Slab;
 
 use crate::api::{ClientView, HttpStats, View};
+use crate::config::ListenerConfig;
 use crate::http::feed::unix_ms;
 use crate::metrics::{Gauges, Metrics};
 use crate::server::Slot;
 use crate::sockopt;
 
-/// Listener names by listener key: what the view needs of the loop's
-/// listener table.
+/// What the view needs of the loop's listener table.
 pub trait ListenerNames {
     /// The name of the listener with this key ("" if there is none).
     fn name(&self, key: usize) -> &str;
+    /// The configuration in force of every listener in the table.
+    fn configs(&self) -> Vec<&ListenerConfig>;
 }
 
 /// The loop's tables, borrowed for one request.
@@ -100,6 +103,7 @@ impl View for StatusView<'_> {
             subscribers: http.subscribers,
             subscribers_dropped: http.subscribers_dropped,
             http_requests: http.requests,
+            timing: self.listeners.configs().into_iter().map(|c| (c.name.clone(), (c.interval, c.timeout))).collect(),
         };
         self.metrics.render(&gauges)
     }

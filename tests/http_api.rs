@@ -166,6 +166,35 @@ fn clients_shows_exactly_the_connected_clients_with_their_fields() {
     missing.check_length();
 }
 
+/// Checks that `r` is an API error: `status`, and the body
+/// `{"error": "...", "status": status}` as `application/json`. Returns the
+/// message.
+fn check_error(r: &Response, status: u16, what: &str) -> String {
+    assert_eq!(r.status, status, "{what}: {}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"), "{what}: {}", r.text());
+    r.check_length();
+    let body = r.json();
+    assert_eq!(body["status"].as_u64(), Some(u64::from(status)), "{what}: {body}");
+    let message = body["error"].as_str().unwrap_or_else(|| panic!("{what}: no `error` text in {body}"));
+    assert!(!message.is_empty(), "{what}: an empty message");
+    assert_eq!(body.as_object().map(|o| o.len()), Some(2), "{what}: only `error` and `status`: {body}");
+    message.to_owned()
+}
+
+#[test]
+fn api_errors_are_json_with_their_status() {
+    let s = setup("");
+    let missing = check_error(&get(s.http, "/clients/nope"), 404, "an unknown client");
+    assert!(missing.contains("\"nope\""), "the message names the id: {missing}");
+    let unknown = check_error(&get(s.http, "/nope"), 404, "an unknown path");
+    assert!(unknown.contains("/clients"), "the message says what exists: {unknown}");
+    check_error(&get(s.http, "/clients/%zz"), 400, "a malformed client id");
+    let post = exchange(s.http, b"POST /clients HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    check_error(&post, 405, "POST");
+    // Refused before routing (the request head itself): the same shape.
+    check_error(&exchange(s.http, b"GET / HTTP/9\r\n\r\n"), 400, "a malformed request");
+}
+
 #[test]
 fn head_answers_with_the_headers_of_get_and_no_body() {
     let s = setup("");
@@ -436,6 +465,73 @@ fn metrics_parse_as_prometheus_text_and_follow_its_naming_rules() {
     let started = m.value("process_start_time_seconds", &[]);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs_f64();
     assert!(started <= now && started > now - 60.0, "process_start_time_seconds {started} vs now {now}");
+}
+
+/// The kind of family `name` (`# TYPE` line), if the page has one.
+fn family_type<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| l.strip_prefix("# TYPE ")?.strip_prefix(name)?.strip_prefix(' '))
+}
+
+#[test]
+fn process_metrics_and_build_info_are_there_and_sane() {
+    let s = setup("");
+    let _l = PlainClient::connect(s.old);
+    let m = scrape(s.http);
+    for (name, kind) in [
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_start_time_seconds", "gauge"),
+        ("heartbeatd_build_info", "gauge"),
+    ] {
+        assert_eq!(family_type(&m.text, name), Some(kind), "{name} in\n{}", m.text);
+    }
+    let rss = m.value("process_resident_memory_bytes", &[]);
+    let vsz = m.value("process_virtual_memory_bytes", &[]);
+    assert!(rss > 1024.0 * 1024.0 && rss < 1024.0 * 1024.0 * 1024.0, "resident memory {rss}");
+    assert!(vsz >= rss, "virtual {vsz} < resident {rss}");
+
+    // The daemon's own fd table, counted from outside, between scrapes.
+    let pid = s.d.pid();
+    let count = || std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the daemon's fd table").count() as f64;
+    let before = count();
+    let open = scrape(s.http).value("process_open_fds", &[]);
+    let after = count();
+    // The scrape's own connection may or may not be counted from outside.
+    let (low, high) = (before.min(after), before.max(after) + 1.0);
+    assert!(open >= low && open <= high, "process_open_fds {open}, counted {before} then {after}");
+    let max = m.value("process_max_fds", &[]);
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("the daemon's limits");
+    let soft: f64 = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("a numeric soft fd limit");
+    assert_eq!(max, soft, "process_max_fds is the soft RLIMIT_NOFILE");
+
+    let cpu = m.value("process_cpu_seconds_total", &[]);
+    let started = m.value("process_start_time_seconds", &[]);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs_f64();
+    assert!(cpu >= 0.0 && cpu <= (now - started) * 2.0 + 1.0, "cpu {cpu}s for a process up {}s", now - started);
+
+    let version = [("version", env!("CARGO_PKG_VERSION"))];
+    assert_eq!(m.value("heartbeatd_build_info", &version), 1.0);
+}
+
+#[test]
+fn metrics_show_each_listeners_interval_and_timeout() {
+    let listeners = [native("main", PATIENT), raw("bytes", "interval = \"250ms\"\ntimeout = \"0s\"")];
+    let d = Daemon::start(&with_http(&config(TICK, "", &listeners), ""));
+    let m = scrape(http_addr(&d));
+    assert_eq!(family_type(&m.text, "heartbeatd_listener_interval_seconds"), Some("gauge"));
+    assert_eq!(family_type(&m.text, "heartbeatd_listener_timeout_seconds"), Some("gauge"));
+    assert_eq!(m.value("heartbeatd_listener_interval_seconds", &[("listener", "main")]), 2.0);
+    assert_eq!(m.value("heartbeatd_listener_timeout_seconds", &[("listener", "main")]), 10.0, "interval × misses");
+    assert_eq!(m.value("heartbeatd_listener_interval_seconds", &[("listener", "bytes")]), 0.25);
+    assert_eq!(m.value("heartbeatd_listener_timeout_seconds", &[("listener", "bytes")]), 0.0, "no silence timeout");
 }
 
 // ---------------------------------------------------------------------------
@@ -828,6 +924,7 @@ fn connections_past_max_connections_get_503() {
         assert!(!matches!(ending, Ending::Open), "the connection past the limit was kept open");
         let r = Response::parse(&bytes);
         assert_eq!(r.status, 503, "{}", r.text());
+        check_error(&r, 503, "past max_connections");
         d.wait("http-refused");
         drop(idle);
         // Once the idle ones are gone, requests are served again.

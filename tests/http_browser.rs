@@ -5,7 +5,12 @@
 //! `/clients`, "last seen" ticking between events, per-listener counts, and
 //! when the client is dropped its row going and its offline event showing
 //! with the reason, and the feed's state turning to `reconnecting` when
-//! the daemon stops. Screenshots (desktop and phone width) are saved under
+//! the daemon stops. Until its first data arrives the page says it is
+//! loading rather than claiming "0 online" or "no offline events" (checked
+//! with the data URLs blocked); each listener shows its interval and
+//! timeout and its offline count is labelled as events; a client silent
+//! for more than one interval is marked late, and unmarked once it beats.
+//! Screenshots (desktop and phone width) are saved under
 //! `target/test-artifacts/` for a person to look at.
 //!
 //! Without Chromium the test says `skipped` and passes, except under
@@ -154,19 +159,33 @@ impl Cdp {
         }
     }
 
-    /// Opens a new page on `url` and attaches to it.
-    fn open(&mut self, url: &str, width: u32, height: u32) {
+    /// Opens a new page on `url` and attaches to it; requests to URLs
+    /// matching `blocked` (DevTools patterns, `*` wildcards) fail. Returns
+    /// the page's target id.
+    fn open(&mut self, url: &str, width: u32, height: u32, blocked: &[&str]) -> String {
         let target = self.call("Target.createTarget", json!({ "url": "about:blank" }));
         let target_id = target["targetId"].as_str().expect("a targetId").to_owned();
         let attached = self.call("Target.attachToTarget", json!({ "targetId": target_id, "flatten": true }));
         self.session = Some(attached["sessionId"].as_str().expect("a sessionId").to_owned());
         self.call("Runtime.enable", json!({}));
+        if !blocked.is_empty() {
+            self.call("Network.enable", json!({}));
+            self.call("Network.setBlockedURLs", json!({ "urls": blocked }));
+        }
         self.viewport(width, height, 1.0, false);
         self.call("Page.navigate", json!({ "url": url }));
         // Page.navigate answers once the navigation starts; until the new
         // document has loaded, evaluations still run in about:blank.
         let loaded = format!("location.href === {} && document.readyState === 'complete'", json!(url));
         self.wait_for(&format!("{url} loaded"), &loaded);
+        target_id
+    }
+
+    /// Closes a page opened by [`Cdp::open`]; commands then go to the
+    /// browser until the next `open`.
+    fn close(&mut self, target_id: &str) {
+        self.session = None;
+        self.call("Target.closeTarget", json!({ "targetId": target_id }));
     }
 
     fn viewport(&mut self, width: u32, height: u32, scale: f64, mobile: bool) {
@@ -261,7 +280,26 @@ fn the_dashboard_shows_clients_come_and_go_live() {
 
     let browser = Chromium::launch(&chromium);
     let mut page = Cdp::connect(&browser.ws_url);
-    page.open(&format!("http://{http}/"), 1200, 860);
+
+    // Before any data arrives (the data URLs blocked), the page says it is
+    // loading: no "0" and no "nothing went offline" it does not know yet.
+    let blank = page.open(&format!("http://{http}/"), 1200, 860, &["*/events*", "*/clients*", "*/metrics*"]);
+    thread::sleep(Duration::from_millis(300));
+    let loading = page.eval(
+        "[document.getElementById('online-count').textContent, document.getElementById('no-clients').textContent, \
+          document.getElementById('no-offline').textContent, document.querySelector('main').dataset.loading, \
+          document.getElementById('no-offline').hidden]",
+    );
+    assert_eq!(loading[0], json!("–"), "no count before the snapshot: {loading}");
+    let text = |i: usize| loading[i].as_str().unwrap_or_default().to_owned();
+    assert!(text(1).starts_with("Loading"), "the clients table says it is loading: {loading}");
+    assert!(text(2).starts_with("Loading"), "the offline list says it is loading: {loading}");
+    assert_eq!(loading[3], json!("true"), "main[data-loading]: {loading}");
+    assert_eq!(loading[4], json!(false), "the offline placeholder shows (as loading): {loading}");
+    save("dashboard-loading.png", &page.screenshot());
+    page.close(&blank);
+
+    page.open(&format!("http://{http}/"), 1200, 860, &[]);
     page.wait_for("the feed connected", "document.getElementById('feed-state').dataset.state === 'live'");
     page.wait_for(
         "the snapshot's clients",
@@ -292,6 +330,7 @@ fn the_dashboard_shows_clients_come_and_go_live() {
         &format!("(() => {{ const t = {}; return t && t !== '–' ? t : null; }})()", cell_js(dev_w.session, "rtt")),
     );
     assert!(rtt.as_str().is_some_and(|t| t.ends_with("µs") || t.ends_with("ms")), "RTT cell: {rtt}");
+    assert_eq!(page.eval(&format!("document.querySelector('{row}').dataset.late")), json!("false"), "dev-42 beats");
     page.wait_for(
         "3 online on main",
         "document.querySelector('#listeners li[data-listener=\"main\"]')?.dataset.online === '3'",
@@ -301,6 +340,18 @@ fn the_dashboard_shows_clients_come_and_go_live() {
         "document.querySelector('#listeners li[data-listener=\"spare\"]')?.dataset.online === '0'",
     );
     assert_eq!(page.eval("document.getElementById('online-count').textContent"), json!("4"));
+    assert_eq!(page.eval("document.querySelector('main').dataset.loading"), json!("false"));
+    assert_eq!(page.eval("document.getElementById('no-offline').hidden"), json!(true), "offline events are listed");
+
+    // Each listener shows its interval and timeout (from /metrics), and its
+    // offline number says it counts events, not clients.
+    let timing = page.wait_for(
+        "main's interval and timeout",
+        "document.querySelector('#listeners li[data-listener=\"main\"] [data-field=\"timing\"]')?.textContent",
+    );
+    assert_eq!(timing, json!("every 5s · offline after 15s"), "main's timing");
+    let nums = page.eval("document.querySelector('#listeners li[data-listener=\"main\"] .nums').textContent");
+    assert!(nums.as_str().is_some_and(|t| t.contains("offline events")), "main's counts: {nums}");
 
     // "Last seen" ticks in the page between events.
     let seen = page.eval(&cell_js(door_w.session, "last-seen"));
@@ -323,9 +374,19 @@ fn the_dashboard_shows_clients_come_and_go_live() {
         "document.querySelector('#listeners li[data-listener=\"main\"]')?.dataset.online === '2'",
     );
 
+    // Silent for more than one interval (5s): marked late; after a
+    // heartbeat, unmarked within a refresh (every second).
+    let door_row = format!("#clients tr[data-session=\"{}\"]", door_w.session);
+    page.wait_for("front-door marked late", &format!("document.querySelector('{door_row}')?.dataset.late === 'true'"));
+    let seen = page.eval(&cell_js(door_w.session, "last-seen"));
+    assert!(seen.as_str().is_some_and(|t| t.contains("late")), "the late client's last-seen cell says so: {seen}");
+
     // Keep the others alive for the pictures, then take them.
     kitchen.round_trip(b"k");
     door.round_trip(b"d");
+    let began_beat = Instant::now();
+    page.wait_for("front-door unmarked", &format!("document.querySelector('{door_row}')?.dataset.late === 'false'"));
+    assert!(began_beat.elapsed() < Duration::from_secs(3), "unmarked {:?} after its heartbeat", began_beat.elapsed());
     page.wait_for(
         "RTTs for all",
         "[...document.querySelectorAll('#clients td[data-field=\"rtt\"]')].every(td => td.textContent !== '–')",

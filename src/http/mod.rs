@@ -252,7 +252,9 @@ impl Http {
                     if self.conns.len() >= self.cfg.max_connections {
                         warn!("http-refused peer={peer} limit=max_connections value={}", self.cfg.max_connections);
                         let mut out = Vec::new();
-                        response_head(&mut out, 503, "text/plain; charset=utf-8", 0);
+                        let body = routes::error_body(503, "too many HTTP connections (http.max_connections)");
+                        response_head(&mut out, 503, routes::ERROR_CONTENT_TYPE, body.len());
+                        out.extend_from_slice(&body);
                         // Best effort on a fresh socket; the close says the rest.
                         let _ = stream.write(&out);
                         continue;
@@ -428,13 +430,14 @@ fn snapshot(conn: &mut HttpConn, feed: &Feed, view: &dyn View) {
     conn.out.extend_from_slice(feed::message(Some(feed.last_id()), "snapshot", &data).as_bytes());
 }
 
-/// Queues a plain-text error response and forgets the request.
+/// Queues an error response (JSON, as every API error) and forgets the
+/// request.
 fn queue_error(conn: &mut HttpConn, status: u16, message: &str) {
     conn.request = Vec::new();
     conn.phase = Phase::Replying;
-    let body = format!("{message}\n");
-    response_head(&mut conn.out, status, "text/plain; charset=utf-8", body.len());
-    conn.out.extend_from_slice(body.as_bytes());
+    let body = routes::error_body(status, message);
+    response_head(&mut conn.out, status, routes::ERROR_CONTENT_TYPE, body.len());
+    conn.out.extend_from_slice(&body);
 }
 
 /// A response head; every response but the event stream closes after.

@@ -9,6 +9,10 @@
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /events` | Server-Sent Events feed (see `feed`) |
 //! | anything else | 404, or 405 for a method other than GET/HEAD |
+//!
+//! Invariant: every error reply (4xx, 5xx) is [`Reply::error`]: a JSON
+//! object `{"error": "<what went wrong, and what to try>", "status": N}`
+//! served as `application/json`, the same shape for every path.
 
 use serde::Serialize;
 
@@ -37,9 +41,9 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// A plain-text response.
-    pub fn text(status: u16, body: &str) -> Reply {
-        Reply::Full { status, content_type: "text/plain; charset=utf-8", body: format!("{body}\n").into_bytes() }
+    /// An error response: `{"error": message, "status": status}`.
+    pub fn error(status: u16, message: &str) -> Reply {
+        Reply::Full { status, content_type: ERROR_CONTENT_TYPE, body: error_body(status, message) }
     }
 
     fn json(value: &impl Serialize) -> Reply {
@@ -48,9 +52,20 @@ impl Reply {
                 body.push(b'\n');
                 Reply::Full { status: 200, content_type: "application/json", body }
             }
-            Err(e) => Reply::text(500, &format!("encoding JSON: {e}")),
+            Err(e) => Reply::error(500, &format!("encoding JSON: {e}")),
         }
     }
+}
+
+/// The `Content-Type` of every error response.
+pub const ERROR_CONTENT_TYPE: &str = "application/json";
+
+/// The body of an error response, newline-terminated like every JSON
+/// reply: `{"error": message, "status": status}`.
+pub fn error_body(status: u16, message: &str) -> Vec<u8> {
+    let mut body = serde_json::json!({ "error": message, "status": status }).to_string().into_bytes();
+    body.push(b'\n');
+    body
 }
 
 /// The reason phrase of a status code this server uses.
@@ -72,7 +87,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
 /// query); `last_event_id` is the `Last-Event-ID` header, if any.
 pub fn route(method: &str, target: &str, last_event_id: Option<&str>, view: &dyn View, stats: &HttpStats) -> Reply {
     if method != "GET" && method != "HEAD" {
-        return Reply::text(405, "only GET and HEAD are served");
+        return Reply::error(405, "only GET and HEAD are served");
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match path {
@@ -92,10 +107,10 @@ pub fn route(method: &str, target: &str, last_event_id: Option<&str>, view: &dyn
         _ => match path.strip_prefix("/clients/").map(percent_decode) {
             Some(Some(id)) => match view.client(&id) {
                 Some(client) => Reply::json(&client),
-                None => Reply::text(404, &format!("no client {id:?} is online")),
+                None => Reply::error(404, &format!("no client {id:?} is online")),
             },
-            Some(None) => Reply::text(400, "malformed percent-encoding in the client id"),
-            None => Reply::text(404, "not found: try /, /clients, /clients/{id}, /metrics or /events"),
+            Some(None) => Reply::error(400, "malformed percent-encoding in the client id"),
+            None => Reply::error(404, "not found: try /, /clients, /clients/{id}, /metrics or /events"),
         },
     }
 }
@@ -198,6 +213,33 @@ mod tests {
         assert_eq!(route("GET", "/events", Some("junk"), &v, &STATS), Reply::Events { last_event_id: None });
         assert_eq!(status(&route("POST", "/clients", None, &v, &STATS)), 405);
         assert_eq!(status(&route("GET", "/nope", None, &v, &STATS)), 404);
+    }
+
+    /// Every error the router gives is `{"error": "...", "status": N}` as
+    /// `application/json`, so scripts parse one shape whatever went wrong.
+    #[test]
+    fn errors_are_json_with_the_status_inside() {
+        let v = view();
+        for (method, target, expected) in [
+            ("GET", "/clients/nope", 404),
+            ("GET", "/nope", 404),
+            ("GET", "/clients/%zz", 400),
+            ("POST", "/clients", 405),
+            ("DELETE", "/", 405),
+        ] {
+            let reply = route(method, target, None, &v, &STATS);
+            let Reply::Full { status, content_type, body } = &reply else { panic!("{method} {target}: {reply:?}") };
+            assert_eq!(*status, expected, "{method} {target}");
+            assert_eq!(*content_type, "application/json", "{method} {target}");
+            let json: serde_json::Value = serde_json::from_slice(body).expect("an error body is JSON");
+            assert_eq!(json["status"], expected, "{method} {target}: {json}");
+            let message = json["error"].as_str().unwrap_or_else(|| panic!("no error text: {json}"));
+            assert!(!message.is_empty(), "{method} {target}: {json}");
+            assert_eq!(json.as_object().map(|o| o.len()), Some(2), "only error and status: {json}");
+        }
+        let missing: serde_json::Value =
+            serde_json::from_str(&body(&route("GET", "/clients/nope", None, &v, &STATS))).expect("json");
+        assert_eq!(missing["error"], "no client \"nope\" is online", "the message names the id");
     }
 
     #[test]

@@ -265,6 +265,10 @@ impl ListenerNames for Slab<Listener> {
     fn name(&self, key: usize) -> &str {
         self.get(key).map_or("", |l| l.cfg.name.as_str())
     }
+
+    fn configs(&self) -> Vec<&ListenerConfig> {
+        self.iter().map(|(_, l)| &l.cfg).collect()
+    }
 }
 
 impl Listener {
