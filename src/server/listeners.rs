@@ -78,7 +78,10 @@ impl Server {
             tcp
         );
         self.metrics.add_listener(&cfg.name);
-        entry.insert(Listener { cfg, socket: Some(socket), paused: false, exhausted_since: None });
+        // A bound socket got its options before listen(); an adopted one may
+        // hold connections systemd queued before them.
+        let inherits_tcp = origin == "bound";
+        entry.insert(Listener { cfg, socket: Some(socket), paused: false, exhausted_since: None, inherits_tcp });
         Ok(())
     }
 
@@ -120,7 +123,13 @@ impl Server {
                     }
                     self.admit(lkey, stream, peer, now);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The backlog is empty: whatever is accepted from now on
+                    // completes its handshake after the listener got its
+                    // options, and is cloned with them.
+                    self.listeners[lkey].inherits_tcp = true;
+                    return;
+                }
                 Err(e) if is_resource_exhaustion(&e) => {
                     self.metrics.count_accept_error(&l.cfg.name);
                     // Accepting again at once would fail again and, with a
@@ -180,7 +189,7 @@ impl Server {
             }
             return;
         }
-        if let Err(e) = sockopt::apply(&stream, &cfg.tcp) {
+        if let Err(e) = sockopt::apply_accepted(&stream, &cfg.tcp, self.listeners[lkey].inherits_tcp) {
             warn!("sockopt-failed peer={} listener={} error={}", peer, Logfmt(&cfg.name), Logfmt(&e.to_string()));
         }
         let entry = self.conns.vacant_entry();

@@ -145,6 +145,10 @@ struct Listener {
     /// When accepting first failed for lack of fds, until an accept works
     /// again: one warning per episode, not one per retry.
     exhausted_since: Option<Instant>,
+    /// Sockets accepted now inherit `cfg.tcp` from the listener, so admit
+    /// sets no option (`sockopt::apply_accepted`). False while the backlog
+    /// may hold connections cloned before the listener got its options.
+    inherits_tcp: bool,
 }
 
 impl ListenerNames for Slab<Listener> {

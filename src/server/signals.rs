@@ -158,6 +158,8 @@ impl Server {
     /// clients when their interval or timeout changed.
     pub(super) fn update_listener(&mut self, lkey: usize, cfg: ListenerConfig, now: Instant) {
         let old = std::mem::replace(&mut self.listeners[lkey].cfg, cfg);
+        // Connections queued now were cloned with the old options.
+        self.listeners[lkey].inherits_tcp &= old.tcp == self.listeners[lkey].cfg.tcp;
         let l = &self.listeners[lkey];
         let timing = old.interval != l.cfg.interval || old.timeout != l.cfg.timeout;
         let tcp = old.tcp != l.cfg.tcp;
