@@ -69,6 +69,9 @@ pub struct HttpConfig {
 pub struct DaemonConfig {
     /// Timer wheel resolution: deadlines fire at most one tick late.
     pub tick: Duration,
+    /// Longest nap after a busy round before the loop polls again (wakeup
+    /// coalescing, `server/coalesce.rs`); zero is off. Shorter than `tick`.
+    pub coalesce: Duration,
     /// Most connections at once, over all listeners.
     pub max_clients: usize,
     /// Most connections from one IP address; 0 means no limit.
@@ -261,6 +264,9 @@ const MAX_DURATION_TEXT: &str = "4294967295ms (about 49.7 days)";
 const DEFAULT_TICK: Duration = Duration::from_millis(100);
 const MIN_TICK: Duration = Duration::from_millis(1);
 const MAX_TICK: Duration = Duration::from_secs(1);
+/// `[daemon] coalesce` default, measured in docs/BENCHMARKS.md; off when the
+/// tick is not longer.
+const DEFAULT_COALESCE: Duration = Duration::from_millis(1);
 /// `[daemon] max_clients` default.
 const DEFAULT_MAX_CLIENTS: usize = 65536;
 /// `[daemon] max_clients` range: 16 Mi connections is far past any fd
@@ -322,6 +328,7 @@ struct RawHttp {
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
     tick: Option<Spanned<String>>,
+    coalesce: Option<Spanned<String>>,
     max_clients: Option<Spanned<i64>>,
     max_per_address: Option<Spanned<i64>>,
     shutdown_grace: Option<Spanned<String>>,
@@ -478,8 +485,26 @@ impl Source<'_> {
                 }
             },
         };
+        let tick = self.duration_in(raw.tick.as_ref(), "daemon.tick", MIN_TICK..=MAX_TICK, DEFAULT_TICK)?;
+        let coalesce = match &raw.coalesce {
+            // The default must not refuse a config whose tick is 1 ms.
+            None if DEFAULT_COALESCE < tick => DEFAULT_COALESCE,
+            None => Duration::ZERO,
+            Some(value) => {
+                let coalesce = self.duration(value, "daemon.coalesce")?;
+                if coalesce >= tick {
+                    return Err(self.at(
+                        value,
+                        "daemon.coalesce",
+                        format!("must be shorter than the tick ({}), got {}", show(tick), show(coalesce)),
+                    ));
+                }
+                coalesce
+            }
+        };
         Ok(DaemonConfig {
-            tick: self.duration_in(raw.tick.as_ref(), "daemon.tick", MIN_TICK..=MAX_TICK, DEFAULT_TICK)?,
+            tick,
+            coalesce,
             max_clients: self.int_in(
                 raw.max_clients.as_ref(),
                 "daemon.max_clients",
@@ -1108,6 +1133,7 @@ mod tests {
         let expected = Config {
             daemon: DaemonConfig {
                 tick: ms(100),
+                coalesce: ms(1),
                 max_clients: 65536,
                 max_per_address: 0,
                 shutdown_grace: secs(5),
@@ -1167,7 +1193,7 @@ mod tests {
             assert_eq!(config, embedded().unwrap(), "uncommented {line:?}");
             checked += 1;
         }
-        assert_eq!(checked, 17);
+        assert_eq!(checked, 18);
     }
 
     #[test]
@@ -1267,6 +1293,7 @@ mod tests {
             config.daemon,
             DaemonConfig {
                 tick: ms(100),
+                coalesce: ms(1),
                 max_clients: 65536,
                 max_per_address: 0,
                 shutdown_grace: secs(5),
@@ -1282,8 +1309,23 @@ mod tests {
     }
 
     #[test]
+    fn coalesce_is_shorter_than_the_tick_and_off_by_default_at_a_1ms_tick() {
+        let daemon = |table: &str| format!("[daemon]\n{table}\n{}", listener(""));
+        assert_eq!(parse_ok(&daemon("coalesce = \"0s\"")).daemon.coalesce, Duration::ZERO);
+        assert_eq!(parse_ok(&daemon("tick = \"1ms\"")).daemon.coalesce, Duration::ZERO);
+        assert_eq!(parse_ok(&daemon("tick = \"2ms\"")).daemon.coalesce, ms(1));
+        assert_err(
+            &daemon("tick = \"5ms\"\ncoalesce = \"5ms\""),
+            3,
+            "daemon.coalesce",
+            "shorter than the tick (5ms), got 5ms",
+        );
+        assert_err(&daemon("coalesce = \"500us\""), 2, "daemon.coalesce", "not a whole number of milliseconds");
+    }
+
+    #[test]
     fn all_values_are_read() {
-        let text = "[daemon]\ntick = \"10ms\"\nmax_clients = 7\nmax_per_address = 2\n\
+        let text = "[daemon]\ntick = \"10ms\"\ncoalesce = \"3ms\"\nmax_clients = 7\nmax_per_address = 2\n\
                     shutdown_grace = \"0s\"\nlog_level = \"trace\"\n"
             .to_owned()
             + &listener(
@@ -1292,7 +1334,7 @@ mod tests {
                  [listener.tcp]\nkeepalive_idle = \"0s\"\nkeepalive_count = 9\nnodelay = false\n",
             );
         let config = parse_ok(&text);
-        assert_eq!(config.daemon.tick, ms(10));
+        assert_eq!((config.daemon.tick, config.daemon.coalesce), (ms(10), ms(3)));
         assert_eq!((config.daemon.max_clients, config.daemon.max_per_address), (7, 2));
         assert_eq!(config.daemon.shutdown_grace, Duration::ZERO);
         assert_eq!(config.daemon.log_level, log::LevelFilter::Trace);

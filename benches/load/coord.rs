@@ -110,10 +110,14 @@ pub fn run(args: &Args) -> Result<(), String> {
     let pids: Vec<u32> = workers.iter().map(|w| w.child.id()).collect();
     let mut ctx = Ctx { args, workers, pids };
     match &args.mode {
-        Mode::Rate { rate, warmup, secs } => {
-            let m =
-                ctx.step(|share| format!("rate rate={} warmup={warmup} secs={secs}", rate * share), *warmup, *secs)?;
-            emit("rate", &format!("offered_per_s={rate:.0} {}", m.fields()));
+        Mode::Rate { rate, warmup, secs, even } => {
+            let even = u8::from(*even);
+            let m = ctx.step(
+                |share| format!("rate rate={} warmup={warmup} secs={secs} even={even}", rate * share),
+                *warmup,
+                *secs,
+            )?;
+            emit("rate", &format!("offered_per_s={rate:.0} even={even} {}", m.fields()));
         }
         Mode::Max { window, warmup, secs } => {
             let m = ctx.step(|_| format!("max window={window} warmup={warmup} secs={secs}"), *warmup, *secs)?;
