@@ -15,6 +15,10 @@
 //! - never naps while idle: the last round must have handled I/O events, and
 //!   the arrival rate must fill a nap of the knob with at least [`BATCH`]
 //!   events (below that a nap saves less than it costs);
+//! - never naps while saturated (the last poll filled its event buffer: more
+//!   is already waiting) nor after a round that accepted connections (a
+//!   connect storm is batched by the accept budget already, and its clients
+//!   should get online without waiting);
 //! - a nap never exceeds the knob, nor the loop's own poll timeout (the next
 //!   wheel deadline, the HTTP deadlines, the end of a shutdown), and there is
 //!   none when the loop has work left over (a zero timeout);
@@ -33,6 +37,30 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
+
+/// What the loop saw in one round, as far as the policy cares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Round {
+    /// I/O events the poll returned.
+    pub(crate) events: usize,
+    /// They filled the event buffer.
+    pub(crate) full: bool,
+    /// One of them was a listening socket's.
+    pub(crate) accepted: bool,
+}
+
+impl Round {
+    /// Describes a poll's batch; `listener` tells a listening socket's token.
+    pub(crate) fn of(events: &Events, listener: impl Fn(Token) -> bool) -> Round {
+        let mut round = Round::default();
+        for event in events.iter() {
+            round.events += 1;
+            round.accepted |= listener(event.token());
+        }
+        round.full = round.events >= events.capacity();
+        round
+    }
+}
 use signal_hook_mio::v1_0::Signals;
 
 /// Events a nap of the whole knob must be expected to collect before the
@@ -55,15 +83,15 @@ pub(crate) struct Policy {
     rate: f64,
     /// When the last round was observed.
     last: Option<Instant>,
-    /// I/O events of the last round.
-    events: usize,
+    /// The last round.
+    round: Round,
 }
 
 impl Policy {
-    /// Records a round that handled `events` I/O events at `now`.
-    pub(crate) fn observe(&mut self, now: Instant, events: usize) {
+    /// Records a round whose poll returned at `now`.
+    pub(crate) fn observe(&mut self, now: Instant, round: Round) {
         let tau = RATE_WINDOW.as_secs_f64();
-        let n = events as f64;
+        let n = round.events as f64;
         let dt = self.last.map_or(0.0, |last| now.saturating_duration_since(last).as_secs_f64());
         let decay = (-dt / tau).exp();
         // The round's events arrived over the `dt` since the last round: a
@@ -73,14 +101,15 @@ impl Policy {
         let fresh = if dt > 0.0 { n / dt * (1.0 - decay) } else { n / tau };
         self.rate = self.rate * decay + fresh;
         self.last = Some(now);
-        self.events = events;
+        self.round = round;
     }
 
     /// How long the loop may nap before its next poll, at most `max`, given
     /// the poll's own `timeout` (`None`: no deadline). `None` when it must
     /// poll at once.
     pub(crate) fn nap(&self, max: Duration, timeout: Option<Duration>) -> Option<Duration> {
-        if max.is_zero() || self.events == 0 || self.rate * max.as_secs_f64() < BATCH {
+        let r = self.round;
+        if max.is_zero() || r.events == 0 || r.full || r.accepted || self.rate * max.as_secs_f64() < BATCH {
             return None;
         }
         Some(timeout.map_or(max, |t| t.min(max))).filter(|nap| !nap.is_zero())
@@ -109,8 +138,8 @@ impl Coalescer {
     }
 
     /// Records a round: see [`Policy::observe`].
-    pub(crate) fn observe(&mut self, now: Instant, events: usize) {
-        self.policy.observe(now, events);
+    pub(crate) fn observe(&mut self, now: Instant, round: Round) {
+        self.policy.observe(now, round);
     }
 
     /// Naps if the policy says so (see [`Policy::nap`]); true if it did, so
@@ -135,6 +164,11 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// A round of `events` connection events.
+    fn busy(events: usize) -> Round {
+        Round { events, ..Round::default() }
+    }
+
     /// A policy that saw `rounds` rounds of `events` each, `every` apart,
     /// ending at the returned instant.
     fn steady(events: usize, every: Duration, rounds: u32) -> (Policy, Instant) {
@@ -142,7 +176,7 @@ mod tests {
         let mut now = Instant::now();
         for _ in 0..rounds {
             now += every;
-            p.observe(now, events);
+            p.observe(now, busy(events));
         }
         (p, now)
     }
@@ -195,6 +229,31 @@ mod tests {
     }
 
     #[test]
+    fn no_nap_when_saturated_or_accepting() {
+        let (mut p, now) = steady(500, MS, 200);
+        p.observe(now + MS, Round { events: 1024, full: true, accepted: false });
+        assert_eq!(p.nap(MS, None), None);
+        p.observe(now + 2 * MS, Round { events: 500, full: false, accepted: true });
+        assert_eq!(p.nap(MS, None), None);
+        p.observe(now + 3 * MS, busy(500));
+        assert_eq!(p.nap(MS, None), Some(MS));
+    }
+
+    #[test]
+    fn a_round_describes_its_poll() {
+        let mut poll = Poll::new().expect("poll");
+        let mut events = Events::with_capacity(1);
+        poll.poll(&mut events, Some(Duration::ZERO)).expect("poll");
+        assert_eq!(Round::of(&events, |_| true), Round::default());
+        let (mut a, mut b) = mio::net::UnixStream::pair().expect("pair");
+        poll.registry().register(&mut a, Token(7), Interest::READABLE).expect("register");
+        std::io::Write::write_all(&mut b, b"x").expect("write");
+        poll.poll(&mut events, Some(Duration::from_secs(5))).expect("poll");
+        assert_eq!(Round::of(&events, |t| t == Token(7)), Round { events: 1, full: true, accepted: true });
+        assert_eq!(Round::of(&events, |_| false), Round { events: 1, full: true, accepted: false });
+    }
+
+    #[test]
     fn work_left_over_means_no_nap() {
         let (p, _) = steady(500, MS, 200);
         assert_eq!(p.nap(MS, Some(Duration::ZERO)), None);
@@ -206,10 +265,10 @@ mod tests {
         assert_eq!(Policy::default().nap(MS, None), None);
         // A busy spell, then a round woken by a timer alone: no nap.
         let (mut p, now) = steady(30, MS, 200);
-        p.observe(now + MS, 0);
+        p.observe(now + MS, busy(0));
         assert_eq!(p.nap(MS, None), None);
         // The first event after a quiet second finds the rate decayed.
-        p.observe(now + Duration::from_secs(1), 1);
+        p.observe(now + Duration::from_secs(1), busy(1));
         assert!(p.rate < 200.0, "rate {}", p.rate);
         assert_eq!(p.nap(MS, None), None);
     }
@@ -218,7 +277,7 @@ mod tests {
     fn a_load_that_stops_is_forgotten_within_tens_of_milliseconds() {
         let (mut p, now) = steady(30, MS, 200);
         // One straggler 50 ms later: 30,000 × e^-5 + 20 ≈ 220/s.
-        p.observe(now + 50 * MS, 1);
+        p.observe(now + 50 * MS, busy(1));
         assert_eq!(p.nap(MS, None), None);
     }
 

@@ -302,7 +302,8 @@ impl Server {
                 return Err(ServerError { op: "polling".into(), source: e });
             }
             let now = Instant::now();
-            self.coalesce.observe(now, events.iter().count());
+            self.coalesce
+                .observe(now, coalesce::Round::of(&events, |Token(t)| (LISTENER_BASE..HTTP_BASE).contains(&t)));
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => self.on_signals(now),
