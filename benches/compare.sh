@@ -292,13 +292,13 @@ phase_load() {
 # phase_paced VARIANT ROUND: the paced rows for heartbeatd (its default
 # coalescing), heartbeatd-nocoalesce (coalesce = "0s") or mosquitto.
 phase_paced() {
-  local v=$1 r=$2 s=$1 rate
+  local v=$1 r=$2 s=$1 pr
   [ "$v" = heartbeatd-nocoalesce ] && s=heartbeatd && hbd_extra='coalesce = "0s"'
   [ -n "$rt" ] && sched=(chrt -f 1)
   echo "compare: $v: CPU per heartbeat, paced evenly at ${paced_rates[*]}/s over $paced_clients clients (round $r of $reps)" >&2
   start "$s" "paced-$v" 100ms 15s 10 warn none
-  for rate in "${paced_rates[@]}"; do
-    gen "$s" "$v-paced-$rate-$r.out" "$paced_clients" rate --rate "$rate" --even --warmup "$paced_warmup" --secs "$paced_secs"
+  for pr in "${paced_rates[@]}"; do
+    gen "$s" "$v-paced-$pr-$r.out" "$paced_clients" rate --rate "$pr" --even --warmup "$paced_warmup" --secs "$paced_secs"
   done
   stop_server
   hbd_extra= sched=()
@@ -383,10 +383,10 @@ acc_h=$(H idle connect connects_per_s) acc_m=$(M idle connect connects_per_s)
 accx_h=$(H maxn connect connects_per_s) accx_m=$(M maxn connect connects_per_s)
 idle_h=$(H idle idle server_core_pct) idle_m=$(M idle idle server_core_pct)
 dmax_h=$(H detect detect err_max_ms) dmax_m=$(M detect detect err_max_ms)
-for rate in "${paced_rates[@]}"; do
-  declare "paced_h_$rate=$(median heartbeatd paced-$rate rate server_cpu_ns_per_reply)"
-  declare "paced_o_$rate=$(median heartbeatd-nocoalesce paced-$rate rate server_cpu_ns_per_reply)"
-  declare "paced_m_$rate=$(median mosquitto paced-$rate rate server_cpu_ns_per_reply)"
+for pr in "${paced_rates[@]}"; do
+  declare "paced_h_$pr=$(median heartbeatd "paced-$pr" rate server_cpu_ns_per_reply)"
+  declare "paced_o_$pr=$(median heartbeatd-nocoalesce "paced-$pr" rate server_cpu_ns_per_reply)"
+  declare "paced_m_$pr=$(median mosquitto "paced-$pr" rate server_cpu_ns_per_reply)"
 done
 fmt_n() { printf "%'d" "$1" 2>/dev/null || echo "$1"; }
 
@@ -422,10 +422,10 @@ details=$(
       echo "- $s, round $r, $(fmt_n "$rate")/s offered: $(field "$f" rate replies_per_s) replies/s, RTT p50/p99/p999 $(field "$f" rate p50_us)/$(field "$f" rate p99_us)/$(field "$f" rate p999_us) µs, $(field "$f" rate server_cpu_ns_per_reply) ns per heartbeat ($(field "$f" rate server_user_ns_per_reply) user + $(field "$f" rate server_sys_ns_per_reply) system), server $(field "$f" rate server_core_pct) % of a core, generator $(field "$f" rate gen_core_pct) %"
     done
     for v in $( [ "$s" = heartbeatd ] && echo heartbeatd heartbeatd-nocoalesce || echo mosquitto ); do
-      for rate in "${paced_rates[@]}"; do
+      for pr in "${paced_rates[@]}"; do
         for r in $(seq "$reps"); do
-          f="$v-paced-$rate-$r.out"
-          echo "- $v, paced $(fmt_n "$rate")/s evenly, round $r: $(field "$f" rate replies_per_s) replies/s, RTT p50/p99 $(field "$f" rate p50_us)/$(field "$f" rate p99_us) µs, $(field "$f" rate server_cpu_ns_per_reply) ns per heartbeat ($(field "$f" rate server_user_ns_per_reply) user + $(field "$f" rate server_sys_ns_per_reply) system), server $(field "$f" rate server_core_pct) % of a core, generator $(field "$f" rate gen_core_pct) %"
+          f="$v-paced-$pr-$r.out"
+          echo "- $v, paced $(fmt_n "$pr")/s evenly, round $r: $(field "$f" rate replies_per_s) replies/s, RTT p50/p99 $(field "$f" rate p50_us)/$(field "$f" rate p99_us) µs, $(field "$f" rate server_cpu_ns_per_reply) ns per heartbeat ($(field "$f" rate server_user_ns_per_reply) user + $(field "$f" rate server_sys_ns_per_reply) system), server $(field "$f" rate server_core_pct) % of a core, generator $(field "$f" rate gen_core_pct) %"
         done
       done
     done

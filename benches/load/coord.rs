@@ -193,8 +193,11 @@ impl Ctx<'_> {
         for _ in 0..steps {
             let mut tries = 0;
             let (m, pass) = loop {
-                let m =
-                    self.step(|share| format!("rate rate={} warmup={warmup} secs={secs}", rate * share), warmup, secs)?;
+                let m = self.step(
+                    |share| format!("rate rate={} warmup={warmup} secs={secs} even=0", rate * share),
+                    warmup,
+                    secs,
+                )?;
                 let kept_up = m.per_s(m.step.replies) >= 0.97 * rate && m.per_s(m.step.sent) >= 0.97 * rate;
                 let pass = kept_up && (m.step.rtt.quantile(0.99) as f64) < slo_ms * 1e6 && m.step.lost == 0;
                 emit("sweep-probe", &format!("offered_per_s={rate:.0} pass={pass} {}", m.fields()));

@@ -3,7 +3,7 @@
 //! stdin, answering each with a [`Step`] line on stdout.
 //!
 //! Steps (one line each, `key=value` fields after the step's name):
-//! - `rate rate=R warmup=S secs=S`: open loop at a fixed offered rate. The
+//! - `rate rate=R warmup=S secs=S even=0|1`: open loop at a fixed offered rate. The
 //!   k-th heartbeat is due at `k / R` seconds and goes to the next online
 //!   connection in round-robin order, so each connection sends every
 //!   `online / R` seconds whether or not replies come back. The loop sleeps
