@@ -67,8 +67,8 @@ use signal_hook_mio::v1_0::Signals;
 /// loop naps at all. A nap costs a wakeup of its own, so it pays only when
 /// it saves several; at the default 1 ms this means from 4,000 events/s.
 /// Measured (docs/BENCHMARKS.md, heartbeats spread evenly): with 16 the
-/// loop did not nap at 5,000/s and spent 34-36 µs per heartbeat; with 4 it
-/// napped and spent 15 µs, and 8.3 µs instead of 21 at 30,000/s.
+/// loop did not nap at 5,000/s and spent 34-39 µs per heartbeat; with 4 it
+/// napped and spent 15 µs, and 8.3 µs instead of 20-23 at 30,000/s.
 pub(crate) const BATCH: f64 = 4.0;
 
 /// Time constant of the arrival rate's exponential decay: long enough that
