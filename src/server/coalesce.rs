@@ -31,7 +31,9 @@
 //! `coalesce` later (a late stamp only postpones a deadline, so never
 //! falsely): the detection bound becomes `timeout + tick + coalesce` while
 //! the loop is busy, and stays `timeout + tick` when it is not. Timers are
-//! not delayed, since a nap ends at the next deadline.
+//! not delayed: a nap ends at the next deadline, rounded up to the
+//! millisecond as the loop's own poll rounds it (mio), and the knob is whole
+//! milliseconds, so the rounding never takes a nap past it.
 
 use std::io;
 use std::time::{Duration, Instant};
