@@ -5,7 +5,6 @@
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use heartbeatd_harness::*;
@@ -133,20 +132,7 @@ fn start_warns_when_max_clients_is_above_the_fd_limit() {
     const NOFILE: u64 = 256;
     let dir = TempDir::new("cfg-fds");
     let path = dir.write("heartbeatd.toml", &config("100ms", "max_clients = 1000", &[native("main", "")]));
-    let d = Daemon::start_with(dir, path, |command| {
-        // SAFETY: setrlimit is async-signal-safe; it runs in the child
-        // between fork and exec and touches nothing else.
-        unsafe {
-            command.pre_exec(|| {
-                let limit = libc::rlimit { rlim_cur: NOFILE, rlim_max: NOFILE };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-    });
+    let d = Daemon::start_with(dir, path, |command| limit_open_files(command, NOFILE));
     let info = d.wait(ev("fd-limit"));
     assert_eq!((info.field("soft"), info.field("hard")), ("256", "256"), "{info:?}");
     // 256 fds - 1 listener - 32 reserve = 223 clients; 1000 + 1 + 32 needed.

@@ -2,7 +2,6 @@
 //! accepting without spinning, keeps serving the clients it has, and
 //! accepts the waiting ones once fds free up.
 
-use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use heartbeatd_harness::*;
@@ -15,20 +14,7 @@ const NOFILE: u64 = 32;
 fn out_of_fds_pauses_accepting_keeps_clients_and_resumes() {
     let dir = TempDir::new("fds");
     let path = dir.write("heartbeatd.toml", &config("20ms", "", &[native("main", "interval = \"1s\"\nmisses = 5")]));
-    let d = Daemon::start_with(dir, path, |command| {
-        // SAFETY: setrlimit is async-signal-safe; it runs in the child
-        // between fork and exec and touches nothing else.
-        unsafe {
-            command.pre_exec(|| {
-                let limit = libc::rlimit { rlim_cur: NOFILE, rlim_max: NOFILE };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-    });
+    let d = Daemon::start_with(dir, path, |command| limit_open_files(command, NOFILE));
     let addr = d.addr("main");
 
     // More clients than fds; each sends HELLO at once, so the ones left in

@@ -51,6 +51,7 @@ fn the_config_man_page_is_installed_and_names_every_key() {
     }
     let keys = [
         "tick",
+        "coalesce",
         "max_clients",
         "max_per_address",
         "shutdown_grace",

@@ -388,6 +388,20 @@ pub(super) mod tests {
         &EMBEDDED[..end]
     }
 
+    /// The embedded config with its commented-out examples (native, legacy
+    /// and raw listeners) uncommented.
+    pub(super) fn embedded_with_examples() -> String {
+        let main = embedded_main_part();
+        let examples: Vec<String> = EMBEDDED[main.len()..]
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c == '[' || c.is_ascii_lowercase()) => rest.to_string(),
+                _ => line.to_string(),
+            })
+            .collect();
+        format!("{main}{}", examples.join("\n"))
+    }
+
     /// `#key = value` lines: an option commented out at its default.
     fn is_commented_key(line: &str) -> bool {
         line.strip_prefix('#').is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_lowercase()))
@@ -417,15 +431,7 @@ pub(super) mod tests {
 
     #[test]
     fn embedded_examples_parse_when_uncommented() {
-        let main = embedded_main_part();
-        let examples: Vec<String> = EMBEDDED[main.len()..]
-            .lines()
-            .map(|line| match line.strip_prefix('#') {
-                Some(rest) if rest.starts_with(|c: char| c == '[' || c.is_ascii_lowercase()) => rest.to_string(),
-                _ => line.to_string(),
-            })
-            .collect();
-        let config = parse_ok(&format!("{main}{}", examples.join("\n")));
+        let config = parse_ok(&embedded_with_examples());
         let [native, legacy, raw] = &config.listeners[..] else {
             panic!("expected three listeners: {config:?}");
         };

@@ -102,8 +102,8 @@ fn string(s: &str) -> String {
 mod tests {
     use std::path::Path;
 
-    use super::super::tests::{listener, parse_ok};
-    use super::super::{embedded, parse, EMBEDDED};
+    use super::super::tests::{embedded_with_examples, listener, parse_ok};
+    use super::super::{embedded, parse};
     use super::*;
 
     /// Prints `config` and parses the output back.
@@ -124,15 +124,7 @@ mod tests {
     #[test]
     fn every_protocol_and_option_round_trips() {
         // The embedded examples: native, legacy and raw, uncommented.
-        let main = &EMBEDDED[..EMBEDDED.find("# Examples.").unwrap()];
-        let examples: Vec<String> = EMBEDDED[main.len()..]
-            .lines()
-            .map(|line| match line.strip_prefix('#') {
-                Some(rest) if rest.starts_with(|c: char| c == '[' || c.is_ascii_lowercase()) => rest.to_string(),
-                _ => line.to_string(),
-            })
-            .collect();
-        round_trip(&parse_ok(&format!("{main}{}", examples.join("\n"))));
+        round_trip(&parse_ok(&embedded_with_examples()));
         let text = "[daemon]\ntick = \"10ms\"\nmax_clients = 7\nmax_per_address = 2\nshutdown_grace = \"0s\"\n\
                     log_level = \"trace\"\n"
             .to_owned()

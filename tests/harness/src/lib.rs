@@ -48,7 +48,7 @@ pub use audit::{ms, signed_ms, Audit};
 pub use daemon::{config, legacy, listener, native, raw, reap, run_cli, Daemon};
 pub use log::{ev, message_of, parse_logfmt, Ev, Line, Pred, When};
 pub use native::*;
-pub use proc::{cpu_ticks, Output, Proc};
+pub use proc::{cpu_ticks, limit_open_files, Output, Proc};
 pub use temp::TempDir;
 
 /// How long any "this must happen" wait may take before the test fails.

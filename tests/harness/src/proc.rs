@@ -4,6 +4,7 @@
 //! Invariant: a [`Proc`] is killed and reaped on drop, on every path; until
 //! then its pid names our own child.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::thread;
@@ -21,6 +22,23 @@ pub fn cpu_ticks(pid: i32) -> u64 {
     // utime and stime are fields 14 and 15 of stat(5); after the name,
     // the 12th and 13th.
     fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// Makes `command`'s child start with `RLIMIT_NOFILE` at `limit` (soft and
+/// hard), for tests of what the daemon does at its fd limit.
+pub fn limit_open_files(command: &mut Command, limit: u64) {
+    // SAFETY: setrlimit is async-signal-safe; it runs in the child between
+    // fork and exec and touches nothing else.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
 }
 
 /// Which output of a [`Proc`] is followed.
