@@ -67,9 +67,10 @@ impl Notifier {
         self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
     }
 
-    /// `STOPPING=1`.
-    pub fn stopping(&self) {
-        self.notify("STOPPING=1");
+    /// `STOPPING=1` with a status line, so `systemctl status` stops
+    /// showing the running counts at once.
+    pub fn stopping(&self, status: &str) {
+        self.notify(&format!("STOPPING=1\nSTATUS={}", one_line(status)));
     }
 
     /// `WATCHDOG=1`: the loop is alive.

@@ -227,7 +227,7 @@ fn scenario(c: &Container, deb: &Path) {
     });
     assert!(message(&listening).contains(&format!("address=0.0.0.0:{PORT} socket=bound")), "{listening:?}");
     let status = c.ok("systemctl status heartbeatd --no-pager");
-    assert!(status.contains("Status: \"0 clients online on 1 listeners\""), "no STATUS line in:\n{status}");
+    assert!(status.contains("Status: \"0 clients online on 1 listener\""), "no STATUS line in:\n{status}");
 
     // --- a client that leaves: online + offline(left), found by field ---
     c.ok("bash /root/hbclient e2e-left bye /root/left.rx");
@@ -293,9 +293,9 @@ fn scenario(c: &Container, deb: &Path) {
         Background::spawn(c, "bash /root/hbclient e2e-hold hold /root/hold.rx", c.host_path("/root/hold.rx.stop"));
     let hold_rx = c.host_path("/root/hold.rx");
     let first = wait_until("WELCOME for e2e-hold", Duration::from_secs(10), || welcomes(&hold_rx).first().copied());
-    c.wait_status("1 clients online on 1 listeners");
+    c.wait_status("1 client online on 1 listener");
     let status = c.ok("systemctl status heartbeatd --no-pager");
-    assert!(status.contains("Status: \"1 clients online on 1 listeners\""), "no STATUS line in:\n{status}");
+    assert!(status.contains("Status: \"1 client online on 1 listener\""), "no STATUS line in:\n{status}");
 
     // --- reload with a new interval: a fresh WELCOME ---
     let conf = "/etc/heartbeatd/heartbeatd.toml";
@@ -335,11 +335,11 @@ fn scenario(c: &Container, deb: &Path) {
     assert_fields(&failed, &[("PRIORITY", "3")]);
     assert_eq!(c.ok("systemctl is-active heartbeatd").trim(), "active");
     let text = c.wait_status("last reload failed");
-    assert!(text.starts_with("1 clients online"), "{text}");
+    assert!(text.starts_with("1 client online"), "{text}");
     assert!(find_event(&c.journal(), "e2e-hold", "offline").is_none(), "a failed reload dropped the connected client");
     c.ok(&format!("cp /root/heartbeatd.toml.good {conf}"));
     c.ok("systemctl reload heartbeatd");
-    c.wait_status("1 clients online on 1 listeners");
+    c.wait_status("1 client online on 1 listener");
     let restored =
         wait_until("a third WELCOME after the restore", Duration::from_secs(10), || welcomes(&hold_rx).get(2).copied());
     assert_eq!(restored.interval_ms, 3000, "the restored interval");
@@ -348,6 +348,9 @@ fn scenario(c: &Container, deb: &Path) {
     c.ok("systemctl stop heartbeatd");
     assert_eq!(stdout(&c.sh("systemctl is-active heartbeatd")).trim(), "inactive");
     assert_eq!(c.ok("systemctl show -p Result --value heartbeatd").trim(), "success");
+    let after_stop = c.ok("systemctl show -p StatusText --value heartbeatd");
+    println!("e2e: StatusText after the stop: {:?}", after_stop.trim());
+    assert!(!after_stop.contains("online"), "a stopped service still shows a client count: {after_stop:?}");
     let bye = c.wait_journal("the offline entry of e2e-hold", |entries| find_event(entries, "e2e-hold", "offline"));
     assert_fields(
         &bye,

@@ -167,7 +167,7 @@ fn ready_is_sent_once_the_listener_accepts() {
     assert!(line.contains("socket=bound"), "{line}");
     let addr = parse_listening_address(line).expect("address in the listening line");
     let ready = got.last().expect("the READY notification");
-    assert_eq!(ready.get("STATUS"), Some("0 clients online on 1 listeners"), "{:?}", ready.text);
+    assert_eq!(ready.get("STATUS"), Some("0 clients online on 1 listener"), "{:?}", ready.text);
     let mut client = NativeClient::connect(addr);
     let welcome = client.join("ready-probe");
     assert_eq!((welcome.interval_ms, welcome.timeout_ms), (1000, 3000));
@@ -175,7 +175,7 @@ fn ready_is_sent_once_the_listener_accepts() {
 }
 
 /// `STATUS=` follows the online count, at most once a second: the first
-/// client shows as "1 clients online", two more that join at once are
+/// client shows as "1 client online", two more that join at once are
 /// coalesced, and leaving clients count down to 0.
 #[test]
 fn status_follows_online_clients_at_most_once_a_second() {
@@ -187,7 +187,7 @@ fn status_follows_online_clients_at_most_once_a_second() {
     let mut first = NativeClient::connect(addr);
     first.join("status-1");
     let mut seen = fx.notify.recv_until("STATUS with 1 client", PROMPTLY, |n| {
-        n.get("STATUS").is_some_and(|s| s.starts_with("1 clients online"))
+        n.get("STATUS").is_some_and(|s| s.starts_with("1 client online"))
     });
     let mut others: Vec<NativeClient> = (2..=3)
         .map(|i| {
@@ -209,7 +209,7 @@ fn status_follows_online_clients_at_most_once_a_second() {
     let updates: Vec<&Notification> = seen.iter().filter(|n| is_status_update(n)).collect();
     assert_eq!(
         updates.last().and_then(|n| n.get("STATUS")),
-        Some("0 clients online on 1 listeners"),
+        Some("0 clients online on 1 listener"),
         "{:?}",
         texts(&seen)
     );
@@ -256,7 +256,7 @@ fn sighup_sends_reloading_with_monotonic_usec_then_ready() {
         "MONOTONIC_USEC={usec} is not between the SIGHUP ({before}) and the READY=1 ({after})"
     );
     let ready = got.last().expect("READY");
-    assert_eq!(ready.get("STATUS"), Some("1 clients online on 1 listeners"), "{:?}", ready.text);
+    assert_eq!(ready.get("STATUS"), Some("1 client online on 1 listener"), "{:?}", ready.text);
     // The new interval is in force: the connected client is told so.
     let welcome = client.expect_welcome_within(PROMPTLY);
     assert_eq!((welcome.interval_ms, welcome.timeout_ms), (2000, 6000));
@@ -292,7 +292,9 @@ fn broken_config_on_sighup_still_ends_with_ready_and_says_so() {
     assert!(!status.contains("failed"), "STATUS still reports a failure after a good reload: {status:?}");
 }
 
-/// SIGTERM: `STOPPING=1`, then a clean exit.
+/// SIGTERM: `STOPPING=1` with a status that no longer counts clients
+/// online, then a clean exit whose last `STATUS=` is "stopped", so
+/// `systemctl status` after a stop shows no stale client count.
 #[test]
 fn sigterm_sends_stopping_then_exits_cleanly() {
     let fx = NotifyFixture::new("notify-stop");
@@ -302,7 +304,9 @@ fn sigterm_sends_stopping_then_exits_cleanly() {
     let mut client = NativeClient::connect(addr);
     client.join("stop-watcher");
     daemon.signal(libc::SIGTERM);
-    fx.notify.recv_until("STOPPING=1", PROMPTLY, |n| n.has("STOPPING", "1"));
+    let got = fx.notify.recv_until("STOPPING=1", PROMPTLY, |n| n.has("STOPPING", "1"));
+    let stopping = got.last().and_then(|n| n.get("STATUS"));
+    assert_eq!(stopping, Some("stopping: saying BYE to 1 client (within 1000 ms)"), "{:?}", texts(&got));
     let frames = client.wait_closed(PROMPTLY);
     assert!(
         frames.iter().any(|f| (f.ty, f.payload.as_slice()) == (BYE, &b"shutdown"[..])),
@@ -310,6 +314,9 @@ fn sigterm_sends_stopping_then_exits_cleanly() {
     );
     let status = daemon.wait_exit(PROMPTLY);
     assert!(status.success(), "heartbeatd exited with {status}; log:\n{}", daemon.log_text());
+    let last = fx.notify.recv_for(Duration::from_millis(200));
+    let statuses: Vec<&str> = got.iter().chain(&last).filter_map(|n| n.get("STATUS")).collect();
+    assert_eq!(statuses.last(), Some(&"stopped"), "the last STATUS= before the exit: {statuses:?}");
 }
 
 /// Intervals between consecutive `WATCHDOG=1` among `notes`.

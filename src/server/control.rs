@@ -13,7 +13,7 @@ use std::time::Instant;
 use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
-use super::{Server, Slot, HTTP_BASE};
+use super::{plural, Server, Slot, HTTP_BASE};
 use crate::config::{self, Config, HttpConfig, ListenerConfig};
 use crate::event::{Logfmt, OfflineReason};
 use crate::http::Http;
@@ -42,8 +42,12 @@ impl Server {
             self.stop_by = Some(now);
             return;
         }
-        self.notifier.stopping();
         let grace = self.config.daemon.shutdown_grace;
+        self.notifier.stopping(&format!(
+            "stopping: saying BYE to {} (within {} ms)",
+            plural(self.online, "client", "clients"),
+            grace.as_millis()
+        ));
         info!("shutdown signal={} clients={} grace_ms={}", signal, self.conns.len(), grace.as_millis());
         self.stop_by = Some(now + grace);
         for (_, l) in self.listeners.iter_mut() {
