@@ -128,6 +128,22 @@ pub fn monotonic_usec() -> u64 {
     secs * 1_000_000 + nanos / 1_000
 }
 
+/// Sends SIGHUP to `pid`: the reload request of `heartbeatd --reload`.
+pub fn send_sighup(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    if pid <= 0 {
+        // kill(0 or negative) would signal a whole process group.
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: kill(2) with a positive pid and a valid signal number only
+    // sends a signal; it touches no memory of ours.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// A listening socket passed by the service manager.
 #[derive(Debug)]
 pub struct ActivatedSocket {

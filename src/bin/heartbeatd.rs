@@ -1,10 +1,11 @@
 //! `heartbeatd`: parse arguments, load the config, start logging, run.
 //!
-//! Exit codes: 0 after a graceful stop, a valid `--check-config` or a
-//! `--print-config`; 78 (`EX_CONFIG`, sysexits.h) for a config that cannot
-//! be read or is invalid, so that the unit's `RestartPreventExitStatus=78`
-//! stops systemd from retrying a broken file; 1 for a failure to start or
-//! keep running; 2 for invalid arguments (clap).
+//! Exit codes: 0 after a graceful stop, a valid `--check-config`, a
+//! `--print-config` or a `--reload` that applied; 78 (`EX_CONFIG`,
+//! sysexits.h) for a config that cannot be read or is invalid, so that the
+//! unit's `RestartPreventExitStatus=78` stops systemd from retrying a broken
+//! file; 1 for a failure to start or keep running, or a `--reload` that
+//! failed; 2 for invalid arguments (clap).
 //!
 //! A config error is reported before logging is set up: on stderr, with
 //! the `<3>` priority prefix when stderr is the journal, so it is an err
@@ -37,10 +38,25 @@ struct Args {
     /// TOML and exit: 0 if valid, 78 with the error if not.
     #[arg(long, conflicts_with = "check_config")]
     print_config: bool,
+
+    /// Ask the running daemon PID to reload (SIGHUP) and wait for its
+    /// answer: 0 if the reload applied, 1 with the error if it failed, whole
+    /// or in part. The unit's ExecReload=; needs $RUNTIME_DIRECTORY.
+    #[arg(long, value_name = "PID", conflicts_with_all = ["check_config", "print_config", "config"])]
+    reload: Option<u32>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(pid) = args.reload {
+        return match heartbeatd::reload::request(pid) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                logging::early_error(&format!("heartbeatd: reload failed: {e}"));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match server::load_config(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {

@@ -313,7 +313,8 @@ pub struct Server {
     watchdog: Option<Duration>,
     /// A `Timer::Status` is armed: the online count changed recently.
     status_pending: bool,
-    /// Why the last reload was refused, shown in `STATUS=` until the next.
+    /// How the last reload failed ("last reload failed …"), shown in
+    /// `STATUS=` until a reload succeeds.
     reload_error: Option<String>,
     /// The status API, when `[http]` is configured.
     http: Option<Http>,
@@ -780,7 +781,7 @@ impl Server {
             plural(self.listeners.len(), "listener", "listeners")
         );
         match &self.reload_error {
-            Some(e) => format!("{base}; last reload failed, running config kept: {e}"),
+            Some(e) => format!("{base}; {e}"),
             None => base,
         }
     }
