@@ -74,15 +74,16 @@ fn parse(text: &str) -> Option<(u64, Result<(), String>)> {
 }
 
 /// Sends SIGHUP to `pid` and waits up to [`WAIT`] for the outcome of a
-/// reload that began after it. `Err` holds what to tell the operator.
+/// reload that began after it. `Err` holds what to tell the operator, a
+/// sentence such as "reload failed in part: listener extra: …".
 pub fn request(pid: u32) -> Result<(), String> {
     let path = answer_path().ok_or_else(|| {
-        "RUNTIME_DIRECTORY is not set: run `heartbeatd --reload` as the unit's ExecReload= \
+        "reload failed: RUNTIME_DIRECTORY is not set: run `heartbeatd --reload` as the unit's ExecReload= \
          (RuntimeDirectory=heartbeatd), or send SIGHUP and read the log"
             .to_owned()
     })?;
     let sent = systemd::monotonic_usec();
-    systemd::send_sighup(pid).map_err(|e| format!("cannot signal heartbeatd (pid {pid}): {e}"))?;
+    systemd::send_sighup(pid).map_err(|e| format!("reload failed: cannot signal heartbeatd (pid {pid}): {e}"))?;
     let deadline = Instant::now() + WAIT;
     loop {
         match fs::read_to_string(&path) {
@@ -91,11 +92,11 @@ pub fn request(pid: u32) -> Result<(), String> {
                 _ => {}
             },
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => return Err(format!("reload failed: cannot read {}: {e}", path.display())),
         }
         if Instant::now() >= deadline {
             return Err(format!(
-                "no answer from heartbeatd (pid {pid}) within {} s in {}: see its log",
+                "reload failed: no answer from heartbeatd (pid {pid}) within {} s in {}: see its log",
                 WAIT.as_secs(),
                 path.display()
             ));

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         return match heartbeatd::reload::request(pid) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                logging::early_error(&format!("heartbeatd: reload failed: {e}"));
+                logging::early_error(&format!("heartbeatd: {e}"));
                 ExitCode::FAILURE
             }
         };

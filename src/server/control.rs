@@ -73,12 +73,12 @@ impl Server {
         // an answer from a reload that began after its SIGHUP.
         let started = systemd::monotonic_usec();
         if self.stop_by.is_some() {
-            reload::record(started, Err("skipped: heartbeatd is stopping"));
+            reload::record(started, Err("reload skipped: heartbeatd is stopping"));
             return;
         }
         let Some(path) = self.config_path.clone() else {
             info!("reload-skipped reason=\"no config file: running on the embedded config\"");
-            reload::record(started, Err("skipped: no config file, heartbeatd runs on the embedded config"));
+            reload::record(started, Err("reload skipped: no config file, heartbeatd runs on the embedded config"));
             return;
         };
         self.notifier.reloading();
@@ -93,13 +93,13 @@ impl Server {
                     // on it: the operator must hear of it now.
                     let what = failures.join("; ");
                     error!("reload-failed-in-part error={}", Logfmt(&what));
-                    self.reload_error = Some(format!("last reload failed in part: {what}"));
+                    self.reload_error = Some(format!("reload failed in part: {what}"));
                 }
                 self.metrics.count_reload(failures.is_empty());
             }
             Err(e) => {
                 error!("reload-failed keeping=running-config error={}", Logfmt(&e.to_string()));
-                self.reload_error = Some(format!("last reload failed, running config kept: {e}"));
+                self.reload_error = Some(format!("reload failed, running config kept: {e}"));
                 self.metrics.count_reload(false);
             }
         }

@@ -313,7 +313,7 @@ pub struct Server {
     watchdog: Option<Duration>,
     /// A `Timer::Status` is armed: the online count changed recently.
     status_pending: bool,
-    /// How the last reload failed ("last reload failed …"), shown in
+    /// How the last reload failed ("reload failed …"), shown in
     /// `STATUS=` until a reload succeeds.
     reload_error: Option<String>,
     /// The status API, when `[http]` is configured.
@@ -781,7 +781,7 @@ impl Server {
             plural(self.listeners.len(), "listener", "listeners")
         );
         match &self.reload_error {
-            Some(e) => format!("{base}; {e}"),
+            Some(e) => format!("{base}; last {e}"),
             None => base,
         }
     }
