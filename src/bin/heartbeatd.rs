@@ -66,7 +66,8 @@ fn main() -> ExitCode {
     };
     let origin = args.config.as_ref().map_or_else(|| "embedded".to_string(), |p| p.display().to_string());
     if args.check_config {
-        println!("heartbeatd: config {origin} is valid ({} listeners)", config.listeners.len());
+        let n = config.listeners.len();
+        println!("heartbeatd: config {origin} is valid ({n} {})", if n == 1 { "listener" } else { "listeners" });
         return ExitCode::SUCCESS;
     }
     if args.print_config {
