@@ -17,6 +17,7 @@
 //!   reload began reading the config; the command accepts only an answer
 //!   that began at or after the moment it sent SIGHUP, so it never reports
 //!   an earlier reload's outcome as its own;
+//! - the command ends within [`WAIT`], at once if the daemon exits first;
 //! - writing the answer never stops the daemon: a failure is a warning.
 
 use std::fs;
@@ -94,6 +95,9 @@ pub fn request(pid: u32) -> Result<(), String> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("reload failed: cannot read {}: {e}", path.display())),
         }
+        if !is_running(pid) {
+            return Err(format!("reload failed: heartbeatd (pid {pid}) exited before it answered: see its log"));
+        }
         if Instant::now() >= deadline {
             return Err(format!(
                 "reload failed: no answer from heartbeatd (pid {pid}) within {} s in {}: see its log",
@@ -105,9 +109,31 @@ pub fn request(pid: u32) -> Result<(), String> {
     }
 }
 
+/// True while `pid` is a live process (not gone, not a zombie), read from
+/// `/proc/PID/stat`, so a daemon that dies mid-reload fails the command at
+/// once instead of after [`WAIT`].
+fn is_running(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name, which may itself
+    // hold spaces and parentheses: read it after the last ')'.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{is_running, parse};
+
+    #[test]
+    fn this_process_is_running_and_a_reaped_one_is_not() {
+        assert!(is_running(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let pid = child.id();
+        child.wait().expect("reap true");
+        assert!(!is_running(pid));
+    }
 
     #[test]
     fn answers_parse_back() {

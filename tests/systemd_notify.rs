@@ -362,6 +362,26 @@ fn reload_that_fails_in_part_fails_the_reload_command_and_says_what() {
     extra.join("on-extra");
 }
 
+/// A daemon that dies before it answers (here a process that SIGHUP
+/// kills) fails the reload command at once, not after its 30 s wait.
+#[test]
+fn reload_command_fails_at_once_when_the_daemon_dies() {
+    let dir = TempDir::new("reload-dies");
+    let mut victim = Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+    let pid = victim.id();
+    let reaper = std::thread::spawn(move || victim.wait());
+    let started = std::time::Instant::now();
+    let out = Command::new(daemon_bin())
+        .args(["--reload", &pid.to_string()])
+        .env("RUNTIME_DIRECTORY", dir.join("run"))
+        .output()
+        .expect("run heartbeatd --reload");
+    let _ = reaper.join();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exited before it answered"), "{out:?}");
+    assert!(started.elapsed() < PROMPTLY, "took {:?}", started.elapsed());
+}
+
 /// Without an answer channel the reload command says so instead of
 /// signalling blind.
 #[test]
