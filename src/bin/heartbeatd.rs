@@ -2,10 +2,11 @@
 //!
 //! Exit codes: 0 after a graceful stop, a valid `--check-config`, a
 //! `--print-config` or a `--reload` that applied; 78 (`EX_CONFIG`,
-//! sysexits.h) for a config that cannot be read or is invalid, so that the
-//! unit's `RestartPreventExitStatus=78` stops systemd from retrying a broken
-//! file; 1 for a failure to start or keep running, or a `--reload` that
-//! failed; 2 for invalid arguments (clap).
+//! sysexits.h) for a config that cannot be read or is invalid, or that a
+//! socket-activated listener does not match, so that the unit's
+//! `RestartPreventExitStatus=78` stops systemd from retrying; 1 for a
+//! failure to start or keep running, or a `--reload` that failed; 2 for
+//! invalid arguments (clap).
 //!
 //! A config error is reported before logging is set up: on stderr, with
 //! the `<3>` priority prefix when stderr is the journal, so it is an err
@@ -91,7 +92,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("fatal error={}", heartbeatd::event::Logfmt(&e.to_string()));
-            ExitCode::FAILURE
+            // A socket that systemd passed for another address: a retry
+            // would fail the same way, so exit as a config error does.
+            ExitCode::from(if e.is_config_mismatch() { EX_CONFIG } else { 1 })
         }
     }
 }

@@ -68,7 +68,10 @@ impl Server {
                 "the socket systemd passed serves {address}, the config says {}: make ListenStream= in                  heartbeatd.socket and the listener's address the same, or disable heartbeatd.socket",
                 cfg.address
             );
-            return Err(ServerError { op: format!("adopting {what}"), source: io::Error::other(message) });
+            return Err(ServerError {
+                op: format!("adopting {what}"),
+                source: io::Error::other(ConfigMismatch(message)),
+            });
         }
         let tcp = match sockopt::effective(&socket) {
             Ok(eff) => eff.to_string(),
@@ -220,6 +223,27 @@ pub(super) fn take_activated(activated: &mut Vec<ActivatedSocket>, cfg: &Listene
         .position(|s| s.name.as_deref() == Some(cfg.name.as_str()))
         .or_else(|| activated.iter().position(|s| s.address == Some(cfg.address)))?;
     Some(activated.remove(index).fd)
+}
+
+/// The config and the unit disagree (an activated socket on another
+/// address than the listener's): no restart can fix that.
+#[derive(Debug)]
+struct ConfigMismatch(String);
+
+impl std::fmt::Display for ConfigMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigMismatch {}
+
+impl ServerError {
+    /// True when the config does not match what the service manager passed,
+    /// so the binary exits 78 (`EX_CONFIG`) and the unit does not retry.
+    pub fn is_config_mismatch(&self) -> bool {
+        self.source.get_ref().is_some_and(|e| e.is::<ConfigMismatch>())
+    }
 }
 
 /// True when a socket bound to `serving` is what a listener configured
