@@ -10,6 +10,10 @@
 #                                           # (root), on a machine others share
 #   bash benches/compare.sh --tune-backlog  # root: net.core.netdev_max_backlog
 #                                           # 65536 for the run (restored after)
+#   bash benches/compare.sh --rt            # root: the paced rows' servers and
+#                                           # generator under SCHED_FIFO (chrt -f 1),
+#                                           # so other tenants' builds do not
+#                                           # decide when they run
 #
 # Installs mosquitto when missing (root: apt-get). Both servers run one at a
 # time on loopback, pinned to the last CPU; the generator is pinned to CPU 0.
@@ -23,13 +27,15 @@ mode=full
 max_n=
 niceness=0
 tune_backlog=
+rt=
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) mode=quick ;;
     --max-n) max_n=$2; shift ;;
     --nice) niceness=$2; shift ;;
     --tune-backlog) tune_backlog=65536 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --rt) rt=1 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "compare: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -42,13 +48,18 @@ if [ "$mode" = quick ]; then
   sweep_steps=3 sweep_warmup=0.5 sweep_secs=1.5 reps=1
   det_clients=2000 det_interval=2000 det_keepalive=2 det_timeout=3000 det_lead=2000 det_spread=1000 det_grace=8000
   default_max_n=5000
+  paced_secs=3
 else
   n_mem=10000 idle_secs=30
   rate_clients=5000 rate=50000 rate_warmup=2 rate_secs=6
   sweep_steps=6 sweep_warmup=1 sweep_secs=4 reps=3
   det_clients=10000 det_interval=2000 det_keepalive=2 det_timeout=3000 det_lead=4000 det_spread=4000 det_grace=8000
   default_max_n=
+  paced_secs=5
 fi
+# Paced rows: heartbeats spread evenly in time over 1,000 clients (the
+# generator's rate --even), as a fleet sends them.
+paced_clients=1000 paced_rates=(30000 5000) paced_warmup=1
 tick_ms=100
 # Detection: an even MQTT keepalive, since mosquitto 2.0 computes its
 # timeout as keepalive * 3 / 2 in whole seconds; a grace of 8 s, since it
@@ -130,6 +141,12 @@ if [ "$need" -gt "$hard" ]; then
 fi
 ulimit -n "$hard"
 
+# The scheduling class of the paced rows (--rt), empty otherwise.
+sched=()
+if [ -n "$rt" ]; then
+  if [ "$(id -u)" -ne 0 ]; then echo "compare: --rt needs root" >&2; exit 1; fi
+fi
+
 if [ "$(nproc)" -ge 2 ]; then
   server_cpu=$(($(nproc) - 1)) gen_cpu=0
   pin_server=(nice -n "$niceness" taskset -c "$server_cpu") pin_gen=(nice -n "$niceness" taskset -c "$gen_cpu")
@@ -168,7 +185,9 @@ wait_listening() {
   echo "compare: nothing listens on port $1; see $2" >&2; exit 1
 }
 
-# start_heartbeatd NAME INTERVAL TIMEOUT LOG_LEVEL
+# start_heartbeatd NAME INTERVAL TIMEOUT LOG_LEVEL; $hbd_extra is one more
+# [daemon] line.
+hbd_extra=
 start_heartbeatd() {
   port=$(free_port 17700)
   cat > "$work/$1.toml" <<EOF
@@ -176,6 +195,7 @@ start_heartbeatd() {
 tick = "${tick_ms}ms"
 max_clients = $((max_n + 1000))
 log_level = "$4"
+$hbd_extra
 [[listener]]
 name = "bench"
 address = "127.0.0.1:$port"
@@ -183,7 +203,7 @@ protocol = "native"
 interval = "$2"
 timeout = "$3"
 EOF
-  "${pin_server[@]}" "$hbd" --config "$work/$1.toml" 2> "$out_dir/$1.log" &
+  "${sched[@]}" "${pin_server[@]}" "$hbd" --config "$work/$1.toml" 2> "$out_dir/$1.log" &
   server_pid=$!
   wait_listening "$port" "$out_dir/$1.log"
 }
@@ -206,7 +226,7 @@ start_mosquitto() {
       echo "log_dest none"
     fi
   } > "$work/$1.conf"
-  "${pin_server[@]}" "$mosquitto_bin" -c "$work/$1.conf" 2> "$out_dir/$1.log" &
+  "${sched[@]}" "${pin_server[@]}" "$mosquitto_bin" -c "$work/$1.conf" 2> "$out_dir/$1.log" &
   server_pid=$!
   wait_listening "$port" "$out_dir/$1.log"
 }
@@ -225,7 +245,7 @@ gen() {
   local proto=(--proto native)
   [ "$system" = mosquitto ] && proto=(--proto mqtt --keepalive "$keepalive")
   drops0=$(net_drops)
-  "${pin_gen[@]}" "$load" --addr "127.0.0.1:$port" "${proto[@]}" --clients "$clients" \
+  "${sched[@]}" "${pin_gen[@]}" "$load" --addr "127.0.0.1:$port" "${proto[@]}" --clients "$clients" \
     --concurrency "$concurrency" --server-pid "$server_pid" "$@" > "$out_dir/$outfile" 2>> "$out_dir/generator.log"
   echo "$(($(net_drops) - drops0))" >> "$out_dir/$system-net.txt"
 }
@@ -269,6 +289,21 @@ phase_load() {
   stop_server
 }
 
+# phase_paced VARIANT ROUND: the paced rows for heartbeatd (its default
+# coalescing), heartbeatd-nocoalesce (coalesce = "0s") or mosquitto.
+phase_paced() {
+  local v=$1 r=$2 s=$1 pr
+  [ "$v" = heartbeatd-nocoalesce ] && s=heartbeatd && hbd_extra='coalesce = "0s"'
+  [ -n "$rt" ] && sched=(chrt -f 1)
+  echo "compare: $v: CPU per heartbeat, paced evenly at ${paced_rates[*]}/s over $paced_clients clients (round $r of $reps)" >&2
+  start "$s" "paced-$v" 100ms 15s 10 warn none
+  for pr in "${paced_rates[@]}"; do
+    gen "$s" "$v-paced-$pr-$r.out" "$paced_clients" rate --rate "$pr" --even --warmup "$paced_warmup" --secs "$paced_secs"
+  done
+  stop_server
+  hbd_extra= sched=()
+}
+
 phase_detect() {
   echo "compare: $1: detection error over $det_clients clients" >&2
   # The same silence timeout for both: heartbeatd's timeout, mosquitto's
@@ -295,6 +330,9 @@ done
 # best sustained rate and its median CPU per heartbeat.
 for r in $(seq "$reps"); do
   for s in "${systems[@]}"; do phase_load "$s" "$r"; done
+done
+for r in $(seq "$reps"); do
+  for v in heartbeatd heartbeatd-nocoalesce mosquitto; do phase_paced "$v" "$r"; done
 done
 for s in "${systems[@]}"; do phase_detect "$s"; done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -345,6 +383,11 @@ acc_h=$(H idle connect connects_per_s) acc_m=$(M idle connect connects_per_s)
 accx_h=$(H maxn connect connects_per_s) accx_m=$(M maxn connect connects_per_s)
 idle_h=$(H idle idle server_core_pct) idle_m=$(M idle idle server_core_pct)
 dmax_h=$(H detect detect err_max_ms) dmax_m=$(M detect detect err_max_ms)
+for pr in "${paced_rates[@]}"; do
+  declare "paced_h_$pr=$(median heartbeatd "paced-$pr" rate server_cpu_ns_per_reply)"
+  declare "paced_o_$pr=$(median heartbeatd-nocoalesce "paced-$pr" rate server_cpu_ns_per_reply)"
+  declare "paced_m_$pr=$(median mosquitto "paced-$pr" rate server_cpu_ns_per_reply)"
+done
 fmt_n() { printf "%'d" "$1" 2>/dev/null || echo "$1"; }
 
 table=$(
@@ -353,9 +396,13 @@ table=$(
   row "user memory per idle connection, N=$(fmt_n "$n_mem") (B, RSS delta / N)" "$mem_h" "$mem_m" lower "≤ 256 B" "$(check 'h <= 256' "$mem_h" "$mem_m")"
   row "user memory per idle connection, N=$(fmt_n "$max_n") (B)" "$memx_h" "$memx_m" lower "≤ 256 B" "$(check 'h <= 256' "$memx_h" "$memx_m")"
   row "CPU per heartbeat at $(fmt_n "$rate")/s, $(fmt_n "$rate_clients") clients (ns, user+sys, median of $reps)" "$cpu_h" "$cpu_m" lower "≤ ½ mosquitto" "$(check 'h <= m / 2' "$cpu_h" "$cpu_m")"
+  row "CPU per heartbeat, paced 30,000/s evenly over $(fmt_n "$paced_clients") clients (ns, median of $reps)" "$paced_h_30000" "$paced_m_30000" lower "≤ 8,000 ns and ≤ 0.6× mosquitto" "$(check 'h <= 8000 && h <= 0.6 * m' "$paced_h_30000" "$paced_m_30000")"
+  row "… the same, heartbeatd with coalesce = \"0s\"" "$paced_o_30000" "$paced_m_30000" lower "-" "-"
+  row "CPU per heartbeat, paced 5,000/s evenly over $(fmt_n "$paced_clients") clients (ns, median of $reps)" "$paced_h_5000" "$paced_m_5000" lower "≤ coalesce off ($paced_o_5000)" "$(check 'h <= m' "$paced_h_5000" "$paced_o_5000")"
+  row "… the same, heartbeatd with coalesce = \"0s\"" "$paced_o_5000" "$paced_m_5000" lower "-" "-"
   row "sustained heartbeats/s, 1,000 clients (p99 RTT < 10 ms, best of $reps)" "$s1_h" "$s1_m" higher "≥ 2× mosquitto" "$(check 'h >= 2 * m' "$s1_h" "$s1_m")"
   row "sustained heartbeats/s, 5,000 clients (p99 RTT < 10 ms, best of $reps)" "$s5_h" "$s5_m" higher "≥ 2× mosquitto" "$(check 'h >= 2 * m' "$s5_h" "$s5_m")"
-  row "accept rate, N=$(fmt_n "$n_mem") (connections/s with handshake)" "$acc_h" "$acc_m" higher "-" "-"
+  row "accept rate, N=$(fmt_n "$n_mem") (connections/s with handshake)" "$acc_h" "$acc_m" higher "≥ 1.3× mosquitto" "$(check 'h >= 1.3 * m' "$acc_h" "$acc_m")"
   row "accept rate, N=$(fmt_n "$max_n") (connections/s with handshake)" "$accx_h" "$accx_m" higher "-" "-"
   row "idle CPU, N=$(fmt_n "$n_mem") idle clients over ${idle_secs} s (% of a core)" "$idle_h" "$idle_m" lower "≤ 0.5 %" "$(check 'h <= 0.5' "$idle_h" "$idle_m")"
   for q in min median max; do
@@ -373,6 +420,14 @@ details=$(
     for r in $(seq "$reps"); do
       f="$s-rate-$r.out"
       echo "- $s, round $r, $(fmt_n "$rate")/s offered: $(field "$f" rate replies_per_s) replies/s, RTT p50/p99/p999 $(field "$f" rate p50_us)/$(field "$f" rate p99_us)/$(field "$f" rate p999_us) µs, $(field "$f" rate server_cpu_ns_per_reply) ns per heartbeat ($(field "$f" rate server_user_ns_per_reply) user + $(field "$f" rate server_sys_ns_per_reply) system), server $(field "$f" rate server_core_pct) % of a core, generator $(field "$f" rate gen_core_pct) %"
+    done
+    for v in $( [ "$s" = heartbeatd ] && echo heartbeatd heartbeatd-nocoalesce || echo mosquitto ); do
+      for pr in "${paced_rates[@]}"; do
+        for r in $(seq "$reps"); do
+          f="$v-paced-$pr-$r.out"
+          echo "- $v, paced $(fmt_n "$pr")/s evenly, round $r: $(field "$f" rate replies_per_s) replies/s, RTT p50/p99 $(field "$f" rate p50_us)/$(field "$f" rate p99_us) µs, $(field "$f" rate server_cpu_ns_per_reply) ns per heartbeat ($(field "$f" rate server_user_ns_per_reply) user + $(field "$f" rate server_sys_ns_per_reply) system), server $(field "$f" rate server_core_pct) % of a core, generator $(field "$f" rate gen_core_pct) %"
+        done
+      done
     done
     for c in 1000 5000; do
       r=$(best_round "$s" "sweep-$c" sweep replies_per_s)
@@ -395,7 +450,7 @@ $details
 
 Machine: $(nproc) × $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME").
 Versions: heartbeatd $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $("$mosquitto_bin" -h 2>/dev/null | head -1).
-Pinning: $pinning. fd limit for both servers: $hard. Tick: ${tick_ms} ms. net.core.netdev_max_backlog: $backlog_now.
+Pinning: $pinning; paced rows $( [ -n "$rt" ] && echo "under SCHED_FIFO 1 (--rt)" || echo "at that nice level" ). fd limit for both servers: $hard. Tick: ${tick_ms} ms. net.core.netdev_max_backlog: $backlog_now.
 Other load on the machine: $background % of all CPUs busy before the run; load average $load_before before, $load_after after.
 Run time: ${elapsed} s. Raw generator output: $out_dir/.
 EOF

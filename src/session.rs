@@ -606,8 +606,9 @@ mod tests {
 
     #[test]
     fn oversize_frames_are_refused_from_the_header() {
-        // A native PING announcing more than max_frame: refused after 4 bytes.
-        let model = Model::feed(cfg("native", "max_frame = 16\n"), &[0x01, 0, 0x01, 0x00], 1);
+        // A native HELLO header announcing 256 bytes, more than max_frame
+        // (131, the least a native listener takes): refused after 4 bytes.
+        let model = Model::feed(cfg("native", "max_frame = 131\n"), &[0x01, 0, 0x01, 0x00], 1);
         assert_eq!(model.events, ["handshake-failed protocol-error"]);
         assert_eq!(error_code_of(&model.replies), error_code::MALFORMED);
         let model = Model::feed(cfg("legacy", "max_frame = 16\n"), &legacy_frame(1, 17)[..8], 1);

@@ -69,6 +69,25 @@ pub fn apply<S: AsFd>(socket: &S, tcp: &TcpConfig) -> Result<(), SockoptError> {
     set_nodelay(&sock, tcp.nodelay)
 }
 
+/// Applies to an accepted socket the options it did not inherit from its
+/// listener.
+///
+/// Linux clones an accepted socket from its listener when the handshake
+/// completes, and every option of [`apply`] (`SO_KEEPALIVE`, the keepalive
+/// trio, `TCP_USER_TIMEOUT`, `TCP_NODELAY`) comes along with the clone; the
+/// test `accepted_sockets_inherit_the_listeners_options` pins that. So a
+/// socket accepted from a listener whose options were set before it
+/// completed its handshake needs no system call here: `inherited` says so.
+/// A socket that may predate its listener's options (an adopted socket's
+/// backlog, a reload that changed `[tcp]`) gets the full [`apply`].
+pub fn apply_accepted<S: AsFd>(socket: &S, tcp: &TcpConfig, inherited: bool) -> Result<(), SockoptError> {
+    if inherited {
+        Ok(())
+    } else {
+        apply(socket, tcp)
+    }
+}
+
 /// Reads the options back from the kernel, in [`TcpConfig`]'s terms so
 /// they compare with what was applied: with `SO_KEEPALIVE` off,
 /// `keepalive_idle` is zero (the kernel's idle time is then unused).
@@ -226,6 +245,67 @@ mod tests {
     fn applied_options_read_back() {
         let listener = bind_listener("127.0.0.1:0".parse().expect("addr"), &tcp(7, 15_000)).expect("bind");
         assert_eq!(effective(&listener).expect("read back"), tcp(7, 15_000));
+    }
+
+    /// An accepted socket after its listener got `tcp`.
+    fn accept_from(listener_tcp: &TcpConfig, before: impl FnOnce(&Socket)) -> Socket {
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        apply(&listener, listener_tcp).expect("apply");
+        before(&listener);
+        listener.bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into()).expect("bind");
+        listener.listen(8).expect("listen");
+        let address = listener.local_addr().expect("addr").as_socket().expect("inet");
+        let _client = std::net::TcpStream::connect(address).expect("connect");
+        listener.accept().expect("accept").0
+    }
+
+    /// The kernel behaviour [`apply_accepted`] relies on: each option set on
+    /// a listener reads back the same from the sockets it accepts, for both
+    /// settings of every boolean and values away from the defaults.
+    #[test]
+    fn accepted_sockets_inherit_the_listeners_options() {
+        for (idle_s, user_timeout_ms, nodelay) in [(7, 15_000, true), (0, 0, false), (3, 1_234, false)] {
+            let mut want = tcp(idle_s, user_timeout_ms);
+            want.nodelay = nodelay;
+            want.keepalive_interval = Duration::from_secs(3);
+            want.keepalive_count = 9;
+            let accepted = accept_from(&want, |_| {});
+            let listener = bind_listener("127.0.0.1:0".parse().expect("addr"), &want).expect("bind");
+            assert_eq!(
+                effective(&accepted).expect("accepted"),
+                effective(&listener).expect("listener"),
+                "idle {idle_s}s, user timeout {user_timeout_ms}ms, nodelay {nodelay}"
+            );
+        }
+    }
+
+    /// Socket buffers too (not configured today; measured so a future
+    /// `[tcp]` buffer option knows it can be set once on the listener).
+    #[test]
+    fn accepted_sockets_inherit_buffer_sizes() {
+        let accepted = accept_from(&tcp(7, 0), |l| {
+            l.set_send_buffer_size(64 * 1024).expect("SO_SNDBUF");
+            l.set_recv_buffer_size(96 * 1024).expect("SO_RCVBUF");
+        });
+        // The kernel doubles the value it is given for its bookkeeping.
+        assert_eq!(accepted.send_buffer_size().expect("SO_SNDBUF"), 128 * 1024);
+        assert_eq!(accepted.recv_buffer_size().expect("SO_RCVBUF"), 192 * 1024);
+    }
+
+    /// Options set on a listener after its handshakes completed do not
+    /// reach the sockets already queued: why [`apply_accepted`] applies
+    /// everything to a backlog that may predate the listener's options.
+    #[test]
+    fn queued_sockets_keep_the_options_they_were_cloned_with() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let _client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        // Wait until the handshake has completed (it has once connect
+        // returns on loopback), then change the listener.
+        apply(&listener, &tcp(7, 15_000)).expect("apply");
+        let (queued, _) = listener.accept().expect("accept");
+        assert_ne!(effective(&queued).expect("queued"), effective(&listener).expect("listener"));
+        apply_accepted(&queued, &tcp(7, 15_000), false).expect("apply_accepted");
+        assert_eq!(effective(&queued).expect("queued"), effective(&listener).expect("listener"));
     }
 
     #[test]

@@ -590,7 +590,10 @@ fn activated_socket_on_another_address_is_refused() {
     assert_eq!(status.code(), Some(78), "not EX_CONFIG: the unit would retry it; log:\n{log}");
     let line = log.lines().find(|l| l.contains("fatal ")).unwrap_or_else(|| panic!("no fatal line:\n{log}"));
     assert!(line.contains(&format!("0.0.0.0:{port}")) && line.contains(&configured), "{line}");
-    assert!(line.contains("ListenStream="), "the error does not say how to fix it: {line}");
+    assert!(
+        line.contains("make ListenStream= in heartbeatd.socket and the listener's address the same"),
+        "the error does not say how to fix it: {line}"
+    );
 }
 
 /// `LISTEN_PID` naming another process: the fds are not for us, so the

@@ -110,10 +110,14 @@ pub fn run(args: &Args) -> Result<(), String> {
     let pids: Vec<u32> = workers.iter().map(|w| w.child.id()).collect();
     let mut ctx = Ctx { args, workers, pids };
     match &args.mode {
-        Mode::Rate { rate, warmup, secs } => {
-            let m =
-                ctx.step(|share| format!("rate rate={} warmup={warmup} secs={secs}", rate * share), *warmup, *secs)?;
-            emit("rate", &format!("offered_per_s={rate:.0} {}", m.fields()));
+        Mode::Rate { rate, warmup, secs, even } => {
+            let even = u8::from(*even);
+            let m = ctx.step(
+                |share| format!("rate rate={} warmup={warmup} secs={secs} even={even}", rate * share),
+                *warmup,
+                *secs,
+            )?;
+            emit("rate", &format!("offered_per_s={rate:.0} even={even} {}", m.fields()));
         }
         Mode::Max { window, warmup, secs } => {
             let m = ctx.step(|_| format!("max window={window} warmup={warmup} secs={secs}"), *warmup, *secs)?;
@@ -189,8 +193,11 @@ impl Ctx<'_> {
         for _ in 0..steps {
             let mut tries = 0;
             let (m, pass) = loop {
-                let m =
-                    self.step(|share| format!("rate rate={} warmup={warmup} secs={secs}", rate * share), warmup, secs)?;
+                let m = self.step(
+                    |share| format!("rate rate={} warmup={warmup} secs={secs} even=0", rate * share),
+                    warmup,
+                    secs,
+                )?;
                 let kept_up = m.per_s(m.step.replies) >= 0.97 * rate && m.per_s(m.step.sent) >= 0.97 * rate;
                 let pass = kept_up && (m.step.rtt.quantile(0.99) as f64) < slo_ms * 1e6 && m.step.lost == 0;
                 emit("sweep-probe", &format!("offered_per_s={rate:.0} pass={pass} {}", m.fields()));

@@ -84,6 +84,11 @@ pub enum Mode {
         /// Seconds of the measurement window.
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
+        /// Spread the heartbeats evenly in time, as a fleet sends them
+        /// (a precise sleep between due times), instead of in the 1 ms
+        /// bursts of the poll's timeout resolution.
+        #[arg(long)]
+        even: bool,
     },
     /// Saturation: each client keeps `window` heartbeats in flight.
     Max {

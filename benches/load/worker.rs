@@ -3,12 +3,15 @@
 //! stdin, answering each with a [`Step`] line on stdout.
 //!
 //! Steps (one line each, `key=value` fields after the step's name):
-//! - `rate rate=R warmup=S secs=S`: open loop at a fixed offered rate. The
+//! - `rate rate=R warmup=S secs=S even=0|1`: open loop at a fixed offered rate. The
 //!   k-th heartbeat is due at `k / R` seconds and goes to the next online
 //!   connection in round-robin order, so each connection sends every
 //!   `online / R` seconds whether or not replies come back. The loop sleeps
 //!   in the poll between due times (epoll's 1 ms resolution: at high rates
-//!   heartbeats leave in 1 ms bursts).
+//!   heartbeats leave in 1 ms bursts). With `even=1` the loop instead
+//!   sleeps (`nanosleep`, microsecond resolution) until each due time and
+//!   polls without waiting, so heartbeats leave one by one, evenly spread,
+//!   as a fleet's do: the paced-rate rows.
 //! - `max window=W warmup=S secs=S`: saturation. Every connection keeps `W`
 //!   heartbeats in flight and sends the next one as each reply arrives.
 //! - `idle secs=S`: no traffic; only watches for connections the server
@@ -319,7 +322,7 @@ impl Worker {
         let ms = |key: &str| num::<f64>(&kv, key).map(|v| (v * 1e6) as u64);
         let secs = |key: &str| num::<f64>(&kv, key).map(|v| (v * 1e9) as u64);
         match name {
-            "rate" => self.run_rate(num(&kv, "rate")?, secs("warmup")?, secs("secs")?),
+            "rate" => self.run_rate(num(&kv, "rate")?, secs("warmup")?, secs("secs")?, num::<u8>(&kv, "even")? == 1),
             "max" => self.run_max(num(&kv, "window")?, secs("warmup")?, secs("secs")?),
             "idle" => self.run_idle(secs("secs")?),
             "detect" => self.run_detect(ms("interval")?, ms("lead")?, ms("spread")?, ms("timeout")?, ms("grace")?),
@@ -342,10 +345,10 @@ impl Worker {
     }
 
     /// The `rate` step (see the module docs).
-    fn run_rate(&mut self, rate: f64, warmup: u64, secs: u64) {
+    fn run_rate(&mut self, rate: f64, warmup: u64, secs: u64, even: bool) {
         let t0 = self.begin(warmup, secs);
         let end = self.window.end;
-        self.paced(t0, end, rate, |_, _| true, |_| false);
+        self.paced(t0, end, rate, even, |_, _| true, |_| false);
     }
 
     /// The `max` step (see the module docs).
@@ -388,7 +391,7 @@ impl Worker {
         self.beat_silent(u64::MAX);
         // A stopped client sends no more; the step is over once every
         // client has been closed.
-        self.paced(t0, end, rate, |w, i| w.now() < w.conns[i].stop_at, |w| w.online_count == 0);
+        self.paced(t0, end, rate, false, |w, i| w.now() < w.conns[i].stop_at, |w| w.online_count == 0);
         for i in online {
             if self.conns[i].state == State::Online {
                 self.window.stats.undetected += 1;
@@ -399,11 +402,13 @@ impl Worker {
     /// The open-loop pacing of rate and detect steps: from `t0` to `end`,
     /// heartbeat `k` is due at `t0 + k / rate` and goes to the next online
     /// connection for which `sends` holds. Stops early once `done` holds.
+    /// `even`: sleep precisely between due times (see the module docs).
     fn paced(
         &mut self,
         t0: u64,
         end: u64,
         rate: f64,
+        even: bool,
         sends: impl Fn(&Worker, usize) -> bool,
         done: impl Fn(&Worker) -> bool,
     ) {
@@ -428,6 +433,9 @@ impl Worker {
             let next_due = t0 + ((k + 1) as f64 * 1e9 / rate) as u64;
             if k < due {
                 self.poll_once(Some(Duration::ZERO));
+            } else if even {
+                self.poll_once(Some(Duration::ZERO));
+                std::thread::sleep(Duration::from_nanos(next_due.min(end).saturating_sub(self.now())));
             } else {
                 self.poll_until(next_due.min(end));
             }

@@ -41,6 +41,9 @@ pub(super) const MAX_DURATION_TEXT: &str = "4294967295ms (about 49.7 days)";
 const DEFAULT_TICK: Duration = Duration::from_millis(100);
 const MIN_TICK: Duration = Duration::from_millis(1);
 const MAX_TICK: Duration = Duration::from_secs(1);
+/// `[daemon] coalesce` default, measured in docs/BENCHMARKS.md; off when the
+/// tick is not longer.
+const DEFAULT_COALESCE: Duration = Duration::from_millis(1);
 /// `[daemon] max_clients` default.
 const DEFAULT_MAX_CLIENTS: usize = 65536;
 /// `[daemon] max_clients` range: 16 Mi connections is far past any fd
@@ -233,12 +236,34 @@ impl Source<'_> {
 
 /// Checks of the `[daemon]` and `[http]` tables.
 impl Source<'_> {
+    /// Validates `daemon.coalesce` against the tick it must stay below.
+    fn coalesce(&self, raw: Option<&Spanned<String>>, tick: Duration) -> Result<Duration, ConfigError> {
+        match raw {
+            // The default must not refuse a config whose tick is 1 ms.
+            None if DEFAULT_COALESCE < tick => Ok(DEFAULT_COALESCE),
+            None => Ok(Duration::ZERO),
+            Some(value) => {
+                let coalesce = self.duration(value, "daemon.coalesce")?;
+                if coalesce >= tick {
+                    return Err(self.at(
+                        value,
+                        "daemon.coalesce",
+                        format!("must be shorter than the tick ({}), got {}", show(tick), show(coalesce)),
+                    ));
+                }
+                Ok(coalesce)
+            }
+        }
+    }
+
     /// Validates the `[daemon]` table.
     fn daemon(&self, raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
         let LogLevel(log_level) =
             self.parsed(raw.log_level.as_ref(), "daemon.log_level", LogLevel(LevelFilter::Info))?;
+        let tick = self.duration_in(raw.tick.as_ref(), "daemon.tick", MIN_TICK..=MAX_TICK, DEFAULT_TICK)?;
         Ok(DaemonConfig {
-            tick: self.duration_in(raw.tick.as_ref(), "daemon.tick", MIN_TICK..=MAX_TICK, DEFAULT_TICK)?,
+            tick,
+            coalesce: self.coalesce(raw.coalesce.as_ref(), tick)?,
             max_clients: self.int_in(
                 raw.max_clients.as_ref(),
                 "daemon.max_clients",
@@ -384,6 +409,7 @@ mod tests {
             config.daemon,
             DaemonConfig {
                 tick: ms(100),
+                coalesce: ms(1),
                 max_clients: 65536,
                 max_per_address: 0,
                 shutdown_grace: secs(5),
@@ -399,8 +425,23 @@ mod tests {
     }
 
     #[test]
+    fn coalesce_is_shorter_than_the_tick_and_off_by_default_at_a_1ms_tick() {
+        let daemon = |table: &str| format!("[daemon]\n{table}\n{}", listener(""));
+        assert_eq!(parse_ok(&daemon("coalesce = \"0s\"")).daemon.coalesce, Duration::ZERO);
+        assert_eq!(parse_ok(&daemon("tick = \"1ms\"")).daemon.coalesce, Duration::ZERO);
+        assert_eq!(parse_ok(&daemon("tick = \"2ms\"")).daemon.coalesce, ms(1));
+        assert_err(
+            &daemon("tick = \"5ms\"\ncoalesce = \"5ms\""),
+            3,
+            "daemon.coalesce",
+            "shorter than the tick (5ms), got 5ms",
+        );
+        assert_err(&daemon("coalesce = \"500us\""), 2, "daemon.coalesce", "whole number of milliseconds");
+    }
+
+    #[test]
     fn all_values_are_read() {
-        let text = "[daemon]\ntick = \"10ms\"\nmax_clients = 7\nmax_per_address = 2\n\
+        let text = "[daemon]\ntick = \"10ms\"\ncoalesce = \"3ms\"\nmax_clients = 7\nmax_per_address = 2\n\
                     shutdown_grace = \"0s\"\nlog_level = \"trace\"\n"
             .to_owned()
             + &listener(
@@ -409,7 +450,7 @@ mod tests {
                  [listener.tcp]\nkeepalive_idle = \"0s\"\nkeepalive_count = 9\nnodelay = false\n",
             );
         let config = parse_ok(&text);
-        assert_eq!(config.daemon.tick, ms(10));
+        assert_eq!((config.daemon.tick, config.daemon.coalesce), (ms(10), ms(3)));
         assert_eq!((config.daemon.max_clients, config.daemon.max_per_address), (7, 2));
         assert_eq!(config.daemon.shutdown_grace, Duration::ZERO);
         assert_eq!(config.daemon.log_level, log::LevelFilter::Trace);

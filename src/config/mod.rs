@@ -81,6 +81,9 @@ pub struct HttpConfig {
 pub struct DaemonConfig {
     /// Timer wheel resolution: deadlines fire at most one tick late.
     pub tick: Duration,
+    /// Longest nap after a busy round before the loop polls again (wakeup
+    /// coalescing, `server/coalesce.rs`); zero is off. Shorter than `tick`.
+    pub coalesce: Duration,
     /// Most connections at once, over all listeners.
     pub max_clients: usize,
     /// Most connections from one IP address; 0 means no limit.
@@ -349,6 +352,7 @@ pub(super) mod tests {
         let expected = Config {
             daemon: DaemonConfig {
                 tick: ms(100),
+                coalesce: ms(1),
                 max_clients: 65536,
                 max_per_address: 0,
                 shutdown_grace: secs(5),
@@ -408,7 +412,7 @@ pub(super) mod tests {
             assert_eq!(config, embedded().unwrap(), "uncommented {line:?}");
             checked += 1;
         }
-        assert_eq!(checked, 17);
+        assert_eq!(checked, 18);
     }
 
     #[test]

@@ -198,6 +198,8 @@ impl Server {
     pub(super) fn update_listener(&mut self, lkey: usize, cfg: ListenerConfig, now: Instant) {
         let old = std::mem::replace(&mut self.listeners[lkey].cfg, cfg);
         let l = &mut self.listeners[lkey];
+        // Connections queued now were cloned with the old options.
+        l.inherits_tcp &= old.tcp == l.cfg.tcp;
         let timing = old.interval != l.cfg.interval || old.timeout != l.cfg.timeout;
         let tcp = old.tcp != l.cfg.tcp;
         if let (true, Some(socket)) = (tcp, &l.socket) {

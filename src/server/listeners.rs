@@ -65,7 +65,8 @@ impl Server {
             // the listener, so the start fails instead.
             let _ = self.poll.registry().deregister(&mut socket);
             let message = format!(
-                "the socket systemd passed serves {address}, the config says {}: make ListenStream= in                  heartbeatd.socket and the listener's address the same, or disable heartbeatd.socket",
+                "the socket systemd passed serves {address}, the config says {}: make ListenStream= in \
+                 heartbeatd.socket and the listener's address the same, or disable heartbeatd.socket",
                 cfg.address
             );
             return Err(ServerError {
@@ -88,7 +89,17 @@ impl Server {
             tcp
         );
         self.metrics.add_listener(&cfg.name);
-        entry.insert(Listener { cfg, socket: Some(socket), paused: false, exhausted_since: None, options_set });
+        // A bound socket got its options before listen(); an adopted one may
+        // hold connections systemd queued before them.
+        let inherits_tcp = options_set && origin == "bound";
+        entry.insert(Listener {
+            cfg,
+            socket: Some(socket),
+            paused: false,
+            exhausted_since: None,
+            options_set,
+            inherits_tcp,
+        });
         Ok(())
     }
 
@@ -130,7 +141,14 @@ impl Server {
                     }
                     self.admit(lkey, stream, peer, now);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The backlog is empty: whatever is accepted from now on
+                    // completes its handshake after the listener got its
+                    // options, and is cloned with them.
+                    let l = &mut self.listeners[lkey];
+                    l.inherits_tcp = l.options_set;
+                    return;
+                }
                 Err(e) if is_resource_exhaustion(&e) => {
                     self.metrics.count_accept_error(&l.cfg.name);
                     // Accepting again at once would fail again and, with a
@@ -187,12 +205,8 @@ impl Server {
             }
             return;
         }
-        // The accepted socket inherited the listener's options (six
-        // setsockopt calls saved per accept), unless those could not be set.
-        if !self.listeners[lkey].options_set {
-            if let Err(e) = sockopt::apply(&stream, &cfg.tcp) {
-                warn!("sockopt-failed peer={} listener={} error={}", peer, Logfmt(&cfg.name), Logfmt(&e.to_string()));
-            }
+        if let Err(e) = sockopt::apply_accepted(&stream, &cfg.tcp, self.listeners[lkey].inherits_tcp) {
+            warn!("sockopt-failed peer={} listener={} error={}", peer, Logfmt(&cfg.name), Logfmt(&e.to_string()));
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -259,10 +273,7 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::serves_configured;
-    use crate::sockopt;
 
     #[test]
     fn an_activated_socket_must_serve_the_configured_address() {
@@ -272,36 +283,5 @@ mod tests {
         assert!(!serves_configured(at("127.0.0.1:7700"), at("0.0.0.0:7700")));
         assert!(!serves_configured(at("0.0.0.0:7700"), at("0.0.0.0:7701")));
         assert!(!serves_configured(at("127.0.0.1:0"), at("0.0.0.0:4242")));
-    }
-
-    /// Linux clones an accepted socket from its listener: every option
-    /// `sockopt::apply` sets comes with it, so `admit` need not set them
-    /// again. Checked for keepalive on (with non-default values) and off,
-    /// and both `nodelay` settings.
-    #[test]
-    fn options_are_inherited() {
-        for tcp in [
-            "keepalive_idle = \"7s\"\nkeepalive_interval = \"3s\"\nkeepalive_count = 4\nuser_timeout = \"21s\"\nnodelay = false\n",
-            "keepalive_idle = \"0s\"\nnodelay = true\n",
-        ] {
-            let text = format!("[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\n[listener.tcp]\n{tcp}");
-            let cfg = match crate::config::parse(&text, "test.toml", Path::new("/nonexistent")) {
-                Ok(mut c) => c.listeners.remove(0),
-                Err(e) => panic!("config: {e}"),
-            };
-            let listener = sockopt::bind_listener(cfg.address, &cfg.tcp).expect("bind");
-            let wanted = sockopt::effective(&listener).expect("listener options");
-            let _client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-            let accepted = loop {
-                match listener.accept() {
-                    Ok((stream, _)) => break stream,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                    Err(e) => panic!("accept: {e}"),
-                }
-            };
-            assert_eq!(sockopt::effective(&accepted).expect("accepted options"), wanted, "{tcp}");
-            assert_eq!(wanted.nodelay, cfg.tcp.nodelay);
-            assert_eq!(wanted.keepalive(), cfg.tcp.keepalive());
-        }
     }
 }

@@ -27,6 +27,8 @@
 //!   is not closing; `close` cancels the connection's timer.
 //! - The poll sleeps until the wheel's next expiry (never a fixed busy
 //!   tick), or not at all while a connection has read budget left over.
+//!   After a busy round it may first nap up to `daemon.coalesce`
+//!   (`coalesce.rs`), which ends at that same expiry and at any signal.
 //! - Only start-up (binding the configured listeners) and a failing poll stop
 //!   the daemon; every client error closes that client alone.
 
@@ -56,6 +58,7 @@ use crate::status::{ListenerNames, StatusView};
 use crate::systemd::{self, Notifier};
 use crate::wheel::{TimerId, Wheel};
 
+mod coalesce;
 mod control;
 mod listeners;
 
@@ -94,6 +97,9 @@ const LISTENER_BASE: usize = 1 << 40;
 /// HTTP tokens start here (the status API's listener, then its
 /// connections); below are client listeners.
 const HTTP_BASE: usize = 1 << 41;
+
+/// The signals the loop handles (`signals.rs`).
+const SIGNALS: [libc::c_int; 4] = [SIGTERM, SIGINT, SIGHUP, SIGUSR1];
 
 /// The token of the signal pipe.
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
@@ -254,11 +260,16 @@ struct Listener {
     /// When accepting first failed for lack of fds, until an accept works
     /// again: one warning per episode, not one per retry.
     exhausted_since: Option<Instant>,
-    /// The listening socket carries `cfg.tcp`, so accepted sockets inherit
-    /// it (Linux clones them from the listener; `options_are_inherited`
-    /// tests which). False after setting them failed: then each accepted
-    /// socket gets them set, as a fallback.
+    /// The listening socket carries `cfg.tcp` (false after setting it
+    /// failed: then every accepted socket gets the options set).
     options_set: bool,
+    /// Sockets accepted now inherit `cfg.tcp` from the listener, so admit
+    /// sets no option (`sockopt::apply_accepted`). False while the backlog
+    /// may hold connections cloned before the listener got its options (an
+    /// adopted socket, a reload that changed `[tcp]`) or while
+    /// `options_set` is false; true again at the accept loop's next
+    /// `WouldBlock` once the options are set.
+    inherits_tcp: bool,
 }
 
 impl ListenerNames for Slab<Listener> {
@@ -319,6 +330,8 @@ pub struct Server {
     /// The status API, when `[http]` is configured.
     http: Option<Http>,
     metrics: Metrics,
+    /// Naps after busy rounds (`daemon.coalesce`).
+    coalesce: coalesce::Coalescer,
 }
 
 impl Server {
@@ -326,8 +339,7 @@ impl Server {
     /// `config_path` is re-read on SIGHUP; `None` means the embedded config.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Server, ServerError> {
         let poll = Poll::new().map_err(failed("creating the poll"))?;
-        let mut signals =
-            Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map_err(failed("installing signal handlers"))?;
+        let mut signals = Signals::new(SIGNALS).map_err(failed("installing signal handlers"))?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
             .map_err(failed("registering signals"))?;
@@ -355,6 +367,7 @@ impl Server {
             reload_error: None,
             http: None,
             metrics: Metrics::new(),
+            coalesce: coalesce::Coalescer::new(&SIGNALS).map_err(failed("creating the coalescing poll"))?,
             config: config.clone(),
         };
         let mut activated = systemd::take_listen_fds();
@@ -389,7 +402,10 @@ impl Server {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut expired = Vec::new();
         loop {
-            let timeout = self.poll_timeout(Instant::now());
+            let mut timeout = self.poll_timeout(Instant::now());
+            if self.coalesce.nap(self.config.daemon.coalesce, timeout) {
+                timeout = self.poll_timeout(Instant::now());
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -397,6 +413,8 @@ impl Server {
                 return Err(ServerError { op: "polling".into(), source: e });
             }
             let now = Instant::now();
+            self.coalesce
+                .observe(now, coalesce::Round::of(&events, |Token(t)| (LISTENER_BASE..HTTP_BASE).contains(&t)));
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => self.on_signals(now),
