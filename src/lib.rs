@@ -34,6 +34,7 @@ pub(crate) mod journal;
 pub mod limits;
 pub mod logging;
 pub(crate) mod metrics;
+pub mod reload;
 pub mod server;
 pub(crate) mod session;
 #[allow(unsafe_code)]

@@ -67,9 +67,10 @@ impl Notifier {
         self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
     }
 
-    /// `STOPPING=1`.
-    pub fn stopping(&self) {
-        self.notify("STOPPING=1");
+    /// `STOPPING=1` with a status line, so `systemctl status` stops
+    /// showing the running counts at once.
+    pub fn stopping(&self, status: &str) {
+        self.notify(&format!("STOPPING=1\nSTATUS={}", one_line(status)));
     }
 
     /// `WATCHDOG=1`: the loop is alive.
@@ -125,6 +126,22 @@ pub fn monotonic_usec() -> u64 {
     let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
     let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
     secs * 1_000_000 + nanos / 1_000
+}
+
+/// Sends SIGHUP to `pid`: the reload request of `heartbeatd --reload`.
+pub fn send_sighup(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    if pid <= 0 {
+        // kill(0 or negative) would signal a whole process group.
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: kill(2) with a positive pid and a valid signal number only
+    // sends a signal; it touches no memory of ours.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// A listening socket passed by the service manager.

@@ -161,3 +161,12 @@ fn sighup_reads_the_dropins_too() {
     let failed = d.wait_from(mark, ev("reload-failed"), DEADLINE);
     assert!(failed.field("error").contains("20-bad.toml:2: daemon.tick: daemon.tick is already set at"), "{failed}");
 }
+
+/// `--check-config` counts in the singular for one listener (the embedded
+/// config has one): "1 listener", not "1 listeners".
+#[test]
+fn check_config_counts_one_listener_in_the_singular() {
+    let out = run_cli(&["--check-config"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "heartbeatd: config embedded is valid (1 listener)");
+}

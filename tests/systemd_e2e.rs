@@ -15,11 +15,17 @@
 //!   fresh WELCOME with the new interval; a broken file makes `systemctl
 //!   reload` fail with the config error, and a SIGHUP that bypasses the
 //!   check keeps the service running (`reload-failed` in the journal, the
-//!   failure in the status);
+//!   failure in the status); a reload whose added listener's port is taken
+//!   makes `systemctl reload` fail, with the listener named in the journal
+//!   (priority err) and in the status line;
 //! - `systemctl stop` with a client connected sends it BYE `shutdown` and
-//!   logs its offline event with reason `shutdown`;
+//!   logs its offline event with reason `shutdown`, and the status text no
+//!   longer counts clients;
 //! - with `heartbeatd.socket` started, a client's connection starts the
-//!   service, which adopts the socket and serves the client.
+//!   service, which adopts the socket and serves the client;
+//! - the README's steps switch a running install to the socket:
+//!   `enable --now heartbeatd.socket` alone fails while the service holds
+//!   the port; stop, enable --now, start makes the service adopt it.
 //!
 //! It needs root, `systemd-nspawn` and `nsenter`, and the package built by
 //! `cargo deb` (.ci/test builds it as root). The bookworm tree comes from a
@@ -227,7 +233,7 @@ fn scenario(c: &Container, deb: &Path) {
     });
     assert!(message(&listening).contains(&format!("address=0.0.0.0:{PORT} socket=bound")), "{listening:?}");
     let status = c.ok("systemctl status heartbeatd --no-pager");
-    assert!(status.contains("Status: \"0 clients online on 1 listeners\""), "no STATUS line in:\n{status}");
+    assert!(status.contains("Status: \"0 clients online on 1 listener\""), "no STATUS line in:\n{status}");
 
     // --- a client that leaves: online + offline(left), found by field ---
     c.ok("bash /root/hbclient e2e-left bye /root/left.rx");
@@ -293,9 +299,9 @@ fn scenario(c: &Container, deb: &Path) {
         Background::spawn(c, "bash /root/hbclient e2e-hold hold /root/hold.rx", c.host_path("/root/hold.rx.stop"));
     let hold_rx = c.host_path("/root/hold.rx");
     let first = wait_until("WELCOME for e2e-hold", Duration::from_secs(10), || welcomes(&hold_rx).first().copied());
-    c.wait_status("1 clients online on 1 listeners");
+    c.wait_status("1 client online on 1 listener");
     let status = c.ok("systemctl status heartbeatd --no-pager");
-    assert!(status.contains("Status: \"1 clients online on 1 listeners\""), "no STATUS line in:\n{status}");
+    assert!(status.contains("Status: \"1 client online on 1 listener\""), "no STATUS line in:\n{status}");
 
     // --- reload with a new interval: a fresh WELCOME ---
     let conf = "/etc/heartbeatd/heartbeatd.toml";
@@ -335,19 +341,44 @@ fn scenario(c: &Container, deb: &Path) {
     assert_fields(&failed, &[("PRIORITY", "3")]);
     assert_eq!(c.ok("systemctl is-active heartbeatd").trim(), "active");
     let text = c.wait_status("last reload failed");
-    assert!(text.starts_with("1 clients online"), "{text}");
+    assert!(text.starts_with("1 client online"), "{text}");
     assert!(find_event(&c.journal(), "e2e-hold", "offline").is_none(), "a failed reload dropped the connected client");
     c.ok(&format!("cp /root/heartbeatd.toml.good {conf}"));
     c.ok("systemctl reload heartbeatd");
-    c.wait_status("1 clients online on 1 listeners");
+    c.wait_status("1 client online on 1 listener");
     let restored =
         wait_until("a third WELCOME after the restore", Duration::from_secs(10), || welcomes(&hold_rx).get(2).copied());
     assert_eq!(restored.interval_ms, 3000, "the restored interval");
+
+    // --- a reload that fails in part: an added listener's port is taken ---
+    // The status API holds 127.0.0.1:7780 (a valid file: the addresses
+    // differ), so the daemon cannot bind 0.0.0.0:7780 for the new listener.
+    c.ok(&format!("printf '\\n[[listener]]\\nname = \"extra\"\\naddress = \"0.0.0.0:7780\"\\n' >> {conf}"));
+    c.ok(&format!("heartbeatd --check-config --config {conf}"));
+    let reload = c.sh("systemctl reload heartbeatd");
+    println!("e2e: reload with a taken port: {} {}", reload.status, String::from_utf8_lossy(&reload.stderr).trim());
+    assert!(!reload.status.success(), "systemctl reload reported success for a listener it could not bind");
+    let said = c.wait_journal("the reload command's error", |entries| {
+        entries.iter().find(|e| message(e).starts_with("heartbeatd: reload failed in part: listener extra: ")).cloned()
+    });
+    println!("e2e: ExecReload= said: {:?}", message(&said));
+    assert_fields(&said, &[("PRIORITY", "3")]);
+    let text = c.wait_status("last reload failed in part: listener extra: ");
+    assert!(text.starts_with("1 client online on 1 listener; "), "{text}");
+    assert!(text.contains("0.0.0.0:7780"), "{text}");
+    assert!(c.ok("systemctl status heartbeatd --no-pager").contains("last reload failed in part"));
+    assert_eq!(c.ok("systemctl is-active heartbeatd").trim(), "active");
+    c.ok(&format!("cp /root/heartbeatd.toml.good {conf}"));
+    c.ok("systemctl reload heartbeatd");
+    assert_eq!(c.ok("systemctl show -p StatusText --value heartbeatd").trim(), "1 client online on 1 listener");
 
     // --- stop with a client connected: BYE shutdown and its offline event ---
     c.ok("systemctl stop heartbeatd");
     assert_eq!(stdout(&c.sh("systemctl is-active heartbeatd")).trim(), "inactive");
     assert_eq!(c.ok("systemctl show -p Result --value heartbeatd").trim(), "success");
+    let after_stop = c.ok("systemctl show -p StatusText --value heartbeatd");
+    println!("e2e: StatusText after the stop: {:?}", after_stop.trim());
+    assert!(!after_stop.contains("online"), "a stopped service still shows a client count: {after_stop:?}");
     let bye = c.wait_journal("the offline entry of e2e-hold", |entries| find_event(entries, "e2e-hold", "offline"));
     assert_fields(
         &bye,
@@ -377,6 +408,30 @@ fn scenario(c: &Container, deb: &Path) {
         c.wait_journal("the offline entry of e2e-activated", |entries| find_event(entries, "e2e-activated", "offline"));
     println!("e2e: socket activation: {:?}", message(&activated));
     c.ok("systemctl stop heartbeatd.socket heartbeatd.service");
+
+    // --- the README's switch of a running install to the socket ---
+    c.ok("systemctl start heartbeatd.service");
+    let naive = c.sh("systemctl enable --now heartbeatd.socket");
+    println!("e2e: enable --now with the service running: {}", naive.status);
+    assert!(!naive.status.success(), "the socket started while the service held its port");
+    let adopted_before = count_adopted(&c.journal());
+    c.ok("systemctl stop heartbeatd.service");
+    c.ok("systemctl enable --now heartbeatd.socket");
+    c.ok("systemctl start heartbeatd.service");
+    c.wait_journal("a listening line with socket=systemd after the README's steps", |entries| {
+        (count_adopted(entries) > adopted_before).then_some(())
+    });
+    c.ok("bash /root/hbclient e2e-switched bye /root/switched.rx");
+    assert_eq!(welcomes(&c.host_path("/root/switched.rx")).len(), 1, "WELCOME after the switch");
+    c.ok("systemctl disable --now heartbeatd.socket && systemctl stop heartbeatd.service");
+}
+
+/// How many times the journal says listener `main` adopted systemd's socket.
+fn count_adopted(entries: &[HashMap<String, String>]) -> usize {
+    entries
+        .iter()
+        .filter(|e| message(e).starts_with("listening listener=main ") && message(e).contains("socket=systemd"))
+        .count()
 }
 
 // ---- the container ----------------------------------------------------------

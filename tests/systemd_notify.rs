@@ -9,12 +9,17 @@
 //!   only once the listener accepts, a rate-limited `STATUS=` with the
 //!   online count, `RELOADING=1` + `MONOTONIC_USEC=` then `READY=1` on
 //!   SIGHUP (also when the new file is broken, with the failure in
-//!   `STATUS=`), `STOPPING=1` on SIGTERM, `WATCHDOG=1` at half of
-//!   `WATCHDOG_USEC` and only for the process `WATCHDOG_PID` names;
+//!   `STATUS=`), `STOPPING=1` on SIGTERM then a last `STATUS=stopped`,
+//!   `WATCHDOG=1` at half of `WATCHDOG_USEC` and only for the process
+//!   `WATCHDOG_PID` names; counts read "1 client", "1 listener";
+//! - `heartbeatd --reload PID` (the unit's `ExecReload=`) exits 0 after a
+//!   good reload and 1 with the error after one that failed in part (a new
+//!   listener's port taken), which `STATUS=` names too;
 //! - socket activation as systemd does it (fd 3, `LISTEN_FDS`,
 //!   `LISTEN_PID`, `LISTEN_FDNAMES`): the socket is adopted by name or by
-//!   address, a connection already waiting in its backlog is served, and
-//!   fds meant for another pid are left alone;
+//!   address, a connection already waiting in its backlog is served, one
+//!   adopted by name that serves another address than the config's fails
+//!   the start, and fds meant for another pid are left alone;
 //! - the journal sink against the native protocol: events carry their
 //!   priority, `MESSAGE_ID` and `HEARTBEAT_*` fields, `MESSAGE` is the
 //!   logfmt line, nothing is duplicated on stderr, and a stderr that is not
@@ -32,7 +37,7 @@ use heartbeatd_harness::systemd::{
     parse_listening_address, pass_as_fd3, skip, which, FileDaemon, JournalEntry, JournalSocket, Notification,
     NotifySocket,
 };
-use heartbeatd_harness::{daemon_bin, hello_frame, NativeClient, TempDir, BYE};
+use heartbeatd_harness::{daemon_bin, hello_frame, listener, NativeClient, TempDir, BYE};
 
 /// Time allowed for start-up, a reload or a stop. Generous: CI machines are
 /// small and run tests in parallel.
@@ -167,7 +172,7 @@ fn ready_is_sent_once_the_listener_accepts() {
     assert!(line.contains("socket=bound"), "{line}");
     let addr = parse_listening_address(line).expect("address in the listening line");
     let ready = got.last().expect("the READY notification");
-    assert_eq!(ready.get("STATUS"), Some("0 clients online on 1 listeners"), "{:?}", ready.text);
+    assert_eq!(ready.get("STATUS"), Some("0 clients online on 1 listener"), "{:?}", ready.text);
     let mut client = NativeClient::connect(addr);
     let welcome = client.join("ready-probe");
     assert_eq!((welcome.interval_ms, welcome.timeout_ms), (1000, 3000));
@@ -175,7 +180,7 @@ fn ready_is_sent_once_the_listener_accepts() {
 }
 
 /// `STATUS=` follows the online count, at most once a second: the first
-/// client shows as "1 clients online", two more that join at once are
+/// client shows as "1 client online", two more that join at once are
 /// coalesced, and leaving clients count down to 0.
 #[test]
 fn status_follows_online_clients_at_most_once_a_second() {
@@ -187,7 +192,7 @@ fn status_follows_online_clients_at_most_once_a_second() {
     let mut first = NativeClient::connect(addr);
     first.join("status-1");
     let mut seen = fx.notify.recv_until("STATUS with 1 client", PROMPTLY, |n| {
-        n.get("STATUS").is_some_and(|s| s.starts_with("1 clients online"))
+        n.get("STATUS").is_some_and(|s| s.starts_with("1 client online"))
     });
     let mut others: Vec<NativeClient> = (2..=3)
         .map(|i| {
@@ -209,7 +214,7 @@ fn status_follows_online_clients_at_most_once_a_second() {
     let updates: Vec<&Notification> = seen.iter().filter(|n| is_status_update(n)).collect();
     assert_eq!(
         updates.last().and_then(|n| n.get("STATUS")),
-        Some("0 clients online on 1 listeners"),
+        Some("0 clients online on 1 listener"),
         "{:?}",
         texts(&seen)
     );
@@ -256,7 +261,7 @@ fn sighup_sends_reloading_with_monotonic_usec_then_ready() {
         "MONOTONIC_USEC={usec} is not between the SIGHUP ({before}) and the READY=1 ({after})"
     );
     let ready = got.last().expect("READY");
-    assert_eq!(ready.get("STATUS"), Some("1 clients online on 1 listeners"), "{:?}", ready.text);
+    assert_eq!(ready.get("STATUS"), Some("1 client online on 1 listener"), "{:?}", ready.text);
     // The new interval is in force: the connected client is told so.
     let welcome = client.expect_welcome_within(PROMPTLY);
     assert_eq!((welcome.interval_ms, welcome.timeout_ms), (2000, 6000));
@@ -292,7 +297,107 @@ fn broken_config_on_sighup_still_ends_with_ready_and_says_so() {
     assert!(!status.contains("failed"), "STATUS still reports a failure after a good reload: {status:?}");
 }
 
-/// SIGTERM: `STOPPING=1`, then a clean exit.
+/// `heartbeatd --reload PID` as the unit's `ExecReload=` runs it: the
+/// daemon's `$RUNTIME_DIRECTORY`, the daemon's pid.
+fn reload_command(fx: &NotifyFixture, daemon: &FileDaemon) -> std::process::Output {
+    Command::new(daemon_bin())
+        .arg("--reload")
+        .arg(daemon.pid().to_string())
+        .env("RUNTIME_DIRECTORY", fx.dir.join("run"))
+        .output()
+        .expect("run heartbeatd --reload")
+}
+
+/// A reload that fails in part (a new listener's port is taken) makes
+/// `heartbeatd --reload` (the unit's `ExecReload=`, hence `systemctl
+/// reload`) exit non-zero with the failure, and `STATUS=` names it; once
+/// the port is free, the same reload succeeds and the listener serves.
+#[test]
+fn reload_that_fails_in_part_fails_the_reload_command_and_says_what() {
+    let fx = NotifyFixture::new("notify-reload-part");
+    std::fs::create_dir(fx.dir.join("run")).expect("create the runtime directory");
+    let mut cmd = fx.command();
+    cmd.env("RUNTIME_DIRECTORY", fx.dir.join("run"));
+    let mut daemon = fx.spawn(cmd);
+    fx.wait_ready();
+    let body = "interval = \"1s\"\ntimeout = \"3s\"";
+
+    // A good reload answers 0.
+    let out = reload_command(&fx, &daemon);
+    assert!(out.status.success(), "a good reload failed: {out:?}");
+    fx.notify.recv_until("READY=1 after the good reload", PROMPTLY, |n| n.has("READY", "1"));
+
+    let taken = TcpListener::bind("127.0.0.1:0").expect("take a port");
+    let port = taken.local_addr().expect("local_addr");
+    let two = |extra_at: std::net::SocketAddr| {
+        heartbeatd_harness::config(
+            "100ms",
+            "shutdown_grace = \"1s\"",
+            &[listener("main", "native", "127.0.0.1:0", body), listener("extra", "native", extra_at, body)],
+        )
+    };
+    std::fs::write(fx.config(), two(port)).expect("add a listener on a taken port");
+    let out = reload_command(&fx, &daemon);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("reload with a taken port: {} {}", out.status, stderr.trim());
+    assert_eq!(out.status.code(), Some(1), "the reload command must fail: {out:?}");
+    assert!(stderr.starts_with("heartbeatd: reload failed in part: listener extra: "), "{stderr}");
+    assert!(stderr.contains(&port.to_string()), "{stderr}");
+    let got = fx.notify.recv_until("READY=1 after the partial reload", PROMPTLY, |n| n.has("READY", "1"));
+    let status = got.last().and_then(|n| n.get("STATUS")).unwrap_or_default().to_owned();
+    assert!(
+        status.starts_with("0 clients online on 1 listener; last reload failed in part: listener extra"),
+        "{status}"
+    );
+    // What did apply is in force: the old listener still serves.
+    let mut client = NativeClient::connect(daemon.listen_addr("main"));
+    client.join("after-partial-reload");
+
+    drop(taken);
+    let out = reload_command(&fx, &daemon);
+    assert!(out.status.success(), "the reload after freeing the port failed: {out:?}");
+    let got = fx.notify.recv_until("READY=1 after the retry", PROMPTLY, |n| n.has("READY", "1"));
+    assert_eq!(got.last().and_then(|n| n.get("STATUS")), Some("1 client online on 2 listeners"));
+    let mut extra = NativeClient::connect(port);
+    extra.join("on-extra");
+}
+
+/// A daemon that dies before it answers (here a process that SIGHUP
+/// kills) fails the reload command at once, not after its 30 s wait.
+#[test]
+fn reload_command_fails_at_once_when_the_daemon_dies() {
+    let dir = TempDir::new("reload-dies");
+    let mut victim = Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+    let pid = victim.id();
+    let reaper = std::thread::spawn(move || victim.wait());
+    let started = std::time::Instant::now();
+    let out = Command::new(daemon_bin())
+        .args(["--reload", &pid.to_string()])
+        .env("RUNTIME_DIRECTORY", dir.join("run"))
+        .output()
+        .expect("run heartbeatd --reload");
+    let _ = reaper.join();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exited before it answered"), "{out:?}");
+    assert!(started.elapsed() < PROMPTLY, "took {:?}", started.elapsed());
+}
+
+/// Without an answer channel the reload command says so instead of
+/// signalling blind.
+#[test]
+fn reload_command_without_runtime_directory_refuses() {
+    let out = Command::new(daemon_bin())
+        .args(["--reload", "1"])
+        .env_remove("RUNTIME_DIRECTORY")
+        .output()
+        .expect("run heartbeatd --reload");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RUNTIME_DIRECTORY"), "{out:?}");
+}
+
+/// SIGTERM: `STOPPING=1` with a status that no longer counts clients
+/// online, then a clean exit whose last `STATUS=` is "stopped", so
+/// `systemctl status` after a stop shows no stale client count.
 #[test]
 fn sigterm_sends_stopping_then_exits_cleanly() {
     let fx = NotifyFixture::new("notify-stop");
@@ -302,7 +407,9 @@ fn sigterm_sends_stopping_then_exits_cleanly() {
     let mut client = NativeClient::connect(addr);
     client.join("stop-watcher");
     daemon.signal(libc::SIGTERM);
-    fx.notify.recv_until("STOPPING=1", PROMPTLY, |n| n.has("STOPPING", "1"));
+    let got = fx.notify.recv_until("STOPPING=1", PROMPTLY, |n| n.has("STOPPING", "1"));
+    let stopping = got.last().and_then(|n| n.get("STATUS"));
+    assert_eq!(stopping, Some("stopping: saying BYE to 1 client (within 1000 ms)"), "{:?}", texts(&got));
     let frames = client.wait_closed(PROMPTLY);
     assert!(
         frames.iter().any(|f| (f.ty, f.payload.as_slice()) == (BYE, &b"shutdown"[..])),
@@ -310,6 +417,9 @@ fn sigterm_sends_stopping_then_exits_cleanly() {
     );
     let status = daemon.wait_exit(PROMPTLY);
     assert!(status.success(), "heartbeatd exited with {status}; log:\n{}", daemon.log_text());
+    let last = fx.notify.recv_for(Duration::from_millis(200));
+    let statuses: Vec<&str> = got.iter().chain(&last).filter_map(|n| n.get("STATUS")).collect();
+    assert_eq!(statuses.last(), Some(&"stopped"), "the last STATUS= before the exit: {statuses:?}");
 }
 
 /// Intervals between consecutive `WATCHDOG=1` among `notes`.
@@ -461,6 +571,29 @@ fn connection_pending_before_start_is_served() {
     assert_eq!(welcome.interval_ms, 1000);
     let line = daemon.wait_for_line("online client=pending-early ", PROMPTLY);
     assert!(line.contains(&format!("session={}", welcome.session)), "{line}");
+}
+
+/// A socket adopted by name that serves another address than the
+/// listener's (here: every interface where the config asks for loopback)
+/// is refused at start with exit 78 (not retried by the unit), naming both
+/// addresses: serving wider than configured must not pass with one warning
+/// line.
+#[test]
+fn activated_socket_on_another_address_is_refused() {
+    let dir = TempDir::new("activate-mismatch");
+    let socket = TcpListener::bind("0.0.0.0:0").expect("bind the activated socket");
+    let port = socket.local_addr().expect("local_addr").port();
+    let configured = format!("127.0.0.1:{port}");
+    let mut daemon = spawn_activated(&dir, &socket, Some("main"), &configured);
+    let status = daemon.wait_exit(PROMPTLY);
+    let log = daemon.log_text();
+    assert_eq!(status.code(), Some(78), "not EX_CONFIG: the unit would retry it; log:\n{log}");
+    let line = log.lines().find(|l| l.contains("fatal ")).unwrap_or_else(|| panic!("no fatal line:\n{log}"));
+    assert!(line.contains(&format!("0.0.0.0:{port}")) && line.contains(&configured), "{line}");
+    assert!(
+        line.contains("make ListenStream= in heartbeatd.socket and the listener's address the same"),
+        "the error does not say how to fix it: {line}"
+    );
 }
 
 /// `LISTEN_PID` naming another process: the fds are not for us, so the

@@ -1,10 +1,12 @@
 //! `heartbeatd`: parse arguments, load the config, start logging, run.
 //!
-//! Exit codes: 0 after a graceful stop, a valid `--check-config` or a
-//! `--print-config`; 78 (`EX_CONFIG`, sysexits.h) for a config that cannot
-//! be read or is invalid, so that the unit's `RestartPreventExitStatus=78`
-//! stops systemd from retrying a broken file; 1 for a failure to start or
-//! keep running; 2 for invalid arguments (clap).
+//! Exit codes: 0 after a graceful stop, a valid `--check-config`, a
+//! `--print-config` or a `--reload` that applied; 78 (`EX_CONFIG`,
+//! sysexits.h) for a config that cannot be read or is invalid, or that a
+//! socket-activated listener does not match, so that the unit's
+//! `RestartPreventExitStatus=78` stops systemd from retrying; 1 for a
+//! failure to start or keep running, or a `--reload` that failed; 2 for
+//! invalid arguments (clap).
 //!
 //! A config error is reported before logging is set up: on stderr, with
 //! the `<3>` priority prefix when stderr is the journal, so it is an err
@@ -37,10 +39,25 @@ struct Args {
     /// TOML and exit: 0 if valid, 78 with the error if not.
     #[arg(long, conflicts_with = "check_config")]
     print_config: bool,
+
+    /// Ask the running daemon PID to reload (SIGHUP) and wait for its
+    /// answer: 0 if the reload applied, 1 with the error if it failed, whole
+    /// or in part. The unit's ExecReload=; needs $RUNTIME_DIRECTORY.
+    #[arg(long, value_name = "PID", conflicts_with_all = ["check_config", "print_config", "config"])]
+    reload: Option<u32>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(pid) = args.reload {
+        return match heartbeatd::reload::request(pid) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                logging::early_error(&format!("heartbeatd: {e}"));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match server::load_config(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -50,7 +67,8 @@ fn main() -> ExitCode {
     };
     let origin = args.config.as_ref().map_or_else(|| "embedded".to_string(), |p| p.display().to_string());
     if args.check_config {
-        println!("heartbeatd: config {origin} is valid ({} listeners)", config.listeners.len());
+        let n = config.listeners.len();
+        println!("heartbeatd: config {origin} is valid ({n} {})", if n == 1 { "listener" } else { "listeners" });
         return ExitCode::SUCCESS;
     }
     if args.print_config {
@@ -74,7 +92,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("fatal error={}", heartbeatd::event::Logfmt(&e.to_string()));
-            ExitCode::FAILURE
+            // A socket that systemd passed for another address: a retry
+            // would fail the same way, so exit as a config error does.
+            ExitCode::from(if e.is_config_mismatch() { EX_CONFIG } else { 1 })
         }
     }
 }

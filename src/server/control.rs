@@ -5,7 +5,12 @@
 //! - a stop emits every offline event (`shutdown`) at once, then gives BYE
 //!   frames until `shutdown_grace` to drain; a second stop signal ends it;
 //! - a reload either applies a whole validated file or changes nothing
-//!   (`reload-failed`), and tells systemd `RELOADING=1` then `READY=1`.
+//!   (`reload-failed`), and tells systemd `RELOADING=1` then `READY=1`;
+//!   a listener (or the status API) of a valid file that cannot be opened
+//!   fails the reload in part (`reload-failed-in-part`): the rest applies,
+//!   `STATUS=` names what failed, and the next reload retries it;
+//! - every SIGHUP is answered in the runtime directory ([`crate::reload`]),
+//!   so `systemctl reload` fails when the reload did.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -13,13 +18,14 @@ use std::time::Instant;
 use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
-use super::{Server, Slot, HTTP_BASE};
+use super::{plural, Server, Slot, HTTP_BASE};
 use crate::config::{self, Config, HttpConfig, ListenerConfig};
 use crate::event::{Logfmt, OfflineReason};
 use crate::http::Http;
 use crate::logging;
 use crate::session::Next;
 use crate::sockopt;
+use crate::{reload, systemd};
 
 impl Server {
     pub(super) fn on_signals(&mut self, now: Instant) {
@@ -42,8 +48,12 @@ impl Server {
             self.stop_by = Some(now);
             return;
         }
-        self.notifier.stopping();
         let grace = self.config.daemon.shutdown_grace;
+        self.notifier.stopping(&format!(
+            "stopping: saying BYE to {} (within {} ms)",
+            plural(self.online, "client", "clients"),
+            grace.as_millis()
+        ));
         info!("shutdown signal={} clients={} grace_ms={}", signal, self.conns.len(), grace.as_millis());
         self.stop_by = Some(now + grace);
         for (_, l) in self.listeners.iter_mut() {
@@ -59,26 +69,41 @@ impl Server {
     }
 
     pub(super) fn reload(&mut self, now: Instant) {
+        // Taken before the file is read: `heartbeatd --reload` accepts only
+        // an answer from a reload that began after its SIGHUP.
+        let started = systemd::monotonic_usec();
         if self.stop_by.is_some() {
+            reload::record(started, Err("reload skipped: heartbeatd is stopping"));
             return;
         }
         let Some(path) = self.config_path.clone() else {
             info!("reload-skipped reason=\"no config file: running on the embedded config\"");
+            reload::record(started, Err("reload skipped: no config file, heartbeatd runs on the embedded config"));
             return;
         };
         self.notifier.reloading();
         match config::load(&path) {
             Ok(new) => {
-                self.apply_config(new, now);
-                self.reload_error = None;
-                self.metrics.count_reload(true);
+                let failures = self.apply_config(new, now);
+                if failures.is_empty() {
+                    self.reload_error = None;
+                } else {
+                    // The rest of the file is in force; what failed is
+                    // retried by the next reload, and a restart would fail
+                    // on it: the operator must hear of it now.
+                    let what = failures.join("; ");
+                    error!("reload-failed-in-part error={}", Logfmt(&what));
+                    self.reload_error = Some(format!("reload failed in part: {what}"));
+                }
+                self.metrics.count_reload(failures.is_empty());
             }
             Err(e) => {
                 error!("reload-failed keeping=running-config error={}", Logfmt(&e.to_string()));
-                self.reload_error = Some(e.to_string());
+                self.reload_error = Some(format!("reload failed, running config kept: {e}"));
                 self.metrics.count_reload(false);
             }
         }
+        reload::record(started, self.reload_error.as_deref().map_or(Ok(()), Err));
         // READY=1 ends the reload for systemd whether or not the file was
         // accepted: the daemon is serving either way.
         self.notifier.ready(&self.status_line());
@@ -87,7 +112,10 @@ impl Server {
     /// Applies a validated config: daemon limits and log level at once;
     /// listeners matched by name. A listener whose address or protocol
     /// changed is closed and reopened; its clients go offline (`shutdown`).
-    pub(super) fn apply_config(&mut self, mut new: Config, now: Instant) {
+    /// Returns what could not be opened (a listener or the status API whose
+    /// address is taken), one operator-readable line each; the rest applies.
+    pub(super) fn apply_config(&mut self, mut new: Config, now: Instant) -> Vec<String> {
+        let mut failures = Vec::new();
         if new.daemon.tick != self.config.daemon.tick {
             warn!(
                 "reload-tick-ignored running_ms={} configured_ms={} reason=\"tick changes take a restart\"",
@@ -123,21 +151,28 @@ impl Server {
             }
             match self.open_listener(cfg.clone(), None) {
                 Ok(()) => added += 1,
-                Err(e) => error!("listener-failed listener={} error={}", Logfmt(&cfg.name), Logfmt(&e.to_string())),
+                Err(e) => {
+                    error!("listener-failed listener={} error={}", Logfmt(&cfg.name), Logfmt(&e.to_string()));
+                    failures.push(format!("listener {}: {e}", cfg.name));
+                }
             }
         }
-        self.apply_http(new.http.clone(), now);
+        if let Err(e) = self.apply_http(new.http.clone(), now) {
+            failures.push(e);
+        }
         self.config = new;
         info!("reloaded listeners={} added={} removed={} changed={}", self.listeners.len(), added, removed, changed);
+        failures
     }
 
     /// Applies a reloaded `[http]` table: new limits in place, or the status
     /// API closed and reopened when its address changed, added or removed.
-    pub(super) fn apply_http(&mut self, wanted: Option<HttpConfig>, now: Instant) {
+    /// `Err` says why the new address could not be served.
+    pub(super) fn apply_http(&mut self, wanted: Option<HttpConfig>, now: Instant) -> Result<(), String> {
         if let (Some(http), Some(cfg)) = (&mut self.http, &wanted) {
             if http.config().address == cfg.address {
                 http.set_limits(cfg.clone());
-                return;
+                return Ok(());
             }
         }
         if let Some(mut old) = self.http.take() {
@@ -148,9 +183,13 @@ impl Server {
             let address = cfg.address;
             match Http::bind(cfg, self.poll.registry(), HTTP_BASE, now) {
                 Ok(http) => self.http = Some(http),
-                Err(e) => error!("http-failed address={} error={}", address, Logfmt(&e.to_string())),
+                Err(e) => {
+                    error!("http-failed address={} error={}", address, Logfmt(&e.to_string()));
+                    return Err(format!("http on {address}: {e}"));
+                }
             }
         }
+        Ok(())
     }
 
     /// Applies new settings to a running listener and its clients: fresh

@@ -6,7 +6,9 @@
 //!   round, and a listener out of file descriptors pauses (one warning per
 //!   episode) until the wheel retries it;
 //! - a refused connection never becomes a `Conn`: it gets ERROR 5 (native)
-//!   or a plain close, and a `refused` line.
+//!   or a plain close, and a `refused` line;
+//! - an adopted (socket-activated) listener serves exactly its configured
+//!   address (any port when that port is 0), or the start fails.
 
 use std::io;
 use std::net::SocketAddr;
@@ -56,16 +58,21 @@ impl Server {
             .register(&mut socket, Token(LISTENER_BASE + entry.key()), Interest::READABLE)
             .map_err(failed(format!("registering {what}")))?;
         let address = socket.local_addr().map_err(failed(format!("reading the address of {what}")))?;
-        if origin == "systemd" && address != cfg.address {
-            // Matched by FileDescriptorName=: systemd's socket wins, so say
-            // that the configured address is not the one served.
-            warn!(
-                "activated-address-differs listener={} configured={} serving={} \
-                 fix=\"make ListenStream= in heartbeatd.socket match the config\"",
-                Logfmt(&cfg.name),
-                cfg.address,
-                address
+        if origin == "systemd" && !serves_configured(cfg.address, address) {
+            // Matched by FileDescriptorName=, the socket serves another
+            // address than the config names (e.g. every interface where the
+            // config asks for one): serving it would silently widen or move
+            // the listener, so the start fails instead.
+            let _ = self.poll.registry().deregister(&mut socket);
+            let message = format!(
+                "the socket systemd passed serves {address}, the config says {}: make ListenStream= in \
+                 heartbeatd.socket and the listener's address the same, or disable heartbeatd.socket",
+                cfg.address
             );
+            return Err(ServerError {
+                op: format!("adopting {what}"),
+                source: io::Error::other(ConfigMismatch(message)),
+            });
         }
         let tcp = match sockopt::effective(&socket) {
             Ok(eff) => eff.to_string(),
@@ -222,7 +229,8 @@ impl Server {
 
 /// Removes and returns the activated socket meant for `cfg`: the one whose
 /// `FileDescriptorName=` is the listener's name, else the one bound to its
-/// address.
+/// address. One matched by name must still serve the configured address:
+/// `open_listener` refuses it otherwise.
 pub(super) fn take_activated(activated: &mut Vec<ActivatedSocket>, cfg: &ListenerConfig) -> Option<OwnedFd> {
     let index = activated
         .iter()
@@ -231,6 +239,49 @@ pub(super) fn take_activated(activated: &mut Vec<ActivatedSocket>, cfg: &Listene
     Some(activated.remove(index).fd)
 }
 
+/// The config and the unit disagree (an activated socket on another
+/// address than the listener's): no restart can fix that.
+#[derive(Debug)]
+struct ConfigMismatch(String);
+
+impl std::fmt::Display for ConfigMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigMismatch {}
+
+impl ServerError {
+    /// True when the config does not match what the service manager passed,
+    /// so the binary exits 78 (`EX_CONFIG`) and the unit does not retry.
+    pub fn is_config_mismatch(&self) -> bool {
+        self.source.get_ref().is_some_and(|e| e.is::<ConfigMismatch>())
+    }
+}
+
+/// True when a socket bound to `serving` is what a listener configured
+/// for `configured` asks for: the same address, or the same IP when the
+/// configured port is 0 (any port).
+fn serves_configured(configured: SocketAddr, serving: SocketAddr) -> bool {
+    configured == serving || (configured.port() == 0 && configured.ip() == serving.ip())
+}
+
 fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serves_configured;
+
+    #[test]
+    fn an_activated_socket_must_serve_the_configured_address() {
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().expect("address");
+        assert!(serves_configured(at("0.0.0.0:7700"), at("0.0.0.0:7700")));
+        assert!(serves_configured(at("127.0.0.1:0"), at("127.0.0.1:4242")));
+        assert!(!serves_configured(at("127.0.0.1:7700"), at("0.0.0.0:7700")));
+        assert!(!serves_configured(at("0.0.0.0:7700"), at("0.0.0.0:7701")));
+        assert!(!serves_configured(at("127.0.0.1:0"), at("0.0.0.0:4242")));
+    }
 }

@@ -324,7 +324,8 @@ pub struct Server {
     watchdog: Option<Duration>,
     /// A `Timer::Status` is armed: the online count changed recently.
     status_pending: bool,
-    /// Why the last reload was refused, shown in `STATUS=` until the next.
+    /// How the last reload failed ("reload failed …"), shown in
+    /// `STATUS=` until a reload succeeds.
     reload_error: Option<String>,
     /// The status API, when `[http]` is configured.
     http: Option<Http>,
@@ -480,6 +481,9 @@ impl Server {
         match self.stop_by {
             Some(stop_by) if self.conns.is_empty() || now >= stop_by => {
                 info!("stopped clients_dropped={}", self.conns.len());
+                // The last STATUS= stays in `systemctl status` after the
+                // exit: it must not keep showing a client count.
+                self.notifier.status(&stopped_status(self.conns.len()));
                 true
             }
             _ => false,
@@ -789,9 +793,13 @@ impl Server {
 
     /// The `STATUS=` text `systemctl status` shows.
     fn status_line(&self) -> String {
-        let base = format!("{} clients online on {} listeners", self.online, self.listeners.len());
+        let base = format!(
+            "{} online on {}",
+            plural(self.online, "client", "clients"),
+            plural(self.listeners.len(), "listener", "listeners")
+        );
         match &self.reload_error {
-            Some(e) => format!("{base}; last reload failed, running config kept: {e}"),
+            Some(e) => format!("{base}; last {e}"),
             None => base,
         }
     }
@@ -800,6 +808,20 @@ impl Server {
     fn say_bye(&mut self, key: usize) {
         // Best effort: the connection is closed as `shutdown` either way.
         let _ = self.conns[key].conn.say(&mut self.scratch, Session::shutdown);
+    }
+}
+
+/// `n` with the noun that fits it: "1 client", "2 clients", "0 clients".
+pub(crate) fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The final `STATUS=`: "stopped", or how many connections the grace
+/// period cut.
+fn stopped_status(cut: usize) -> String {
+    match cut {
+        0 => "stopped".to_owned(),
+        n => format!("stopped: {} cut at shutdown_grace", plural(n, "connection", "connections")),
     }
 }
 
@@ -836,6 +858,15 @@ mod tests {
     /// bytes the old `Conn` took in a release build. With debug assertions
     /// mio's `TcpStream` carries a selector id (16 bytes, not 4); allow
     /// for exactly that.
+    #[test]
+    fn counts_read_in_the_singular_and_plural() {
+        assert_eq!(plural(0, "client", "clients"), "0 clients");
+        assert_eq!(plural(1, "client", "clients"), "1 client");
+        assert_eq!(plural(2, "listener", "listeners"), "2 listeners");
+        assert_eq!(stopped_status(0), "stopped");
+        assert_eq!(stopped_status(1), "stopped: 1 connection cut at shutdown_grace");
+    }
+
     #[test]
     fn slot_is_no_larger_than_before() {
         let debug_extra = (std::mem::size_of::<mio::net::TcpStream>() - 4).next_multiple_of(8);
