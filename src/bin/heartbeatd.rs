@@ -1,27 +1,14 @@
-//! `heartbeatd`: parse arguments, load the config, start logging, run.
+//! `heartbeatd`: parse arguments (defined in [`heartbeatd::cli::daemon`]),
+//! load the config, start logging, run.
 //!
 //! Exit codes: 0 after a graceful stop or a valid `--check-config`; 1 for an
 //! invalid config or a failure to start or keep running.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use heartbeatd::cli::daemon::Args;
 use heartbeatd::{logging, server};
-
-/// The heartbeat liveness daemon: tells which TCP clients are gone, and why.
-#[derive(Parser)]
-#[command(version, about)]
-struct Args {
-    /// Config file to use instead of the embedded default
-    /// (a native listener on 127.0.0.1:7700, interval 3s, offline after 15s).
-    #[arg(long, short = 'c', value_name = "PATH")]
-    config: Option<PathBuf>,
-
-    /// Validate the config and exit: 0 if valid, 1 with the error if not.
-    #[arg(long)]
-    check_config: bool,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
