@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 use heartbeatd::cli::agent::{CheckArgs, Cli, Command, RunArgs, StatusArgs, WatchArgs};
-use heartbeatd::client::{self, AgentConfig, CheckConfig, KeepaliveOptions};
+use heartbeatd::client::{self, AgentConfig, CheckConfig, ConfigError, KeepaliveOptions};
 use heartbeatd::event::Logfmt;
 use heartbeatd::logging;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
 }
 
 fn status(args: StatusArgs) -> ExitCode {
-    match client::status::clients(&args.http.http, args.listener.as_deref(), args.timeout) {
+    match client::status::clients(&args.api.server, args.listener.as_deref(), args.timeout) {
         Ok(clients) if args.json => match serde_json::to_string_pretty(&clients) {
             Ok(json) => {
                 println!("{json}");
@@ -51,7 +51,7 @@ fn status(args: StatusArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("heartbeat: reading http://{}/clients: {e}", args.http.http);
+            eprintln!("heartbeat: reading http://{}/clients: {e}", args.api.server);
             ExitCode::FAILURE
         }
     }
@@ -65,12 +65,12 @@ const WATCH_RETRY: Duration = Duration::from_secs(2);
 const WATCH_IDLE: Duration = Duration::from_secs(40);
 
 fn watch(args: WatchArgs) -> ExitCode {
-    let mut last_id = args.last_event_id.clone();
+    let mut last_id = args.last_event_id.map(|id| id.to_string());
     let mut seen = 0usize;
     let mut connected_once = false;
     loop {
         let resume_after = last_id.clone();
-        let result = client::status::follow(&args.http.http, resume_after.as_deref(), WATCH_IDLE, |event| {
+        let result = client::status::follow(&args.api.server, resume_after.as_deref(), WATCH_IDLE, |event| {
             connected_once = true;
             if let Some(id) = &event.id {
                 last_id = Some(id.clone());
@@ -91,7 +91,7 @@ fn watch(args: WatchArgs) -> ExitCode {
         }
         match result {
             Err(e) if !connected_once => {
-                eprintln!("heartbeat: following http://{}/events: {e}", args.http.http);
+                eprintln!("heartbeat: following http://{}/events: {e}", args.api.server);
                 return ExitCode::FAILURE;
             }
             Err(e) => eprintln!("heartbeat: feed broken ({e}); resuming in {}s", WATCH_RETRY.as_secs()),
@@ -144,6 +144,9 @@ fn watch_lines(event: &client::status::SseEvent) -> Vec<String> {
     }
 }
 
+/// The exit status of a usage error, as clap's own.
+const USAGE: u8 = 2;
+
 fn run(args: RunArgs) -> ExitCode {
     logging::init(args.log_level);
     let token = match read_token(args.server.token_file.as_deref()) {
@@ -164,6 +167,13 @@ fn run(args: RunArgs) -> ExitCode {
         count: args.keepalive_count,
         user_timeout: args.user_timeout,
     };
+    // Checked before anything is logged: an invalid argument is a usage
+    // error (exit 2, as `run --help` says), not an agent that started and
+    // failed.
+    if let Err(e) = config.validate() {
+        eprintln!("error: invalid {}: {e}\n\nFor more information, try 'heartbeat run --help'.", option_of(&e));
+        return ExitCode::from(USAGE);
+    }
     // Signals are registered before the agent starts, so a SIGTERM that
     // arrives during start-up still ends in a BYE rather than the default
     // disposition.
@@ -208,6 +218,18 @@ fn run(args: RunArgs) -> ExitCode {
             ExitCode::FAILURE
         }
         _ => ExitCode::SUCCESS,
+    }
+}
+
+/// The `run` option an agent config error is about.
+fn option_of(e: &ConfigError) -> &'static str {
+    match e {
+        ConfigError::Server(_) => "--server",
+        ConfigError::Id(_) => "--id",
+        ConfigError::TokenTooLong(_) => "--token-file",
+        ConfigError::Zero("connect timeout") => "--connect-timeout",
+        ConfigError::Zero(_) => "--backoff-base",
+        ConfigError::CapBelowBase { .. } => "--backoff-cap",
     }
 }
 

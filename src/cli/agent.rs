@@ -50,11 +50,16 @@ pub enum Command {
 }
 
 /// The status API address, shared by `status` and `watch`.
+///
+/// Every subcommand calls the daemon's address `--server` (`-s`): the one
+/// it talks to, a heartbeat listener for `run` and `check`, the status API
+/// here. `--http`, this option's first name, is kept as a hidden alias.
 #[derive(Args)]
-pub struct Http {
-    /// The daemon's status API: the address of its `[http]` table.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7780")]
-    pub http: String,
+pub struct Api {
+    /// The daemon's status API: the address of its `[http]` table, not of
+    /// a heartbeat listener.
+    #[arg(long, short = 's', alias = "http", value_name = "HOST:PORT", default_value = "127.0.0.1:7780")]
+    pub server: String,
 }
 
 /// `heartbeat status`.
@@ -62,7 +67,7 @@ pub struct Http {
 pub struct StatusArgs {
     /// Where the status API is.
     #[command(flatten)]
-    pub http: Http,
+    pub api: Api,
 
     /// Print the JSON of /clients instead of a table.
     #[arg(long)]
@@ -82,12 +87,12 @@ pub struct StatusArgs {
 pub struct WatchArgs {
     /// Where the status API is.
     #[command(flatten)]
-    pub http: Http,
+    pub api: Api,
 
-    /// Resume after this event id (as printed by --ids) instead of starting
-    /// with everyone online.
-    #[arg(long, value_name = "ID")]
-    pub last_event_id: Option<String>,
+    /// Resume after this event id (an integer, as printed by --ids)
+    /// instead of starting with everyone online.
+    #[arg(long, value_name = "ID", value_parser = parse_event_id)]
+    pub last_event_id: Option<u64>,
 
     /// Stop after this many online/offline events.
     #[arg(long, value_name = "N")]
@@ -174,6 +179,11 @@ pub struct CheckArgs {
     /// Bound on the whole probe: connect, WELCOME and PONG.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// An event id of the feed: the integer in its `id:` lines.
+pub fn parse_event_id(s: &str) -> Result<u64, String> {
+    s.parse().map_err(|_| format!("must be an integer event id (as `heartbeat watch --ids` prints), not {s:?}"))
 }
 
 /// A humantime duration (`200ms`, `5s`, `1m30s`).
