@@ -179,3 +179,54 @@ fn run_with_invalid_arguments_exits_2_before_starting() {
     let help = String::from_utf8_lossy(&heartbeat(&["run", "--help"]).stdout).into_owned();
     assert!(help.contains("2 for invalid arguments"), "{help}");
 }
+
+// ---- the log format -------------------------------------------------------
+
+/// A log line's timestamp: `YYYY-MM-DDTHH:MM:SS.ffffffZ`, always 27
+/// characters (microseconds, trailing zeros kept), so logs sort as text.
+fn assert_fixed_width_stamp(line: &str) {
+    let stamp = line.split(' ').next().unwrap_or_default();
+    let b = stamp.as_bytes();
+    let digits = |r: std::ops::Range<usize>| r.into_iter().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
+    let shape = b.len() == 27
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && b[19] == b'.'
+        && digits(20..26)
+        && b[26] == b'Z';
+    assert!(shape, "timestamp {stamp:?} is not YYYY-MM-DDTHH:MM:SS.ffffffZ (27 characters): {line}");
+}
+
+/// Both binaries stamp every line with a fixed-width UTC time, and the
+/// daemon's online line says `protocol=`, as the JSON and `watch` do.
+#[test]
+fn log_lines_have_fixed_width_stamps_and_say_protocol() {
+    let daemon = Daemon::start(&config("20ms", "", &[native("main", "interval = \"50ms\"\nmisses = 3\n")]));
+    let server = daemon.addr("main").to_string();
+    let mut cmd = Command::new(bin("heartbeat"));
+    cmd.args(["run", "--server", &server, "--id", "stamps", "--log-level", "debug"]);
+    let agent = heartbeatd_harness::Proc::spawn("heartbeat[stamps]", cmd, heartbeatd_harness::Output::Stderr);
+    agent.wait_next("connected ", DEADLINE);
+    let online = daemon.wait(heartbeatd_harness::ev("online").kv("client", "stamps"));
+    assert_eq!(online.field("protocol"), "native", "{online}");
+    assert!(!online.text.contains(" proto="), "{online}");
+    // Enough lines that some fall on a round microsecond count, whose
+    // trailing zeros a variable-width format drops.
+    for _ in 0..20 {
+        agent.wait_next(" pong ", DEADLINE);
+    }
+    let lines: Vec<String> = daemon.lines().into_iter().chain(agent.lines()).map(|l| l.text).collect();
+    for line in &lines {
+        assert_fixed_width_stamp(line);
+    }
+    println!("{} lines, all 27-character stamps, e.g. {}", lines.len(), lines[0]);
+}

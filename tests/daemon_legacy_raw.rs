@@ -26,7 +26,7 @@ fn fast(proto: &str, extra: &str) -> String {
 fn online_session(d: &Daemon, c: &PlainClient, proto: &str) -> u64 {
     let on = d.wait(ev("online").kv("peer", c.local));
     assert_eq!(on.field("client"), c.local.to_string(), "id must be the peer address: {on}");
-    assert_eq!(on.field("proto"), proto, "{on}");
+    assert_eq!(on.field("protocol"), proto, "{on}");
     assert_eq!(on.field("listener"), "main", "{on}");
     on.num("session")
 }
