@@ -230,3 +230,20 @@ fn log_lines_have_fixed_width_stamps_and_say_protocol() {
     }
     println!("{} lines, all 27-character stamps, e.g. {}", lines.len(), lines[0]);
 }
+
+// ---- exit statuses a service manager acts on ------------------------------
+
+/// A refusal retrying cannot fix (ERROR 4, wrong token; ERROR 6, replaced)
+/// exits 78 (EX_CONFIG), distinct from a crash (1) and a usage error (2),
+/// so `heartbeat@.service` can set `RestartPreventExitStatus=` for it.
+#[test]
+fn a_fatal_refusal_exits_78() {
+    let daemon = Daemon::start(&config("20ms", "", &[native("main", "tokens = [\"s3cret\"]\n")]));
+    let server = daemon.addr("main").to_string();
+    let out = heartbeat(&["run", "--server", &server, "--id", "no-token"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("authentication failed"), "{err}");
+    let help = String::from_utf8_lossy(&heartbeat(&["run", "--help"]).stdout).into_owned();
+    assert!(help.contains("78 if the daemon refused the agent for good"), "{help}");
+}

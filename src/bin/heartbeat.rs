@@ -5,9 +5,10 @@
 //! [`heartbeatd::cli::agent`]), start logging, run, map the outcome to an
 //! exit code.
 //!
-//! Exit codes: `run` exits 0 after SIGINT/SIGTERM (BYE sent) and 1 when
-//! the daemon refused the agent for good (ERROR 2, 4 or 6) or it could not
-//! start; `check` exits 0 if the daemon is healthy and 1 otherwise;
+//! Exit codes: `run` exits 0 after SIGINT/SIGTERM (BYE sent), 78 (EX_CONFIG)
+//! when the daemon refused the agent for good (ERROR 2, 4 or 6: its token,
+//! id or version must change first, so `heartbeat@.service` does not
+//! restart it) and 1 when it could not start or its thread panicked; `check` exits 0 if the daemon is healthy and 1 otherwise;
 //! `status` and `watch` exit 1 when the status API cannot be read; all exit
 //! 2 on invalid arguments.
 
@@ -19,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 use heartbeatd::cli::agent::{CheckArgs, Cli, Command, RunArgs, StatusArgs, WatchArgs};
-use heartbeatd::client::{self, AgentConfig, CheckConfig, ConfigError, KeepaliveOptions};
+use heartbeatd::client::{self, AgentConfig, CheckConfig, ConfigError, KeepaliveOptions, StopReason};
 use heartbeatd::event::Logfmt;
 use heartbeatd::logging;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -147,6 +148,10 @@ fn watch_lines(event: &client::status::SseEvent) -> Vec<String> {
 /// The exit status of a usage error, as clap's own.
 const USAGE: u8 = 2;
 
+/// The exit status of a refusal retrying cannot fix (sysexits' EX_CONFIG):
+/// distinct from a crash, for `RestartPreventExitStatus=`.
+const REFUSED: u8 = 78;
+
 fn run(args: RunArgs) -> ExitCode {
     logging::init(args.log_level);
     let token = match read_token(args.server.token_file.as_deref()) {
@@ -213,6 +218,10 @@ fn run(args: RunArgs) -> ExitCode {
     }
     let status = agent.join();
     match status.stopped() {
+        Some(reason @ StopReason::Refused { .. }) => {
+            eprintln!("heartbeat: {reason}");
+            ExitCode::from(REFUSED)
+        }
         Some(reason) if reason.is_fatal() => {
             eprintln!("heartbeat: {reason}");
             ExitCode::FAILURE

@@ -25,8 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Stay online at the daemon: HELLO, PING every interval, notice a dead
     /// daemon, reconnect with backoff. Stops with BYE on SIGINT/SIGTERM.
-    #[command(after_help = "Exit status: 0 after SIGINT/SIGTERM; 1 if the daemon refused the agent for good \
-                            (ERROR 4 authentication, 6 replaced by another agent with the same id, 2 version); \
+    #[command(after_help = "Exit status: 0 after SIGINT/SIGTERM; 78 if the daemon refused the agent for good \
+                            (ERROR 4 authentication, 6 replaced by another agent with the same id, 2 version), \
+                            which a service manager must not retry; 1 if it could not start; \
                             2 for invalid arguments.")]
     Run(RunArgs),
     /// Probe the daemon once (HELLO, PING/PONG, BYE) and print interval,
