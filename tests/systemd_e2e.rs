@@ -128,6 +128,51 @@ fn privileged_port_binds_under_the_unit() {
     });
 }
 
+/// The agent as a service (`heartbeat@.service`): an instance configured by
+/// `/etc/heartbeat/NAME.env` (no token file: the credential's fallback)
+/// goes online, stays up across a daemon restart without systemd
+/// restarting it, and a refusal (a second instance with the same id
+/// replaces it, ERROR 6) ends it with exit 78, which the unit leaves down.
+#[test]
+fn agent_unit_rides_out_a_daemon_restart_and_stays_down_after_a_refusal() {
+    in_container(|c, deb| {
+        install(c, deb);
+        let agent_entries = |id: &str| {
+            let entries = c.journal();
+            entries
+                .iter()
+                .filter(|e| field(e, "HEARTBEAT_CLIENT") == id && field(e, "HEARTBEAT_EVENT") == "online")
+                .count()
+        };
+        c.ok("mkdir -p /etc/heartbeat \
+              && printf 'HEARTBEAT_SERVER=127.0.0.1:7700\\nHEARTBEAT_ID=e2e-agent\\n' > /etc/heartbeat/one.env");
+        c.ok("systemctl start heartbeat@one");
+        wait_until("the agent unit's client online", Duration::from_secs(20), || {
+            (agent_entries("e2e-agent") >= 1).then_some(())
+        });
+
+        c.ok("systemctl restart heartbeatd");
+        wait_until("the agent back online after the daemon's restart", Duration::from_secs(20), || {
+            (agent_entries("e2e-agent") >= 2).then_some(())
+        });
+        assert_eq!(c.ok("systemctl is-active heartbeat@one").trim(), "active");
+        assert_eq!(c.ok("systemctl show -p NRestarts --value heartbeat@one").trim(), "0");
+
+        c.ok("cp /etc/heartbeat/one.env /etc/heartbeat/two.env && systemctl start heartbeat@two");
+        wait_until("the replaced agent's exit", Duration::from_secs(20), || {
+            let status = c.ok("systemctl show -p ExecMainStatus --value heartbeat@one");
+            (status.trim() == "78").then_some(())
+        });
+        // Past RestartSec=2s: still down, never restarted.
+        thread::sleep(Duration::from_secs(4));
+        assert_ne!(stdout(&c.sh("systemctl is-active heartbeat@one")).trim(), "active");
+        assert_eq!(c.ok("systemctl show -p NRestarts --value heartbeat@one").trim(), "0");
+        let status = stdout(&c.sh("systemctl status heartbeat@one --no-pager"));
+        assert!(status.contains("replaced"), "systemctl status does not say why:\n{status}");
+        assert_eq!(c.ok("systemctl is-active heartbeat@two").trim(), "active");
+    });
+}
+
 /// Boots a container (one at a time on this machine), runs `steps` in it
 /// with the package's path, dumps the unit's state and journal if they
 /// panic, and tears the container down on every path. Skips (fails under
