@@ -5,12 +5,13 @@
 //! [`heartbeatd::cli::agent`]), start logging, run, map the outcome to an
 //! exit code.
 //!
-//! Exit codes: `run` exits 0 after SIGINT/SIGTERM (BYE sent), 78 (EX_CONFIG)
-//! when the daemon refused the agent for good (ERROR 2, 4 or 6: its token,
-//! id or version must change first, so `heartbeat@.service` does not
-//! restart it) and 1 when it could not start or its thread panicked; `check` exits 0 if the daemon is healthy and 1 otherwise;
-//! `status` and `watch` exit 1 when the status API cannot be read; all exit
-//! 2 on invalid arguments.
+//! Exit codes: `run` exits 0 after SIGINT/SIGTERM (BYE sent), 78
+//! (EX_CONFIG) when the daemon refused the agent for good (ERROR 2, 4 or 6:
+//! its token, id or version must change first, so `heartbeat@.service` does
+//! not restart it) and 1 when it could not start or its thread panicked;
+//! `check` exits 0 if the daemon is healthy and 1 otherwise; `status` and
+//! `watch` exit 1 when the status API cannot be read; all exit 2 on invalid
+//! arguments (`run` checks its own before it starts).
 
 use std::fs;
 use std::path::Path;

@@ -49,6 +49,8 @@ impl fmt::Display for StatusError {
     }
 }
 
+impl std::error::Error for StatusError {}
+
 /// An I/O error of `what`, with a timeout (`EAGAIN` from a read timeout,
 /// `ETIMEDOUT` from a connect) said as one instead of as its errno text.
 fn io_error(what: String, e: io::Error, timeout: Duration) -> StatusError {
@@ -77,12 +79,10 @@ fn not_http(address: SocketAddr, head: &[u8]) -> StatusError {
     }
     let shown: String = head.iter().take(32).flat_map(|&b| std::ascii::escape_default(b)).map(char::from).collect();
     StatusError::NotHttp(format!(
-        "{address} sent not an HTTP answer (it began \"{shown}\"): \
+        "{address} sent something that is not an HTTP answer (it began \"{shown}\"): \
          is it a heartbeat listener or another service? {API_HINT}"
     ))
 }
-
-impl std::error::Error for StatusError {}
 
 /// One Server-Sent Event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -290,6 +290,27 @@ mod tests {
         assert!(lines[1].ends_with("1.50ms"), "{text}");
         assert_eq!(lines[2], "1 online");
         assert_eq!(lines[0].find("PEER"), lines[1].find("10.0.0.7"));
+    }
+
+    #[test]
+    fn a_native_error_frame_is_named_as_the_heartbeat_port() {
+        let addr: SocketAddr = "127.0.0.1:7700".parse().expect("address");
+        let mut frame = vec![0x06, 0x00, 0x00, 0x0f, 0x00, 0x03];
+        frame.extend_from_slice(b"bad frame type");
+        let text = not_http(addr, &frame).to_string();
+        assert!(text.contains("this looks like heartbeatd's heartbeat port"), "{text}");
+        assert!(text.contains("[http] address"), "{text}");
+        let text = not_http(addr, b"\x00\xffjunk").to_string();
+        assert!(text.contains("not an HTTP answer") && text.contains("\\x00\\xffjunk"), "{text}");
+    }
+
+    #[test]
+    fn a_read_timeout_is_said_as_one() {
+        let e = io::Error::from(io::ErrorKind::WouldBlock);
+        let text = io_error("waiting for 127.0.0.1:7780 to answer".into(), e, Duration::from_millis(500)).to_string();
+        assert_eq!(text, "timed out after 500ms waiting for 127.0.0.1:7780 to answer");
+        let e = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(matches!(io_error("connecting".into(), e, Duration::from_secs(2)), StatusError::Io(..)));
     }
 
     #[test]
