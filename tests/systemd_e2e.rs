@@ -173,6 +173,38 @@ fn agent_unit_rides_out_a_daemon_restart_and_stays_down_after_a_refusal() {
     });
 }
 
+/// The agent unit's token: `/etc/heartbeat/NAME.token`, root-only, reaches
+/// the agent's transient user as a credential and gets it in; an instance
+/// without the file sends none, is refused (ERROR 4) and stays down.
+#[test]
+fn agent_unit_token_file_gets_in_and_no_token_stays_down() {
+    in_container(|c, deb| {
+        install(c, deb);
+        let conf = "/etc/heartbeatd/heartbeatd.toml";
+        c.ok(&format!(
+            "sed -i 's/^protocol = \"native\"$/protocol = \"native\"\\ntokens = [\"s3cret\"]/' {conf} \
+             && grep -q '^tokens = ' {conf} && systemctl restart heartbeatd"
+        ));
+        c.ok("mkdir -p /etc/heartbeat \
+              && printf 'HEARTBEAT_SERVER=127.0.0.1:7700\\nHEARTBEAT_ID=e2e-token\\n' > /etc/heartbeat/in.env \
+              && printf 'HEARTBEAT_SERVER=127.0.0.1:7700\\nHEARTBEAT_ID=e2e-none\\n' > /etc/heartbeat/out.env \
+              && (umask 077; echo s3cret > /etc/heartbeat/in.token) \
+              && systemctl start heartbeat@in heartbeat@out");
+        wait_until("the agent with the token online", Duration::from_secs(20), || {
+            find_event(&c.journal(), "e2e-token", "online").map(|_| ())
+        });
+        wait_until("the agent without a token refused", Duration::from_secs(20), || {
+            let status = c.ok("systemctl show -p ExecMainStatus --value heartbeat@out");
+            (status.trim() == "78").then_some(())
+        });
+        thread::sleep(Duration::from_secs(4));
+        assert_eq!(c.ok("systemctl show -p NRestarts --value heartbeat@out").trim(), "0");
+        assert_eq!(c.ok("systemctl is-active heartbeat@in").trim(), "active");
+        let status = stdout(&c.sh("systemctl status heartbeat@out --no-pager"));
+        assert!(status.contains("authentication failed"), "systemctl status does not say why:\n{status}");
+    });
+}
+
 /// Boots a container (one at a time on this machine), runs `steps` in it
 /// with the package's path, dumps the unit's state and journal if they
 /// panic, and tears the container down on every path. Skips (fails under
