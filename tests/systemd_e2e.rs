@@ -21,6 +21,12 @@
 //! - with `heartbeatd.socket` started, a client's connection starts the
 //!   service, which adopts the socket and serves the client.
 //!
+//! And in containers of their own: a listener below port 1024 binds under
+//! the unit; the agent's template `heartbeat@.service` keeps its client
+//! online across a daemon restart, hands a root-only token file to the
+//! agent as a credential, and stays down (exit 78, no restart) after a
+//! refusal.
+//!
 //! It needs root, `systemd-nspawn` and `nsenter`, and the package built by
 //! `cargo deb` (.ci/test builds it as root). The bookworm tree comes from a
 //! cache made once by `debootstrap`. Without root it prints `skipped:` and
