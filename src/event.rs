@@ -169,7 +169,7 @@ impl fmt::Display for Event<'_> {
             Event::Online(c) => {
                 write!(
                     f,
-                    "online client={} peer={} listener={} proto={} session={}",
+                    "online client={} peer={} listener={} protocol={} session={}",
                     Logfmt(c.id),
                     c.peer,
                     Logfmt(c.listener),
@@ -306,7 +306,7 @@ mod tests {
     fn online_line_matches_design() {
         assert_eq!(
             Event::Online(client()).to_string(),
-            "online client=dev-42 peer=10.0.0.7:51234 listener=main proto=native session=17"
+            "online client=dev-42 peer=10.0.0.7:51234 listener=main protocol=native session=17"
         );
     }
 

@@ -25,6 +25,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub(crate) mod conn;

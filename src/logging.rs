@@ -1,7 +1,9 @@
 //! Logging set-up for the binaries: journald's native protocol when stderr
 //! is the journal, `simplelog` to stderr otherwise.
 //!
-//! On a terminal each line is a UTC timestamp, the level and the message;
+//! On a terminal each line is a UTC timestamp, the level and the message.
+//! The timestamp has a fixed width ([`TIME_FORMAT`]: microseconds, trailing
+//! zeros kept), so lines of one log, or of several merged, sort as text;
 //! the message of an event is its logfmt line (see [`crate::event`]). Under
 //! systemd the same text becomes the journal entry's `MESSAGE=`, with the
 //! priority and, for events, structured fields. The level can change at run
@@ -10,10 +12,18 @@
 use std::sync::OnceLock;
 
 use log::{LevelFilter, Log, Metadata, Record};
-use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
+use simplelog::{format_description, ColorChoice, ConfigBuilder, FormatItem, TermLogger, TerminalMode};
 
 use crate::journal::{self, Journal};
 use crate::systemd;
+
+/// The stderr timestamp: RFC 3339 in UTC with exactly six fractional
+/// digits, `2026-12-01T20:00:00.120000Z`, always 27 characters. (simplelog's
+/// RFC 3339 format drops trailing zeros, so its width varies and logs do
+/// not sort as text.) The offset is simplelog's default, UTC, which the
+/// literal `Z` states.
+pub const TIME_FORMAT: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
 
 /// The journal, when the process logs there. Set once at start-up, before
 /// the loop runs; read-only afterwards.
@@ -31,7 +41,7 @@ pub fn init(level: LevelFilter) {
         }
     }
     let config = ConfigBuilder::new()
-        .set_time_format_rfc3339()
+        .set_time_format_custom(TIME_FORMAT)
         .set_thread_level(LevelFilter::Off)
         .set_target_level(LevelFilter::Off)
         .set_location_level(LevelFilter::Off)

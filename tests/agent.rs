@@ -81,7 +81,7 @@ fn agent_goes_online_and_pings_at_the_welcome_interval() {
     let agent = agent(&address(&daemon), "dev-42", &[]);
 
     let connected = agent.wait_next(["connected ", "id=dev-42", "interval_ms=200", "timeout_ms=600"], SOON);
-    let online = daemon.wait_next(["online client=dev-42 ", "proto=native"], SOON);
+    let online = daemon.wait_next(["online client=dev-42 ", "protocol=native"], SOON);
     assert_eq!(connected.field("session"), online.field("session"));
     // The socket options derived from a 200 ms interval.
     assert!(

@@ -26,7 +26,7 @@ fn fast(proto: &str, extra: &str) -> String {
 fn online_session(d: &Daemon, c: &PlainClient, proto: &str) -> u64 {
     let on = d.wait(ev("online").kv("peer", c.local));
     assert_eq!(on.field("client"), c.local.to_string(), "id must be the peer address: {on}");
-    assert_eq!(on.field("proto"), proto, "{on}");
+    assert_eq!(on.field("protocol"), proto, "{on}");
     assert_eq!(on.field("listener"), "main", "{on}");
     on.num("session")
 }
@@ -48,7 +48,7 @@ fn keep_alive_for_a_while(d: &Daemon, c: &mut PlainClient, session: u64, beat: &
 fn legacy_heartbeats_keep_client_online_until_fin() {
     let d = Daemon::start(&fast("legacy", ""));
     let l = d.wait(ev("listening").kv("listener", "main"));
-    assert_eq!(l.field("proto"), "legacy", "{l}");
+    assert_eq!(l.field("protocol"), "legacy", "{l}");
     let mut c = PlainClient::connect(d.addr("main"));
     let session = online_session(&d, &c, "legacy");
     keep_alive_for_a_while(&d, &mut c, session, &mut |c| c.heartbeat());

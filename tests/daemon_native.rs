@@ -41,7 +41,7 @@ fn welcome_matches_config_and_online_event_names_session() {
     assert_eq!(on.field("client"), "dev-a", "{on}");
     assert_eq!(on.field("peer"), a.local.to_string(), "{on}");
     assert_eq!(on.field("listener"), "main", "{on}");
-    assert_eq!(on.field("proto"), "native", "{on}");
+    assert_eq!(on.field("protocol"), "native", "{on}");
     let on = d.wait(ev("online").kv("session", wb.session));
     assert_eq!(on.field("client"), "dev-b", "{on}");
     assert_eq!(on.field("peer"), b.local.to_string(), "{on}");
@@ -50,7 +50,7 @@ fn welcome_matches_config_and_online_event_names_session() {
     // The listening lines announce the same timing.
     let l = d.wait(ev("listening").kv("listener", "main"));
     assert_eq!((l.num("interval_ms"), l.num("timeout_ms")), (2000, 10_000), "{l}");
-    assert_eq!(l.field("proto"), "native", "{l}");
+    assert_eq!(l.field("protocol"), "native", "{l}");
 }
 
 #[test]

@@ -229,7 +229,7 @@ fn sigusr1_lists_online_clients() {
         assert_eq!(line.field("client"), client, "{line}");
         assert_eq!(line.field("peer"), peer, "{line}");
         assert_eq!(line.field("listener"), *listener, "{line}");
-        assert_eq!(line.field("proto"), *proto, "{line}");
+        assert_eq!(line.field("protocol"), *proto, "{line}");
         line.num("online_ms");
         line.num("silent_ms");
     }
@@ -324,7 +324,7 @@ fn sighup_applies_a_good_file() {
 
     // The added listener listens.
     let extra = d.wait_from(mark, ev("listening").kv("listener", "extra"), DEADLINE);
-    assert_eq!(extra.field("proto"), "raw", "{extra}");
+    assert_eq!(extra.field("protocol"), "raw", "{extra}");
     let mut x = PlainClient::connect(d.addr("extra"));
     x.send(b"hello");
     let on = d.wait(ev("online").kv("peer", x.local));

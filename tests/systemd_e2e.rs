@@ -27,6 +27,12 @@
 //!   `enable --now heartbeatd.socket` alone fails while the service holds
 //!   the port; stop, enable --now, start makes the service adopt it.
 //!
+//! And in containers of their own: a listener below port 1024 binds under
+//! the unit; the agent's template `heartbeat@.service` keeps its client
+//! online across a daemon restart, hands a root-only token file to the
+//! agent as a credential, and stays down (exit 78, no restart) after a
+//! refusal.
+//!
 //! It needs root, `systemd-nspawn` and `nsenter`, and the package built by
 //! `cargo deb` (.ci/test builds it as root). The bookworm tree comes from a
 //! cache made once by `debootstrap`. Without root it prints `skipped:` and
@@ -165,6 +171,87 @@ fn a_broken_config_fails_once_and_drop_ins_are_read() {
         c.ok("systemctl reset-failed heartbeatd; systemctl start heartbeatd");
         c.wait_journal("the drop-in's listener", |entries| {
             entries.iter().find(|e| message(e).starts_with("listening listener=extra ")).cloned()
+        });
+    });
+}
+
+/// The agent as a service (`heartbeat@.service`): an instance configured by
+/// `/etc/heartbeat/NAME.env` (no token file: the credential's fallback)
+/// goes online, stays up across a daemon restart without systemd
+/// restarting it, and a refusal (a second instance with the same id
+/// replaces it, ERROR 6) ends it with exit 78, which the unit leaves down.
+#[test]
+fn agent_unit_rides_out_a_daemon_restart_and_stays_down_after_a_refusal() {
+    in_container(|c, deb| {
+        install(c, deb);
+        let agent_entries = |id: &str| {
+            let entries = c.journal();
+            entries
+                .iter()
+                .filter(|e| field(e, "HEARTBEAT_CLIENT") == id && field(e, "HEARTBEAT_EVENT") == "online")
+                .count()
+        };
+        c.ok("mkdir -p /etc/heartbeat \
+              && printf 'HEARTBEAT_SERVER=127.0.0.1:7700\\nHEARTBEAT_ID=e2e-agent\\n' > /etc/heartbeat/one.env");
+        c.ok("systemctl start heartbeat@one");
+        wait_until("the agent unit's client online", Duration::from_secs(20), || {
+            (agent_entries("e2e-agent") >= 1).then_some(())
+        });
+
+        c.ok("systemctl restart heartbeatd");
+        wait_until("the agent back online after the daemon's restart", Duration::from_secs(20), || {
+            (agent_entries("e2e-agent") >= 2).then_some(())
+        });
+        assert_eq!(c.ok("systemctl is-active heartbeat@one").trim(), "active");
+        assert_eq!(c.ok("systemctl show -p NRestarts --value heartbeat@one").trim(), "0");
+
+        c.ok("cp /etc/heartbeat/one.env /etc/heartbeat/two.env && systemctl start heartbeat@two");
+        wait_until("the replaced agent's exit", Duration::from_secs(20), || {
+            let status = c.ok("systemctl show -p ExecMainStatus --value heartbeat@one");
+            (status.trim() == "78").then_some(())
+        });
+        // Past RestartSec=2s: still down, never restarted.
+        thread::sleep(Duration::from_secs(4));
+        assert_ne!(stdout(&c.sh("systemctl is-active heartbeat@one")).trim(), "active");
+        assert_eq!(c.ok("systemctl show -p NRestarts --value heartbeat@one").trim(), "0");
+        wait_until("the refusal's reason in systemctl status", Duration::from_secs(20), || {
+            stdout(&c.sh("systemctl status heartbeat@one --no-pager")).contains("replaced").then_some(())
+        });
+        assert_eq!(c.ok("systemctl is-active heartbeat@two").trim(), "active");
+    });
+}
+
+/// The agent unit's token: `/etc/heartbeat/NAME.token`, root-only, reaches
+/// the agent's transient user as a credential and gets it in; an instance
+/// without the file sends none, is refused (ERROR 4) and stays down.
+#[test]
+fn agent_unit_token_file_gets_in_and_no_token_stays_down() {
+    in_container(|c, deb| {
+        install(c, deb);
+        let conf = "/etc/heartbeatd/heartbeatd.toml";
+        c.ok(&format!(
+            "sed -i 's/^protocol = \"native\"$/protocol = \"native\"\\ntokens = [\"s3cret\"]/' {conf} \
+             && grep -q '^tokens = ' {conf} && systemctl restart heartbeatd"
+        ));
+        c.ok("mkdir -p /etc/heartbeat \
+              && printf 'HEARTBEAT_SERVER=127.0.0.1:7700\\nHEARTBEAT_ID=e2e-token\\n' > /etc/heartbeat/in.env \
+              && printf 'HEARTBEAT_SERVER=127.0.0.1:7700\\nHEARTBEAT_ID=e2e-none\\n' > /etc/heartbeat/out.env \
+              && (umask 077; echo s3cret > /etc/heartbeat/in.token) \
+              && systemctl start heartbeat@in heartbeat@out");
+        wait_until("the agent with the token online", Duration::from_secs(20), || {
+            find_event(&c.journal(), "e2e-token", "online").map(|_| ())
+        });
+        wait_until("the agent without a token refused", Duration::from_secs(20), || {
+            let status = c.ok("systemctl show -p ExecMainStatus --value heartbeat@out");
+            (status.trim() == "78").then_some(())
+        });
+        thread::sleep(Duration::from_secs(4));
+        assert_eq!(c.ok("systemctl show -p NRestarts --value heartbeat@out").trim(), "0");
+        assert_eq!(c.ok("systemctl is-active heartbeat@in").trim(), "active");
+        // The reason is the agent's last stderr line, which journald may
+        // index a moment after systemd logged the exit.
+        wait_until("the refusal's reason in systemctl status", Duration::from_secs(20), || {
+            stdout(&c.sh("systemctl status heartbeat@out --no-pager")).contains("authentication failed").then_some(())
         });
     });
 }

@@ -627,7 +627,7 @@ fn assert_message_is_logfmt_line(e: &JournalEntry) {
     let f = |k| e.field(k);
     let expected = match f("HEARTBEAT_EVENT") {
         "online" => format!(
-            "online client={} peer={} listener={} proto={} session={}",
+            "online client={} peer={} listener={} protocol={} session={}",
             f("HEARTBEAT_CLIENT"),
             f("HEARTBEAT_PEER"),
             f("HEARTBEAT_LISTENER"),

@@ -1,185 +1,31 @@
 //! `heartbeat`: the client agent (`run`), the health probe (`check`), and
 //! views of the daemon's status API (`status`, `watch`).
 //!
-//! A thin shell around [`heartbeatd::client`]: parse arguments, start
-//! logging, run, map the outcome to an exit code.
+//! A thin shell around [`heartbeatd::client`]: parse arguments (defined in
+//! [`heartbeatd::cli::agent`]), start logging, run, map the outcome to an
+//! exit code.
 //!
-//! Exit codes: `run` exits 0 after SIGINT/SIGTERM (BYE sent) and 1 when
-//! the daemon refused the agent for good (ERROR 2, 4 or 6) or it could not
-//! start; `check` exits 0 if the daemon is healthy and 1 otherwise;
-//! `status` and `watch` exit 1 when the status API cannot be read; all exit
-//! 2 on invalid arguments.
+//! Exit codes: `run` exits 0 after SIGINT/SIGTERM (BYE sent), 78
+//! (EX_CONFIG) when the daemon refused the agent for good (ERROR 2, 4 or 6:
+//! its token, id or version must change first, so `heartbeat@.service` does
+//! not restart it) and 1 when it could not start or its thread panicked;
+//! `check` exits 0 if the daemon is healthy and 1 otherwise; `status` and
+//! `watch` exit 1 when the status API cannot be read; all exit 2 on invalid
+//! arguments (`run` checks its own before it starts).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use clap::{Args, Parser, Subcommand};
-use heartbeatd::client::{self, AgentConfig, CheckConfig, KeepaliveOptions};
+use clap::Parser;
+use heartbeatd::cli::agent::{CheckArgs, Cli, Command, RunArgs, StatusArgs, WatchArgs};
+use heartbeatd::client::{self, AgentConfig, CheckConfig, ConfigError, KeepaliveOptions, StopReason};
 use heartbeatd::event::Logfmt;
 use heartbeatd::logging;
-use log::LevelFilter;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-
-/// Keeps a client registered at a heartbeatd daemon, or probes one.
-#[derive(Parser)]
-#[command(version)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Stay online at the daemon: HELLO, PING every interval, notice a dead
-    /// daemon, reconnect with backoff. Stops with BYE on SIGINT/SIGTERM.
-    #[command(after_help = "Exit status: 0 after SIGINT/SIGTERM; 1 if the daemon refused the agent for good \
-                            (ERROR 4 authentication, 6 replaced by another agent with the same id, 2 version); \
-                            2 for invalid arguments.")]
-    Run(RunArgs),
-    /// Probe the daemon once (HELLO, PING/PONG, BYE) and print interval,
-    /// timeout and RTT. Exit 0 if healthy, 1 if not.
-    #[command(after_help = "Prints one logfmt line on stdout: `healthy ... interval_ms=N timeout_ms=N rtt_us=N` \
-                            or `unhealthy ... reason=R error=\"...\"`.\n\
-                            Exit status: 0 healthy; 1 unhealthy or unreachable; 2 for invalid arguments.")]
-    Check(CheckArgs),
-    /// List the clients online now, from the daemon's status API
-    /// (GET /clients): id, peer, listener, since, last seen, RTT.
-    #[command(after_help = "Exit status: 0 when the list was read; 1 when the status API cannot be read.")]
-    Status(StatusArgs),
-    /// Follow the daemon's presence feed (GET /events): one line per event,
-    /// starting with everyone online; reconnects and resumes if the stream
-    /// breaks. Stops on SIGINT or after --count events.
-    #[command(after_help = "Lines: `present client=...` for each client online when the feed starts, then \
-                      `<time> online ...` / `<time> offline ... reason=R` per change, and `gap ...` when \
-                      a resumed feed missed events.\n\
-                      Exit status: 0 after --count events; 1 when the status API cannot be reached at start.")]
-    Watch(WatchArgs),
-}
-
-#[derive(Args)]
-struct Http {
-    /// The daemon's status API: the address of its `[http]` table.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7780")]
-    http: String,
-}
-
-#[derive(Args)]
-struct StatusArgs {
-    #[command(flatten)]
-    http: Http,
-
-    /// Print the JSON of /clients instead of a table.
-    #[arg(long)]
-    json: bool,
-
-    /// Only the clients of this listener.
-    #[arg(long, value_name = "NAME")]
-    listener: Option<String>,
-
-    /// Bound on connecting and reading.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
-    timeout: Duration,
-}
-
-#[derive(Args)]
-struct WatchArgs {
-    #[command(flatten)]
-    http: Http,
-
-    /// Resume after this event id (as printed by --ids) instead of starting
-    /// with everyone online.
-    #[arg(long, value_name = "ID")]
-    last_event_id: Option<String>,
-
-    /// Stop after this many online/offline events.
-    #[arg(long, value_name = "N")]
-    count: Option<usize>,
-
-    /// Prefix each line with its event id.
-    #[arg(long)]
-    ids: bool,
-}
-
-#[derive(Args)]
-struct Server {
-    /// The daemon's address.
-    #[arg(long, short = 's', value_name = "HOST:PORT", default_value = "127.0.0.1:7700")]
-    server: String,
-
-    /// File holding the HELLO token (surrounding whitespace is trimmed, as
-    /// the daemon trims its tokens_file); needed when the listener is
-    /// configured with tokens.
-    #[arg(long, value_name = "FILE")]
-    token_file: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct RunArgs {
-    #[command(flatten)]
-    server: Server,
-
-    /// Client id: 1..=64 printable ASCII characters, no space.
-    #[arg(long, value_name = "ID")]
-    id: String,
-
-    /// Bound on a TCP connect, and on the wait for WELCOME after it.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    connect_timeout: Duration,
-
-    /// First reconnect delay ceiling; doubles per failed attempt.
-    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
-    backoff_base: Duration,
-
-    /// Largest reconnect delay ceiling. Each delay is random in [0, ceiling].
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    backoff_cap: Duration,
-
-    /// TCP_KEEPIDLE; 0s turns kernel keepalive off
-    /// [default: twice the interval, in whole seconds, at least 1s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    keepalive_idle: Option<Duration>,
-
-    /// TCP_KEEPINTVL [default: the interval, in whole seconds, at least 1s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    keepalive_interval: Option<Duration>,
-
-    /// TCP_KEEPCNT [default: 3].
-    #[arg(long, value_name = "N")]
-    keepalive_count: Option<u32>,
-
-    /// TCP_USER_TIMEOUT; 0s leaves the kernel default
-    /// [default: keepalive idle + interval × count].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    user_timeout: Option<Duration>,
-
-    /// Log level: error, warn, info, debug (one line per PING/PONG), trace.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    log_level: LevelFilter,
-}
-
-#[derive(Args)]
-struct CheckArgs {
-    #[command(flatten)]
-    server: Server,
-
-    /// Client id for the probe. Never the id of a running agent: the daemon
-    /// would hand that agent's session to the probe [default:
-    /// heartbeat-check-PID].
-    #[arg(long, value_name = "ID")]
-    id: Option<String>,
-
-    /// Bound on the whole probe: connect, WELCOME and PONG.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
-    timeout: Duration,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(s)
-}
 
 fn main() -> ExitCode {
     match Cli::parse().command {
@@ -191,7 +37,7 @@ fn main() -> ExitCode {
 }
 
 fn status(args: StatusArgs) -> ExitCode {
-    match client::status::clients(&args.http.http, args.listener.as_deref(), args.timeout) {
+    match client::status::clients(&args.api.server, args.listener.as_deref(), args.timeout) {
         Ok(clients) if args.json => match serde_json::to_string_pretty(&clients) {
             Ok(json) => {
                 println!("{json}");
@@ -207,7 +53,7 @@ fn status(args: StatusArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("heartbeat: reading http://{}/clients: {e}", args.http.http);
+            eprintln!("heartbeat: reading http://{}/clients: {e}", args.api.server);
             ExitCode::FAILURE
         }
     }
@@ -221,12 +67,12 @@ const WATCH_RETRY: Duration = Duration::from_secs(2);
 const WATCH_IDLE: Duration = Duration::from_secs(40);
 
 fn watch(args: WatchArgs) -> ExitCode {
-    let mut last_id = args.last_event_id.clone();
+    let mut last_id = args.last_event_id.map(|id| id.to_string());
     let mut seen = 0usize;
     let mut connected_once = false;
     loop {
         let resume_after = last_id.clone();
-        let result = client::status::follow(&args.http.http, resume_after.as_deref(), WATCH_IDLE, |event| {
+        let result = client::status::follow(&args.api.server, resume_after.as_deref(), WATCH_IDLE, |event| {
             connected_once = true;
             if let Some(id) = &event.id {
                 last_id = Some(id.clone());
@@ -247,7 +93,7 @@ fn watch(args: WatchArgs) -> ExitCode {
         }
         match result {
             Err(e) if !connected_once => {
-                eprintln!("heartbeat: following http://{}/events: {e}", args.http.http);
+                eprintln!("heartbeat: following http://{}/events: {e}", args.api.server);
                 return ExitCode::FAILURE;
             }
             Err(e) => eprintln!("heartbeat: feed broken ({e}); resuming in {}s", WATCH_RETRY.as_secs()),
@@ -300,6 +146,13 @@ fn watch_lines(event: &client::status::SseEvent) -> Vec<String> {
     }
 }
 
+/// The exit status of a usage error, as clap's own.
+const USAGE: u8 = 2;
+
+/// The exit status of a refusal retrying cannot fix (sysexits' EX_CONFIG):
+/// distinct from a crash, for `RestartPreventExitStatus=`.
+const REFUSED: u8 = 78;
+
 fn run(args: RunArgs) -> ExitCode {
     logging::init(args.log_level);
     let token = match read_token(args.server.token_file.as_deref()) {
@@ -320,6 +173,13 @@ fn run(args: RunArgs) -> ExitCode {
         count: args.keepalive_count,
         user_timeout: args.user_timeout,
     };
+    // Checked before anything is logged: an invalid argument is a usage
+    // error (exit 2, as `run --help` says), not an agent that started and
+    // failed.
+    if let Err(e) = config.validate() {
+        eprintln!("error: invalid {}: {e}\n\nFor more information, try 'heartbeat run --help'.", option_of(&e));
+        return ExitCode::from(USAGE);
+    }
     // Signals are registered before the agent starts, so a SIGTERM that
     // arrives during start-up still ends in a BYE rather than the default
     // disposition.
@@ -359,11 +219,27 @@ fn run(args: RunArgs) -> ExitCode {
     }
     let status = agent.join();
     match status.stopped() {
+        Some(reason @ StopReason::Refused { .. }) => {
+            eprintln!("heartbeat: {reason}");
+            ExitCode::from(REFUSED)
+        }
         Some(reason) if reason.is_fatal() => {
             eprintln!("heartbeat: {reason}");
             ExitCode::FAILURE
         }
         _ => ExitCode::SUCCESS,
+    }
+}
+
+/// The `run` option an agent config error is about.
+fn option_of(e: &ConfigError) -> &'static str {
+    match e {
+        ConfigError::Server(_) => "--server",
+        ConfigError::Id(_) => "--id",
+        ConfigError::TokenTooLong(_) => "--token-file",
+        ConfigError::Zero("connect timeout") => "--connect-timeout",
+        ConfigError::Zero(_) => "--backoff-base",
+        ConfigError::CapBelowBase { .. } => "--backoff-cap",
     }
 }
 

@@ -1,4 +1,5 @@
-//! `heartbeatd`: parse arguments, load the config, start logging, run.
+//! `heartbeatd`: parse arguments (defined in [`heartbeatd::cli::daemon`]),
+//! load the config, start logging, run.
 //!
 //! Exit codes: 0 after a graceful stop, a valid `--check-config`, a
 //! `--print-config` or a `--reload` that applied; 78 (`EX_CONFIG`,
@@ -12,40 +13,14 @@
 //! the `<3>` priority prefix when stderr is the journal, so it is an err
 //! entry there.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use heartbeatd::cli::daemon::Args;
 use heartbeatd::{config, limits, logging, server};
 
 /// `EX_CONFIG` of sysexits.h: the configuration is unusable.
 const EX_CONFIG: u8 = 78;
-
-/// The heartbeat liveness daemon: tells which TCP clients are gone, and why.
-#[derive(Parser)]
-#[command(version, about)]
-struct Args {
-    /// Config file to use instead of the embedded default
-    /// (a native listener on 127.0.0.1:7700, interval 3s, offline after 15s).
-    /// The `*.toml` files of `conf.d/` beside it are merged in, in name order.
-    #[arg(long, short = 'c', value_name = "PATH")]
-    config: Option<PathBuf>,
-
-    /// Validate the config and exit: 0 if valid, 78 with the error if not.
-    #[arg(long)]
-    check_config: bool,
-
-    /// Print the effective config (drop-ins merged, defaults filled in) as
-    /// TOML and exit: 0 if valid, 78 with the error if not.
-    #[arg(long, conflicts_with = "check_config")]
-    print_config: bool,
-
-    /// Ask the running daemon PID to reload (SIGHUP) and wait for its
-    /// answer: 0 if the reload applied, 1 with the error if it failed, whole
-    /// or in part. The unit's ExecReload=; needs $RUNTIME_DIRECTORY.
-    #[arg(long, value_name = "PID", conflicts_with_all = ["check_config", "print_config", "config"])]
-    reload: Option<u32>,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, SystemTime};
 
 use crate::api::ClientView;
@@ -18,8 +18,19 @@ use crate::api::ClientView;
 pub enum StatusError {
     /// Connecting, sending or receiving failed.
     Io(String, io::Error),
+    /// Connecting or an answer took longer than the timeout: the address is
+    /// filtered, or the daemon is frozen or overloaded.
+    TimedOut {
+        /// What was waited for, as it reads after "timed out after 2s".
+        what: String,
+        /// The bound that ran out.
+        after: Duration,
+    },
     /// The daemon answered with a status other than 200.
     Status(u16, String),
+    /// The peer answered, but not in HTTP: the message says what it looks
+    /// like (a heartbeat listener, most often) and where the API is.
+    NotHttp(String),
     /// The answer was not what the API sends.
     Malformed(String),
 }
@@ -28,13 +39,50 @@ impl fmt::Display for StatusError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StatusError::Io(what, e) => write!(f, "{what}: {e}"),
+            StatusError::TimedOut { what, after } => {
+                write!(f, "timed out after {} {what}", humantime::format_duration(*after))
+            }
             StatusError::Status(code, body) => write!(f, "HTTP {code}: {}", body.trim()),
+            StatusError::NotHttp(what) => f.write_str(what),
             StatusError::Malformed(what) => write!(f, "unexpected answer: {what}"),
         }
     }
 }
 
 impl std::error::Error for StatusError {}
+
+/// An I/O error of `what`, with a timeout (`EAGAIN` from a read timeout,
+/// `ETIMEDOUT` from a connect) said as one instead of as its errno text.
+fn io_error(what: String, e: io::Error, timeout: Duration) -> StatusError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => StatusError::TimedOut { what, after: timeout },
+        _ => StatusError::Io(what, e),
+    }
+}
+
+/// Where the status API is, for messages about a wrong address.
+const API_HINT: &str = "the status API is the [http] address (default 127.0.0.1:7780)";
+
+/// Says what a peer at `address` that answered `head` (its first bytes,
+/// not `HTTP/`) probably is. A native heartbeat listener answers a request
+/// line with an ERROR frame (type 6, a 2-byte code, a UTF-8 message).
+fn not_http(address: SocketAddr, head: &[u8]) -> StatusError {
+    let native_error = head.len() >= 6
+        && head[0] == 0x06
+        && usize::from(u16::from_be_bytes([head[2], head[3]])) >= 2
+        && head.iter().skip(6).all(|b| !b.is_ascii_control());
+    if native_error {
+        return StatusError::NotHttp(format!(
+            "{address} answered with a heartbeatd ERROR frame, not HTTP: \
+             this looks like heartbeatd's heartbeat port; {API_HINT}"
+        ));
+    }
+    let shown: String = head.iter().take(32).flat_map(|&b| std::ascii::escape_default(b)).map(char::from).collect();
+    StatusError::NotHttp(format!(
+        "{address} sent something that is not an HTTP answer (it began \"{shown}\"): \
+         is it a heartbeat listener or another service? {API_HINT}"
+    ))
+}
 
 /// One Server-Sent Event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,13 +104,26 @@ fn get(http: &str, path: &str, timeout: Duration, headers: &str) -> Result<BufRe
         .next()
         .ok_or_else(|| StatusError::Malformed(format!("{http} resolves to no address")))?;
     let mut stream = TcpStream::connect_timeout(&address, timeout)
-        .map_err(|e| StatusError::Io(format!("connecting to {address}"), e))?;
+        .map_err(|e| io_error(format!("connecting to {address}"), e, timeout))?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| StatusError::Io("setting a read timeout".into(), e))?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {http}\r\nAccept: */*\r\nConnection: close\r\n{headers}\r\n");
-    stream.write_all(request.as_bytes()).map_err(|e| StatusError::Io(format!("sending GET {path}"), e))?;
+    stream.write_all(request.as_bytes()).map_err(|e| io_error(format!("sending GET {path}"), e, timeout))?;
     let mut reader = BufReader::new(stream);
+    // The first bytes tell whether this is HTTP at all, before any of them
+    // is read as text: a heartbeat listener answers with binary frames.
+    let head = reader.fill_buf().map_err(|e| {
+        let what = format!("waiting for {address} to answer (it accepted the connection: is the daemon frozen?)");
+        io_error(what, e, timeout)
+    })?;
+    if head.is_empty() {
+        return Err(StatusError::NotHttp(format!("{address} closed the connection without an answer; {API_HINT}")));
+    }
+    let n = head.len().min(5);
+    if head[..n] != b"HTTP/"[..n] {
+        return Err(not_http(address, head));
+    }
     let mut status_line = String::new();
-    reader.read_line(&mut status_line).map_err(|e| StatusError::Io("reading the status line".into(), e))?;
+    reader.read_line(&mut status_line).map_err(|e| io_error("reading the status line".into(), e, timeout))?;
     let code: u16 = status_line
         .split_whitespace()
         .nth(1)
@@ -70,7 +131,7 @@ fn get(http: &str, path: &str, timeout: Duration, headers: &str) -> Result<BufRe
         .ok_or_else(|| StatusError::Malformed(format!("status line {status_line:?}")))?;
     loop {
         let mut line = String::new();
-        let n = reader.read_line(&mut line).map_err(|e| StatusError::Io("reading headers".into(), e))?;
+        let n = reader.read_line(&mut line).map_err(|e| io_error("reading headers".into(), e, timeout))?;
         if n == 0 || line == "\r\n" || line == "\n" {
             break;
         }
@@ -93,7 +154,7 @@ pub fn clients(http: &str, listener: Option<&str>, timeout: Duration) -> Result<
     let mut body = String::new();
     get(http, &path, timeout, "")?
         .read_to_string(&mut body)
-        .map_err(|e| StatusError::Io("reading /clients".into(), e))?;
+        .map_err(|e| io_error("reading /clients".into(), e, timeout))?;
     serde_json::from_str(&body).map_err(|e| StatusError::Malformed(format!("/clients is not the client list: {e}")))
 }
 
@@ -111,7 +172,7 @@ pub fn follow(
     let reader = get(http, "/events", idle, &headers)?;
     let mut event = SseEvent { id: None, event: String::new(), data: String::new() };
     for line in reader.lines() {
-        let line = line.map_err(|e| StatusError::Io("reading the event stream".into(), e))?;
+        let line = line.map_err(|e| io_error("reading the event stream".into(), e, idle))?;
         if line.is_empty() {
             if !event.data.is_empty() || !event.event.is_empty() {
                 if event.event.is_empty() {
@@ -229,6 +290,27 @@ mod tests {
         assert!(lines[1].ends_with("1.50ms"), "{text}");
         assert_eq!(lines[2], "1 online");
         assert_eq!(lines[0].find("PEER"), lines[1].find("10.0.0.7"));
+    }
+
+    #[test]
+    fn a_native_error_frame_is_named_as_the_heartbeat_port() {
+        let addr: SocketAddr = "127.0.0.1:7700".parse().expect("address");
+        let mut frame = vec![0x06, 0x00, 0x00, 0x0f, 0x00, 0x03];
+        frame.extend_from_slice(b"bad frame type");
+        let text = not_http(addr, &frame).to_string();
+        assert!(text.contains("this looks like heartbeatd's heartbeat port"), "{text}");
+        assert!(text.contains("[http] address"), "{text}");
+        let text = not_http(addr, b"\x00\xffjunk").to_string();
+        assert!(text.contains("not an HTTP answer") && text.contains("\\x00\\xffjunk"), "{text}");
+    }
+
+    #[test]
+    fn a_read_timeout_is_said_as_one() {
+        let e = io::Error::from(io::ErrorKind::WouldBlock);
+        let text = io_error("waiting for 127.0.0.1:7780 to answer".into(), e, Duration::from_millis(500)).to_string();
+        assert_eq!(text, "timed out after 500ms waiting for 127.0.0.1:7780 to answer");
+        let e = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(matches!(io_error("connecting".into(), e, Duration::from_secs(2)), StatusError::Io(..)));
     }
 
     #[test]

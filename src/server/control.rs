@@ -245,7 +245,7 @@ impl Server {
         for slot in online {
             let (conn, session) = (&slot.conn, slot.conn.session());
             info!(
-                "client client={} peer={} listener={} proto={} session={} online_ms={} silent_ms={}",
+                "client client={} peer={} listener={} protocol={} session={} online_ms={} silent_ms={}",
                 Logfmt(&conn.client_id()),
                 conn.peer(),
                 Logfmt(&self.listeners[conn.listener()].cfg.name),

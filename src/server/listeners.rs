@@ -79,7 +79,7 @@ impl Server {
             Err(e) => format!("tcp_options_unreadable={}", Logfmt(&e.to_string())),
         };
         info!(
-            "listening listener={} address={} socket={} proto={} interval_ms={} timeout_ms={} {}",
+            "listening listener={} address={} socket={} protocol={} interval_ms={} timeout_ms={} {}",
             Logfmt(&cfg.name),
             address,
             origin,
