@@ -147,6 +147,12 @@ impl Conn {
         self.send(next, scratch)
     }
 
+    /// Tells the session its listener's timing changed at `now` (see
+    /// [`Session::timing_changed`]).
+    pub fn timing_changed(&mut self, now: Instant) {
+        self.session.timing_changed(now);
+    }
+
     /// Lets the session write one of its frames for the loop (shutdown,
     /// replaced, a fresh welcome) and sends it.
     pub fn say(&mut self, scratch: &mut Vec<u8>, frame: impl FnOnce(&Session, &mut Vec<u8>)) -> Next {

@@ -26,6 +26,10 @@
 //!   session, so there is exactly one of each.
 //! - `last_activity` moves only forward, and only on a complete valid frame
 //!   (native, legacy) or any byte (raw); a heartbeat costs this one store.
+//! - A native session's silence counts from its last activity, or from the
+//!   fresh WELCOME of a reload that changed its timing if that came later
+//!   ([`Session::timing_changed`]): a reload never convicts a client for a
+//!   silence the old timing allowed.
 //! - After `Next::Close` the session must not be fed again; what it wrote
 //!   to `out` (an ERROR) is its last word.
 
@@ -82,14 +86,22 @@ enum Framing {
     Raw,
 }
 
-/// Native only: where the handshake is, and the server PING. Kept in the
-/// `Framing` variant, whose padding they fill, rather than in `Clock`.
+/// Native only: where the handshake is, the server PING, and the grace of
+/// a timing change. Kept in the `Framing` variant, whose padding they fill,
+/// rather than in `Clock`.
 #[derive(Debug, Default, Clone, Copy)]
 struct NativeFlags {
     /// WELCOME was given: the session is online.
     online: bool,
     /// With `server_ping`: a PING was sent since the last activity.
     pinged: bool,
+    /// Milliseconds after the last activity from which silence counts: set
+    /// by [`Session::timing_changed`] to the instant of a fresh WELCOME,
+    /// zero again at the next activity. A `u32` relative to the activity
+    /// rather than an 8-byte stamp so that it fits the variant's padding
+    /// (a silence at a reload is below the old timeout, which fits `u32`
+    /// milliseconds; beyond that it saturates).
+    grace_ms: u32,
 }
 
 /// The liveness clock and counters every protocol shares.
@@ -171,6 +183,16 @@ impl Session {
         self.clock.last_activity.instant()
     }
 
+    /// Where the silence clock starts: the last activity, or the fresh
+    /// WELCOME of a timing change if that came later.
+    fn silence_from(&self) -> Instant {
+        let grace = match self.framing {
+            Framing::Native { flags, .. } => flags.grace_ms,
+            _ => 0,
+        };
+        self.last_activity() + Duration::from_millis(u64::from(grace))
+    }
+
     /// Heartbeats received so far.
     pub fn heartbeats(&self) -> u64 {
         self.clock.heartbeats
@@ -244,6 +266,25 @@ impl Session {
         encode_welcome(session, cfg, out);
     }
 
+    /// Tells the session that a reload changed its listener's interval or
+    /// timeout at `now`, the instant its fresh WELCOME is written: an online
+    /// native session's silence then counts from `now` (rounded up to the
+    /// millisecond) until its next activity, so a client silent for less
+    /// than the old timing allowed is not convicted by the shorter new one
+    /// before it could adopt it. `last_activity` is unchanged: events and
+    /// the status API keep reporting the real silence. Legacy and raw
+    /// clients are told nothing and keep counting from their activity.
+    pub fn timing_changed(&mut self, now: Instant) {
+        let last = self.last_activity();
+        let Framing::Native { flags, .. } = &mut self.framing else { return };
+        if !flags.online {
+            return;
+        }
+        let after = now.saturating_duration_since(last);
+        let ms = u32::try_from(after.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX);
+        flags.grace_ms = flags.grace_ms.max(ms);
+    }
+
     /// Writes a fresh WELCOME to an online native session, after a reload
     /// changed its listener's interval or timeout.
     pub fn rewelcome(&self, session: u64, cfg: &ListenerConfig, out: &mut Vec<u8>) {
@@ -282,7 +323,7 @@ impl Session {
             State::Handshake => Some(self.since() + cfg.handshake_timeout),
             State::Online if cfg.timeout.is_zero() => None,
             State::Online => {
-                let last = self.last_activity();
+                let last = self.silence_from();
                 let offline_at = last + cfg.timeout;
                 if cfg.server_ping && !self.pinged() {
                     Some(offline_at.min(last + cfg.interval))
@@ -304,9 +345,10 @@ impl Session {
                 }
             }
             State::Online => {
-                let silent = now.saturating_duration_since(self.last_activity());
+                let silent = now.saturating_duration_since(self.silence_from());
                 // The deadline may have moved on since the timer was armed:
-                // only the silence measured now convicts.
+                // only the silence measured now convicts (counted from a
+                // fresh WELCOME, if later than the last activity).
                 if !cfg.timeout.is_zero() && silent >= cfg.timeout {
                     return Next::Close(OfflineReason::Timeout, None);
                 }
@@ -373,6 +415,7 @@ impl Clock {
         }
         self.activity(now);
         flags.pinged = false;
+        flags.grace_ms = 0;
         Next::Continue
     }
 }
@@ -661,6 +704,92 @@ mod tests {
         assert!(!model.closed);
         model.advance(start + Duration::from_secs(3));
         assert_eq!(model.events, ["online", "offline timeout"]);
+    }
+
+    /// A native listener told `interval` / `timeout` (milliseconds).
+    fn timed(interval: u64, timeout: u64, extra: &str) -> ListenerConfig {
+        let mut c = cfg("native", extra);
+        (c.interval, c.timeout) = (Duration::from_millis(interval), Duration::from_millis(timeout));
+        c
+    }
+
+    /// A native session on a 3 s / 15 s listener, online at the model's
+    /// start, whose one PING came `start_offset` later (the model's `now`).
+    fn native_silent_since(start_offset: Duration) -> Model {
+        let mut model = Model::new(timed(3000, 15000, ""));
+        model.read(&hello("dev-r", b""));
+        let start = model.now;
+        model.now = start + start_offset;
+        model.read(&frame(&Frame::Ping(b"")));
+        model
+    }
+
+    #[test]
+    fn a_shrinking_reload_counts_the_new_timeout_from_the_fresh_welcome() {
+        let mut model = native_silent_since(Duration::from_millis(500));
+        let last = model.now;
+        // A reload 2.5 s into the 3 s interval: 200 ms / 1 s from now on.
+        let reload = last + Duration::from_millis(2500);
+        model.cfg = timed(200, 1000, "");
+        model.session.timing_changed(reload);
+        assert_eq!(model.session.next_deadline(&model.cfg), Some(reload + Duration::from_secs(1)));
+        // The next tick convicts nobody: 2.5 s of silence is within what the
+        // client was told.
+        model.advance(reload + Duration::from_millis(100));
+        model.advance(reload + Duration::from_millis(999));
+        assert!(!model.closed, "{:?}", model.events);
+        // Reported silence is still the real one.
+        assert_eq!(model.session.last_activity(), last);
+        // A client that never adopts the new timing is convicted one new
+        // timeout after the WELCOME that announced it.
+        model.advance(reload + Duration::from_secs(1));
+        assert_eq!(model.events, ["online dev-r", "offline timeout"]);
+    }
+
+    #[test]
+    fn after_a_timing_change_the_next_activity_counts_again() {
+        let mut model = native_silent_since(Duration::ZERO);
+        let reload = model.now + Duration::from_millis(2000);
+        model.cfg = timed(200, 1000, "");
+        model.session.timing_changed(reload);
+        // The client adopts the new interval: its PING ends the grace.
+        model.now = reload + Duration::from_millis(200);
+        model.read(&frame(&Frame::Ping(b"")));
+        assert_eq!(model.session.next_deadline(&model.cfg), Some(model.now + Duration::from_secs(1)));
+        // An earlier reload than the activity changes nothing.
+        model.session.timing_changed(reload);
+        assert_eq!(model.session.next_deadline(&model.cfg), Some(model.now + Duration::from_secs(1)));
+        let pinged = model.now;
+        model.advance(pinged + Duration::from_secs(1));
+        assert_eq!(model.events, ["online dev-r", "offline timeout"]);
+    }
+
+    #[test]
+    fn a_timing_change_gives_server_ping_from_the_welcome_too() {
+        let mut model = native_silent_since(Duration::ZERO);
+        let reload = model.now + Duration::from_millis(2000);
+        model.cfg = timed(200, 1000, "server_ping = true\n");
+        model.session.timing_changed(reload);
+        assert_eq!(model.session.next_deadline(&model.cfg), Some(reload + Duration::from_millis(200)));
+        let before = model.replies.len();
+        model.advance(reload + Duration::from_millis(200));
+        assert!(matches!(reply_at(&model.replies, before), Frame::Ping(b"")));
+        assert!(!model.closed);
+    }
+
+    #[test]
+    fn timing_changes_touch_only_online_native_sessions() {
+        // Legacy and raw clients are told nothing: their silence counts
+        // from their own activity, as before.
+        let mut legacy = Model::new(cfg("legacy", "misses = 2\n"));
+        let start = legacy.now;
+        legacy.session.timing_changed(start + Duration::from_secs(1));
+        assert_eq!(legacy.session.next_deadline(&legacy.cfg), Some(start + Duration::from_secs(2)));
+        // A native session in its handshake keeps its handshake deadline.
+        let mut native = Model::new(cfg("native", ""));
+        let deadline = native.session.next_deadline(&native.cfg);
+        native.session.timing_changed(start + Duration::from_secs(1));
+        assert_eq!(native.session.next_deadline(&native.cfg), deadline);
     }
 
     #[test]

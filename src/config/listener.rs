@@ -10,7 +10,6 @@
 //! kernel seconds while keepalive is on.
 
 use std::collections::HashMap;
-use std::fs;
 use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::path::Path;
@@ -370,11 +369,12 @@ impl ListenerSource<'_> {
     }
 
     /// Reads a tokens file: one token per line, trimmed; blank lines and
-    /// `#` comments skipped.
+    /// `#` comments skipped. A regular file of at most 1 MiB, opened
+    /// without blocking (see `file.rs`).
     fn tokens_file(&self, file: &Spanned<String>) -> Result<Vec<Vec<u8>>, ConfigError> {
         let path = self.base_dir.join(file.get_ref());
         let shown = path.display();
-        let contents = fs::read(&path)
+        let contents = super::file::read_capped(&path, super::file::MAX_TOKENS_FILE_BYTES)
             .map_err(|e| self.at(file, "tokens_file", format!("cannot read tokens file {shown}: {e}")))?;
         let mut tokens = Vec::new();
         for (number, line) in contents.split(|&b| b == b'\n').enumerate() {

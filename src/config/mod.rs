@@ -8,7 +8,10 @@
 //! every error names all three. [`load`] also reads the `conf.d/*.toml`
 //! drop-ins beside the file and `dropin.rs` merges them into the main
 //! file's tables before the checks (listeners append; a `[daemon]` or
-//! `[http]` key may be set in one file only).
+//! `[http]` key may be set in one file only). Every file read (config,
+//! drop-in, tokens file) goes through `file.rs`: a regular file of at most
+//! 1 MiB, opened without blocking, so neither `--check-config` nor a
+//! reload can hang on a FIFO or fill memory from `/dev/zero`.
 //!
 //! Keys in errors are dotted paths; listeners are numbered from 0 in file
 //! order within each file, whatever their name: `daemon.tick`,
@@ -30,13 +33,13 @@
 
 mod check;
 mod dropin;
+mod file;
 mod listener;
 mod print;
 mod raw;
 mod span;
 
 use std::fmt;
-use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -240,10 +243,13 @@ pub fn dropin_dir(path: &Path) -> PathBuf {
 /// A file's name (as errors show it) and its text.
 type NamedText = (String, String);
 
-/// Reads one config file.
+/// Reads one config file or drop-in: a regular file of at most
+/// [`file::MAX_CONFIG_BYTES`], opened without blocking (see `file.rs`).
 fn read(path: &Path) -> Result<NamedText, ConfigError> {
     let origin = path.display().to_string();
-    match fs::read_to_string(path) {
+    let text = file::read_capped(path, file::MAX_CONFIG_BYTES)
+        .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "stream did not contain valid UTF-8".to_owned()));
+    match text {
         Ok(text) => Ok((origin, text)),
         Err(e) => Err(ConfigError { origin, line: None, key: None, message: format!("cannot read config file: {e}") }),
     }
@@ -279,6 +285,7 @@ pub fn embedded() -> Result<Config, ConfigError> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use std::fs;
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
