@@ -247,3 +247,25 @@ fn a_fatal_refusal_exits_78() {
     let help = String::from_utf8_lossy(&heartbeat(&["run", "--help"]).stdout).into_owned();
     assert!(help.contains("78 if the daemon refused the agent for good"), "{help}");
 }
+
+/// `--token-file` naming a FIFO is refused at once, as the daemon refuses
+/// one for its `tokens_file`: the agent does not wait for a writer.
+#[test]
+fn a_fifo_token_file_is_refused_at_once() {
+    let dir = heartbeatd_harness::TempDir::new("cli-fifo");
+    let fifo = dir.path().join("token");
+    let status = Command::new("mkfifo").arg(&fifo).status().expect("running mkfifo");
+    assert!(status.success(), "mkfifo {}: {status}", fifo.display());
+    let out = heartbeat(&[
+        "check",
+        "--server",
+        &dead_port().to_string(),
+        "--id",
+        "dev-1",
+        "--token-file",
+        fifo.to_str().expect("utf-8 path"),
+    ]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("reading token file") && err.contains("not a regular file (a FIFO)"), "{err}");
+}

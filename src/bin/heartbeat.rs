@@ -13,7 +13,6 @@
 //! `watch` exit 1 when the status API cannot be read; all exit 2 on invalid
 //! arguments (`run` checks its own before it starts).
 
-use std::fs;
 use std::path::Path;
 use std::process::ExitCode;
 use std::thread;
@@ -283,12 +282,15 @@ fn check(args: CheckArgs) -> ExitCode {
 }
 
 /// Reads the token file: its bytes, less surrounding whitespace (the
-/// newline editors and `echo` add), as the daemon reads its `tokens_file`.
-/// An absent flag means no token.
+/// newline editors and `echo` add), as the daemon reads its `tokens_file`,
+/// and with the daemon's checks: a regular file of at most 1 MiB, opened
+/// without blocking (a FIFO named by mistake is refused at once). An absent
+/// flag means no token.
 fn read_token(path: Option<&Path>) -> Result<Vec<u8>, String> {
     let Some(path) = path else {
         return Ok(Vec::new());
     };
-    let token = fs::read(path).map_err(|e| format!("reading token file {}: {e}", path.display()))?;
+    let token = heartbeatd::config::read_capped(path, heartbeatd::config::MAX_TOKENS_FILE_BYTES)
+        .map_err(|e| format!("reading token file {}: {e}", path.display()))?;
     Ok(token.trim_ascii().to_vec())
 }

@@ -44,6 +44,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use file::{read_capped, MAX_TOKENS_FILE_BYTES};
 pub use print::to_toml;
 
 use crate::wire::Protocol;
