@@ -210,8 +210,8 @@ impl Server {
         let conn = Conn::new(stream, peer, lkey, cfg.protocol, now);
         entry.insert(Slot::new(conn, 0));
         *self.per_address.entry(peer.ip()).or_insert(0) += 1;
-        // Sessions number connections in accept order, so the one accepted
-        // later is the newer one when two say HELLO with the same id.
+        // Sessions number connections in accept order (unique, rising);
+        // replacement goes by HELLO order, not by these numbers.
         self.conns[key].session = self.take_session();
         if self.conns[key].conn.session().is_online() {
             self.emit_online(key, now);

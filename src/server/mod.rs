@@ -593,20 +593,13 @@ impl Server {
         }
     }
 
-    /// Resolves a HELLO: replaces an older connection with the same id and
-    /// puts this one online, or refuses it as the stale one.
+    /// Resolves a HELLO: replaces the connection online with the same id,
+    /// if any, and puts this one online. The later HELLO wins, whatever the
+    /// accept order (PROTOCOL.md §1.5).
     fn on_hello(&mut self, key: usize, id: Rc<str>, now: Instant) -> Next {
         let session = self.conns[key].session;
         if let Some(&online) = self.ids.get(&id) {
-            let online_session = self.conns[online].session;
-            if online_session > session {
-                // This connection was accepted before the one online with
-                // its id: a HELLO that waited (in the backlog, or behind a
-                // frozen daemon) is older, and must not displace the newer.
-                // Its ERROR is best effort: it is closed either way.
-                let _ = self.conns[key].conn.say(&mut self.scratch, Session::replaced);
-                return Next::close(OfflineReason::Replaced, format!("stale HELLO: session {online_session} is newer"));
-            }
+            // Best effort: the older connection is closed either way.
             let _ = self.conns[online].conn.say(&mut self.scratch, Session::replaced);
             self.close(online, OfflineReason::Replaced, Some(format!("by session {session}")), now);
         }
