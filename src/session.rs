@@ -129,6 +129,12 @@ impl Session {
         }
     }
 
+    /// True when a session of `proto` is online from its creation (legacy,
+    /// raw): its online event comes at accept.
+    pub fn online_at_accept(proto: Protocol) -> bool {
+        proto != Protocol::Native
+    }
+
     /// Handshake (native before WELCOME) or online.
     fn state(&self) -> State {
         match self.framing {

@@ -198,6 +198,12 @@ impl Server {
             }
             return;
         }
+        if Session::online_at_accept(cfg.protocol) && super::peer_gone(&stream) {
+            // Online at accept, so a peer that already left would be an
+            // online/offline pair with nothing between: a ghost.
+            self.abandon(now);
+            return;
+        }
         if let Err(e) = sockopt::apply_accepted(&stream, &cfg.tcp, self.listeners[lkey].inherits_tcp) {
             warn!("sockopt-failed peer={} listener={} error={}", peer, Logfmt(&cfg.name), Logfmt(&e.to_string()));
         }

@@ -104,6 +104,11 @@ const SIGNALS: [libc::c_int; 4] = [SIGTERM, SIGINT, SIGHUP, SIGUSR1];
 /// The token of the signal pipe.
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
 
+/// How long abandoned connections are summed up before one
+/// `abandoned count=N` line: a backlog of ghosts makes one line, not one
+/// per connection.
+const ABANDONED_EVERY: Duration = Duration::from_secs(1);
+
 /// Least time between two `STATUS=` notifications: a fleet reconnecting at
 /// once must not turn into a notification per client.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -119,6 +124,8 @@ enum Timer {
     Watchdog,
     /// Send a `STATUS=` line that was held back by the rate limit.
     Status,
+    /// Log the abandoned connections counted since the episode began.
+    Abandoned,
 }
 
 /// One connection and the flags only the loop uses for it.
@@ -324,6 +331,9 @@ pub struct Server {
     watchdog: Option<Duration>,
     /// A `Timer::Status` is armed: the online count changed recently.
     status_pending: bool,
+    /// Connections abandoned since the last `abandoned` line; while
+    /// non-zero a `Timer::Abandoned` is armed.
+    abandoned: u64,
     /// Why the last reload was refused, shown in `STATUS=` until the next.
     reload_error: Option<String>,
     /// The status API, when `[http]` is configured.
@@ -363,6 +373,7 @@ impl Server {
             notifier: Notifier::from_env(),
             watchdog: systemd::watchdog_interval(),
             status_pending: false,
+            abandoned: 0,
             reload_error: None,
             http: None,
             metrics: Metrics::new(),
@@ -462,6 +473,10 @@ impl Server {
                 Timer::Status => {
                     self.status_pending = false;
                     self.notifier.status(&self.status_line());
+                }
+                Timer::Abandoned => {
+                    info!("abandoned count={}", self.abandoned);
+                    self.abandoned = 0;
                 }
             }
         }
@@ -597,6 +612,15 @@ impl Server {
     /// if any, and puts this one online. The later HELLO wins, whatever the
     /// accept order (PROTOCOL.md §1.5).
     fn on_hello(&mut self, key: usize, id: Rc<str>, now: Instant) -> Next {
+        if peer_gone(self.conns[key].conn.stream()) {
+            // The peer closed before its HELLO was served: a client that
+            // gave up while its HELLO waited (a frozen daemon, a backlog).
+            // A ghost neither goes online nor replaces the live connection
+            // with its id.
+            self.abandon(now);
+            self.end(key, OfflineReason::Closed, None, now, true);
+            return Next::Close(OfflineReason::Closed, None);
+        }
         let session = self.conns[key].session;
         if let Some(&online) = self.ids.get(&id) {
             // Best effort: the older connection is closed either way.
@@ -650,6 +674,22 @@ impl Server {
     /// schedules it to be freed. Its last frame (an ERROR or BYE) was
     /// written when it was made. Runs at most once per connection.
     fn close(&mut self, key: usize, reason: OfflineReason, detail: Option<String>, now: Instant) {
+        self.end(key, reason, detail, now, false);
+    }
+
+    /// Counts a connection abandoned by its peer before it was served; the
+    /// first of an episode arms the one line that sums them up.
+    fn abandon(&mut self, now: Instant) {
+        self.metrics.count_abandoned();
+        if self.abandoned == 0 {
+            self.wheel.insert(now + ABANDONED_EVERY, Timer::Abandoned);
+        }
+        self.abandoned += 1;
+    }
+
+    /// [`Server::close`], with the `handshake-failed` line left out when
+    /// `quiet` (an abandoned connection is counted, not logged, alone).
+    fn end(&mut self, key: usize, reason: OfflineReason, detail: Option<String>, now: Instant, quiet: bool) {
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
@@ -683,7 +723,7 @@ impl Server {
                     self.ids.remove(id);
                 }
             }
-        } else {
+        } else if !quiet {
             info!(
                 "handshake-failed peer={} listener={} error={}",
                 conn.peer(),
@@ -793,6 +833,18 @@ impl Server {
     fn say_bye(&mut self, key: usize) {
         // Best effort: the connection is closed as `shutdown` either way.
         let _ = self.conns[key].conn.say(&mut self.scratch, Session::shutdown);
+    }
+}
+
+/// True when the peer already closed or reset the connection and nothing
+/// it sent is left unread: a peek of one byte finds the FIN (0) or an
+/// error. One syscall, paid per HELLO and per legacy/raw accept, never per
+/// heartbeat. Bytes still waiting say nothing yet: they are read first.
+pub(super) fn peer_gone(stream: &mio::net::TcpStream) -> bool {
+    match stream.peek(&mut [0; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted),
     }
 }
 
