@@ -41,7 +41,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
@@ -578,6 +578,12 @@ impl Server {
                         return next;
                     }
                 }
+                Next::Probe => {
+                    let next = self.on_probe(key, now);
+                    if next != Next::Continue {
+                        return next;
+                    }
+                }
                 other => return other,
             }
         }
@@ -604,7 +610,7 @@ impl Server {
     fn settle(&mut self, key: usize, next: Next, now: Instant) {
         match next {
             Next::Close(reason, detail) => self.close(key, reason, detail, now),
-            Next::Hello(_) | Next::Continue => self.update_interest(key, now),
+            Next::Hello(_) | Next::Probe | Next::Continue => self.update_interest(key, now),
         }
     }
 
@@ -612,14 +618,8 @@ impl Server {
     /// if any, and puts this one online. The later HELLO wins, whatever the
     /// accept order (PROTOCOL.md §1.5).
     fn on_hello(&mut self, key: usize, id: Rc<str>, now: Instant) -> Next {
-        if peer_gone(self.conns[key].conn.stream()) {
-            // The peer closed before its HELLO was served: a client that
-            // gave up while its HELLO waited (a frozen daemon, a backlog).
-            // A ghost neither goes online nor replaces the live connection
-            // with its id.
-            self.abandon(now);
-            self.end(key, OfflineReason::Closed, None, now, true);
-            return Next::Close(OfflineReason::Closed, None);
+        if let Some(gone) = self.ghost(key, now) {
+            return gone;
         }
         let session = self.conns[key].session;
         if let Some(&online) = self.ids.get(&id) {
@@ -634,6 +634,33 @@ impl Server {
         self.emit_online(key, now);
         self.arm(key);
         next
+    }
+
+    /// Answers a probe HELLO with WELCOME: counted, never online, replacing
+    /// nobody; its deadline stays the handshake timeout.
+    fn on_probe(&mut self, key: usize, now: Instant) -> Next {
+        if let Some(gone) = self.ghost(key, now) {
+            return gone;
+        }
+        self.metrics.count_probe();
+        let slot = &mut self.conns[key];
+        let cfg = &self.listeners[slot.conn.listener()].cfg;
+        let next = slot.conn.welcome(now, slot.session, cfg, &mut self.scratch);
+        self.arm(key);
+        next
+    }
+
+    /// Closes, quietly and as abandoned, a connection whose peer closed
+    /// before its HELLO was served: a client that gave up while the HELLO
+    /// waited (a frozen daemon, a backlog). A ghost neither goes online
+    /// nor replaces the live connection with its id.
+    fn ghost(&mut self, key: usize, now: Instant) -> Option<Next> {
+        if !peer_gone(self.conns[key].conn.stream()) {
+            return None;
+        }
+        self.abandon(now);
+        self.end(key, OfflineReason::Closed, None, now, true);
+        Some(Next::Close(OfflineReason::Closed, None))
     }
 
     fn take_session(&mut self) -> u64 {
@@ -723,6 +750,9 @@ impl Server {
                     self.ids.remove(id);
                 }
             }
+        } else if session.is_probe() {
+            // A probe leaves no trace in presence, nor a line per check.
+            debug!("probe-closed peer={} listener={} reason={}", conn.peer(), Logfmt(listener), reason.as_str());
         } else if !quiet {
             info!(
                 "handshake-failed peer={} listener={} error={}",
