@@ -29,6 +29,11 @@
 //!   tick), or not at all while a connection has read budget left over.
 //!   After a busy round it may first nap up to `daemon.coalesce`
 //!   (`coalesce.rs`), which ends at that same expiry and at any signal.
+//! - A connection whose peer closed before it was served (its FIN or RST
+//!   waiting behind its HELLO, or behind nothing at a legacy/raw accept)
+//!   never goes online and replaces nobody: it is counted as abandoned and
+//!   summed up in one line per second. A probe HELLO never goes online
+//!   either, and replaces nobody.
 //! - Only start-up (binding the configured listeners) and a failing poll stop
 //!   the daemon; every client error closes that client alone.
 
