@@ -21,7 +21,7 @@ fn frames() -> Vec<(&'static str, Frame<'static>)> {
     vec![
         ("ping", Frame::Ping(b"")),
         ("pong-8", Frame::Pong(b"12345678")),
-        ("hello", Frame::Hello { version: native::VERSION, id: "sensor-00042.rack-7", token: b"s3cret" }),
+        ("hello", Frame::Hello { version: native::VERSION, id: "sensor-00042.rack-7", token: b"s3cret", probe: false }),
         ("welcome", Frame::Welcome { interval_ms: 3000, timeout_ms: 15000, session: 42 }),
     ]
 }

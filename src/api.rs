@@ -86,6 +86,20 @@ pub struct EventView<'a> {
     pub connected_ms: Option<u64>,
 }
 
+/// What `GET /healthz` answers: the daemon is up and its loop turns. The
+/// loop's last stall and lag join these fields with rule R2.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Health {
+    /// Always `ok`: a daemon that answers is up.
+    pub status: &'static str,
+    /// Milliseconds since the process started.
+    pub uptime_ms: u64,
+    /// Clients online now (probes never are).
+    pub online: u64,
+    /// Client connections open, online or not.
+    pub connections: u64,
+}
+
 /// What the HTTP layer may read of the daemon.
 pub trait View {
     /// Online clients, optionally of one listener, ordered by session.
@@ -94,6 +108,8 @@ pub trait View {
     fn client(&self, id: &str) -> Option<ClientView>;
     /// The Prometheus exposition, including the HTTP layer's own numbers.
     fn metrics(&self, http: &HttpStats) -> String;
+    /// The `/healthz` answer.
+    fn health(&self) -> Health;
 }
 
 /// The HTTP layer's own numbers, handed to [`View::metrics`] for

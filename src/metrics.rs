@@ -41,6 +41,10 @@ pub struct Metrics {
     started: SystemTime,
     listeners: BTreeMap<String, ListenerCounters>,
     loop_iterations: u64,
+    /// Connections whose peer had closed before the daemon served them.
+    abandoned: u64,
+    /// Probe HELLOs answered (never online).
+    probes: u64,
     reloads_ok: u64,
     reloads_failed: u64,
     last_reload_ok: bool,
@@ -100,6 +104,8 @@ impl Metrics {
             started: SystemTime::now(),
             listeners: BTreeMap::new(),
             loop_iterations: 0,
+            abandoned: 0,
+            probes: 0,
             reloads_ok: 0,
             reloads_failed: 0,
             last_reload_ok: true,
@@ -158,6 +164,21 @@ impl Metrics {
     /// Counts one turn of the event loop.
     pub fn count_loop_iteration(&mut self) {
         self.loop_iterations += 1;
+    }
+
+    /// Counts a connection abandoned by its peer before it was served.
+    pub fn count_abandoned(&mut self) {
+        self.abandoned += 1;
+    }
+
+    /// When the process started (as `process_start_time_seconds` says).
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    /// Counts a probe HELLO answered with WELCOME.
+    pub fn count_probe(&mut self) {
+        self.probes += 1;
     }
 
     /// Counts a reload and whether the file was accepted.
@@ -266,6 +287,15 @@ impl Metrics {
         sample(&mut out, "heartbeatd_event_subscribers_dropped_total", &[], gauges.subscribers_dropped);
         family(&mut out, "heartbeatd_http_requests_total", "counter", "HTTP requests served.");
         sample(&mut out, "heartbeatd_http_requests_total", &[], gauges.http_requests);
+        family(
+            &mut out,
+            "heartbeatd_abandoned_total",
+            "counter",
+            "Connections whose peer had closed before they were served; never online.",
+        );
+        sample(&mut out, "heartbeatd_abandoned_total", &[], self.abandoned);
+        family(&mut out, "heartbeatd_probes_total", "counter", "Probe HELLOs answered; a probe never goes online.");
+        sample(&mut out, "heartbeatd_probes_total", &[], self.probes);
         family(&mut out, "heartbeatd_build_info", "gauge", "Always 1; the version of the running binary.");
         sample(&mut out, "heartbeatd_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
         family(&mut out, "process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch.");

@@ -19,9 +19,15 @@
 //! wire format. A new protocol is one deframer in `wire` and one
 //! `Framing` variant.
 //!
+//! A probe HELLO (flags bit 0) is answered the same way, with
+//! [`Next::Probe`] instead: the loop counts it and calls `welcome`, which
+//! sends WELCOME but leaves the session in the probe state, never online.
+//! A probe gets PONGs, and its deadline stays the handshake timeout.
+//!
 //! Invariants:
-//! - The state is private and becomes online only in `welcome` (native) or
-//!   at creation (legacy, raw), and never leaves it: the loop emits the
+//! - The state is private and becomes online only in `welcome` of a HELLO
+//!   that was no probe (native) or at creation (legacy, raw), and never
+//!   leaves it: the loop emits the
 //!   online event on entering it and the offline event when it drops the
 //!   session, so there is exactly one of each.
 //! - `last_activity` moves only forward, and only on a complete valid frame
@@ -53,6 +59,10 @@ pub enum Next {
     /// replacement, calls [`Session::welcome`], then feeds the bytes after
     /// the ones `ingest` reported as used.
     Hello(Rc<str>),
+    /// A valid probe HELLO arrived (native): the caller counts it and calls
+    /// [`Session::welcome`], replacing nobody; the session never goes
+    /// online. Then it feeds the rest, as after `Hello`.
+    Probe,
     /// Close the connection. The reason is the offline reason if the
     /// session was online; the detail says what happened, for the log.
     Close(OfflineReason, Option<String>),
@@ -70,6 +80,9 @@ impl Next {
 enum State {
     /// Native only: waiting for HELLO. Not online.
     Handshake,
+    /// Native only: a probe was welcomed. Never online; PINGs get PONGs
+    /// until the handshake timeout.
+    Probe,
     /// Online: the online event has been emitted.
     Online,
 }
@@ -91,8 +104,10 @@ enum Framing {
 /// rather than in `Clock`.
 #[derive(Debug, Default, Clone, Copy)]
 struct NativeFlags {
-    /// WELCOME was given: the session is online.
-    online: bool,
+    /// WELCOME was given: the session is online, or probing.
+    welcomed: bool,
+    /// The HELLO had the probe bit.
+    probe: bool,
     /// With `server_ping`: a PING was sent since the last activity.
     pinged: bool,
     /// Milliseconds after the last activity from which silence counts: set
@@ -141,10 +156,17 @@ impl Session {
         }
     }
 
+    /// True when a session of `proto` is online from its creation (legacy,
+    /// raw): its online event comes at accept.
+    pub fn online_at_accept(proto: Protocol) -> bool {
+        proto != Protocol::Native
+    }
+
     /// Handshake (native before WELCOME) or online.
     fn state(&self) -> State {
         match self.framing {
-            Framing::Native { flags, .. } if !flags.online => State::Handshake,
+            Framing::Native { flags, .. } if !flags.welcomed => State::Handshake,
+            Framing::Native { flags, .. } if flags.probe => State::Probe,
             _ => State::Online,
         }
     }
@@ -166,6 +188,11 @@ impl Session {
     /// True once the session has gone online.
     pub fn is_online(&self) -> bool {
         self.state() == State::Online
+    }
+
+    /// True for a welcomed probe: validated, answered, never online.
+    pub fn is_probe(&self) -> bool {
+        self.state() == State::Probe
     }
 
     /// The HELLO id, once received (native only).
@@ -254,13 +281,19 @@ impl Session {
 
     /// Puts a native session online after the caller accepted its HELLO:
     /// writes WELCOME with the session number to `out` and starts the
-    /// liveness clock. Does nothing unless the session waits for it.
+    /// liveness clock. A probe gets the WELCOME only: it stays a probe,
+    /// its deadline still counted from the start. Does nothing unless the
+    /// session waits for it.
     pub fn welcome(&mut self, now: Instant, session: u64, cfg: &ListenerConfig, out: &mut Vec<u8>) {
         let Framing::Native { flags, .. } = &mut self.framing else { return };
-        if flags.online || self.clock.id.is_none() {
+        if flags.welcomed || self.clock.id.is_none() {
             return;
         }
-        flags.online = true;
+        flags.welcomed = true;
+        if flags.probe {
+            encode_welcome(session, cfg, out);
+            return;
+        }
         self.clock.since = Stamp::of(now);
         self.clock.last_activity = Stamp::of(now);
         encode_welcome(session, cfg, out);
@@ -275,11 +308,11 @@ impl Session {
     /// the status API keep reporting the real silence. Legacy and raw
     /// clients are told nothing and keep counting from their activity.
     pub fn timing_changed(&mut self, now: Instant) {
-        let last = self.last_activity();
-        let Framing::Native { flags, .. } = &mut self.framing else { return };
-        if !flags.online {
+        if !self.is_online() {
             return;
         }
+        let last = self.last_activity();
+        let Framing::Native { flags, .. } = &mut self.framing else { return };
         let after = now.saturating_duration_since(last);
         let ms = u32::try_from(after.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX);
         flags.grace_ms = flags.grace_ms.max(ms);
@@ -320,7 +353,7 @@ impl Session {
     /// when no deadline applies (raw with `timeout = "0s"`).
     pub fn next_deadline(&self, cfg: &ListenerConfig) -> Option<Instant> {
         match self.state() {
-            State::Handshake => Some(self.since() + cfg.handshake_timeout),
+            State::Handshake | State::Probe => Some(self.since() + cfg.handshake_timeout),
             State::Online if cfg.timeout.is_zero() => None,
             State::Online => {
                 let last = self.silence_from();
@@ -342,6 +375,11 @@ impl Session {
                 if now >= self.since() + cfg.handshake_timeout {
                     encode_error(error_code::HANDSHAKE_TIMEOUT, "no HELLO within the handshake timeout", out);
                     return Next::close(OfflineReason::Timeout, "handshake timeout");
+                }
+            }
+            State::Probe => {
+                if now >= self.since() + cfg.handshake_timeout {
+                    return Next::close(OfflineReason::Timeout, "probe outlived the handshake timeout");
                 }
             }
             State::Online => {
@@ -380,13 +418,13 @@ impl Clock {
         cfg: &ListenerConfig,
         out: &mut Vec<u8>,
     ) -> Next {
-        if !flags.online {
+        if !flags.welcomed {
             if self.id.is_some() {
                 // HELLO accepted, WELCOME not given: the caller did not
                 // call `welcome` before feeding more. Never online twice.
                 return Next::close(OfflineReason::Error, "frame fed before welcome");
             }
-            let Frame::Hello { id, token, .. } = frame else {
+            let Frame::Hello { id, token, probe, .. } = frame else {
                 encode_error(error_code::OUT_OF_ORDER, "expected HELLO first", out);
                 return Next::close(OfflineReason::ProtocolError, "frame before HELLO");
             };
@@ -397,7 +435,8 @@ impl Clock {
             let id: Rc<str> = id.into();
             self.id = Some(Rc::clone(&id));
             self.last_activity = Stamp::of(now);
-            return Next::Hello(id);
+            flags.probe = probe;
+            return if probe { Next::Probe } else { Next::Hello(id) };
         }
         match frame {
             Frame::Ping(payload) => native::encode(&Frame::Pong(payload), out),
@@ -481,7 +520,11 @@ mod tests {
     }
 
     fn hello(id: &str, token: &[u8]) -> Vec<u8> {
-        frame(&Frame::Hello { version: native::VERSION, id, token })
+        frame(&Frame::Hello { version: native::VERSION, id, token, probe: false })
+    }
+
+    fn probe_hello(id: &str, token: &[u8]) -> Vec<u8> {
+        frame(&Frame::Hello { version: native::VERSION, id, token, probe: true })
     }
 
     fn legacy_frame(t: i32, len: i32) -> Vec<u8> {
@@ -532,6 +575,10 @@ mod tests {
                         self.session.welcome(self.now, 7, &self.cfg, &mut self.replies);
                         assert!(self.session.is_online());
                         self.events.push(format!("online {id}"));
+                    }
+                    Next::Probe => {
+                        self.session.welcome(self.now, 7, &self.cfg, &mut self.replies);
+                        assert!(self.session.is_probe() && !self.session.is_online());
                     }
                     Next::Close(reason, _) => self.close(reason),
                 }
@@ -618,6 +665,39 @@ mod tests {
         let (next, _) = session.ingest(&stream[used..], Instant::now(), &cfg, &mut out);
         assert!(matches!(next, Next::Close(OfflineReason::Error, _)));
         assert!(!session.is_online());
+    }
+
+    #[test]
+    fn probe_is_welcomed_pongs_never_online_and_ends_at_the_handshake_timeout() {
+        let cfg = cfg("native", "handshake_timeout = \"2s\"\n");
+        let mut model = Model::new(cfg);
+        let start = model.now;
+        model.now = start + Duration::from_millis(500);
+        let mut stream = probe_hello("dev-1", b"");
+        stream.extend(frame(&Frame::Ping(b"rtt")));
+        model.read(&stream);
+        assert!(model.session.is_probe() && !model.session.is_online());
+        assert!(matches!(reply_at(&model.replies, 0), Frame::Welcome { session: 7, .. }));
+        assert_eq!(reply_at(&model.replies, native::HEADER_LEN + native::WELCOME_LEN), Frame::Pong(b"rtt"));
+        // Counted from the start, not from the WELCOME.
+        assert_eq!(model.session.next_deadline(&model.cfg), Some(start + Duration::from_secs(2)));
+        model.advance(start + Duration::from_millis(1999));
+        assert!(!model.closed);
+        model.advance(start + Duration::from_secs(2));
+        assert!(model.closed);
+        assert_eq!(model.events, ["handshake-failed timeout"], "a probe is never online");
+    }
+
+    #[test]
+    fn probe_is_validated_like_any_hello() {
+        let model = Model::feed(cfg("native", "tokens = [\"good\"]\n"), &probe_hello("a", b"bad"), 1);
+        assert_eq!(error_code_of(&model.replies), error_code::AUTH_FAILED);
+        let mut stream = probe_hello("a", b"good");
+        stream.extend(frame(&Frame::Bye("check")));
+        let model = Model::feed(cfg("native", "tokens = [\"good\"]\n"), &stream, 1);
+        assert!(matches!(reply_at(&model.replies, 0), Frame::Welcome { .. }));
+        assert_eq!(model.events, ["handshake-failed left"]);
+        assert!(!model.session.is_online());
     }
 
     #[test]

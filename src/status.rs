@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 
 use slab::Slab;
 
-use crate::api::{ClientView, HttpStats, View};
+use crate::api::{ClientView, Health, HttpStats, View};
 use crate::config::ListenerConfig;
 use crate::http::feed::unix_ms;
 use crate::metrics::{Gauges, Metrics};
@@ -106,5 +106,15 @@ impl View for StatusView<'_> {
             timing: self.listeners.configs().into_iter().map(|c| (c.name.clone(), (c.interval, c.timeout))).collect(),
         };
         self.metrics.render(&gauges)
+    }
+
+    fn health(&self) -> Health {
+        let uptime = self.metrics.started().elapsed().unwrap_or_default();
+        Health {
+            status: "ok",
+            uptime_ms: u64::try_from(uptime.as_millis()).unwrap_or(u64::MAX),
+            online: u64::try_from(self.online().count()).unwrap_or(u64::MAX),
+            connections: u64::try_from(self.conns.len()).unwrap_or(u64::MAX),
+        }
     }
 }

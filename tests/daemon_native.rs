@@ -185,23 +185,29 @@ fn same_id_replaces_older_connection() {
     assert_eq!(Audit::of(&d.lines()).problems(), Vec::<String>::new());
 }
 
-/// A HELLO that waited on a connection accepted earlier (a backlog drained
-/// after a freeze) is older than the connection already online with its
-/// id: it gets ERROR 6 itself and the newer connection stays.
+/// Replacement follows HELLO order (PROTOCOL.md §1.5), not accept order:
+/// a connection accepted earlier whose HELLO comes later is the newer
+/// HELLO, so it replaces the one online (ghosts from a backlog are kept
+/// out by the abandoned-connection check, not by accept order).
 #[test]
-fn stale_hello_from_an_earlier_connection_does_not_replace_a_newer_one() {
+fn later_hello_wins_even_from_an_earlier_connection() {
     let d = Daemon::start(&slow(""));
     let addr = d.addr("main");
     let mut earlier = NativeClient::connect(addr);
-    let (mut later, w) = NativeClient::handshake(addr, "twin", "");
+    let (mut later, w_later) = NativeClient::handshake(addr, "twin", "");
     earlier.hello("twin", "");
-    earlier.expect_error(ERR_REPLACED);
-    let peer = earlier.local.to_string();
-    let failed = d.wait(ev("handshake-failed").kv("peer", &peer));
-    assert!(failed.field("error").contains("stale HELLO"), "{failed}");
-    later.round_trip(b"still the one");
-    d.assert_none(ev("offline").kv("session", w.session));
-    d.assert_none(ev("online").kv("peer", &peer));
+    let w_earlier = earlier.expect_welcome();
+    assert!(w_earlier.session < w_later.session, "accept order numbers sessions");
+    later.expect_error(ERR_REPLACED);
+    let off = d.wait(ev("offline").kv("session", w_later.session));
+    assert_eq!(off.field("reason"), "replaced", "{off}");
+    let on = d.wait(ev("online").kv("session", w_earlier.session));
+    assert!(off.index < on.index, "the replaced offline must precede the new online:\n{off}\n{on}");
+    earlier.round_trip(b"the newer HELLO");
+    earlier.bye("");
+    d.wait(ev("offline").kv("session", w_earlier.session).kv("reason", "left"));
+    d.assert_none(ev("handshake-failed"));
+    assert_eq!(Audit::of(&d.lines()).problems(), Vec::<String>::new());
 }
 
 #[test]

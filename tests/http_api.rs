@@ -539,7 +539,9 @@ fn metrics_show_each_listeners_interval_and_timeout() {
 // ---------------------------------------------------------------------------
 
 /// Opens and closes raw clients on its own thread, pausing `pause` after
-/// each: two events (online, offline `closed`) per cycle.
+/// each: two events (online, offline `closed`) per cycle. Each sends a byte
+/// before it closes: a peer gone before it was served, nothing unread, is a
+/// ghost and makes no event at all.
 struct Churn {
     stop: Arc<AtomicBool>,
     cycles: Arc<AtomicUsize>,
@@ -559,7 +561,8 @@ impl Churn {
                     if flag.load(Ordering::Relaxed) {
                         return;
                     }
-                    let c = TcpStream::connect(addr).expect("churn: connecting to the raw listener");
+                    let mut c = TcpStream::connect(addr).expect("churn: connecting to the raw listener");
+                    c.write_all(b"x").expect("churn: writing a byte");
                     drop(c);
                     count.fetch_add(1, Ordering::Relaxed);
                     if !pause.is_zero() {

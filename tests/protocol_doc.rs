@@ -108,7 +108,7 @@ fn hello_dev_42_with_empty_token() {
     let token_len = usize::from(p[2 + id_len]);
     assert_eq!(token_len, 0);
     assert_eq!(p.len(), 3 + id_len + token_len, "no bytes after the token");
-    check_codec("hello", bytes, Frame::Hello { version: 1, id: "dev-42", token: b"" });
+    check_codec("hello", bytes, Frame::Hello { version: 1, id: "dev-42", token: b"", probe: false });
 }
 
 #[test]

@@ -53,7 +53,9 @@ impl Proto {
     /// whose clients are online from connect. `keepalive_s` is MQTT's.
     pub fn handshake(self, id: &str, keepalive_s: u16, out: &mut Vec<u8>) {
         match self {
-            Proto::Native => native::encode(&native::Frame::Hello { version: native::VERSION, id, token: b"" }, out),
+            Proto::Native => {
+                native::encode(&native::Frame::Hello { version: native::VERSION, id, token: b"", probe: false }, out)
+            }
             Proto::Legacy => {}
             Proto::Mqtt => {
                 // Variable header: protocol name, level 4 (3.1.1), flags

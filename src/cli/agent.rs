@@ -171,8 +171,9 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub server: Server,
 
-    /// Client id for the probe. Never the id of a running agent: the daemon
-    /// would hand that agent's session to the probe [default:
+    /// Client id for the probe. The probe never goes online, so a running
+    /// agent's id is safe to use (a daemon older than the probe bit would
+    /// hand that agent's session to the probe) [default:
     /// heartbeat-check-PID].
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,

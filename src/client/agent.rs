@@ -611,7 +611,7 @@ impl Session<'_> {
     /// Sends HELLO and waits for WELCOME: its interval, timeout, session.
     fn handshake(&mut self, link: &mut Link) -> Result<(Duration, Duration, u64), End> {
         let cfg = self.cfg;
-        let hello = Frame::Hello { version: VERSION, id: &cfg.id, token: &cfg.token };
+        let hello = Frame::Hello { version: VERSION, id: &cfg.id, token: &cfg.token, probe: false };
         link.send(&hello, cfg.connect_timeout).map_err(|e| self.io_end(&e))?;
         let deadline = Instant::now() + cfg.connect_timeout;
         loop {

@@ -1,5 +1,5 @@
-//! The one-shot health probe behind `heartbeat check`: one handshake, one
-//! PING/PONG, BYE.
+//! The one-shot health probe behind `heartbeat check`: one probe HELLO
+//! (flags bit 0: never online, PROTOCOL.md "Probes"), one PING/PONG, BYE.
 //!
 //! Invariant: the whole probe, from resolving the address to reading the
 //! PONG, runs within one deadline, so a script calling it never hangs
@@ -22,8 +22,8 @@ const BYE_TIMEOUT: Duration = Duration::from_millis(200);
 pub struct CheckConfig {
     /// The daemon's `HOST:PORT`.
     pub server: String,
-    /// The id to HELLO with. It must not be the id of a running agent:
-    /// the daemon would replace that agent's session with the probe's.
+    /// The id to HELLO with. The HELLO is a probe, so a running agent with
+    /// the same id keeps its session (on a daemon that knows probes).
     pub id: String,
     /// The HELLO token, if the listener has tokens.
     pub token: Vec<u8>,
@@ -128,7 +128,10 @@ fn probe(
     deadline: Instant,
 ) -> Result<CheckReport, CheckError> {
     let left = || deadline.saturating_duration_since(Instant::now());
-    let hello = Frame::Hello { version: VERSION, id: &cfg.id, token: &cfg.token };
+    // A probe: the daemon answers but never puts it online (no events, no
+    // replacement of an agent with the same id). A daemon that predates
+    // the bit treats it as an ordinary HELLO.
+    let hello = Frame::Hello { version: VERSION, id: &cfg.id, token: &cfg.token, probe: true };
     link.send(&hello, left()).map_err(|e| CheckError::Link(e.to_string()))?;
     let (session, interval, timeout) = match next(link, deadline, "WELCOME")? {
         Incoming::Welcome { interval, timeout, session } => (session, interval, timeout),

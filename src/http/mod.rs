@@ -501,6 +501,9 @@ mod tests {
         fn metrics(&self, _: &HttpStats) -> String {
             String::new()
         }
+        fn health(&self) -> crate::api::Health {
+            crate::api::Health { status: "ok", uptime_ms: 0, online: 0, connections: 0 }
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! | `GET /clients/{id}` | one client, or 404 |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /events` | Server-Sent Events feed (see `feed`) |
+//! | `GET /healthz` | 200 and a JSON object: up, uptime, online count |
 //! | anything else | 404, or 405 for a method other than GET/HEAD |
 //!
 //! Invariant: every error reply (4xx, 5xx) is [`Reply::error`]: a JSON
@@ -103,6 +104,7 @@ pub fn route(method: &str, target: &str, last_event_id: Option<&str>, view: &dyn
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             body: view.metrics(stats).into_bytes(),
         },
+        "/healthz" => Reply::json(&view.health()),
         "/events" => Reply::Events { last_event_id: last_event_id.and_then(|v| v.trim().parse().ok()) },
         _ => match path.strip_prefix("/clients/").map(percent_decode) {
             Some(Some(id)) => match view.client(&id) {
@@ -160,6 +162,9 @@ mod tests {
         fn metrics(&self, stats: &HttpStats) -> String {
             format!("m {}\n", stats.requests)
         }
+        fn health(&self) -> crate::api::Health {
+            crate::api::Health { status: "ok", uptime_ms: 3, online: self.0.len() as u64, connections: 2 }
+        }
     }
 
     fn view() -> Fixed {
@@ -204,6 +209,9 @@ mod tests {
             serde_json::from_str(&body(&route("GET", "/clients?listener=main", None, &v, &STATS))).expect("json");
         assert_eq!(main.len(), 1);
         assert_eq!(main[0]["id"], "a/b c");
+        let health: serde_json::Value =
+            serde_json::from_str(&body(&route("GET", "/healthz", None, &v, &STATS))).expect("json");
+        assert_eq!(health, serde_json::json!({"status": "ok", "uptime_ms": 3, "online": 2, "connections": 2}));
         let one = route("GET", "/clients/a%2Fb%20c", None, &v, &STATS);
         assert_eq!(status(&one), 200, "{}", body(&one));
         assert_eq!(status(&route("GET", "/clients/nobody", None, &v, &STATS)), 404);

@@ -205,6 +205,12 @@ impl Server {
             }
             return;
         }
+        if Session::online_at_accept(cfg.protocol) && super::peer_gone(&stream) {
+            // Online at accept, so a peer that already left would be an
+            // online/offline pair with nothing between: a ghost.
+            self.abandon(now);
+            return;
+        }
         if let Err(e) = sockopt::apply_accepted(&stream, &cfg.tcp, self.listeners[lkey].inherits_tcp) {
             warn!("sockopt-failed peer={} listener={} error={}", peer, Logfmt(&cfg.name), Logfmt(&e.to_string()));
         }
@@ -217,8 +223,8 @@ impl Server {
         let conn = Conn::new(stream, peer, lkey, cfg.protocol, now);
         entry.insert(Slot::new(conn, 0));
         *self.per_address.entry(peer.ip()).or_insert(0) += 1;
-        // Sessions number connections in accept order, so the one accepted
-        // later is the newer one when two say HELLO with the same id.
+        // Sessions number connections in accept order (unique, rising);
+        // replacement goes by HELLO order, not by these numbers.
         self.conns[key].session = self.take_session();
         if self.conns[key].conn.session().is_online() {
             self.emit_online(key, now);

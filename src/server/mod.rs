@@ -29,6 +29,11 @@
 //!   tick), or not at all while a connection has read budget left over.
 //!   After a busy round it may first nap up to `daemon.coalesce`
 //!   (`coalesce.rs`), which ends at that same expiry and at any signal.
+//! - A connection whose peer closed before it was served (its FIN or RST
+//!   waiting behind its HELLO, or behind nothing at a legacy/raw accept)
+//!   never goes online and replaces nobody: it is counted as abandoned and
+//!   summed up in one line per second. A probe HELLO never goes online
+//!   either, and replaces nobody.
 //! - Only start-up (binding the configured listeners) and a failing poll stop
 //!   the daemon; every client error closes that client alone.
 
@@ -41,7 +46,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
@@ -104,6 +109,11 @@ const SIGNALS: [libc::c_int; 4] = [SIGTERM, SIGINT, SIGHUP, SIGUSR1];
 /// The token of the signal pipe.
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
 
+/// How long abandoned connections are summed up before one
+/// `abandoned count=N` line: a backlog of ghosts makes one line, not one
+/// per connection.
+const ABANDONED_EVERY: Duration = Duration::from_secs(1);
+
 /// Least time between two `STATUS=` notifications: a fleet reconnecting at
 /// once must not turn into a notification per client.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -119,6 +129,8 @@ enum Timer {
     Watchdog,
     /// Send a `STATUS=` line that was held back by the rate limit.
     Status,
+    /// Log the abandoned connections counted since the episode began.
+    Abandoned,
 }
 
 /// One connection and the flags only the loop uses for it.
@@ -324,6 +336,9 @@ pub struct Server {
     watchdog: Option<Duration>,
     /// A `Timer::Status` is armed: the online count changed recently.
     status_pending: bool,
+    /// Connections abandoned since the last `abandoned` line; while
+    /// non-zero a `Timer::Abandoned` is armed.
+    abandoned: u64,
     /// How the last reload failed ("reload failed …"), shown in
     /// `STATUS=` until a reload succeeds.
     reload_error: Option<String>,
@@ -364,6 +379,7 @@ impl Server {
             notifier: Notifier::from_env(),
             watchdog: systemd::watchdog_interval(),
             status_pending: false,
+            abandoned: 0,
             reload_error: None,
             http: None,
             metrics: Metrics::new(),
@@ -463,6 +479,10 @@ impl Server {
                 Timer::Status => {
                     self.status_pending = false;
                     self.notifier.status(&self.status_line());
+                }
+                Timer::Abandoned => {
+                    info!("abandoned count={}", self.abandoned);
+                    self.abandoned = 0;
                 }
             }
         }
@@ -567,6 +587,12 @@ impl Server {
                         return next;
                     }
                 }
+                Next::Probe => {
+                    let next = self.on_probe(key, now);
+                    if next != Next::Continue {
+                        return next;
+                    }
+                }
                 other => return other,
             }
         }
@@ -593,24 +619,20 @@ impl Server {
     fn settle(&mut self, key: usize, next: Next, now: Instant) {
         match next {
             Next::Close(reason, detail) => self.close(key, reason, detail, now),
-            Next::Hello(_) | Next::Continue => self.update_interest(key, now),
+            Next::Hello(_) | Next::Probe | Next::Continue => self.update_interest(key, now),
         }
     }
 
-    /// Resolves a HELLO: replaces an older connection with the same id and
-    /// puts this one online, or refuses it as the stale one.
+    /// Resolves a HELLO: replaces the connection online with the same id,
+    /// if any, and puts this one online. The later HELLO wins, whatever the
+    /// accept order (PROTOCOL.md §1.5).
     fn on_hello(&mut self, key: usize, id: Rc<str>, now: Instant) -> Next {
+        if let Some(gone) = self.ghost(key, now) {
+            return gone;
+        }
         let session = self.conns[key].session;
         if let Some(&online) = self.ids.get(&id) {
-            let online_session = self.conns[online].session;
-            if online_session > session {
-                // This connection was accepted before the one online with
-                // its id: a HELLO that waited (in the backlog, or behind a
-                // frozen daemon) is older, and must not displace the newer.
-                // Its ERROR is best effort: it is closed either way.
-                let _ = self.conns[key].conn.say(&mut self.scratch, Session::replaced);
-                return Next::close(OfflineReason::Replaced, format!("stale HELLO: session {online_session} is newer"));
-            }
+            // Best effort: the older connection is closed either way.
             let _ = self.conns[online].conn.say(&mut self.scratch, Session::replaced);
             self.close(online, OfflineReason::Replaced, Some(format!("by session {session}")), now);
         }
@@ -621,6 +643,33 @@ impl Server {
         self.emit_online(key, now);
         self.arm(key);
         next
+    }
+
+    /// Answers a probe HELLO with WELCOME: counted, never online, replacing
+    /// nobody; its deadline stays the handshake timeout.
+    fn on_probe(&mut self, key: usize, now: Instant) -> Next {
+        if let Some(gone) = self.ghost(key, now) {
+            return gone;
+        }
+        self.metrics.count_probe();
+        let slot = &mut self.conns[key];
+        let cfg = &self.listeners[slot.conn.listener()].cfg;
+        let next = slot.conn.welcome(now, slot.session, cfg, &mut self.scratch);
+        self.arm(key);
+        next
+    }
+
+    /// Closes, quietly and as abandoned, a connection whose peer closed
+    /// before its HELLO was served: a client that gave up while the HELLO
+    /// waited (a frozen daemon, a backlog). A ghost neither goes online
+    /// nor replaces the live connection with its id.
+    fn ghost(&mut self, key: usize, now: Instant) -> Option<Next> {
+        if !peer_gone(self.conns[key].conn.stream()) {
+            return None;
+        }
+        self.abandon(now);
+        self.end(key, OfflineReason::Closed, None, now, true);
+        Some(Next::Close(OfflineReason::Closed, None))
     }
 
     fn take_session(&mut self) -> u64 {
@@ -661,6 +710,22 @@ impl Server {
     /// schedules it to be freed. Its last frame (an ERROR or BYE) was
     /// written when it was made. Runs at most once per connection.
     fn close(&mut self, key: usize, reason: OfflineReason, detail: Option<String>, now: Instant) {
+        self.end(key, reason, detail, now, false);
+    }
+
+    /// Counts a connection abandoned by its peer before it was served; the
+    /// first of an episode arms the one line that sums them up.
+    fn abandon(&mut self, now: Instant) {
+        self.metrics.count_abandoned();
+        if self.abandoned == 0 {
+            self.wheel.insert(now + ABANDONED_EVERY, Timer::Abandoned);
+        }
+        self.abandoned += 1;
+    }
+
+    /// [`Server::close`], with the `handshake-failed` line left out when
+    /// `quiet` (an abandoned connection is counted, not logged, alone).
+    fn end(&mut self, key: usize, reason: OfflineReason, detail: Option<String>, now: Instant, quiet: bool) {
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
@@ -694,7 +759,10 @@ impl Server {
                     self.ids.remove(id);
                 }
             }
-        } else {
+        } else if session.is_probe() {
+            // A probe leaves no trace in presence, nor a line per check.
+            debug!("probe-closed peer={} listener={} reason={}", conn.peer(), Logfmt(listener), reason.as_str());
+        } else if !quiet {
             info!(
                 "handshake-failed peer={} listener={} error={}",
                 conn.peer(),
@@ -822,6 +890,18 @@ fn stopped_status(cut: usize) -> String {
     match cut {
         0 => "stopped".to_owned(),
         n => format!("stopped: {} cut at shutdown_grace", plural(n, "connection", "connections")),
+    }
+}
+
+/// True when the peer already closed or reset the connection and nothing
+/// it sent is left unread: a peek of one byte finds the FIN (0) or an
+/// error. One syscall, paid per HELLO and per legacy/raw accept, never per
+/// heartbeat. Bytes still waiting say nothing yet: they are read first.
+pub(super) fn peer_gone(stream: &mio::net::TcpStream) -> bool {
+    match stream.peek(&mut [0; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted),
     }
 }
 

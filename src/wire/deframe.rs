@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn native_frame_split_at_every_byte() {
         let mut stream = Vec::new();
-        native::encode(&Frame::Hello { version: native::VERSION, id: "a", token: b"t" }, &mut stream);
+        native::encode(&Frame::Hello { version: native::VERSION, id: "a", token: b"t", probe: false }, &mut stream);
         native::encode(&Frame::Ping(b"12345"), &mut stream);
         native::encode(&Frame::Bye("done"), &mut stream);
         let whole = native_frames(&stream, stream.len());

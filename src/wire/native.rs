@@ -14,6 +14,8 @@
 //!   hostile length never makes the caller buffer more than `max_frame`.
 //! - [`decode`] never panics, whatever the input.
 //! - `encode` followed by `decode` gives back the same frame.
+//! - Flags are read on HELLO only, and only [`HELLO_PROBE`]; every other
+//!   bit, and every flag of every other frame, is ignored (and encoded 0).
 
 /// Bytes in a frame header: type, flags, length.
 pub const HEADER_LEN: usize = 4;
@@ -33,6 +35,9 @@ pub mod frame_type {
     /// Server → client: the last frame before the server closes.
     pub const ERROR: u8 = 0x06;
 }
+
+/// HELLO flags bit 0: the connection is a probe (PROTOCOL.md "Probes").
+pub const HELLO_PROBE: u8 = 0x01;
 
 /// The only protocol version this codec speaks, carried in HELLO.
 pub const VERSION: u8 = 1;
@@ -80,6 +85,9 @@ pub enum Frame<'a> {
         id: &'a str,
         /// Opaque token, 0..=255 bytes.
         token: &'a [u8],
+        /// Flags bit 0 ([`HELLO_PROBE`]): a health check that never goes
+        /// online.
+        probe: bool,
     },
     /// Server handshake reply.
     Welcome {
@@ -256,7 +264,7 @@ pub fn decode(buf: &[u8], max_frame: usize) -> Result<Option<(Frame<'_>, usize)>
     // The type byte alone proves an unknown type: reject before the rest of
     // the header arrives.
     let kind = Kind::from_byte(t).ok_or(DecodeError::UnknownType(t))?;
-    let Some(&[_flags, hi, lo]) = buf.get(1..HEADER_LEN) else {
+    let Some(&[flags, hi, lo]) = buf.get(1..HEADER_LEN) else {
         return Ok(None);
     };
     let length = usize::from(u16::from_be_bytes([hi, lo]));
@@ -273,15 +281,15 @@ pub fn decode(buf: &[u8], max_frame: usize) -> Result<Option<(Frame<'_>, usize)>
     let Some(payload) = buf.get(HEADER_LEN..consumed) else {
         return Ok(None);
     };
-    let frame = decode_payload(kind, payload)?;
+    let frame = decode_payload(kind, flags, payload)?;
     Ok(Some((frame, consumed)))
 }
 
 /// Decodes a complete payload of a frame whose type and length were already
-/// checked against the limits in [`decode`].
-fn decode_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, DecodeError> {
+/// checked against the limits in [`decode`]. `flags` is the header's.
+fn decode_payload(kind: Kind, flags: u8, payload: &[u8]) -> Result<Frame<'_>, DecodeError> {
     match kind {
-        Kind::Hello => decode_hello(payload),
+        Kind::Hello => decode_hello(payload, flags & HELLO_PROBE != 0),
         Kind::Welcome => {
             // `decode` admits exactly 16 bytes; the conversion restates that
             // without a panicking index.
@@ -308,7 +316,7 @@ fn decode_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, DecodeError> 
 }
 
 /// Decodes a complete HELLO payload: version, id_len, id, token_len, token.
-fn decode_hello(payload: &[u8]) -> Result<Frame<'_>, DecodeError> {
+fn decode_hello(payload: &[u8], probe: bool) -> Result<Frame<'_>, DecodeError> {
     const BAD_LENGTH: DecodeError = DecodeError::BadLength { frame_type: frame_type::HELLO };
     let Some((&version, rest)) = payload.split_first() else {
         return Err(BAD_LENGTH);
@@ -327,7 +335,7 @@ fn decode_hello(payload: &[u8]) -> Result<Frame<'_>, DecodeError> {
     if !rest.is_empty() {
         return Err(BAD_LENGTH);
     }
-    Ok(Frame::Hello { version, id, token })
+    Ok(Frame::Hello { version, id, token, probe })
 }
 
 /// Splits a `len:u8`-prefixed field off the front of `buf`, returning the
@@ -348,9 +356,10 @@ fn take_prefixed(buf: &[u8]) -> Option<(&[u8], &[u8])> {
 pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
     let start = out.len();
     // The length is patched in once the payload is written.
-    out.extend_from_slice(&[type_byte(frame), 0, 0, 0]);
+    let flags = if matches!(frame, Frame::Hello { probe: true, .. }) { HELLO_PROBE } else { 0 };
+    out.extend_from_slice(&[type_byte(frame), flags, 0, 0]);
     match *frame {
-        Frame::Hello { version, id, token } => {
+        Frame::Hello { version, id, token, .. } => {
             debug_assert!(validate_id(id.as_bytes()).is_ok(), "invalid HELLO id {id:?}");
             debug_assert!(token.len() <= MAX_TOKEN_LEN, "HELLO token too long");
             // Release builds cut rather than let the u8 length wrap, so the
@@ -466,15 +475,31 @@ mod tests {
 
     #[test]
     fn hello_bytes_and_round_trip() {
-        let f = Frame::Hello { version: 1, id: "dev-1", token: b"tk" };
+        let f = Frame::Hello { version: 1, id: "dev-1", token: b"tk", probe: false };
         let bytes = enc(&f);
         assert_eq!(bytes, b"\x01\x00\x00\x0a\x01\x05dev-1\x02tk");
         assert_eq!(dec(&bytes), Ok(Some((f, bytes.len()))));
     }
 
     #[test]
+    fn probe_hello_sets_and_reads_flags_bit_0_only() {
+        let f = Frame::Hello { version: 1, id: "dev-1", token: b"", probe: true };
+        let bytes = enc(&f);
+        assert_eq!(bytes, b"\x01\x01\x00\x08\x01\x05dev-1\x00");
+        assert_eq!(dec(&bytes), Ok(Some((f, bytes.len()))));
+        // Unknown bits are ignored, with or without bit 0.
+        let mut other = bytes.clone();
+        other[1] = 0xFE;
+        assert!(matches!(dec(&other), Ok(Some((Frame::Hello { probe: false, .. }, _)))));
+        other[1] = 0xFF;
+        assert!(matches!(dec(&other), Ok(Some((Frame::Hello { probe: true, .. }, _)))));
+        // Bit 0 means nothing on other frames.
+        assert_eq!(dec(b"\x03\x01\x00\x00"), Ok(Some((Frame::Ping(b""), 4))));
+    }
+
+    #[test]
     fn hello_with_empty_token() {
-        let f = Frame::Hello { version: 1, id: "a", token: b"" };
+        let f = Frame::Hello { version: 1, id: "a", token: b"", probe: false };
         let bytes = enc(&f);
         assert_eq!(bytes, b"\x01\x00\x00\x04\x01\x01a\x00");
         assert_eq!(dec(&bytes), Ok(Some((f, 8))));
@@ -724,7 +749,10 @@ mod tests {
         // Trailing bytes after the token.
         assert_eq!(dec_hello(&[1, 1, b'a', 1, 0, 0]), Err(HELLO_BAD_LENGTH));
         // The smallest valid HELLO.
-        assert_eq!(dec_hello(&[1, 1, b'a', 0]), Ok(Some((Frame::Hello { version: 1, id: "a", token: b"" }, 8))));
+        assert_eq!(
+            dec_hello(&[1, 1, b'a', 0]),
+            Ok(Some((Frame::Hello { version: 1, id: "a", token: b"", probe: false }, 8)))
+        );
     }
 
     // --- text fields ---
@@ -812,7 +840,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "invalid HELLO id")]
     fn encode_hello_with_invalid_id_asserts_in_debug() {
-        enc(&Frame::Hello { version: 1, id: "has space", token: b"" });
+        enc(&Frame::Hello { version: 1, id: "has space", token: b"", probe: false });
     }
 
     // --- errors: codes and messages ---
@@ -866,7 +894,7 @@ mod tests {
     /// An owned frame, so strategies can generate what `Frame` borrows.
     #[derive(Debug, Clone)]
     enum Owned {
-        Hello(String, Vec<u8>),
+        Hello(String, Vec<u8>, bool),
         Welcome(u32, u32, u64),
         Ping(Vec<u8>),
         Pong(Vec<u8>),
@@ -877,7 +905,7 @@ mod tests {
     impl Owned {
         fn frame(&self) -> Frame<'_> {
             match self {
-                Owned::Hello(id, token) => Frame::Hello { version: VERSION, id, token },
+                Owned::Hello(id, token, probe) => Frame::Hello { version: VERSION, id, token, probe: *probe },
                 Owned::Welcome(i, t, s) => Frame::Welcome { interval_ms: *i, timeout_ms: *t, session: *s },
                 Owned::Ping(p) => Frame::Ping(p),
                 Owned::Pong(p) => Frame::Pong(p),
@@ -905,7 +933,7 @@ mod tests {
     /// Any valid frame, within every limit.
     fn valid_frame() -> impl Strategy<Value = Owned> {
         prop_oneof![
-            ("[!-~]{1,64}", bytes(MAX_TOKEN_LEN)).prop_map(|(i, t)| Owned::Hello(i, t)),
+            ("[!-~]{1,64}", bytes(MAX_TOKEN_LEN), any::<bool>()).prop_map(|(i, t, p)| Owned::Hello(i, t, p)),
             any::<(u32, u32, u64)>().prop_map(|(i, t, s)| Owned::Welcome(i, t, s)),
             bytes(MAX_PING_PAYLOAD).prop_map(Owned::Ping),
             bytes(MAX_PING_PAYLOAD).prop_map(Owned::Pong),
@@ -972,14 +1000,15 @@ mod tests {
     }
 
     /// Decoding arbitrary bytes neither panics nor over-consumes; what it
-    /// accepts re-encodes to the same bytes (flags aside); and every prefix
+    /// accepts re-encodes to the same bytes (flags aside but a HELLO's
+    /// probe bit); and every prefix
     /// either needs more or agrees with the whole.
     fn check_garbage(buf: &[u8], max_frame: usize) -> Result<(), TestCaseError> {
         let whole = decode(buf, max_frame);
         if let Ok(Some((frame, n))) = &whole {
             prop_assert!(*n >= HEADER_LEN && *n <= buf.len());
             let mut canonical = buf[..*n].to_vec();
-            canonical[1] = 0;
+            canonical[1] = if matches!(frame, Frame::Hello { probe: true, .. }) { HELLO_PROBE } else { 0 };
             prop_assert_eq!(enc(frame), canonical);
         }
         for cut in 0..buf.len() {
