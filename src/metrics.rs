@@ -41,6 +41,10 @@ pub struct Metrics {
     started: SystemTime,
     listeners: BTreeMap<String, ListenerCounters>,
     loop_iterations: u64,
+    /// Stalls longer than `daemon.max_local_pause` (`server/stall.rs`).
+    loop_stalls: u64,
+    /// Their total length.
+    loop_stall_time: Duration,
     reloads_ok: u64,
     reloads_failed: u64,
     last_reload_ok: bool,
@@ -100,6 +104,8 @@ impl Metrics {
             started: SystemTime::now(),
             listeners: BTreeMap::new(),
             loop_iterations: 0,
+            loop_stalls: 0,
+            loop_stall_time: Duration::ZERO,
             reloads_ok: 0,
             reloads_failed: 0,
             last_reload_ok: true,
@@ -158,6 +164,12 @@ impl Metrics {
     /// Counts one turn of the event loop.
     pub fn count_loop_iteration(&mut self) {
         self.loop_iterations += 1;
+    }
+
+    /// Counts a stall of the loop longer than `daemon.max_local_pause`.
+    pub fn count_loop_stall(&mut self, stall: Duration) {
+        self.loop_stalls += 1;
+        self.loop_stall_time += stall;
     }
 
     /// Counts a reload and whether the file was accepted.
@@ -244,6 +256,15 @@ impl Metrics {
         sample(&mut out, "heartbeatd_connections", &[], gauges.connections);
         family(&mut out, "heartbeatd_loop_iterations_total", "counter", "Turns of the event loop.");
         sample(&mut out, "heartbeatd_loop_iterations_total", &[], self.loop_iterations);
+        family(
+            &mut out,
+            "heartbeatd_loop_stalls_total",
+            "counter",
+            "Times the loop ran late by more than daemon.max_local_pause; silence deadlines were extended by each.",
+        );
+        sample(&mut out, "heartbeatd_loop_stalls_total", &[], self.loop_stalls);
+        family(&mut out, "heartbeatd_loop_stall_seconds", "counter", "Total length of those stalls.");
+        sample_f64(&mut out, "heartbeatd_loop_stall_seconds", self.loop_stall_time.as_secs_f64());
         family(&mut out, "heartbeatd_timer_wheel_timers", "gauge", "Timers armed in the timer wheel.");
         sample(&mut out, "heartbeatd_timer_wheel_timers", &[], gauges.wheel_timers);
         family(&mut out, "heartbeatd_reloads_total", "counter", "Config reloads, by result.");

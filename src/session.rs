@@ -293,23 +293,36 @@ impl Session {
         }
     }
 
+    /// True when [`Session::on_timer`] at `now` would close the session for
+    /// a timeout (handshake, or silence). The loop reads the socket first
+    /// when it is: bytes waiting in the kernel are activity, not silence.
+    pub fn overdue(&self, now: Instant, cfg: &ListenerConfig) -> bool {
+        match self.state() {
+            State::Handshake => now >= self.since() + cfg.handshake_timeout,
+            // The deadline may have moved on since the timer was armed:
+            // only the silence measured now convicts.
+            State::Online => {
+                !cfg.timeout.is_zero() && now.saturating_duration_since(self.last_activity()) >= cfg.timeout
+            }
+        }
+    }
+
     /// Handles the deadline passing at `now`: handshake timeout, offline for
     /// silence, or a server PING (to `out`). Early calls do nothing.
     pub fn on_timer(&mut self, now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) -> Next {
+        let overdue = self.overdue(now, cfg);
         match self.state() {
             State::Handshake => {
-                if now >= self.since() + cfg.handshake_timeout {
+                if overdue {
                     encode_error(error_code::HANDSHAKE_TIMEOUT, "no HELLO within the handshake timeout", out);
                     return Next::close(OfflineReason::Timeout, "handshake timeout");
                 }
             }
             State::Online => {
-                let silent = now.saturating_duration_since(self.last_activity());
-                // The deadline may have moved on since the timer was armed:
-                // only the silence measured now convicts.
-                if !cfg.timeout.is_zero() && silent >= cfg.timeout {
+                if overdue {
                     return Next::Close(OfflineReason::Timeout, None);
                 }
+                let silent = now.saturating_duration_since(self.last_activity());
                 if let Framing::Native { flags, .. } = &mut self.framing {
                     if cfg.server_ping && !flags.pinged && silent >= cfg.interval {
                         flags.pinged = true;
