@@ -45,6 +45,8 @@ pub struct Metrics {
     loop_stalls: u64,
     /// Their total length.
     loop_stall_time: Duration,
+    /// The length of the last one (zero before any).
+    last_loop_stall: Duration,
     reloads_ok: u64,
     reloads_failed: u64,
     last_reload_ok: bool,
@@ -106,6 +108,7 @@ impl Metrics {
             loop_iterations: 0,
             loop_stalls: 0,
             loop_stall_time: Duration::ZERO,
+            last_loop_stall: Duration::ZERO,
             reloads_ok: 0,
             reloads_failed: 0,
             last_reload_ok: true,
@@ -170,6 +173,7 @@ impl Metrics {
     pub fn count_loop_stall(&mut self, stall: Duration) {
         self.loop_stalls += 1;
         self.loop_stall_time += stall;
+        self.last_loop_stall = stall;
     }
 
     /// Counts a reload and whether the file was accepted.
@@ -263,8 +267,15 @@ impl Metrics {
             "Times the loop ran late by more than daemon.max_local_pause; silence deadlines were extended by each.",
         );
         sample(&mut out, "heartbeatd_loop_stalls_total", &[], self.loop_stalls);
-        family(&mut out, "heartbeatd_loop_stall_seconds", "counter", "Total length of those stalls.");
-        sample_f64(&mut out, "heartbeatd_loop_stall_seconds", self.loop_stall_time.as_secs_f64());
+        family(&mut out, "heartbeatd_loop_stall_seconds_total", "counter", "Total length of those stalls.");
+        sample_f64(&mut out, "heartbeatd_loop_stall_seconds_total", self.loop_stall_time.as_secs_f64());
+        family(
+            &mut out,
+            "heartbeatd_loop_stall_seconds",
+            "gauge",
+            "Length of the last of those stalls (0 before any).",
+        );
+        sample_f64(&mut out, "heartbeatd_loop_stall_seconds", self.last_loop_stall.as_secs_f64());
         family(&mut out, "heartbeatd_timer_wheel_timers", "gauge", "Timers armed in the timer wheel.");
         sample(&mut out, "heartbeatd_timer_wheel_timers", &[], gauges.wheel_timers);
         family(&mut out, "heartbeatd_reloads_total", "counter", "Config reloads, by result.");

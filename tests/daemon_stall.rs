@@ -233,6 +233,7 @@ fn a_pause_inside_a_round_convicts_nobody() {
     let metrics = scrape(http_addr(&d));
     assert!(metrics.value("heartbeatd_loop_stalls_total", &[]) >= 1.0);
     assert!(metrics.value("heartbeatd_loop_stall_seconds", &[]) >= 2.5);
+    assert!(metrics.value("heartbeatd_loop_stall_seconds_total", &[]) >= 2.5);
 }
 
 /// A host stun: the daemon and its clients stop together, so no bytes wait
