@@ -430,10 +430,12 @@ impl Server {
                 timeout = self.poll_timeout(Instant::now());
             }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(ServerError { op: "polling".into(), source: e });
                 }
-                return Err(ServerError { op: "polling".into(), source: e });
+                // A signal cut the sleep short: a round without events, so
+                // the sleep is not mistaken for the next round's tail.
+                events.clear();
             }
             let woke = Instant::now();
             self.coalesce
