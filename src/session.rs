@@ -677,6 +677,25 @@ mod tests {
     }
 
     #[test]
+    fn overdue_says_exactly_when_on_timer_would_convict() {
+        let cfg = cfg("native", "handshake_timeout = \"2s\"\n");
+        let start = Instant::now();
+        let mut session = Session::new(Protocol::Native, start);
+        assert!(!session.overdue(start + Duration::from_millis(1999), &cfg));
+        assert!(session.overdue(start + Duration::from_secs(2), &cfg));
+        let mut out = Vec::new();
+        let (next, _) = session.ingest(&hello("a", b""), start, &cfg, &mut out);
+        assert_eq!(next, Next::Hello("a".into()));
+        session.welcome(start, 1, &cfg, &mut out);
+        let due = start + cfg.timeout;
+        assert!(!session.overdue(due - Duration::from_millis(1), &cfg));
+        assert!(session.overdue(due, &cfg));
+        // Asking changes nothing: the verdict is still on_timer's.
+        assert_eq!(session.on_timer(due - Duration::from_millis(1), &cfg, &mut out), Next::Continue);
+        assert_eq!(session.on_timer(due, &cfg, &mut out), Next::Close(OfflineReason::Timeout, None));
+    }
+
+    #[test]
     fn raw_without_timeout_has_no_deadline_and_echoes() {
         let mut model = Model::new(cfg("raw", "timeout = \"0s\"\necho = true\n"));
         assert_eq!(model.session.next_deadline(&model.cfg), None);
