@@ -86,8 +86,8 @@ pub struct EventView<'a> {
     pub connected_ms: Option<u64>,
 }
 
-/// What `GET /healthz` answers: the daemon is up and its loop turns. The
-/// loop's last stall and lag join these fields with rule R2.
+/// What `GET /healthz` answers: the daemon is up, its loop turns, and how
+/// late it has been (rule R2).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Health {
     /// Always `ok`: a daemon that answers is up.
@@ -98,6 +98,14 @@ pub struct Health {
     pub online: u64,
     /// Client connections open, online or not.
     pub connections: u64,
+    /// How late the last round of the loop was, in milliseconds: its sleep's
+    /// overrun plus the time it took (normally 0).
+    pub lag_ms: u64,
+    /// The length of the last stall longer than `daemon.max_local_pause`,
+    /// in milliseconds (0 before any).
+    pub last_stall_ms: u64,
+    /// Stalls longer than `daemon.max_local_pause` since start.
+    pub loop_stalls: u64,
 }
 
 /// What the HTTP layer may read of the daemon.

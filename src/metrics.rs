@@ -45,6 +45,14 @@ pub struct Metrics {
     abandoned: u64,
     /// Probe HELLOs answered (never online).
     probes: u64,
+    /// Stalls longer than `daemon.max_local_pause` (`server/stall.rs`).
+    loop_stalls: u64,
+    /// Their total length.
+    loop_stall_time: Duration,
+    /// The length of the last one (zero before any).
+    last_loop_stall: Duration,
+    /// How late the last round was (`server/stall.rs`), stalled or not.
+    round_lag: Duration,
     reloads_ok: u64,
     reloads_failed: u64,
     last_reload_ok: bool,
@@ -106,6 +114,10 @@ impl Metrics {
             loop_iterations: 0,
             abandoned: 0,
             probes: 0,
+            loop_stalls: 0,
+            loop_stall_time: Duration::ZERO,
+            last_loop_stall: Duration::ZERO,
+            round_lag: Duration::ZERO,
             reloads_ok: 0,
             reloads_failed: 0,
             last_reload_ok: true,
@@ -179,6 +191,24 @@ impl Metrics {
     /// Counts a probe HELLO answered with WELCOME.
     pub fn count_probe(&mut self) {
         self.probes += 1;
+    }
+
+    /// Keeps how late the last round was, for `/healthz`.
+    pub fn set_round_lag(&mut self, lag: Duration) {
+        self.round_lag = lag;
+    }
+
+    /// How late the last round was; the last stall past
+    /// `daemon.max_local_pause`; how many such stalls there were.
+    pub fn lateness(&self) -> (Duration, Duration, u64) {
+        (self.round_lag, self.last_loop_stall, self.loop_stalls)
+    }
+
+    /// Counts a stall of the loop longer than `daemon.max_local_pause`.
+    pub fn count_loop_stall(&mut self, stall: Duration) {
+        self.loop_stalls += 1;
+        self.loop_stall_time += stall;
+        self.last_loop_stall = stall;
     }
 
     /// Counts a reload and whether the file was accepted.
@@ -265,6 +295,22 @@ impl Metrics {
         sample(&mut out, "heartbeatd_connections", &[], gauges.connections);
         family(&mut out, "heartbeatd_loop_iterations_total", "counter", "Turns of the event loop.");
         sample(&mut out, "heartbeatd_loop_iterations_total", &[], self.loop_iterations);
+        family(
+            &mut out,
+            "heartbeatd_loop_stalls_total",
+            "counter",
+            "Times the loop ran late by more than daemon.max_local_pause; silence deadlines were extended by each.",
+        );
+        sample(&mut out, "heartbeatd_loop_stalls_total", &[], self.loop_stalls);
+        family(&mut out, "heartbeatd_loop_stall_seconds_total", "counter", "Total length of those stalls.");
+        sample_f64(&mut out, "heartbeatd_loop_stall_seconds_total", self.loop_stall_time.as_secs_f64());
+        family(
+            &mut out,
+            "heartbeatd_loop_stall_seconds",
+            "gauge",
+            "Length of the last of those stalls (0 before any).",
+        );
+        sample_f64(&mut out, "heartbeatd_loop_stall_seconds", self.last_loop_stall.as_secs_f64());
         family(&mut out, "heartbeatd_timer_wheel_timers", "gauge", "Timers armed in the timer wheel.");
         sample(&mut out, "heartbeatd_timer_wheel_timers", &[], gauges.wheel_timers);
         family(&mut out, "heartbeatd_reloads_total", "counter", "Config reloads, by result.");

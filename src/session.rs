@@ -367,29 +367,42 @@ impl Session {
         }
     }
 
+    /// True when [`Session::on_timer`] at `now` would close the session for
+    /// a timeout (handshake, or silence). The loop reads the socket first
+    /// when it is: bytes waiting in the kernel are activity, not silence.
+    pub fn overdue(&self, now: Instant, cfg: &ListenerConfig) -> bool {
+        match self.state() {
+            State::Handshake | State::Probe => now >= self.since() + cfg.handshake_timeout,
+            // The deadline may have moved on since the timer was armed:
+            // only the silence measured now convicts (counted from a fresh
+            // WELCOME, if later than the last activity).
+            State::Online => {
+                !cfg.timeout.is_zero() && now.saturating_duration_since(self.silence_from()) >= cfg.timeout
+            }
+        }
+    }
+
     /// Handles the deadline passing at `now`: handshake timeout, offline for
     /// silence, or a server PING (to `out`). Early calls do nothing.
     pub fn on_timer(&mut self, now: Instant, cfg: &ListenerConfig, out: &mut Vec<u8>) -> Next {
+        let overdue = self.overdue(now, cfg);
         match self.state() {
             State::Handshake => {
-                if now >= self.since() + cfg.handshake_timeout {
+                if overdue {
                     encode_error(error_code::HANDSHAKE_TIMEOUT, "no HELLO within the handshake timeout", out);
                     return Next::close(OfflineReason::Timeout, "handshake timeout");
                 }
             }
             State::Probe => {
-                if now >= self.since() + cfg.handshake_timeout {
+                if overdue {
                     return Next::close(OfflineReason::Timeout, "probe outlived the handshake timeout");
                 }
             }
             State::Online => {
-                let silent = now.saturating_duration_since(self.silence_from());
-                // The deadline may have moved on since the timer was armed:
-                // only the silence measured now convicts (counted from a
-                // fresh WELCOME, if later than the last activity).
-                if !cfg.timeout.is_zero() && silent >= cfg.timeout {
+                if overdue {
                     return Next::Close(OfflineReason::Timeout, None);
                 }
+                let silent = now.saturating_duration_since(self.last_activity());
                 if let Framing::Native { flags, .. } = &mut self.framing {
                     if cfg.server_ping && !flags.pinged && silent >= cfg.interval {
                         flags.pinged = true;
@@ -870,6 +883,25 @@ mod tests {
         let deadline = native.session.next_deadline(&native.cfg);
         native.session.timing_changed(start + Duration::from_secs(1));
         assert_eq!(native.session.next_deadline(&native.cfg), deadline);
+    }
+
+    #[test]
+    fn overdue_says_exactly_when_on_timer_would_convict() {
+        let cfg = cfg("native", "handshake_timeout = \"2s\"\n");
+        let start = Instant::now();
+        let mut session = Session::new(Protocol::Native, start);
+        assert!(!session.overdue(start + Duration::from_millis(1999), &cfg));
+        assert!(session.overdue(start + Duration::from_secs(2), &cfg));
+        let mut out = Vec::new();
+        let (next, _) = session.ingest(&hello("a", b""), start, &cfg, &mut out);
+        assert_eq!(next, Next::Hello("a".into()));
+        session.welcome(start, 1, &cfg, &mut out);
+        let due = start + cfg.timeout;
+        assert!(!session.overdue(due - Duration::from_millis(1), &cfg));
+        assert!(session.overdue(due, &cfg));
+        // Asking changes nothing: the verdict is still on_timer's.
+        assert_eq!(session.on_timer(due - Duration::from_millis(1), &cfg, &mut out), Next::Continue);
+        assert_eq!(session.on_timer(due, &cfg, &mut out), Next::Close(OfflineReason::Timeout, None));
     }
 
     #[test]

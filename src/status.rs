@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use slab::Slab;
 
@@ -110,11 +110,16 @@ impl View for StatusView<'_> {
 
     fn health(&self) -> Health {
         let uptime = self.metrics.started().elapsed().unwrap_or_default();
+        let (lag, last_stall, loop_stalls) = self.metrics.lateness();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Health {
             status: "ok",
             uptime_ms: u64::try_from(uptime.as_millis()).unwrap_or(u64::MAX),
             online: u64::try_from(self.online().count()).unwrap_or(u64::MAX),
             connections: u64::try_from(self.conns.len()).unwrap_or(u64::MAX),
+            lag_ms: ms(lag),
+            last_stall_ms: ms(last_stall),
+            loop_stalls,
         }
     }
 }

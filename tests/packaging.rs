@@ -52,6 +52,7 @@ fn the_config_man_page_is_installed_and_names_every_key() {
     let keys = [
         "tick",
         "coalesce",
+        "max_local_pause",
         "max_clients",
         "max_per_address",
         "shutdown_grace",

@@ -44,6 +44,12 @@ const MAX_TICK: Duration = Duration::from_secs(1);
 /// `[daemon] coalesce` default, measured in docs/BENCHMARKS.md; off when the
 /// tick is not longer.
 const DEFAULT_COALESCE: Duration = Duration::from_millis(1);
+/// `[daemon] max_local_pause`: default (or twice the tick, when longer) and
+/// upper bound. A lateness of one tick is the wheel's resolution, not a
+/// stall, hence the floor of two ticks; past a minute, "extend every
+/// deadline" would hide a daemon that is really hung.
+const DEFAULT_MAX_LOCAL_PAUSE: Duration = Duration::from_millis(500);
+const MAX_MAX_LOCAL_PAUSE: Duration = Duration::from_secs(60);
 /// `[daemon] max_clients` default.
 const DEFAULT_MAX_CLIENTS: usize = 65536;
 /// `[daemon] max_clients` range: 16 Mi connections is far past any fd
@@ -264,6 +270,12 @@ impl Source<'_> {
         Ok(DaemonConfig {
             tick,
             coalesce: self.coalesce(raw.coalesce.as_ref(), tick)?,
+            max_local_pause: self.duration_in(
+                raw.max_local_pause.as_ref(),
+                "daemon.max_local_pause",
+                tick * 2..=MAX_MAX_LOCAL_PAUSE,
+                DEFAULT_MAX_LOCAL_PAUSE.max(tick * 2),
+            )?,
             max_clients: self.int_in(
                 raw.max_clients.as_ref(),
                 "daemon.max_clients",
@@ -410,6 +422,7 @@ mod tests {
             DaemonConfig {
                 tick: ms(100),
                 coalesce: ms(1),
+                max_local_pause: ms(500),
                 max_clients: 65536,
                 max_per_address: 0,
                 shutdown_grace: secs(5),
@@ -437,6 +450,21 @@ mod tests {
             "shorter than the tick (5ms), got 5ms",
         );
         assert_err(&daemon("coalesce = \"500us\""), 2, "daemon.coalesce", "whole number of milliseconds");
+    }
+
+    #[test]
+    fn max_local_pause_is_at_least_two_ticks() {
+        let daemon = |table: &str| format!("[daemon]\n{table}\n{}", listener(""));
+        assert_eq!(parse_ok(&daemon("max_local_pause = \"2s\"")).daemon.max_local_pause, secs(2));
+        assert_eq!(parse_ok(&daemon("tick = \"1s\"")).daemon.max_local_pause, secs(2));
+        assert_eq!(parse_ok(&daemon("tick = \"10ms\"\nmax_local_pause = \"20ms\"")).daemon.max_local_pause, ms(20));
+        assert_err(
+            &daemon("tick = \"100ms\"\nmax_local_pause = \"199ms\""),
+            3,
+            "daemon.max_local_pause",
+            "must be 200ms..=1m, got 199ms",
+        );
+        assert_err(&daemon("max_local_pause = \"61s\""), 2, "daemon.max_local_pause", "200ms..=1m,");
     }
 
     #[test]

@@ -128,9 +128,10 @@ fn one<T>(
 
 /// Key-by-key merge of two `[daemon]` tables.
 fn merge_daemon(source: &Source<'_>, mine: &mut RawDaemon, theirs: RawDaemon) -> Result<(), ConfigError> {
-    let RawDaemon { tick, coalesce, max_clients, max_per_address, shutdown_grace, log_level } = theirs;
+    let RawDaemon { tick, coalesce, max_local_pause, max_clients, max_per_address, shutdown_grace, log_level } = theirs;
     one(source, "daemon.tick", &mut mine.tick, tick)?;
     one(source, "daemon.coalesce", &mut mine.coalesce, coalesce)?;
+    one(source, "daemon.max_local_pause", &mut mine.max_local_pause, max_local_pause)?;
     one(source, "daemon.max_clients", &mut mine.max_clients, max_clients)?;
     one(source, "daemon.max_per_address", &mut mine.max_per_address, max_per_address)?;
     one(source, "daemon.shutdown_grace", &mut mine.shutdown_grace, shutdown_grace)?;
@@ -154,6 +155,7 @@ pub(super) fn shift(raw: RawConfig, by: usize) -> RawConfig {
         daemon: raw.daemon.map(|d| RawDaemon {
             tick: s(d.tick, by),
             coalesce: s(d.coalesce, by),
+            max_local_pause: s(d.max_local_pause, by),
             max_clients: s(d.max_clients, by),
             max_per_address: s(d.max_per_address, by),
             shutdown_grace: s(d.shutdown_grace, by),

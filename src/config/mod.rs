@@ -88,6 +88,11 @@ pub struct DaemonConfig {
     /// Longest nap after a busy round before the loop polls again (wakeup
     /// coalescing, `server/coalesce.rs`); zero is off. Shorter than `tick`.
     pub coalesce: Duration,
+    /// The longest the loop may run late (woken after the deadline it slept
+    /// for, or one round running long) before it counts as a stall of its
+    /// own and every silence deadline is extended by it (`server/stall.rs`).
+    /// At least twice the tick.
+    pub max_local_pause: Duration,
     /// Most connections at once, over all listeners.
     pub max_clients: usize,
     /// Most connections from one IP address; 0 means no limit.
@@ -361,6 +366,7 @@ pub(super) mod tests {
             daemon: DaemonConfig {
                 tick: ms(100),
                 coalesce: ms(1),
+                max_local_pause: ms(500),
                 max_clients: 65536,
                 max_per_address: 0,
                 shutdown_grace: secs(5),
@@ -434,7 +440,7 @@ pub(super) mod tests {
             assert_eq!(config, embedded().unwrap(), "uncommented {line:?}");
             checked += 1;
         }
-        assert_eq!(checked, 18);
+        assert_eq!(checked, 19);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub fn to_toml(config: &Config, origin: &str) -> String {
     let _ = writeln!(out, "[daemon]");
     let _ = writeln!(out, "tick = {}", duration(d.tick));
     let _ = writeln!(out, "coalesce = {}", duration(d.coalesce));
+    let _ = writeln!(out, "max_local_pause = {}", duration(d.max_local_pause));
     let _ = writeln!(out, "max_clients = {}", d.max_clients);
     let _ = writeln!(out, "max_per_address = {}", d.max_per_address);
     let _ = writeln!(out, "shutdown_grace = {}", duration(d.shutdown_grace));

@@ -41,6 +41,7 @@ pub(super) struct RawHttp {
 pub(super) struct RawDaemon {
     pub(super) tick: Option<Spanned<String>>,
     pub(super) coalesce: Option<Spanned<String>>,
+    pub(super) max_local_pause: Option<Spanned<String>>,
     pub(super) max_clients: Option<Spanned<i64>>,
     pub(super) max_per_address: Option<Spanned<i64>>,
     pub(super) shutdown_grace: Option<Spanned<String>>,

@@ -502,7 +502,15 @@ mod tests {
             String::new()
         }
         fn health(&self) -> crate::api::Health {
-            crate::api::Health { status: "ok", uptime_ms: 0, online: 0, connections: 0 }
+            crate::api::Health {
+                status: "ok",
+                uptime_ms: 0,
+                online: 0,
+                connections: 0,
+                lag_ms: 0,
+                last_stall_ms: 0,
+                loop_stalls: 0,
+            }
         }
     }
 

@@ -8,7 +8,7 @@
 //! | `GET /clients/{id}` | one client, or 404 |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /events` | Server-Sent Events feed (see `feed`) |
-//! | `GET /healthz` | 200 and a JSON object: up, uptime, online count |
+//! | `GET /healthz` | 200 and a JSON object: up, uptime, online count, the loop's lag and last stall |
 //! | anything else | 404, or 405 for a method other than GET/HEAD |
 //!
 //! Invariant: every error reply (4xx, 5xx) is [`Reply::error`]: a JSON
@@ -163,7 +163,15 @@ mod tests {
             format!("m {}\n", stats.requests)
         }
         fn health(&self) -> crate::api::Health {
-            crate::api::Health { status: "ok", uptime_ms: 3, online: self.0.len() as u64, connections: 2 }
+            crate::api::Health {
+                status: "ok",
+                uptime_ms: 3,
+                online: self.0.len() as u64,
+                connections: 2,
+                lag_ms: 1,
+                last_stall_ms: 3000,
+                loop_stalls: 1,
+            }
         }
     }
 
@@ -211,7 +219,11 @@ mod tests {
         assert_eq!(main[0]["id"], "a/b c");
         let health: serde_json::Value =
             serde_json::from_str(&body(&route("GET", "/healthz", None, &v, &STATS))).expect("json");
-        assert_eq!(health, serde_json::json!({"status": "ok", "uptime_ms": 3, "online": 2, "connections": 2}));
+        assert_eq!(
+            health,
+            serde_json::json!({"status": "ok", "uptime_ms": 3, "online": 2, "connections": 2,
+                               "lag_ms": 1, "last_stall_ms": 3000, "loop_stalls": 1})
+        );
         let one = route("GET", "/clients/a%2Fb%20c", None, &v, &STATS);
         assert_eq!(status(&one), 200, "{}", body(&one));
         assert_eq!(status(&route("GET", "/clients/nobody", None, &v, &STATS)), 404);

@@ -34,6 +34,14 @@
 //!   never goes online and replaces nobody: it is counted as abandoned and
 //!   summed up in one line per second. A probe HELLO never goes online
 //!   either, and replaces nobody.
+//! - Drained before convicted (R1): a timeout verdict is given only after
+//!   the connection's socket was read and gave nothing, and every read's
+//!   bytes are stamped with the clock read after that read, never with the
+//!   round's wake-up time.
+//! - The loop knows when it was late (R2): each round measures its own
+//!   lateness and length (`stall.rs`); a stall past `daemon.max_local_pause`
+//!   is logged once (`loop-stalled`), counted, and discounted from every
+//!   silence verdict and deadline. FIN, reset and read errors are not.
 //! - Only start-up (binding the configured listeners) and a failing poll stop
 //!   the daemon; every client error closes that client alone.
 
@@ -66,6 +74,7 @@ use crate::wheel::{TimerId, Wheel};
 mod coalesce;
 mod control;
 mod listeners;
+mod stall;
 
 use listeners::take_activated;
 
@@ -347,6 +356,11 @@ pub struct Server {
     metrics: Metrics,
     /// Naps after busy rounds (`daemon.coalesce`).
     coalesce: coalesce::Coalescer,
+    /// The loop's recent stalls, which silence verdicts discount (R2).
+    stalls: stall::Stalls,
+    /// The debug build's pause inside a round (`HEARTBEATD_DEBUG_STALL`).
+    #[cfg(debug_assertions)]
+    debug_stall: Option<stall::DebugStall>,
 }
 
 impl Server {
@@ -385,6 +399,9 @@ impl Server {
             metrics: Metrics::new(),
             coalesce: coalesce::Coalescer::new(&SIGNALS).map_err(failed("creating the coalescing poll"))?,
             config: config.clone(),
+            stalls: stall::Stalls::default(),
+            #[cfg(debug_assertions)]
+            debug_stall: stall::DebugStall::from_env(),
         };
         let mut activated = systemd::take_listen_fds();
         for cfg in config.listeners {
@@ -417,34 +434,60 @@ impl Server {
     pub fn run(&mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut expired = Vec::new();
+        // When the previous round's timers ran: its tail counts toward the
+        // next round's stall (`stall::measure`).
+        let mut previous = Instant::now();
         loop {
-            let mut timeout = self.poll_timeout(Instant::now());
+            let before = Instant::now();
+            let mut timeout = self.poll_timeout(before);
+            // The deadline this round sleeps for; the coalescing nap ends
+            // at the same one, so it never counts as lateness.
+            let deadline = timeout.and_then(|t| before.checked_add(t));
             if self.coalesce.nap(self.config.daemon.coalesce, timeout) {
                 timeout = self.poll_timeout(Instant::now());
             }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(ServerError { op: "polling".into(), source: e });
                 }
-                return Err(ServerError { op: "polling".into(), source: e });
+                // A signal cut the sleep short: a round without events, so
+                // the sleep is not mistaken for the next round's tail.
+                events.clear();
             }
-            let now = Instant::now();
+            let woke = Instant::now();
             self.coalesce
-                .observe(now, coalesce::Round::of(&events, |Token(t)| (LISTENER_BASE..HTTP_BASE).contains(&t)));
+                .observe(woke, coalesce::Round::of(&events, |Token(t)| (LISTENER_BASE..HTTP_BASE).contains(&t)));
             for event in events.iter() {
                 match event.token() {
-                    SIGNAL_TOKEN => self.on_signals(now),
-                    token @ Token(t) if t >= HTTP_BASE => self.on_http(token, now),
-                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, now),
-                    Token(key) => self.on_conn_event(key, Ready::of(event), now),
+                    SIGNAL_TOKEN => self.on_signals(woke),
+                    token @ Token(t) if t >= HTTP_BASE => self.on_http(token, woke),
+                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, woke),
+                    Token(key) => self.on_conn_event(key, Ready::of(event), woke),
                 }
             }
-            self.serve_leftovers(now);
+            self.serve_leftovers(woke);
+            // A fresh clock for the verdicts: the batch may have taken long
+            // (or been paused), and its reads stamped their own times.
+            let now = Instant::now();
+            self.note_stall(stall::measure(previous, before, deadline, woke, now), now);
+            previous = now;
             self.fire_timers(now, &mut expired);
             if self.end_round(now) {
                 return Ok(());
             }
         }
+    }
+
+    /// Records a stall longer than `daemon.max_local_pause`, which every
+    /// silence verdict from now on discounts, and says so once.
+    fn note_stall(&mut self, stall: Duration, now: Instant) {
+        self.metrics.set_round_lag(stall);
+        if stall <= self.config.daemon.max_local_pause {
+            return;
+        }
+        self.stalls.record(now, stall);
+        self.metrics.count_loop_stall(stall);
+        warn!("loop-stalled stall_ms={} clients={}", stall.as_millis(), self.online);
     }
 
     /// Serves what a budget cut short earlier in the round: connections with
@@ -531,9 +574,14 @@ impl Server {
             }
             return;
         }
+        #[cfg(debug_assertions)]
+        if let Some(hook) = &mut self.debug_stall {
+            hook.on_conn_event();
+        }
+        let mut now = now;
         let mut next = Next::Continue;
         if ready.readable || ready.closed {
-            next = self.read(key, ready.closed, now);
+            next = self.read(key, ready.closed, &mut now);
         }
         if next == Next::Continue && ready.writable && self.conns[key].conn.wants_write() {
             next = self.conns[key].conn.flush();
@@ -551,15 +599,26 @@ impl Server {
     /// then it reads on to the FIN (0) or the error, which name the reason.
     /// Epoll is edge-triggered, and every later arrival of data, FIN or RST
     /// raises a new event, so nothing is missed.
-    fn read(&mut self, key: usize, closed: bool, now: Instant) -> Next {
+    ///
+    /// Each read's bytes are stamped with the clock read right after it,
+    /// left in `now` for the caller (R1): a pause anywhere before the read
+    /// (earlier in the batch, a page fault, SIGSTOP) cannot make a fresh
+    /// heartbeat look old. Per read, not per batch, because such a pause
+    /// can land between any two reads; it costs one vDSO `clock_gettime`
+    /// (some 20 ns) beside a `recv` syscall of a microsecond or more.
+    fn read(&mut self, key: usize, closed: bool, now: &mut Instant) -> Next {
         let mut total = 0;
         loop {
             let n = match self.conns[key].conn.recv(&mut self.buf) {
                 Recv::Data(n) => n,
                 Recv::WouldBlock => return Next::Continue,
-                Recv::Closed(next) => return next,
+                Recv::Closed(next) => {
+                    *now = Instant::now();
+                    return next;
+                }
             };
-            let next = self.dispatch(key, n, now);
+            *now = Instant::now();
+            let next = self.dispatch(key, n, *now);
             if next != Next::Continue || (n < self.buf.len() && !closed) {
                 return next;
             }
@@ -606,12 +665,33 @@ impl Server {
         if slot.is_closing() {
             return;
         }
+        let mut now = now;
+        let mut judged = self.verdict_time(key, now);
+        let cfg = &self.listeners[self.conns[key].conn.listener()].cfg;
+        if self.conns[key].conn.session().overdue(judged, cfg) {
+            // R1: bytes waiting in the kernel are activity, not silence.
+            // Read them through the normal path before any verdict; a FIN,
+            // reset or error found there closes with its own reason.
+            let next = self.read(key, false, &mut now);
+            if next != Next::Continue || self.conns[key].is_closing() {
+                self.settle(key, next, now);
+                return;
+            }
+            judged = self.verdict_time(key, now);
+        }
+        let slot = &mut self.conns[key];
         let cfg = &self.listeners[slot.conn.listener()].cfg;
-        let next = slot.conn.on_timer(now, cfg, &mut self.scratch);
+        let next = slot.conn.on_timer(judged, cfg, &mut self.scratch);
         self.settle(key, next, now);
         if !self.conns[key].is_closing() {
             self.arm(key);
         }
+    }
+
+    /// The instant a connection's deadline is judged at: `now` with the
+    /// loop's own stalls since its last activity taken out (R2).
+    fn verdict_time(&self, key: usize, now: Instant) -> Instant {
+        self.stalls.verdict_time(self.conns[key].conn.session().last_activity(), now)
     }
 
     /// Finishes a handler: closes on `Close`, else keeps the poll interest
@@ -681,7 +761,11 @@ impl Server {
     /// Arms (or moves) the connection's timer at its next deadline.
     fn arm(&mut self, key: usize) {
         let slot = &mut self.conns[key];
-        let deadline = slot.conn.session().next_deadline(&self.listeners[slot.conn.listener()].cfg);
+        let session = slot.conn.session();
+        // Pushed back by the loop's stalls since the last activity, as the
+        // verdict discounts them (R2); no stall, no change.
+        let extension = self.stalls.extension(session.last_activity());
+        let deadline = session.next_deadline(&self.listeners[slot.conn.listener()].cfg).map(|at| at + extension);
         match (deadline, slot.timer()) {
             (Some(at), Some(id)) => self.wheel.reschedule(id, at),
             (Some(at), None) => slot.set_timer(Some(self.wheel.insert(at, Timer::Conn(timer_key(key))))),
