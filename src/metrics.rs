@@ -14,10 +14,11 @@
 //!   render time ([`ProcessStats::read`]): no thread, no state, and a
 //!   family the kernel does not give is left out rather than shown as 0.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::fs;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::event::{Event, OfflineReason};
 
@@ -53,6 +54,10 @@ pub struct Metrics {
     last_loop_stall: Duration,
     /// How late the last round was (`server/stall.rs`), stalled or not.
     round_lag: Duration,
+    /// The last `/proc/self` reading and when it was taken: scrapes within
+    /// [`PROCESS_STATS_EVERY`] of it reuse it, so the O(open fds) count is
+    /// paid at most once a second however often `/metrics` is asked.
+    process: Cell<Option<(Instant, ProcessStats)>>,
     reloads_ok: u64,
     reloads_failed: u64,
     last_reload_ok: bool,
@@ -118,6 +123,7 @@ impl Metrics {
             loop_stall_time: Duration::ZERO,
             last_loop_stall: Duration::ZERO,
             round_lag: Duration::ZERO,
+            process: Cell::new(None),
             reloads_ok: 0,
             reloads_failed: 0,
             last_reload_ok: true,
@@ -346,7 +352,7 @@ impl Metrics {
         sample(&mut out, "heartbeatd_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
         family(&mut out, "process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch.");
         sample_f64(&mut out, "process_start_time_seconds", unix_seconds(self.started));
-        ProcessStats::read().render(&mut out);
+        self.process_stats().render(&mut out);
         out
     }
 }
@@ -356,6 +362,26 @@ impl Metrics {
 /// not `CONFIG_HZ`); Prometheus's own procfs library hard-codes it too, as
 /// asking `sysconf(_SC_CLK_TCK)` would take `unsafe` here.
 const USER_HZ: f64 = 100.0;
+
+impl Metrics {
+    /// The `process_*` numbers, read again only when the last reading is
+    /// older than [`PROCESS_STATS_EVERY`].
+    fn process_stats(&self) -> ProcessStats {
+        let now = Instant::now();
+        match self.process.get() {
+            Some((at, stats)) if now.saturating_duration_since(at) < PROCESS_STATS_EVERY => stats,
+            _ => {
+                let stats = ProcessStats::read();
+                self.process.set(Some((now, stats)));
+                stats
+            }
+        }
+    }
+}
+
+/// How long a `/proc/self` reading serves `/metrics`: a scraper polling in
+/// a loop costs one fd listing a second, not one per request.
+const PROCESS_STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// The standard `process_*` numbers, each `None` when `/proc` does not
 /// give it.
@@ -372,7 +398,7 @@ impl ProcessStats {
     /// Reads `/proc/self`: three small files and one directory listing.
     /// Counting `/proc/self/fd` is O(open fds), up to `max_clients` plus a
     /// few; that is paid per scrape (every few seconds at most), not per
-    /// event, and is the only exact count the kernel offers (`FDSize` in
+    /// event (and at most once a second, [`PROCESS_STATS_EVERY`]), and is the only exact count the kernel offers (`FDSize` in
     /// `status` is the table's capacity, not its use).
     fn read() -> ProcessStats {
         let status = fs::read_to_string("/proc/self/status").unwrap_or_default();

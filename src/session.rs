@@ -212,7 +212,7 @@ impl Session {
 
     /// Where the silence clock starts: the last activity, or the fresh
     /// WELCOME of a timing change if that came later.
-    fn silence_from(&self) -> Instant {
+    pub fn silence_from(&self) -> Instant {
         let grace = match self.framing {
             Framing::Native { flags, .. } => flags.grace_ms,
             _ => 0,

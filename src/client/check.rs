@@ -113,8 +113,9 @@ pub fn check(cfg: &CheckConfig) -> Result<CheckReport, CheckError> {
     let mut link = Link::new(stream);
     let result = probe(&mut link, peer, cfg, start, deadline);
     if !matches!(result, Err(CheckError::Refused { .. } | CheckError::Bye(_))) {
-        // The daemon logs the probe as `left`, not as a loss. Best effort:
-        // the verdict is already known.
+        // The BYE ends the probe quietly (a probe never went online, so
+        // there is no offline event; a daemon older than the probe bit logs
+        // it as `left`, not as a loss). Best effort: the verdict is known.
         let _ = link.send(&Frame::Bye("check"), BYE_TIMEOUT);
     }
     result

@@ -112,7 +112,7 @@ pub fn route(method: &str, target: &str, last_event_id: Option<&str>, view: &dyn
                 None => Reply::error(404, &format!("no client {id:?} is online")),
             },
             Some(None) => Reply::error(400, "malformed percent-encoding in the client id"),
-            None => Reply::error(404, "not found: try /, /clients, /clients/{id}, /metrics or /events"),
+            None => Reply::error(404, "not found: try /, /clients, /clients/{id}, /metrics, /events or /healthz"),
         },
     }
 }

@@ -39,6 +39,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
+use signal_hook_mio::v1_0::Signals;
 
 /// What the loop saw in one round, as far as the policy cares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -63,8 +64,6 @@ impl Round {
         round
     }
 }
-use signal_hook_mio::v1_0::Signals;
-
 /// Events a nap of the whole knob must be expected to collect before the
 /// loop naps at all. A nap costs a wakeup of its own, so it pays only when
 /// it saves several; at the default 1 ms this means from 4,000 events/s.

@@ -230,8 +230,9 @@ impl Server {
             let mut next = Next::Continue;
             if timing {
                 // The new timeout counts from now, the instant of the fresh
-                // WELCOME that announces it: no client is convicted for a
-                // silence the old timing allowed.
+                // WELCOME that announces it: no native client is convicted
+                // for a silence the old timing allowed (legacy and raw
+                // clients are told nothing and keep their own clock).
                 slot.conn.timing_changed(now);
                 let session = slot.session;
                 next = slot.conn.say(&mut self.scratch, |s, out| s.rewelcome(session, cfg, out));

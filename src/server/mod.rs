@@ -112,7 +112,7 @@ const LISTENER_BASE: usize = 1 << 40;
 /// connections); below are client listeners.
 const HTTP_BASE: usize = 1 << 41;
 
-/// The signals the loop handles (`signals.rs`).
+/// The signals the loop handles (`control.rs`).
 const SIGNALS: [libc::c_int; 4] = [SIGTERM, SIGINT, SIGHUP, SIGUSR1];
 
 /// The token of the signal pipe.
@@ -543,6 +543,10 @@ impl Server {
         self.metrics.count_loop_iteration();
         match self.stop_by {
             Some(stop_by) if self.conns.is_empty() || now >= stop_by => {
+                // A burst's summary still waiting for its timer is said now.
+                if self.abandoned > 0 {
+                    info!("abandoned count={}", self.abandoned);
+                }
                 info!("stopped clients_dropped={}", self.conns.len());
                 // The last STATUS= stays in `systemctl status` after the
                 // exit: it must not keep showing a client count.
@@ -689,9 +693,9 @@ impl Server {
     }
 
     /// The instant a connection's deadline is judged at: `now` with the
-    /// loop's own stalls since its last activity taken out (R2).
+    /// loop's own stalls since its silence began to count taken out (R2).
     fn verdict_time(&self, key: usize, now: Instant) -> Instant {
-        self.stalls.verdict_time(self.conns[key].conn.session().last_activity(), now)
+        self.stalls.verdict_time(self.conns[key].conn.session().silence_from(), now)
     }
 
     /// Finishes a handler: closes on `Close`, else keeps the poll interest
@@ -762,9 +766,10 @@ impl Server {
     fn arm(&mut self, key: usize) {
         let slot = &mut self.conns[key];
         let session = slot.conn.session();
-        // Pushed back by the loop's stalls since the last activity, as the
-        // verdict discounts them (R2); no stall, no change.
-        let extension = self.stalls.extension(session.last_activity());
+        // Pushed back by the loop's stalls since silence began to count
+        // (the last activity, or a later fresh WELCOME), as the verdict
+        // discounts them (R2); no stall, no change.
+        let extension = self.stalls.extension(session.silence_from());
         let deadline = session.next_deadline(&self.listeners[slot.conn.listener()].cfg).map(|at| at + extension);
         match (deadline, slot.timer()) {
             (Some(at), Some(id)) => self.wheel.reschedule(id, at),
@@ -931,6 +936,7 @@ impl Server {
             ids: &self.ids,
             metrics: &self.metrics,
             wheel_timers: self.wheel.len(),
+            online: self.online,
             now,
         }
     }
