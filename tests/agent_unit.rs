@@ -6,9 +6,9 @@
 //! Without `systemd-analyze` the systemd checks skip with a message, except
 //! under `CI=true` (.ci/setup installs the systemd package).
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 
+use heartbeatd_harness::systemd::{assert_exposure_at_most, assert_units_verify};
 use heartbeatd_harness::{bin, which, TempDir};
 
 // Only the page functions are used: the unit's `man:heartbeat(1)` must
@@ -63,16 +63,8 @@ fn unit_passes_systemd_analyze_verify() {
     let man1 = dir.join("man").join("man1");
     std::fs::create_dir_all(&man1).expect("man dir");
     std::fs::write(man1.join("heartbeat.1"), manpages::heartbeat_page().expect("render")).expect("write page");
-    let out = Command::new(analyze)
-        .args(["verify", "./heartbeat@example.service"])
-        .env("SYSTEMD_LOG_COLOR", "0")
-        .env("MANPATH", dir.join("man"))
-        .current_dir(dir.path())
-        .output()
-        .expect("run systemd-analyze verify");
-    let complaints = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "systemd-analyze verify failed ({}):\n{complaints}", out.status);
-    assert_eq!(complaints.trim(), "", "systemd-analyze verify complained");
+    let man = dir.join("man");
+    assert_units_verify(&analyze, dir.path(), &[PathBuf::from("./heartbeat@example.service")], &[("MANPATH", &man)]);
 }
 
 /// `systemd-analyze security --offline=true` rates the agent's sandbox at
@@ -83,20 +75,5 @@ fn unit_exposure_is_at_most_2() {
         return skip("systemd-analyze not found (.ci/setup installs the systemd package)");
     };
     let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/heartbeat@.service");
-    let out = Command::new(analyze)
-        .args(["security", "--offline=true", "--no-pager"])
-        .arg(&unit)
-        .env("SYSTEMD_COLORS", "0")
-        .output()
-        .expect("run systemd-analyze security");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "systemd-analyze security failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    let last = text.lines().rev().find(|l| !l.trim().is_empty()).expect("systemd-analyze printed something");
-    let score: f64 = last
-        .split_once(".service:")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no exposure score in the last line {last:?}"));
-    println!("systemd-analyze security: {}", last.trim());
-    assert!(score <= 2.0, "overall exposure {score} > 2.0; the weak points:\n{text}");
+    assert_exposure_at_most(&analyze, &unit, 2.0);
 }

@@ -33,9 +33,9 @@ use std::time::Duration;
 
 use heartbeatd::event::{OFFLINE_MESSAGE_ID, ONLINE_MESSAGE_ID};
 use heartbeatd_harness::systemd::{
-    config_text, daemon_command, daemon_command_with_own_pid, dev_ino_of_new_file, monotonic_usec,
-    parse_listening_address, pass_as_fd3, skip, which, FileDaemon, JournalEntry, JournalSocket, Notification,
-    NotifySocket,
+    assert_exposure_at_most, assert_units_verify, config_text, daemon_command, daemon_command_with_own_pid,
+    dev_ino_of_new_file, monotonic_usec, parse_listening_address, pass_as_fd3, skip, which, FileDaemon, JournalEntry,
+    JournalSocket, Notification, NotifySocket,
 };
 use heartbeatd_harness::{daemon_bin, hello_frame, listener, NativeClient, TempDir, BYE};
 
@@ -116,16 +116,7 @@ fn units_pass_systemd_analyze_verify() {
             .expect("write unit");
         paths.push(path);
     }
-    let out = Command::new(analyze)
-        .arg("verify")
-        .args(&paths)
-        .env("SYSTEMD_LOG_COLOR", "0")
-        .current_dir(dir.path())
-        .output()
-        .expect("run systemd-analyze verify");
-    let complaints = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "systemd-analyze verify failed ({}):\n{complaints}", out.status);
-    assert_eq!(complaints.trim(), "", "systemd-analyze verify complained");
+    assert_units_verify(&analyze, dir.path(), &paths, &[]);
 }
 
 /// `systemd-analyze security --offline=true` rates the service's sandbox at
@@ -134,23 +125,7 @@ fn units_pass_systemd_analyze_verify() {
 fn service_exposure_is_at_most_2() {
     let Some(analyze) = systemd_analyze() else { return };
     let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/heartbeatd.service");
-    let out = Command::new(analyze)
-        .args(["security", "--offline=true", "--no-pager"])
-        .arg(&unit)
-        .env("SYSTEMD_COLORS", "0")
-        .output()
-        .expect("run systemd-analyze security");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let errors = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze security failed ({}):\n{text}{errors}", out.status);
-    let last = text.lines().rev().find(|l| !l.trim().is_empty()).expect("systemd-analyze printed something");
-    let score: f64 = last
-        .split_once("heartbeatd.service:")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no exposure score in the last line {last:?}"));
-    println!("systemd-analyze security: {}", last.trim());
-    assert!(score <= 2.0, "overall exposure {score} > 2.0; the weak points:\n{text}");
+    assert_exposure_at_most(&analyze, &unit, 2.0);
 }
 
 // ---- sd_notify --------------------------------------------------------------

@@ -456,6 +456,44 @@ pub fn dev_ino_of_new_file(path: &Path) -> String {
     format!("{}:{}", meta.dev(), meta.ino())
 }
 
+/// Runs `systemd-analyze verify` on `units` in `dir`, with `envs` added to
+/// its environment, and fails the test unless it succeeds without a single
+/// complaint.
+pub fn assert_units_verify(analyze: &Path, dir: &Path, units: &[PathBuf], envs: &[(&str, &Path)]) {
+    let mut command = Command::new(analyze);
+    command.arg("verify").args(units).env("SYSTEMD_LOG_COLOR", "0").current_dir(dir);
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let out = command.output().expect("run systemd-analyze verify");
+    let complaints = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "systemd-analyze verify failed ({}):\n{complaints}", out.status);
+    assert_eq!(complaints.trim(), "", "systemd-analyze verify complained");
+}
+
+/// Runs `systemd-analyze security --offline=true` on the service file
+/// `unit` and fails the test unless its overall exposure is at most `max`
+/// (0 is best, 10 worst).
+pub fn assert_exposure_at_most(analyze: &Path, unit: &Path, max: f64) {
+    let out = Command::new(analyze)
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(unit)
+        .env("SYSTEMD_COLORS", "0")
+        .output()
+        .expect("run systemd-analyze security");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze security failed ({}):\n{text}{errors}", out.status);
+    let last = text.lines().rev().find(|l| !l.trim().is_empty()).expect("systemd-analyze printed something");
+    let score: f64 = last
+        .split_once(".service:")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure score in the last line {last:?}"));
+    println!("systemd-analyze security: {}", last.trim());
+    assert!(score <= max, "overall exposure {score} > {max}; the weak points:\n{text}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
