@@ -33,6 +33,20 @@ use crate::config::TcpConfig;
 /// Large, because a fleet reconnecting after an outage arrives at once.
 pub const LISTEN_BACKLOG: i32 = 4096;
 
+/// `SO_SNDBUF` of every client socket, set on its listener so accepted
+/// sockets inherit it (the kernel doubles it for its bookkeeping: 128 KiB).
+///
+/// Left alone, Linux autotunes a send buffer up to `tcp_wmem`'s maximum
+/// (4 MiB by default), and a native client that stops reading is only
+/// found once that much of its replies sits unread: over 20 s for a
+/// client pinging at 200 KB/s. Capped, the loop's own queue passes
+/// `conn::OUT_LIMIT` once this buffer, the client's receive window and
+/// 64 KiB of replies are full: about 320 KiB with a Linux peer's default
+/// window, some 1.6 s at that rate. Replies are tiny, so 64 KiB never
+/// limits a client that does read. The event feed caps its subscribers'
+/// sockets the same way (`http.subscriber_buffer`).
+pub const CLIENT_SEND_BUFFER: usize = 64 * 1024;
+
 /// An option the kernel refused, named.
 #[derive(Debug)]
 pub struct SockoptError {
@@ -69,6 +83,14 @@ pub fn apply<S: AsFd>(socket: &S, tcp: &TcpConfig) -> Result<(), SockoptError> {
     set_nodelay(&sock, tcp.nodelay)
 }
 
+/// Applies a client listener's options to its listening socket: the
+/// `[tcp]` options of [`apply`] and [`CLIENT_SEND_BUFFER`], which its
+/// accepted sockets inherit.
+pub fn apply_listener<S: AsFd>(socket: &S, tcp: &TcpConfig) -> Result<(), SockoptError> {
+    apply(socket, tcp)?;
+    cap_send_buffer(&SockRef::from(socket))
+}
+
 /// Applies to an accepted socket the options it did not inherit from its
 /// listener.
 ///
@@ -78,13 +100,14 @@ pub fn apply<S: AsFd>(socket: &S, tcp: &TcpConfig) -> Result<(), SockoptError> {
 /// test `accepted_sockets_inherit_the_listeners_options` pins that. So a
 /// socket accepted from a listener whose options were set before it
 /// completed its handshake needs no system call here: `inherited` says so.
+/// So does [`CLIENT_SEND_BUFFER`] (`accepted_sockets_inherit_the_send_buffer_cap`).
 /// A socket that may predate its listener's options (an adopted socket's
-/// backlog, a reload that changed `[tcp]`) gets the full [`apply`].
+/// backlog, a reload that changed `[tcp]`) gets the full [`apply_listener`].
 pub fn apply_accepted<S: AsFd>(socket: &S, tcp: &TcpConfig, inherited: bool) -> Result<(), SockoptError> {
     if inherited {
         Ok(())
     } else {
-        apply(socket, tcp)
+        apply_listener(socket, tcp)
     }
 }
 
@@ -103,6 +126,10 @@ pub fn effective<S: AsFd>(socket: &S) -> Result<TcpConfig, SockoptError> {
         user_timeout: sock.tcp_user_timeout().map_err(named("TCP_USER_TIMEOUT"))?.unwrap_or(Duration::ZERO),
         nodelay: sock.tcp_nodelay().map_err(named("TCP_NODELAY"))?,
     })
+}
+
+fn cap_send_buffer(sock: &SockRef<'_>) -> Result<(), SockoptError> {
+    sock.set_send_buffer_size(CLIENT_SEND_BUFFER).map_err(|source| SockoptError { option: "SO_SNDBUF", source })
 }
 
 fn set_keepalive(sock: &SockRef<'_>, on: bool) -> Result<(), SockoptError> {
@@ -155,8 +182,9 @@ fn set_tcp_int(sock: &SockRef<'_>, name: libc::c_int, option: &'static str, valu
 }
 
 /// Makes a non-blocking listening socket bound to `address`, with
-/// `SO_REUSEADDR` (so a restart does not wait out TIME_WAIT) and the
-/// listener's TCP options (so their effective values can be logged).
+/// `SO_REUSEADDR` (so a restart does not wait out TIME_WAIT), the
+/// listener's TCP options (so their effective values can be logged) and
+/// the client send buffer cap ([`apply_listener`]).
 pub fn bind_listener(address: SocketAddr, tcp: &TcpConfig) -> io::Result<mio::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM.nonblocking().cloexec(), None)?;
     socket.set_reuse_address(true)?;
@@ -165,7 +193,7 @@ pub fn bind_listener(address: SocketAddr, tcp: &TcpConfig) -> io::Result<mio::ne
         // both be configured on one port.
         socket.set_only_v6(true)?;
     }
-    apply(&socket, tcp).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+    apply_listener(&socket, tcp).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
     socket.bind(&address.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(mio::net::TcpListener::from_std(socket.into()))
@@ -290,6 +318,36 @@ mod tests {
         // The kernel doubles the value it is given for its bookkeeping.
         assert_eq!(accepted.send_buffer_size().expect("SO_SNDBUF"), 128 * 1024);
         assert_eq!(accepted.recv_buffer_size().expect("SO_RCVBUF"), 192 * 1024);
+    }
+
+    /// [`CLIENT_SEND_BUFFER`], set once on a listener by [`bind_listener`],
+    /// reaches every socket it accepts, so admitting one costs no system
+    /// call; and it stays put (autotuning would otherwise grow it to
+    /// megabytes) while the connection carries data.
+    #[test]
+    fn accepted_sockets_inherit_the_send_buffer_cap() {
+        use std::io::Write as _;
+        let listener = bind_listener("127.0.0.1:0".parse().expect("addr"), &tcp(7, 0)).expect("bind");
+        let want = 2 * CLIENT_SEND_BUFFER;
+        assert_eq!(SockRef::from(&listener).send_buffer_size().expect("SO_SNDBUF"), want);
+        let address = listener.local_addr().expect("addr");
+        let _client = std::net::TcpStream::connect(address).expect("connect");
+        let (mut accepted, _) = loop {
+            match listener.accept() {
+                Ok(pair) => break pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        assert_eq!(SockRef::from(&accepted).send_buffer_size().expect("SO_SNDBUF"), want);
+        // Fill it: an unlocked buffer would autotune upward here.
+        let chunk = vec![0u8; 64 * 1024];
+        for _ in 0..64 {
+            if accepted.write(&chunk).is_err() {
+                break;
+            }
+        }
+        assert_eq!(SockRef::from(&accepted).send_buffer_size().expect("SO_SNDBUF"), want);
     }
 
     /// Options set on a listener after its handshakes completed do not

@@ -39,7 +39,7 @@ impl Server {
             Some(fd) => {
                 let socket = std::net::TcpListener::from(fd);
                 socket.set_nonblocking(true).map_err(failed(format!("adopting {what}")))?;
-                let set = sockopt::apply(&socket, &cfg.tcp);
+                let set = sockopt::apply_listener(&socket, &cfg.tcp);
                 if let Err(e) = &set {
                     warn!("sockopt-failed listener={} error={}", Logfmt(&cfg.name), Logfmt(&e.to_string()));
                 }

@@ -88,8 +88,12 @@ const READ_BUF: usize = 64 * 1024;
 
 /// Bytes one connection may read per poll round before the others get a
 /// turn. The socket stays readable; the loop comes back to it without
-/// sleeping.
-const READ_BUDGET: usize = 256 * 1024;
+/// sleeping. Small (R6, fair shares): 16 KiB is some 4,000 empty PINGs or
+/// 450 of 32 bytes, whose replies take the loop well under a millisecond,
+/// so a client pipelining PINGs as fast as it can holds each round for
+/// that long and not for the thousands of replies a larger budget let it
+/// queue ahead of its neighbours.
+const READ_BUDGET: usize = 16 * 1024;
 
 /// Connections one listener may accept per poll round before the clients
 /// already connected get their turn. The listener may still have a backlog;
@@ -597,7 +601,7 @@ impl Server {
     /// each chunk, until the socket is drained, the read budget is spent (the
     /// key goes to `again`) or a decision other than `Continue`.
     ///
-    /// A read shorter than the buffer drained the socket: the kernel had no
+    /// A read shorter than asked for drained the socket: the kernel had no
     /// more. Reading on would cost an `EAGAIN` per heartbeat, so it stops
     /// there unless the event said the peer closed or failed (`closed`):
     /// then it reads on to the FIN (0) or the error, which name the reason.
@@ -613,7 +617,10 @@ impl Server {
     fn read(&mut self, key: usize, closed: bool, now: &mut Instant) -> Next {
         let mut total = 0;
         loop {
-            let n = match self.conns[key].conn.recv(&mut self.buf) {
+            // Never past the budget: one read may not hold the loop longer
+            // than the budget allows.
+            let want = (READ_BUDGET - total).min(self.buf.len());
+            let n = match self.conns[key].conn.recv(&mut self.buf[..want]) {
                 Recv::Data(n) => n,
                 Recv::WouldBlock => return Next::Continue,
                 Recv::Closed(next) => {
@@ -623,7 +630,7 @@ impl Server {
             };
             *now = Instant::now();
             let next = self.dispatch(key, n, *now);
-            if next != Next::Continue || (n < self.buf.len() && !closed) {
+            if next != Next::Continue || (n < want && !closed) {
                 return next;
             }
             total += n;
