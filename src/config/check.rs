@@ -381,7 +381,7 @@ pub(super) fn show(duration: Duration) -> humantime::FormattedDuration {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{assert_err, default_tcp, listener, ms, only, parse_err, parse_ok, secs};
+    use super::super::tests::{assert_err, default_daemon, default_tcp, listener, ms, only, parse_err, parse_ok, secs};
     use super::*;
     use crate::wire::Protocol;
 
@@ -417,18 +417,7 @@ mod tests {
     #[test]
     fn defaults() {
         let config = parse_ok(&listener(""));
-        assert_eq!(
-            config.daemon,
-            DaemonConfig {
-                tick: ms(100),
-                coalesce: ms(1),
-                max_local_pause: ms(500),
-                max_clients: 65536,
-                max_per_address: 0,
-                shutdown_grace: secs(5),
-                log_level: log::LevelFilter::Info,
-            }
-        );
+        assert_eq!(config.daemon, default_daemon());
         let l = &config.listeners[0];
         assert_eq!(l.protocol, Protocol::Native);
         assert_eq!((l.interval, l.timeout, l.handshake_timeout), (secs(3), secs(15), secs(5)));

@@ -360,18 +360,24 @@ pub(super) mod tests {
         }
     }
 
+    /// The `[daemon]` table when the file sets none of its keys: the
+    /// documented defaults, written out once for every test that checks them.
+    pub(super) fn default_daemon() -> DaemonConfig {
+        DaemonConfig {
+            tick: ms(100),
+            coalesce: ms(1),
+            max_local_pause: ms(500),
+            max_clients: 65536,
+            max_per_address: 0,
+            shutdown_grace: secs(5),
+            log_level: log::LevelFilter::Info,
+        }
+    }
+
     #[test]
     fn embedded_is_the_documented_default() {
         let expected = Config {
-            daemon: DaemonConfig {
-                tick: ms(100),
-                coalesce: ms(1),
-                max_local_pause: ms(500),
-                max_clients: 65536,
-                max_per_address: 0,
-                shutdown_grace: secs(5),
-                log_level: log::LevelFilter::Info,
-            },
+            daemon: default_daemon(),
             listeners: vec![ListenerConfig {
                 name: "main".into(),
                 address: "127.0.0.1:7700".parse().unwrap(),
