@@ -30,6 +30,7 @@ pub mod client;
 pub mod config;
 pub(crate) mod conn;
 pub mod event;
+pub(crate) mod hooks;
 pub mod http;
 pub(crate) mod journal;
 pub mod limits;

@@ -468,13 +468,13 @@ fn unix_seconds(at: SystemTime) -> f64 {
     at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 /// One sample line; `value` is a count or, for durations, seconds (`f64`
 /// prints as `2.5`, `15`: no exponent for the values a config allows).
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl fmt::Display) {
+pub(crate) fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl fmt::Display) {
     out.push_str(name);
     if !labels.is_empty() {
         out.push('{');

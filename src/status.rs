@@ -37,6 +37,8 @@ pub struct StatusView<'a> {
     pub ids: &'a HashMap<Rc<str>, usize>,
     /// The loop's counters.
     pub metrics: &'a Metrics,
+    /// The hooks, whose counters `/metrics` appends.
+    pub hooks: &'a crate::hooks::Hooks,
     /// Timers armed in the wheel.
     pub wheel_timers: usize,
     /// Clients online now, as the loop counts them (no walk of the table).
@@ -107,7 +109,9 @@ impl View for StatusView<'_> {
             http_requests: http.requests,
             timing: self.listeners.configs().into_iter().map(|c| (c.name.clone(), (c.interval, c.timeout))).collect(),
         };
-        self.metrics.render(&gauges)
+        let mut out = self.metrics.render(&gauges);
+        self.hooks.render_metrics(&mut out);
+        out
     }
 
     fn health(&self) -> Health {

@@ -144,6 +144,23 @@ pub fn send_sighup(pid: u32) -> io::Result<()> {
     }
 }
 
+/// Sends `signal` to the process group `pgid` (a hook's child and what it
+/// started: `crate::hooks`).
+pub fn signal_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    if pgid <= 1 {
+        // kill(-1) would signal every process we may signal.
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: kill(2) with a negative pid (a group id above 1) and a signal
+    // number only sends a signal; it touches no memory of ours.
+    if unsafe { libc::kill(-pgid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// A listening socket passed by the service manager.
 #[derive(Debug)]
 pub struct ActivatedSocket {

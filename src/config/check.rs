@@ -58,6 +58,12 @@ const MAX_CLIENTS: RangeInclusive<i64> = 1..=16_777_216;
 /// `[daemon] shutdown_grace`: default and upper bound (5 min).
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(300);
+/// `[daemon] hook_concurrency`: default and range.
+const DEFAULT_HOOK_CONCURRENCY: usize = 4;
+const HOOK_CONCURRENCY: RangeInclusive<i64> = 1..=256;
+/// `[daemon] hook_queue`: default and range, in waiting runs.
+const DEFAULT_HOOK_QUEUE: usize = 1024;
+const HOOK_QUEUE: RangeInclusive<i64> = 1..=1_000_000;
 
 /// `[http] max_connections`: default and range. A handful of dashboards,
 /// scrapers and feed subscribers; each costs one fd and a buffer.
@@ -120,7 +126,8 @@ pub(super) fn config(source: &Source<'_>, raw: RawConfig, base_dir: &Path) -> Re
     if let Some((http, table_span)) = &http {
         http_clash(source, http, table_span, &listeners)?;
     }
-    Ok(Config { daemon, listeners, http: http.map(|(config, _)| config) })
+    let hooks = super::hooks::hooks(source, raw.hook, &listeners)?;
+    Ok(Config { daemon, listeners, http: http.map(|(config, _)| config), hooks })
 }
 
 /// The `[[listener]]` tables; an error when there are none.
@@ -290,6 +297,13 @@ impl Source<'_> {
                 DEFAULT_SHUTDOWN_GRACE,
             )?,
             log_level,
+            hook_concurrency: self.int_in(
+                raw.hook_concurrency.as_ref(),
+                "daemon.hook_concurrency",
+                HOOK_CONCURRENCY,
+                DEFAULT_HOOK_CONCURRENCY,
+            )?,
+            hook_queue: self.int_in(raw.hook_queue.as_ref(), "daemon.hook_queue", HOOK_QUEUE, DEFAULT_HOOK_QUEUE)?,
         })
     }
 

@@ -91,6 +91,12 @@ pub(super) fn merge(source: &Source<'_>, into: &mut RawConfig, other: RawConfig)
             None => into.http = Some(http),
         }
     }
+    if let Some(hooks) = other.hook {
+        match &mut into.hook {
+            Some(mine) => mine.get_mut().extend(hooks.into_inner()),
+            None => into.hook = Some(hooks),
+        }
+    }
     if let Some(listeners) = other.listener {
         match &mut into.listener {
             Some(mine) => mine.get_mut().extend(listeners.into_inner()),
@@ -128,7 +134,19 @@ fn one<T>(
 
 /// Key-by-key merge of two `[daemon]` tables.
 fn merge_daemon(source: &Source<'_>, mine: &mut RawDaemon, theirs: RawDaemon) -> Result<(), ConfigError> {
-    let RawDaemon { tick, coalesce, max_local_pause, max_clients, max_per_address, shutdown_grace, log_level } = theirs;
+    let RawDaemon {
+        tick,
+        coalesce,
+        max_local_pause,
+        max_clients,
+        max_per_address,
+        shutdown_grace,
+        log_level,
+        hook_concurrency,
+        hook_queue,
+    } = theirs;
+    one(source, "daemon.hook_concurrency", &mut mine.hook_concurrency, hook_concurrency)?;
+    one(source, "daemon.hook_queue", &mut mine.hook_queue, hook_queue)?;
     one(source, "daemon.tick", &mut mine.tick, tick)?;
     one(source, "daemon.coalesce", &mut mine.coalesce, coalesce)?;
     one(source, "daemon.max_local_pause", &mut mine.max_local_pause, max_local_pause)?;
@@ -160,7 +178,10 @@ pub(super) fn shift(raw: RawConfig, by: usize) -> RawConfig {
             max_per_address: s(d.max_per_address, by),
             shutdown_grace: s(d.shutdown_grace, by),
             log_level: s(d.log_level, by),
+            hook_concurrency: s(d.hook_concurrency, by),
+            hook_queue: s(d.hook_queue, by),
         }),
+        hook: super::hooks::shift(raw.hook, by),
         listener: raw.listener.map(|list| {
             let span = moved(list.span(), by);
             let tables = list.into_inner().into_iter().map(|l| shift_listener(l, by)).collect();

@@ -34,6 +34,7 @@
 mod check;
 mod dropin;
 mod file;
+mod hooks;
 mod listener;
 mod print;
 mod raw;
@@ -45,6 +46,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use file::{read_capped, MAX_TOKENS_FILE_BYTES};
+pub use hooks::{pattern_matches, HookConfig, HookEvent};
 pub use print::to_toml;
 
 use crate::wire::Protocol;
@@ -62,6 +64,8 @@ pub struct Config {
     /// The `[http]` table: the status API, metrics and event feed; `None`
     /// (no table) serves no HTTP at all.
     pub http: Option<HttpConfig>,
+    /// The `[[hook]]` tables, in file order (`hooks.rs`).
+    pub hooks: Vec<HookConfig>,
 }
 
 /// The `[http]` table: where and how the status API is served.
@@ -101,6 +105,11 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     /// Log verbosity.
     pub log_level: log::LevelFilter,
+    /// Most hook programs running at once.
+    pub hook_concurrency: usize,
+    /// Most hook runs waiting to start, over all clients; more are dropped
+    /// and counted.
+    pub hook_queue: usize,
 }
 
 /// One `[[listener]]` table.
@@ -371,6 +380,8 @@ pub(super) mod tests {
             max_per_address: 0,
             shutdown_grace: secs(5),
             log_level: log::LevelFilter::Info,
+            hook_concurrency: 4,
+            hook_queue: 1024,
         }
     }
 
@@ -398,6 +409,7 @@ pub(super) mod tests {
                 history: 1024,
                 subscriber_buffer: 262144,
             }),
+            hooks: vec![],
         };
         assert_eq!(embedded().unwrap(), expected);
     }
@@ -446,7 +458,7 @@ pub(super) mod tests {
             assert_eq!(config, embedded().unwrap(), "uncommented {line:?}");
             checked += 1;
         }
-        assert_eq!(checked, 19);
+        assert_eq!(checked, 21);
     }
 
     #[test]
@@ -461,6 +473,8 @@ pub(super) mod tests {
         assert_eq!(raw.protocol, Protocol::Raw);
         assert_eq!(raw.timeout, Duration::ZERO);
         assert_eq!(raw.tcp.user_timeout, secs(18));
+        let [hook] = &config.hooks[..] else { panic!("expected one hook: {config:?}") };
+        assert_eq!(hook.command[0], "/usr/local/bin/page-oncall");
     }
 
     #[test]
@@ -496,6 +510,14 @@ pub(super) mod tests {
             "request_timeout",
             "history",
             "subscriber_buffer",
+            "hook_concurrency",
+            "hook_queue",
+            "[[hook]]",
+            "events",
+            "listeners",
+            "reasons",
+            "clients",
+            "command",
         ];
         for key in keys {
             assert!(EMBEDDED.contains(&format!("{key} ")) || EMBEDDED.contains(&format!("{key}\n")), "{key}");

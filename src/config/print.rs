@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::{Config, ListenerConfig, Protocol, TcpConfig};
+use super::{Config, HookConfig, ListenerConfig, Protocol, TcpConfig};
 
 /// The effective `config` as TOML; `origin` names where it came from in
 /// the header comment.
@@ -29,6 +29,8 @@ pub fn to_toml(config: &Config, origin: &str) -> String {
     let _ = writeln!(out, "max_per_address = {}", d.max_per_address);
     let _ = writeln!(out, "shutdown_grace = {}", duration(d.shutdown_grace));
     let _ = writeln!(out, "log_level = {}", string(&d.log_level.as_str().to_ascii_lowercase()));
+    let _ = writeln!(out, "hook_concurrency = {}", d.hook_concurrency);
+    let _ = writeln!(out, "hook_queue = {}", d.hook_queue);
     for listener in &config.listeners {
         write_listener(&mut out, listener);
     }
@@ -40,7 +42,23 @@ pub fn to_toml(config: &Config, origin: &str) -> String {
         let _ = writeln!(out, "history = {}", http.history);
         let _ = writeln!(out, "subscriber_buffer = {}", http.subscriber_buffer);
     }
+    for hook in &config.hooks {
+        write_hook(&mut out, hook);
+    }
     out
+}
+
+/// One `[[hook]]` table, every key written (empty filters as `[]`).
+fn write_hook(out: &mut String, h: &HookConfig) {
+    let list = |items: Vec<&str>| format!("[{}]", items.iter().map(|s| string(s)).collect::<Vec<_>>().join(", "));
+    let _ = writeln!(out, "\n[[hook]]");
+    let _ = writeln!(out, "name = {}", string(&h.name));
+    let _ = writeln!(out, "events = {}", list(h.events.iter().map(|e| e.as_str()).collect()));
+    let _ = writeln!(out, "listeners = {}", list(h.listeners.iter().map(String::as_str).collect()));
+    let _ = writeln!(out, "reasons = {}", list(h.reasons.iter().map(|r| r.as_str()).collect()));
+    let _ = writeln!(out, "clients = {}", list(h.clients.iter().map(String::as_str).collect()));
+    let _ = writeln!(out, "command = {}", list(h.command.iter().map(String::as_str).collect()));
+    let _ = writeln!(out, "timeout = {}", duration(h.timeout));
 }
 
 /// One `[[listener]]` table and its `[listener.tcp]`.

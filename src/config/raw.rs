@@ -15,6 +15,7 @@ pub(super) struct RawConfig {
     pub(super) daemon: Option<RawDaemon>,
     pub(super) listener: Option<Spanned<Vec<Spanned<RawListener>>>>,
     pub(super) http: Option<Spanned<RawHttp>>,
+    pub(super) hook: Option<Spanned<Vec<Spanned<super::hooks::RawHook>>>>,
 }
 
 impl RawConfig {
@@ -46,6 +47,8 @@ pub(super) struct RawDaemon {
     pub(super) max_per_address: Option<Spanned<i64>>,
     pub(super) shutdown_grace: Option<Spanned<String>>,
     pub(super) log_level: Option<Spanned<String>>,
+    pub(super) hook_concurrency: Option<Spanned<i64>>,
+    pub(super) hook_queue: Option<Spanned<i64>>,
 }
 
 /// One `[[listener]]` table as written.

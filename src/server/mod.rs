@@ -64,6 +64,7 @@ use slab::Slab;
 use crate::config::{self, Config, ListenerConfig};
 use crate::conn::{Conn, Recv};
 use crate::event::{self, Client, Event, Logfmt, OfflineReason};
+use crate::hooks::Hooks;
 use crate::http::Http;
 use crate::metrics::Metrics;
 use crate::session::{Next, Session};
@@ -357,6 +358,8 @@ pub struct Server {
     reload_error: Option<String>,
     /// The status API, when `[http]` is configured.
     http: Option<Http>,
+    /// The `[[hook]]` programs, their queue and running children.
+    hooks: Hooks,
     metrics: Metrics,
     /// Naps after busy rounds (`daemon.coalesce`).
     coalesce: coalesce::Coalescer,
@@ -376,6 +379,7 @@ impl Server {
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
             .map_err(failed("registering signals"))?;
+        let hooks = Hooks::new(&config, poll.registry()).map_err(failed("registering SIGCHLD for hooks"))?;
         let now = Instant::now();
         let mut server = Server {
             wheel: Wheel::new(config.daemon.tick, WHEEL_SLOTS, now),
@@ -400,6 +404,7 @@ impl Server {
             abandoned: 0,
             reload_error: None,
             http: None,
+            hooks,
             metrics: Metrics::new(),
             coalesce: coalesce::Coalescer::new(&SIGNALS).map_err(failed("creating the coalescing poll"))?,
             config: config.clone(),
@@ -464,6 +469,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => self.on_signals(woke),
+                    token if Hooks::owns(token) => self.hooks.on_ready(self.poll.registry(), token, woke),
                     token @ Token(t) if t >= HTTP_BASE => self.on_http(token, woke),
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, woke),
                     Token(key) => self.on_conn_event(key, Ready::of(event), woke),
@@ -538,6 +544,9 @@ impl Server {
                 http.on_time(self.poll.registry(), now);
             }
         }
+        if self.hooks.next_deadline().is_some_and(|at| at <= now) {
+            self.hooks.on_time(self.poll.registry(), now);
+        }
     }
 
     /// The end of a round: frees the connections closed during it, counts
@@ -566,7 +575,8 @@ impl Server {
             return Some(Duration::ZERO);
         }
         let http = self.http.as_ref().and_then(Http::next_deadline);
-        let next = [self.wheel.next_expiry(), self.stop_by, http].into_iter().flatten().min()?;
+        let next =
+            [self.wheel.next_expiry(), self.stop_by, http, self.hooks.next_deadline()].into_iter().flatten().min()?;
         Some(next.saturating_duration_since(now))
     }
 
@@ -849,7 +859,8 @@ impl Server {
                 connected: now.saturating_duration_since(session.since()),
                 detail: detail.as_deref(),
             };
-            publish(&event, &mut self.metrics, &mut self.http, self.poll.registry());
+            let sinks = Sinks { metrics: &mut self.metrics, http: &mut self.http, hooks: &mut self.hooks };
+            publish(&event, sinks, self.poll.registry(), true, now);
             if let Some(id) = session.id() {
                 if self.ids.get(id) == Some(&key) {
                     self.ids.remove(id);
@@ -925,7 +936,8 @@ impl Server {
             proto: conn.session().proto(),
             session: slot.session,
         });
-        publish(&event, &mut self.metrics, &mut self.http, self.poll.registry());
+        let sinks = Sinks { metrics: &mut self.metrics, http: &mut self.http, hooks: &mut self.hooks };
+        publish(&event, sinks, self.poll.registry(), true, now);
     }
 
     fn on_http(&mut self, token: Token, now: Instant) {
@@ -942,6 +954,7 @@ impl Server {
             listeners: &self.listeners,
             ids: &self.ids,
             metrics: &self.metrics,
+            hooks: &self.hooks,
             wheel_timers: self.wheel.len(),
             online: self.online,
             now,
@@ -1009,14 +1022,25 @@ fn timer_key(key: usize) -> u32 {
     u32::try_from(key).unwrap_or(u32::MAX)
 }
 
+/// The sinks of [`publish`], borrowed from the server beside the event's
+/// own borrows of the connection and listener tables.
+struct Sinks<'a> {
+    metrics: &'a mut Metrics,
+    http: &'a mut Option<Http>,
+    hooks: &'a mut Hooks,
+}
+
 /// Hands an event to every sink: the log or journal, the counters, the
-/// HTTP feed.
-fn publish(event: &Event<'_>, metrics: &mut Metrics, http: &mut Option<Http>, registry: &Registry) {
+/// HTTP feed, the hooks. `live` is false for a state the daemon takes over
+/// rather than sees change (a connection restored across a restart): such
+/// an event runs no hook.
+fn publish(event: &Event<'_>, sinks: Sinks<'_>, registry: &Registry, live: bool, now: Instant) {
     event::emit(event);
-    metrics.record(event);
-    if let Some(http) = http {
+    sinks.metrics.record(event);
+    if let Some(http) = sinks.http {
         http.publish(registry, event);
     }
+    sinks.hooks.on_event(registry, event, live, now);
 }
 
 /// Reads and validates the config for the binary: the file at `path`, or the
