@@ -39,6 +39,20 @@ pub struct ClientView {
     pub heartbeats: u64,
     /// The kernel's view (`TCP_INFO`), when readable.
     pub tcp: Option<TcpView>,
+    /// Flap damping (hooks), for a client that went offline recently;
+    /// absent otherwise, and from daemons without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flap: Option<FlapView>,
+}
+
+/// A client's flap damping state: the penalty (offlines, each +1, halving
+/// every 60 s) and whether its hooks are suppressed (above 3 until below 1).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct FlapView {
+    /// Its hooks are suppressed now.
+    pub flapping: bool,
+    /// The decayed count of recent offlines.
+    pub penalty: f64,
 }
 
 /// The kernel's view of a connection (`TCP_INFO`), the fields operators ask
@@ -151,6 +165,7 @@ mod tests {
             last_activity_ms: 5,
             heartbeats: 2,
             tcp: Some(TcpView { rtt_us: 1500, rttvar_us: 10, retransmits: 0, unacked: 1 }),
+            flap: None,
         };
         let json = serde_json::to_string(&client).expect("json");
         assert_eq!(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use slab::Slab;
 
-use crate::api::{ClientView, Health, HttpStats, View};
+use crate::api::{ClientView, FlapView, Health, HttpStats, View};
 use crate::config::ListenerConfig;
 use crate::http::feed::unix_ms;
 use crate::metrics::{Gauges, Metrics};
@@ -57,8 +57,14 @@ impl<'a> StatusView<'a> {
         let (conn, session) = (slot.conn(), slot.conn().session());
         let online_for = self.now.saturating_duration_since(session.since());
         let since = SystemTime::now().checked_sub(online_for).unwrap_or(SystemTime::UNIX_EPOCH);
+        let id = conn.client_id();
+        let flap = self.hooks.flap_state(&id, self.now).map(|(penalty, flapping)| FlapView {
+            flapping,
+            // Two decimals are all a reader needs of a decaying count.
+            penalty: (penalty * 100.0).round() / 100.0,
+        });
         ClientView {
-            id: conn.client_id(),
+            id,
             peer: conn.peer().to_string(),
             listener: self.listeners.name(conn.listener()).to_owned(),
             protocol: session.proto().as_str().to_owned(),
@@ -69,6 +75,7 @@ impl<'a> StatusView<'a> {
                 .unwrap_or(u64::MAX),
             heartbeats: session.heartbeats(),
             tcp: sockopt::tcp_info(conn.stream()),
+            flap,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use heartbeatd_harness::http::{http_addr, scrape, with_http};
+use heartbeatd_harness::http::{get_json, http_addr, scrape, with_http, Canary};
 use heartbeatd_harness::*;
 
 /// A config with one native listener `main` (1 s timeout), the status API,
@@ -186,8 +186,9 @@ fn one_clients_runs_are_ordered_and_a_growing_queue_coalesces() {
     let hooks = hook_table(dir.path(), "slow", "[\"online\", \"offline\"]", SLOW, "");
     let d = start(dir, &hook_config("hook_concurrency = 8", &hooks));
     let addr = d.addr("main");
-    // Ten events for one client while its first run is still going.
-    for _ in 0..5 {
+    // Six events for one client while its first run is still going (three
+    // losses: not yet flapping, which takes more than three).
+    for _ in 0..3 {
         let mut c = NativeClient::connect(addr);
         c.join("flappy");
         c.bye("again");
@@ -204,10 +205,10 @@ fn one_clients_runs_are_ordered_and_a_growing_queue_coalesces() {
             .sum();
         let all_ended = order.lines().filter(|l| l.starts_with("start")).count()
             == order.lines().filter(|l| l.starts_with("end")).count();
-        if transitions == 10 && all_ended {
+        if transitions == 6 && all_ended {
             break order;
         }
-        assert!(Instant::now() < deadline, "runs do not account for 10 events:\n{order}");
+        assert!(Instant::now() < deadline, "runs do not account for 6 events:\n{order}");
         std::thread::sleep(Duration::from_millis(50));
     };
     let lines: Vec<&str> = order.lines().collect();
@@ -220,7 +221,7 @@ fn one_clients_runs_are_ordered_and_a_growing_queue_coalesces() {
         lines.iter().filter_map(|l| l.strip_prefix("start ")).map(|l| l.split(' ').collect()).collect();
     let ids: Vec<u64> = starts.iter().map(|s| s[0].parse().expect("id")).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "event order: {ids:?}");
-    assert!(starts.len() < 10, "coalesced: {order}");
+    assert!(starts.len() < 6, "coalesced: {order}");
     assert_eq!(starts.last().map(|s| s[1]), Some("offline"), "the latest state wins:\n{order}");
     let m = scrape(http_addr(&d));
     assert!(m.value("heartbeatd_hooks_coalesced_total", &[]) >= 1.0);
@@ -281,4 +282,84 @@ fn hooks_never_run_at_start_on_reload_for_probes_or_at_shutdown() {
     d.wait_exit(DEADLINE);
     assert!(d.find(ev("offline").kv("reason", "shutdown")).is_some());
     d.assert_absent_from(mark, ev("hook-started"), Duration::ZERO);
+}
+
+#[test]
+fn a_mass_loss_runs_one_mass_offline_hook_with_the_ids() {
+    let dir = TempDir::new("hooks-mass");
+    let hooks = hook_table(dir.path(), "rec", "[\"offline\", \"mass-offline\"]", RECORD, "");
+    let daemon = "mass_offline_window = \"1500ms\"\nmass_offline_min = 3";
+    let d = start(dir, &hook_config(daemon, &hooks));
+    let addr = d.addr("main");
+    // One client keeps beating; four go silent together (4 of 5 > 0.5).
+    let canary = Canary::start(addr, "alive", Duration::from_millis(100));
+    d.wait(ev("online").kv("client", "alive"));
+    let mut silent = Vec::new();
+    for i in 0..4 {
+        let mut c = NativeClient::connect(addr);
+        c.join(&format!("lost-{i}"));
+        silent.push(c);
+    }
+    let mass = d.wait(ev("mass-offline").kv("listener", "main"));
+    assert_eq!((mass.num("clients"), mass.num("window_ms")), (4, 1500), "{mass}");
+    assert!(mass.text.contains("ERROR"), "a mass loss is an error: {mass}");
+    assert_eq!(d.find_all(ev("offline").kv("reason", "timeout")).len(), 4, "each offline is still logged");
+    let run = d.wait(ev("hook-finished").kv("event", "mass-offline"));
+    assert_eq!((run.field("client"), run.field("outcome")), ("mass-offline:main", "ok"), "{run}");
+    let json: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(d.dir.join(&format!("run-{}-rec.json", run.num("id")))).expect("stdin file"),
+    )
+    .expect("json");
+    let mut ids: Vec<String> =
+        json["clients"].as_array().expect("ids").iter().map(|v| v.as_str().expect("id").to_owned()).collect();
+    ids.sort();
+    assert_eq!(ids, ["lost-0", "lost-1", "lost-2", "lost-3"]);
+    let env = env_file(&d.dir.join(&format!("run-{}-rec.env", run.num("id"))));
+    assert_eq!((env["HEARTBEAT_EVENT"].as_str(), env["HEARTBEAT_CLIENTS"].as_str()), ("mass-offline", "4"));
+    let m = scrape(http_addr(&d));
+    assert_eq!(m.value("heartbeatd_hooks_suppressed_total", &[("reason", "mass-offline")]), 4.0);
+    assert_eq!(m.value("heartbeatd_mass_offline_total", &[("listener", "main")]), 1.0);
+    assert!(d.find(ev("hook-started").kv("event", "offline")).is_none(), "no per-client offline run");
+    let report = canary.finish();
+    assert!(report.failure.is_none(), "{:?}", report.failure);
+}
+
+#[test]
+fn a_flapping_clients_hooks_are_suppressed_and_its_state_shown() {
+    let dir = TempDir::new("hooks-flap");
+    let hooks = hook_table(dir.path(), "rec", "[\"online\", \"offline\"]", RECORD, "");
+    let d = start(dir, &hook_config("", &hooks));
+    let addr = d.addr("main");
+    for _ in 0..4 {
+        let mut c = NativeClient::connect(addr);
+        c.join("flappy");
+        c.bye("again");
+        d.wait_next(ev("offline").kv("client", "flappy"), DEADLINE);
+    }
+    // The fourth loss passes 3: suppressed from there on, still logged.
+    let flapping = d.wait(ev("flapping").kv("client", "flappy"));
+    assert!(flapping.field("penalty").parse::<f64>().expect("penalty") > 3.0, "{flapping}");
+    let mut c = NativeClient::connect(addr);
+    c.join("flappy");
+    d.wait_next(ev("online").kv("client", "flappy"), DEADLINE);
+    let view = get_json(http_addr(&d), "/clients/flappy");
+    assert_eq!(view["flap"]["flapping"], true, "{view}");
+    assert!(view["flap"]["penalty"].as_f64().expect("penalty") > 3.0, "{view}");
+    c.bye("gone");
+    d.wait_next(ev("offline").kv("client", "flappy"), DEADLINE);
+    let m = scrape(http_addr(&d));
+    // The fourth offline, the fifth online and offline: logged, no run.
+    assert_eq!(m.value("heartbeatd_hooks_suppressed_total", &[("reason", "flapping")]), 3.0);
+    // The runs stand for the seven events before (coalesced as they came).
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let started = d.find_all(ev("hook-started"));
+        let transitions: u64 = started.iter().map(|l| l.num("transitions")).sum();
+        if transitions == 7 && d.find_all(ev("hook-finished")).len() == started.len() {
+            break;
+        }
+        assert!(transitions <= 7 && Instant::now() < deadline, "runs:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(d.find_all(ev("flapping")).len(), 1, "said once");
 }

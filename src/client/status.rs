@@ -281,6 +281,7 @@ mod tests {
             last_activity_ms: 1200,
             heartbeats: 3,
             tcp: Some(TcpView { rtt_us: 1500, rttvar_us: 10, retransmits: 0, unacked: 0 }),
+            flap: None,
         };
         let text = table(&[client], now);
         let lines: Vec<&str> = text.lines().collect();

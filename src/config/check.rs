@@ -64,6 +64,14 @@ const HOOK_CONCURRENCY: RangeInclusive<i64> = 1..=256;
 /// `[daemon] hook_queue`: default and range, in waiting runs.
 const DEFAULT_HOOK_QUEUE: usize = 1024;
 const HOOK_QUEUE: RangeInclusive<i64> = 1..=1_000_000;
+/// `[daemon] mass_offline_*`: defaults and ranges. The window must cover
+/// the spread of a fleet's silence verdicts after one cut (up to an
+/// interval, plus the tick); it delays silence offlines' hooks as long.
+const DEFAULT_MASS_OFFLINE_WINDOW: Duration = Duration::from_secs(10);
+const MASS_OFFLINE_WINDOW: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(600);
+const DEFAULT_MASS_OFFLINE_FRACTION: f64 = 0.5;
+const DEFAULT_MASS_OFFLINE_MIN: usize = 10;
+const MASS_OFFLINE_MIN: RangeInclusive<i64> = 1..=16_777_216;
 
 /// `[http] max_connections`: default and range. A handful of dashboards,
 /// scrapers and feed subscribers; each costs one fd and a buffer.
@@ -304,7 +312,35 @@ impl Source<'_> {
                 DEFAULT_HOOK_CONCURRENCY,
             )?,
             hook_queue: self.int_in(raw.hook_queue.as_ref(), "daemon.hook_queue", HOOK_QUEUE, DEFAULT_HOOK_QUEUE)?,
+            mass_offline_window: self.duration_in(
+                raw.mass_offline_window.as_ref(),
+                "daemon.mass_offline_window",
+                MASS_OFFLINE_WINDOW,
+                DEFAULT_MASS_OFFLINE_WINDOW,
+            )?,
+            mass_offline_fraction: self.fraction(raw.mass_offline_fraction.as_ref())?,
+            mass_offline_min: self.int_in(
+                raw.mass_offline_min.as_ref(),
+                "daemon.mass_offline_min",
+                MASS_OFFLINE_MIN,
+                DEFAULT_MASS_OFFLINE_MIN,
+            )?,
         })
+    }
+
+    /// `daemon.mass_offline_fraction`: a share in `0.0..1.0` (a mass loss
+    /// is *more* than it; 1.0 could never be passed).
+    fn fraction(&self, value: Option<&Spanned<f64>>) -> Result<f64, ConfigError> {
+        let Some(value) = value else { return Ok(DEFAULT_MASS_OFFLINE_FRACTION) };
+        let f = *value.get_ref();
+        if !(0.0..1.0).contains(&f) {
+            return Err(self.at(
+                value,
+                "daemon.mass_offline_fraction",
+                format!("must be at least 0.0 and below 1.0, got {f}"),
+            ));
+        }
+        Ok(f)
     }
 
     /// Validates the `[http]` table; returns it with the table's span, for

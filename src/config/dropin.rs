@@ -144,7 +144,13 @@ fn merge_daemon(source: &Source<'_>, mine: &mut RawDaemon, theirs: RawDaemon) ->
         log_level,
         hook_concurrency,
         hook_queue,
+        mass_offline_window,
+        mass_offline_fraction,
+        mass_offline_min,
     } = theirs;
+    one(source, "daemon.mass_offline_window", &mut mine.mass_offline_window, mass_offline_window)?;
+    one(source, "daemon.mass_offline_fraction", &mut mine.mass_offline_fraction, mass_offline_fraction)?;
+    one(source, "daemon.mass_offline_min", &mut mine.mass_offline_min, mass_offline_min)?;
     one(source, "daemon.hook_concurrency", &mut mine.hook_concurrency, hook_concurrency)?;
     one(source, "daemon.hook_queue", &mut mine.hook_queue, hook_queue)?;
     one(source, "daemon.tick", &mut mine.tick, tick)?;
@@ -180,6 +186,9 @@ pub(super) fn shift(raw: RawConfig, by: usize) -> RawConfig {
             log_level: s(d.log_level, by),
             hook_concurrency: s(d.hook_concurrency, by),
             hook_queue: s(d.hook_queue, by),
+            mass_offline_window: s(d.mass_offline_window, by),
+            mass_offline_fraction: s(d.mass_offline_fraction, by),
+            mass_offline_min: s(d.mass_offline_min, by),
         }),
         hook: super::hooks::shift(raw.hook, by),
         listener: raw.listener.map(|list| {

@@ -113,12 +113,15 @@ pub struct HookConfig {
 
 impl HookConfig {
     /// True when this hook runs for an event of `kind` about `client` on
-    /// `listener` (`reason` for offline events). A mass-offline event has
-    /// no single client: the `clients` filter does not apply to it.
+    /// `listener` (`reason` for offline events). The `reasons` filter
+    /// applies to offline events only; a mass-offline event has no single
+    /// client, so the `clients` filter does not apply to it.
     pub fn wants(&self, kind: HookEvent, listener: &str, client: Option<&str>, reason: Option<OfflineReason>) -> bool {
         self.events.contains(&kind)
             && (self.listeners.is_empty() || self.listeners.iter().any(|l| l == listener))
-            && (self.reasons.is_empty() || reason.is_some_and(|r| self.reasons.contains(&r)))
+            && (self.reasons.is_empty()
+                || kind != HookEvent::Offline
+                || reason.is_some_and(|r| self.reasons.contains(&r)))
             && client.is_none_or(|id| self.clients.is_empty() || self.clients.iter().any(|p| pattern_matches(p, id)))
     }
 }
@@ -418,8 +421,8 @@ mod tests {
         assert!(!hook.wants(HookEvent::Offline, "a", Some("dev-1"), Some(OfflineReason::Left)));
         assert!(!hook.wants(HookEvent::Offline, "a", Some("prod-1"), Some(OfflineReason::Timeout)));
         assert!(!hook.wants(HookEvent::Offline, "b", Some("dev-1"), Some(OfflineReason::Timeout)));
-        // A mass-offline event carries a reason and no single client.
-        assert!(hook.wants(HookEvent::MassOffline, "a", None, Some(OfflineReason::Timeout)));
+        // A mass-offline event has no single client and no reason.
+        assert!(hook.wants(HookEvent::MassOffline, "a", None, None));
     }
 
     #[test]
@@ -475,6 +478,7 @@ mod tests {
             "hook[0].timeout",
             "must be 100ms..=1h",
         );
+        assert_err("[daemon]\nmass_offline_fraction = 1.0\n", 2, "daemon.mass_offline_fraction", "below 1.0");
         let twice = "[[hook]]\nname = \"x\"\nevents = [\"offline\"]\ncommand = [\"/bin/true\"]\n";
         assert_err(&(base + twice + twice), 8, "hook[1].name", "duplicate hook name \"x\"");
     }

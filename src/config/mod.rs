@@ -110,6 +110,13 @@ pub struct DaemonConfig {
     /// Most hook runs waiting to start, over all clients; more are dropped
     /// and counted.
     pub hook_queue: usize,
+    /// The mass-loss guard's window (`hooks/guard.rs`); zero is off.
+    pub mass_offline_window: Duration,
+    /// More than this share of a listener's online clients, going silent
+    /// within one window, is a mass loss…
+    pub mass_offline_fraction: f64,
+    /// …when they are at least this many.
+    pub mass_offline_min: usize,
 }
 
 /// One `[[listener]]` table.
@@ -382,6 +389,9 @@ pub(super) mod tests {
             log_level: log::LevelFilter::Info,
             hook_concurrency: 4,
             hook_queue: 1024,
+            mass_offline_window: secs(10),
+            mass_offline_fraction: 0.5,
+            mass_offline_min: 10,
         }
     }
 
@@ -458,7 +468,7 @@ pub(super) mod tests {
             assert_eq!(config, embedded().unwrap(), "uncommented {line:?}");
             checked += 1;
         }
-        assert_eq!(checked, 21);
+        assert_eq!(checked, 24);
     }
 
     #[test]
@@ -512,6 +522,9 @@ pub(super) mod tests {
             "subscriber_buffer",
             "hook_concurrency",
             "hook_queue",
+            "mass_offline_window",
+            "mass_offline_fraction",
+            "mass_offline_min",
             "[[hook]]",
             "events",
             "listeners",

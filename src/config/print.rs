@@ -31,6 +31,10 @@ pub fn to_toml(config: &Config, origin: &str) -> String {
     let _ = writeln!(out, "log_level = {}", string(&d.log_level.as_str().to_ascii_lowercase()));
     let _ = writeln!(out, "hook_concurrency = {}", d.hook_concurrency);
     let _ = writeln!(out, "hook_queue = {}", d.hook_queue);
+    let _ = writeln!(out, "mass_offline_window = {}", duration(d.mass_offline_window));
+    // `{:?}` keeps the decimal point TOML needs for a float (`1.0`, not `1`).
+    let _ = writeln!(out, "mass_offline_fraction = {:?}", d.mass_offline_fraction);
+    let _ = writeln!(out, "mass_offline_min = {}", d.mass_offline_min);
     for listener in &config.listeners {
         write_listener(&mut out, listener);
     }

@@ -49,6 +49,9 @@ pub(super) struct RawDaemon {
     pub(super) log_level: Option<Spanned<String>>,
     pub(super) hook_concurrency: Option<Spanned<i64>>,
     pub(super) hook_queue: Option<Spanned<i64>>,
+    pub(super) mass_offline_window: Option<Spanned<String>>,
+    pub(super) mass_offline_fraction: Option<Spanned<f64>>,
+    pub(super) mass_offline_min: Option<Spanned<i64>>,
 }
 
 /// One `[[listener]]` table as written.

@@ -20,10 +20,11 @@
 //!   `heartbeatd_hook_runs_total`; every queued run is started, coalesced
 //!   into a later one, or (at a full queue) dropped and counted.
 
+mod guard;
 mod queue;
 mod spawn;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
@@ -38,6 +39,7 @@ use crate::config::{Config, HookConfig, HookEvent};
 use crate::event::{Event, Logfmt, OfflineReason};
 use crate::http::feed::unix_ms;
 use crate::metrics::{family, sample};
+use guard::{Damped, Flaps, MassGuard, MassPolicy, Seen};
 use queue::{Job, Pushed, Queue};
 use spawn::{Outcome, Pipe, Run, Spec};
 
@@ -180,6 +182,16 @@ pub struct Hooks {
     per_hook: BTreeMap<Rc<str>, HookCounters>,
     dropped: u64,
     coalesced: u64,
+    /// Clients online per listener, as the events tell (the mass-loss
+    /// guard's denominator).
+    online: HashMap<String, usize>,
+    mass: MassGuard<Rc<Fired>>,
+    policy: MassPolicy,
+    flaps: Flaps<Rc<Fired>>,
+    /// Runs left out: by a mass loss's one run, by flap damping.
+    replaced_by_mass: u64,
+    damped: u64,
+    mass_events: BTreeMap<String, u64>,
 }
 
 impl Hooks {
@@ -197,6 +209,13 @@ impl Hooks {
             per_hook: BTreeMap::new(),
             dropped: 0,
             coalesced: 0,
+            online: HashMap::new(),
+            mass: MassGuard::default(),
+            policy: policy_of(config),
+            flaps: Flaps::default(),
+            replaced_by_mass: 0,
+            damped: 0,
+            mass_events: BTreeMap::new(),
         };
         hooks.reconfigure(config);
         Ok(hooks)
@@ -208,6 +227,7 @@ impl Hooks {
         self.hooks = config.hooks.iter().cloned().map(Rc::new).collect();
         self.concurrency = config.daemon.hook_concurrency.max(1);
         self.queue.set_bound(config.daemon.hook_queue);
+        self.policy = policy_of(config);
         for hook in &self.hooks {
             self.per_hook.entry(Rc::from(hook.name.as_str())).or_default();
         }
@@ -223,19 +243,100 @@ impl Hooks {
     /// restart): they are numbered, nothing more.
     pub fn on_event(&mut self, registry: &Registry, event: &Event<'_>, live: bool, now: Instant) {
         self.last_id += 1;
-        if !live || self.hooks.is_empty() {
+        let listener = event.client().listener;
+        let online = self.online.entry(listener.to_owned()).or_default();
+        let before = *online;
+        match event {
+            Event::Online(_) => *online += 1,
+            Event::Offline { .. } => *online = online.saturating_sub(1),
+        }
+        if !live {
             return;
         }
-        if let Event::Offline { reason: OfflineReason::Shutdown, .. } = event {
-            return;
-        }
+        let silence = match event {
+            Event::Offline { reason: OfflineReason::Shutdown, .. } => return,
+            Event::Offline { reason, .. } => guard::is_silence(*reason),
+            Event::Online(_) => false,
+        };
         let fired = Rc::new(Fired::of(event, self.last_id, SystemTime::now()));
-        self.fire(fired);
+        let client = fired.client.clone();
+        let seen = Seen { listener, client: &client, silence, online: before };
+        if let Some(fired) = self.mass.offer(&self.policy, seen, fired, now) {
+            self.damp(fired, now);
+        }
         self.start_ready(registry, now);
     }
 
+    /// Passes an event through flap damping to the queue.
+    fn damp(&mut self, fired: Rc<Fired>, now: Instant) {
+        let offline = fired.kind == HookEvent::Offline;
+        match self.flaps.on_event(&fired.client, offline, Rc::clone(&fired), now) {
+            Damped::Run => self.fire(fired, 1),
+            Damped::Suppressed { began } => {
+                self.damped += 1;
+                if began {
+                    let penalty = self.flaps.state(&fired.client, now).map_or(0.0, |(p, _)| p);
+                    warn!(
+                        "flapping client={} listener={} penalty={:.2} hooks=suppressed release_below={}",
+                        Logfmt(&fired.client),
+                        Logfmt(&fired.listener),
+                        penalty,
+                        guard::RELEASE_BELOW
+                    );
+                }
+            }
+        }
+    }
+
+    /// The flap state `/clients/{id}` shows: the decayed count of recent
+    /// offlines and whether the client's hooks are suppressed.
+    pub fn flap_state(&self, client: &str, now: Instant) -> Option<(f64, bool)> {
+        self.flaps.state(client, now)
+    }
+
+    /// Closes due mass-loss windows and releases flapping clients whose
+    /// penalty decayed.
+    fn on_guards(&mut self, now: Instant) {
+        for verdict in self.mass.close_due(&self.policy, now) {
+            if let Some(ids) = verdict.mass {
+                self.replaced_by_mass += u64::try_from(verdict.replaced).unwrap_or(u64::MAX);
+                *self.mass_events.entry(verdict.listener.clone()).or_default() += 1;
+                log::error!(
+                    "mass-offline listener={} clients={} window_ms={}",
+                    Logfmt(&verdict.listener),
+                    ids.len(),
+                    verdict.window.as_millis()
+                );
+                let fired = Fired {
+                    id: self.last_id,
+                    kind: HookEvent::MassOffline,
+                    client: String::new(),
+                    peer: String::new(),
+                    listener: verdict.listener.clone(),
+                    protocol: "",
+                    session: 0,
+                    reason: None,
+                    silent_ms: 0,
+                    connected_ms: 0,
+                    at_ms: unix_ms(SystemTime::now()),
+                    clients: ids,
+                };
+                self.fire(Rc::new(fired), 1);
+            }
+            for (_, fired) in verdict.release {
+                self.damp(fired, now);
+            }
+        }
+        for (client, held) in self.flaps.release(now) {
+            info!("flapping-ended client={} suppressed={}", Logfmt(&client), held.as_ref().map_or(0, |(_, n)| *n));
+            if let Some((fired, transitions)) = held {
+                self.fire(fired, transitions);
+            }
+        }
+    }
+
     /// Queues every hook that wants `fired`, under its client's key.
-    fn fire(&mut self, fired: Rc<Fired>) {
+    fn fire(&mut self, fired: Rc<Fired>, transitions: u32) {
         let client = (fired.kind != HookEvent::MassOffline).then_some(fired.client.as_str());
         let key = match fired.kind {
             HookEvent::MassOffline => format!("\0mass-offline\0{}", fired.listener),
@@ -244,7 +345,7 @@ impl Hooks {
         let wanted: Vec<Rc<HookConfig>> =
             self.hooks.iter().filter(|h| h.wants(fired.kind, &fired.listener, client, fired.reason)).cloned().collect();
         for hook in wanted {
-            let job = Job { hook: Rc::from(hook.name.as_str()), event: Rc::clone(&fired), transitions: 1 };
+            let job = Job { hook: Rc::from(hook.name.as_str()), event: Rc::clone(&fired), transitions };
             match self.queue.push(&key, job) {
                 Pushed::Queued => {}
                 Pushed::Coalesced => self.coalesced += 1,
@@ -378,13 +479,15 @@ impl Hooks {
         counters.seconds += took.as_secs_f64();
     }
 
-    /// The next timeout or kill due.
+    /// The next timeout or kill, window close or flap release due.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.runs.iter().map(|(_, (run, _))| run.deadline()).min()
+        let runs = self.runs.iter().map(|(_, (run, _))| run.deadline()).min();
+        [runs, self.mass.next_close(&self.policy), self.flaps.next_release()].into_iter().flatten().min()
     }
 
     /// Escalates runs past their deadline (SIGTERM, then SIGKILL).
     pub fn on_time(&mut self, registry: &Registry, now: Instant) {
+        self.on_guards(now);
         for (_, (run, _)) in self.runs.iter_mut() {
             run.on_deadline(now);
         }
@@ -424,6 +527,27 @@ impl Hooks {
             "Hook runs merged into a later run of the same hook for the same client.",
         );
         sample(out, "heartbeatd_hooks_coalesced_total", &[], self.coalesced);
+        family(
+            out,
+            "heartbeatd_hooks_suppressed_total",
+            "counter",
+            "Events whose hooks did not run: replaced by one mass-offline run, or damped while the client flapped.",
+        );
+        sample(out, "heartbeatd_hooks_suppressed_total", &[("reason", "mass-offline")], self.replaced_by_mass);
+        sample(out, "heartbeatd_hooks_suppressed_total", &[("reason", "flapping")], self.damped);
+        family(out, "heartbeatd_mass_offline_total", "counter", "Mass losses detected, by listener.");
+        for (listener, n) in &self.mass_events {
+            sample(out, "heartbeatd_mass_offline_total", &[("listener", listener)], n);
+        }
+    }
+}
+
+/// The mass-loss settings of `config`.
+fn policy_of(config: &Config) -> MassPolicy {
+    MassPolicy {
+        window: config.daemon.mass_offline_window,
+        fraction: config.daemon.mass_offline_fraction,
+        min: config.daemon.mass_offline_min,
     }
 }
 

@@ -187,6 +187,7 @@ mod tests {
             last_activity_ms: 5,
             heartbeats: 2,
             tcp: None,
+            flap: None,
         };
         Fixed(vec![client("a/b c", "main"), client("z", "other")])
     }
