@@ -55,6 +55,34 @@ pub struct FlapView {
     pub penalty: f64,
 }
 
+/// One client as `/clients?state=all` lists it: every online client and
+/// every expected one (`expect`), whatever its state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PresenceView {
+    /// HELLO id, or the peer address for legacy and raw clients.
+    pub id: String,
+    /// Listener name.
+    pub listener: String,
+    /// `online`, `offline` or `never-seen` (since the daemon started or
+    /// the id was added to `expect`).
+    pub state: String,
+    /// Listed in its listener's `expect`.
+    pub expected: bool,
+    /// Since when it is in this state, RFC 3339 UTC.
+    pub since: String,
+    /// The same instant in Unix milliseconds.
+    pub since_ms: u64,
+    /// The reason of the last offline, when offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Its session, when online.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
+    /// Its peer address, when online.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
 /// The kernel's view of a connection (`TCP_INFO`), the fields operators ask
 /// for: what `sockopt::tcp_info` reads and `/clients` shows as `tcp`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -132,6 +160,13 @@ pub trait View {
     fn metrics(&self, http: &HttpStats) -> String;
     /// The `/healthz` answer.
     fn health(&self) -> Health;
+    /// `/clients?state=all`: every online client and every expected one,
+    /// optionally of one listener. None by default (a view without
+    /// expected clients lists nothing).
+    fn presence(&self, listener: Option<&str>) -> Vec<PresenceView> {
+        let _ = listener;
+        Vec::new()
+    }
 }
 
 /// The HTTP layer's own numbers, handed to [`View::metrics`] for

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use slab::Slab;
 
-use crate::api::{ClientView, FlapView, Health, HttpStats, View};
+use crate::api::{ClientView, FlapView, Health, HttpStats, PresenceView, View};
 use crate::config::ListenerConfig;
 use crate::http::feed::unix_ms;
 use crate::metrics::{Gauges, Metrics};
@@ -118,6 +118,28 @@ impl View for StatusView<'_> {
         };
         let mut out = self.metrics.render(&gauges);
         self.hooks.render_metrics(&mut out);
+        out
+    }
+
+    fn presence(&self, listener: Option<&str>) -> Vec<PresenceView> {
+        let expected = self.hooks.expected();
+        let mut out: Vec<PresenceView> = self
+            .clients(listener)
+            .into_iter()
+            .filter(|c| !expected.contains(&c.id))
+            .map(|c| PresenceView {
+                id: c.id,
+                listener: c.listener,
+                state: "online".to_owned(),
+                expected: false,
+                since: c.online_since,
+                since_ms: c.online_since_ms,
+                reason: None,
+                session: Some(c.session),
+                peer: Some(c.peer),
+            })
+            .collect();
+        out.extend(expected.views(listener));
         out
     }
 

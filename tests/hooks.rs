@@ -363,3 +363,124 @@ fn a_flapping_clients_hooks_are_suppressed_and_its_state_shown() {
     }
     assert_eq!(d.find_all(ev("flapping")).len(), 1, "said once");
 }
+
+#[test]
+fn expected_clients_are_listed_and_a_never_seen_one_is_missing_once() {
+    let dir = TempDir::new("hooks-expect");
+    let hooks = hook_table(dir.path(), "rec", "[\"missing\"]", RECORD, "");
+    fs::write(dir.join("fleet"), "# expected\ndev-1\ndev-2\n").expect("writing the expect file");
+    let listener = native("main", "interval = \"200ms\"\ntimeout = \"1s\"\nexpect_file = \"fleet\"\n");
+    let text = format!("{}\n{hooks}", with_http(&config("10ms", "", &[listener]), ""));
+    let d = start(dir, &text);
+    let (addr, http) = (d.addr("main"), http_addr(&d));
+    let mut one = NativeClient::connect(addr);
+    one.join("dev-1");
+    let canary = Canary::start(addr, "stranger", Duration::from_millis(100));
+    d.wait(ev("online").kv("client", "stranger"));
+    one.bye("maintenance");
+    d.wait(ev("offline").kv("client", "dev-1"));
+    // dev-2 never came: one missing event (a warning), one run.
+    let missing = d.wait(ev("missing").kv("client", "dev-2"));
+    assert_eq!(missing.field("listener"), "main");
+    assert!(missing.text.contains("WARN"), "{missing}");
+    let run = d.wait(ev("hook-finished").kv("event", "missing"));
+    assert_eq!(run.field("client"), "dev-2");
+    // dev-1 is offline too at the check: it was online and left.
+    let listed = get_json(http, "/clients?state=all");
+    let by_id = |id: &str| listed.as_array().expect("array").iter().find(|c| c["id"] == id).cloned();
+    let dev1 = by_id("dev-1").expect("dev-1 listed");
+    assert_eq!(
+        (dev1["state"].as_str(), dev1["reason"].as_str(), dev1["expected"].as_bool()),
+        (Some("offline"), Some("left"), Some(true))
+    );
+    let dev2 = by_id("dev-2").expect("dev-2 listed");
+    assert_eq!(dev2["state"], "never-seen");
+    let stranger = by_id("stranger").expect("online clients listed too");
+    assert_eq!((stranger["state"].as_str(), stranger["expected"].as_bool()), (Some("online"), Some(false)));
+    let m = scrape(http);
+    assert_eq!(m.value("heartbeatd_expected_clients", &[("state", "never-seen")]), 1.0);
+    assert_eq!(m.value("heartbeatd_expected_clients", &[("state", "offline")]), 1.0);
+
+    // A reload adds dev-3 (and keeps dev-2 without a second missing).
+    fs::write(d.dir.join("fleet"), "dev-1\ndev-2\ndev-3\n").expect("rewriting the expect file");
+    let mark = d.mark();
+    d.signal(libc::SIGHUP);
+    d.wait_from(mark, ev("reloaded"), DEADLINE);
+    let added = d.wait_from(mark, ev("missing").kv("client", "dev-3"), DEADLINE);
+    assert!(added.at > missing.at);
+    d.assert_absent_from(mark, ev("missing").kv("client", "dev-2"), Duration::from_millis(300));
+    assert_eq!(d.find_all(ev("missing")).len(), 3, "dev-1, dev-2 once each, then dev-3");
+    assert_eq!(get_json(http, "/clients?state=all").as_array().map(Vec::len), Some(4));
+    assert!(canary.finish().failure.is_none());
+}
+
+/// `heartbeat watch --json --resume CURSOR --count N` to completion; its
+/// JSON lines.
+fn watch_json(http: std::net::SocketAddr, cursor: &Path, count: usize) -> Vec<serde_json::Value> {
+    let mut command = Command::new(bin("heartbeat"));
+    command.args(["watch", "--json", "--server", &http.to_string(), "--count", &count.to_string(), "--resume"]);
+    command.arg(cursor);
+    let watch = Proc::spawn("heartbeat watch", command, Output::Stdout);
+    let status = watch.wait_exit(DEADLINE);
+    assert!(status.success(), "watch: {status}\n{}", watch.text());
+    watch.lines().iter().map(|l| serde_json::from_str(&l.text).unwrap_or_else(|e| panic!("{e}: {}", l.text))).collect()
+}
+
+#[test]
+fn the_resumable_stream_continues_across_restarts_of_watch_and_of_the_daemon() {
+    let dir = TempDir::new("hooks-resume");
+    // A fixed status API port, so the restarted daemon serves where the
+    // watcher looks.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+    let base = config("10ms", "", &[native("main", "timeout = \"30s\"\n")]);
+    let text = format!("{base}\n[http]\naddress = \"127.0.0.1:{port}\"\n");
+    let path = dir.write("heartbeatd.toml", &text);
+    let cursor = dir.join("cursor");
+    let d = Daemon::start_in(dir, path.clone());
+    let (addr, http) = (d.addr("main"), http_addr(&d));
+
+    let mut a = NativeClient::connect(addr);
+    a.join("dev-a");
+    d.wait(ev("online").kv("client", "dev-a"));
+    // First run: a snapshot (no cursor yet), then two events.
+    let watcher = std::thread::spawn(move || watch_json(http, &cursor, 2));
+    let mut b = NativeClient::connect(addr);
+    // The watcher's snapshot must come first: wait for its subscription.
+    let deadline = Instant::now() + DEADLINE;
+    while scrape(http).value("heartbeatd_event_subscribers", &[]) < 1.0 {
+        assert!(Instant::now() < deadline, "the watcher never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    b.join("dev-b");
+    a.bye("done");
+    let lines = watcher.join().expect("watch thread");
+    let kinds: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap_or("")).collect();
+    assert_eq!(kinds, ["snapshot", "online", "offline"], "{lines:?}");
+    assert_eq!((lines[1]["client"].as_str(), lines[2]["client"].as_str()), (Some("dev-b"), Some("dev-a")));
+    let last = lines[2]["id"].as_u64().expect("id");
+    let cursor = d.dir.join("cursor");
+    assert!(fs::read_to_string(&cursor).expect("cursor").starts_with(&format!("{last} ")));
+
+    // Watch restarted: what happened meanwhile is replayed, no snapshot.
+    b.bye("bye");
+    d.wait(ev("offline").kv("client", "dev-b"));
+    let lines = watch_json(http, &cursor, 1);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!((lines[0]["event"].as_str(), lines[0]["client"].as_str()), (Some("offline"), Some("dev-b")));
+    assert_eq!(lines[0]["id"].as_u64(), Some(last + 1));
+
+    // The daemon restarted: a gap line, then the new daemon's events from
+    // its first.
+    d.signal(libc::SIGTERM);
+    d.wait_exit(DEADLINE);
+    let dir = TempDir::new("hooks-resume-2");
+    let d2 = Daemon::start_in(dir, path);
+    let mut c = NativeClient::connect(d2.addr("main"));
+    c.join("dev-c");
+    d2.wait(ev("online").kv("client", "dev-c"));
+    let lines = watch_json(http_addr(&d2), &cursor, 1);
+    let kinds: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap_or("")).collect();
+    assert_eq!(kinds, ["gap", "online"], "{lines:?}");
+    assert_eq!(lines[0]["last_event_id"].as_u64(), Some(last + 1));
+    assert_eq!((lines[1]["client"].as_str(), lines[1]["id"].as_u64()), (Some("dev-c"), Some(1)));
+}

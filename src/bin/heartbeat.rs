@@ -36,6 +36,9 @@ fn main() -> ExitCode {
 }
 
 fn status(args: StatusArgs) -> ExitCode {
+    if args.all {
+        return status_all(&args);
+    }
     match client::status::clients(&args.api.server, args.listener.as_deref(), args.timeout) {
         Ok(clients) if args.json => match serde_json::to_string_pretty(&clients) {
             Ok(json) => {
@@ -58,6 +61,66 @@ fn status(args: StatusArgs) -> ExitCode {
     }
 }
 
+/// `heartbeat status --all`: online and expected clients with their state.
+fn status_all(args: &StatusArgs) -> ExitCode {
+    match client::status::presence(&args.api.server, args.listener.as_deref(), args.timeout) {
+        Ok(clients) if args.json => match serde_json::to_string_pretty(&clients) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("heartbeat: encoding JSON: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(clients) => {
+            print!("{}", client::status::presence_table(&clients, SystemTime::now()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("heartbeat: reading http://{}/clients?state=all: {e}", args.api.server);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `heartbeat watch --json [--resume FILE]`: JSON lines, resumable
+/// (`client::resume`).
+fn watch_json(args: &WatchArgs) -> ExitCode {
+    let path = args.resume.as_deref();
+    let mut cursor = path.and_then(client::resume::Cursor::load);
+    let mut seen = 0usize;
+    let mut connected_once = false;
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        let before = seen;
+        let result = client::resume::follow_once(&args.api.server, path, &mut cursor, WATCH_IDLE, &mut stdout, |n| {
+            args.count.is_none_or(|max| before + n < max)
+        });
+        match result {
+            Ok(n) => {
+                connected_once = true;
+                seen += n;
+                if args.count.is_some_and(|max| seen >= max) {
+                    return ExitCode::SUCCESS;
+                }
+                eprintln!("heartbeat: feed ended; resuming in {}s", WATCH_RETRY.as_secs());
+            }
+            Err(client::status::StatusError::Io(what, e)) if what == "writing stdout" => {
+                eprintln!("heartbeat: {what}: {e}");
+                return ExitCode::FAILURE;
+            }
+            Err(e) if !connected_once && cursor.is_none() => {
+                eprintln!("heartbeat: following http://{}/events: {e}", args.api.server);
+                return ExitCode::FAILURE;
+            }
+            Err(e) => eprintln!("heartbeat: feed broken ({e}); resuming in {}s", WATCH_RETRY.as_secs()),
+        }
+        thread::sleep(WATCH_RETRY);
+    }
+}
+
 /// How long `watch` waits before resuming a broken feed.
 const WATCH_RETRY: Duration = Duration::from_secs(2);
 
@@ -66,6 +129,9 @@ const WATCH_RETRY: Duration = Duration::from_secs(2);
 const WATCH_IDLE: Duration = Duration::from_secs(40);
 
 fn watch(args: WatchArgs) -> ExitCode {
+    if args.json {
+        return watch_json(&args);
+    }
     let mut last_id = args.last_event_id.map(|id| id.to_string());
     let mut seen = 0usize;
     let mut connected_once = false;

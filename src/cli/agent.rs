@@ -78,6 +78,12 @@ pub struct StatusArgs {
     #[arg(long, value_name = "NAME")]
     pub listener: Option<String>,
 
+    /// Every expected client (listeners' expect) too, with its state:
+    /// online, offline (since, last reason) or never seen (GET
+    /// /clients?state=all).
+    #[arg(long)]
+    pub all: bool,
+
     /// Bound on connecting and reading.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -102,6 +108,18 @@ pub struct WatchArgs {
     /// Prefix each line with its event id.
     #[arg(long)]
     pub ids: bool,
+
+    /// Print one JSON object per event and line, in order, for programs
+    /// (online, offline, snapshot, gap), each with its `event` and `id`.
+    #[arg(long)]
+    pub json: bool,
+
+    /// With --json: keep the id of the last line printed in FILE (replaced
+    /// atomically) and continue after it when started again, also across a
+    /// restart of the daemon; a `gap` line says when the daemon's history
+    /// no longer covers it. At least once: a line may repeat after a crash.
+    #[arg(long, value_name = "FILE", requires = "json", conflicts_with = "last_event_id")]
+    pub resume: Option<PathBuf>,
 }
 
 /// The daemon's heartbeat address and token, shared by `run` and `check`.

@@ -84,6 +84,7 @@ mod backoff;
 mod check;
 mod link;
 mod options;
+pub mod resume;
 pub mod status;
 
 pub use agent::{start, Handle, LostReason, StartError, State, Status, StopReason, Stopper};

@@ -11,7 +11,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, SystemTime};
 
-use crate::api::ClientView;
+use crate::api::{ClientView, PresenceView};
 
 /// Why the API could not be read.
 #[derive(Debug)]
@@ -156,6 +156,80 @@ pub fn clients(http: &str, listener: Option<&str>, timeout: Duration) -> Result<
         .read_to_string(&mut body)
         .map_err(|e| io_error("reading /clients".into(), e, timeout))?;
     serde_json::from_str(&body).map_err(|e| StatusError::Malformed(format!("/clients is not the client list: {e}")))
+}
+
+/// Reads one JSON answer of the API at `path`.
+fn get_json<T: serde::de::DeserializeOwned>(http: &str, path: &str, timeout: Duration) -> Result<T, StatusError> {
+    let mut body = String::new();
+    get(http, path, timeout, "")?
+        .read_to_string(&mut body)
+        .map_err(|e| io_error(format!("reading {path}"), e, timeout))?;
+    serde_json::from_str(&body).map_err(|e| StatusError::Malformed(format!("{path}: {e}")))
+}
+
+/// The daemon's `/healthz` (its uptime tells `watch --resume` which daemon
+/// numbered the events).
+pub fn health(http: &str, timeout: Duration) -> Result<HealthView, StatusError> {
+    get_json(http, "/healthz", timeout)
+}
+
+/// The parts of `/healthz` the agent reads ([`crate::api::Health`] as
+/// received).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct HealthView {
+    /// Milliseconds since the daemon started.
+    pub uptime_ms: u64,
+}
+
+/// Every online and every expected client, from `GET /clients?state=all`.
+pub fn presence(http: &str, listener: Option<&str>, timeout: Duration) -> Result<Vec<PresenceView>, StatusError> {
+    let path = match listener {
+        Some(name) => format!("/clients?state=all&listener={}", percent_encode(name)),
+        None => "/clients?state=all".to_owned(),
+    };
+    get_json(http, &path, timeout)
+}
+
+/// The `heartbeat status --all` table: one row per client, expected or
+/// online, with its state.
+pub fn presence_table(clients: &[PresenceView], now: SystemTime) -> String {
+    let header = ["ID", "LISTENER", "STATE", "EXPECTED", "SINCE", "REASON", "PEER"];
+    let rows: Vec<[String; 7]> = clients
+        .iter()
+        .map(|c| {
+            let since = SystemTime::UNIX_EPOCH + Duration::from_millis(c.since_ms);
+            [
+                c.id.clone(),
+                c.listener.clone(),
+                c.state.clone(),
+                if c.expected { "yes" } else { "no" }.to_owned(),
+                format!("{} ago", short(now.duration_since(since).unwrap_or_default())),
+                c.reason.clone().unwrap_or_else(|| "-".into()),
+                c.peer.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    let online = clients.iter().filter(|c| c.state == "online").count();
+    let expected = clients.iter().filter(|c| c.expected).count();
+    let missing = clients.iter().filter(|c| c.expected && c.state != "online").count();
+    out.push_str(&format!("{online} online, {expected} expected, {missing} expected not online\n"));
+    out
 }
 
 /// Follows `GET /events`, calling `on_event` for each event until the

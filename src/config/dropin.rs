@@ -231,6 +231,11 @@ fn shift_listener(table: Spanned<RawListener>, by: usize) -> Spanned<RawListener
             Spanned::new(span, list.into_inner().into_iter().map(|t| moved_value(t, by)).collect())
         }),
         tokens_file: s(l.tokens_file, by),
+        expect: l.expect.map(|list| {
+            let span = moved(list.span(), by);
+            Spanned::new(span, list.into_inner().into_iter().map(|t| moved_value(t, by)).collect())
+        }),
+        expect_file: s(l.expect_file, by),
         tcp: l.tcp.map(|t| RawTcp {
             keepalive_idle: s(t.keepalive_idle, by),
             keepalive_interval: s(t.keepalive_interval, by),

@@ -142,6 +142,13 @@ impl ListenerSource<'_> {
         )?;
         let max_frame = self.max_frame(raw.max_frame.as_ref(), protocol)?;
         let tokens = self.tokens(&raw)?;
+        let expect = super::expect::expected(
+            self.source,
+            &self.prefix,
+            super::expect::RawExpect { list: raw.expect.as_ref(), file: raw.expect_file.as_ref() },
+            protocol,
+            self.base_dir,
+        )?;
         let tcp = self.tcp(raw.tcp.unwrap_or_default())?;
         Ok(CheckedListener {
             config: ListenerConfig {
@@ -155,6 +162,7 @@ impl ListenerSource<'_> {
                 echo: raw.echo.is_some_and(Spanned::into_inner),
                 max_frame,
                 tokens,
+                expect,
                 tcp,
             },
             name_span: name.span(),

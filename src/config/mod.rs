@@ -33,6 +33,7 @@
 
 mod check;
 mod dropin;
+mod expect;
 mod file;
 mod hooks;
 mod listener;
@@ -143,6 +144,9 @@ pub struct ListenerConfig {
     pub max_frame: usize,
     /// `native`: accepted HELLO tokens; empty means no authentication.
     pub tokens: Vec<Vec<u8>>,
+    /// `native`: the ids of the clients that should be online
+    /// (`expect` or `expect_file`, `expect.rs`).
+    pub expect: Vec<String>,
     /// The `[listener.tcp]` socket options.
     pub tcp: TcpConfig,
 }
@@ -410,6 +414,7 @@ pub(super) mod tests {
                 echo: false,
                 max_frame: 1024,
                 tokens: vec![],
+                expect: vec![],
                 tcp: default_tcp(),
             }],
             http: Some(HttpConfig {

@@ -92,6 +92,10 @@ fn write_listener(out: &mut String, l: &ListenerConfig) {
         let tokens: Vec<String> = l.tokens.iter().map(|t| string(&String::from_utf8_lossy(t))).collect();
         let _ = writeln!(out, "tokens = [{}]", tokens.join(", "));
     }
+    if !l.expect.is_empty() {
+        let ids: Vec<String> = l.expect.iter().map(|id| string(id)).collect();
+        let _ = writeln!(out, "expect = [{}]", ids.join(", "));
+    }
     write_tcp(out, &l.tcp);
 }
 

@@ -70,6 +70,8 @@ pub(super) struct RawListener {
     pub(super) max_frame: Option<Spanned<i64>>,
     pub(super) tokens: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) tokens_file: Option<Spanned<String>>,
+    pub(super) expect: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) expect_file: Option<Spanned<String>>,
     pub(super) tcp: Option<RawTcp>,
 }
 

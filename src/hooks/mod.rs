@@ -3,7 +3,8 @@
 //!
 //! The loop hands every event to [`Hooks::on_event`] at its fan-out. Each
 //! event gets a number (`HEARTBEAT_ID`, the same as its `/events` id while
-//! the status API has served since start), the hooks that want it are
+//! the status API has served since start; a `mass-offline` or `missing`
+//! run gets the number of the last event before it), the hooks that want it are
 //! queued per client (`queue.rs`), and runs start while fewer than
 //! `daemon.hook_concurrency` are going (`spawn.rs`). A child's pipes and
 //! its exit (SIGCHLD, through `signal-hook-mio`, then `try_wait` of each
@@ -20,6 +21,7 @@
 //!   `heartbeatd_hook_runs_total`; every queued run is started, coalesced
 //!   into a later one, or (at a full queue) dropped and counted.
 
+mod expect;
 mod guard;
 mod queue;
 mod spawn;
@@ -192,6 +194,8 @@ pub struct Hooks {
     replaced_by_mass: u64,
     damped: u64,
     mass_events: BTreeMap<String, u64>,
+    expected: expect::Expected,
+    missing: u64,
 }
 
 impl Hooks {
@@ -216,14 +220,18 @@ impl Hooks {
             replaced_by_mass: 0,
             damped: 0,
             mass_events: BTreeMap::new(),
+            expected: expect::Expected::default(),
+            missing: 0,
         };
-        hooks.reconfigure(config);
+        hooks.reconfigure(config, |_| false, Instant::now());
         Ok(hooks)
     }
 
     /// Replaces the hook set and limits (a reload). Runs already queued or
-    /// going keep the command they were queued with.
-    pub fn reconfigure(&mut self, config: &Config) {
+    /// going keep the command they were queued with. Expected ids new to
+    /// the lists start now (`online` says which are online already).
+    pub fn reconfigure(&mut self, config: &Config, online: impl Fn(&str) -> bool, now: Instant) {
+        self.expected.reconfigure(&config.listeners, online, now);
         self.hooks = config.hooks.iter().cloned().map(Rc::new).collect();
         self.concurrency = config.daemon.hook_concurrency.max(1);
         self.queue.set_bound(config.daemon.hook_queue);
@@ -250,6 +258,7 @@ impl Hooks {
             Event::Online(_) => *online += 1,
             Event::Offline { .. } => *online = online.saturating_sub(1),
         }
+        self.expected.on_event(event);
         if !live {
             return;
         }
@@ -294,9 +303,34 @@ impl Hooks {
         self.flaps.state(client, now)
     }
 
-    /// Closes due mass-loss windows and releases flapping clients whose
-    /// penalty decayed.
+    /// The expected clients and their states.
+    pub fn expected(&self) -> &expect::Expected {
+        &self.expected
+    }
+
+    /// Closes due mass-loss windows, releases flapping clients whose
+    /// penalty decayed, and gives `missing` to expected clients not online
+    /// their listener's timeout after they were expected.
     fn on_guards(&mut self, now: Instant) {
+        for missing in self.expected.due(now) {
+            self.missing += 1;
+            warn!("missing client={} listener={}", Logfmt(&missing.id), Logfmt(&missing.listener));
+            let fired = Fired {
+                id: self.last_id,
+                kind: HookEvent::Missing,
+                client: missing.id,
+                peer: String::new(),
+                listener: missing.listener,
+                protocol: "native",
+                session: 0,
+                reason: None,
+                silent_ms: 0,
+                connected_ms: 0,
+                at_ms: unix_ms(SystemTime::now()),
+                clients: Vec::new(),
+            };
+            self.fire(Rc::new(fired), 1);
+        }
         for verdict in self.mass.close_due(&self.policy, now) {
             if let Some(ids) = verdict.mass {
                 self.replaced_by_mass += u64::try_from(verdict.replaced).unwrap_or(u64::MAX);
@@ -482,7 +516,10 @@ impl Hooks {
     /// The next timeout or kill, window close or flap release due.
     pub fn next_deadline(&self) -> Option<Instant> {
         let runs = self.runs.iter().map(|(_, (run, _))| run.deadline()).min();
-        [runs, self.mass.next_close(&self.policy), self.flaps.next_release()].into_iter().flatten().min()
+        [runs, self.mass.next_close(&self.policy), self.flaps.next_release(), self.expected.next_check()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Escalates runs past their deadline (SIGTERM, then SIGKILL).
@@ -535,6 +572,12 @@ impl Hooks {
         );
         sample(out, "heartbeatd_hooks_suppressed_total", &[("reason", "mass-offline")], self.replaced_by_mass);
         sample(out, "heartbeatd_hooks_suppressed_total", &[("reason", "flapping")], self.damped);
+        family(out, "heartbeatd_expected_clients", "gauge", "Expected clients (listener expect), by state.");
+        for (state, n) in self.expected.counts() {
+            sample(out, "heartbeatd_expected_clients", &[("state", state)], n);
+        }
+        family(out, "heartbeatd_missing_total", "counter", "Missing events: expected clients not online in time.");
+        sample(out, "heartbeatd_missing_total", &[], self.missing);
         family(out, "heartbeatd_mass_offline_total", "counter", "Mass losses detected, by listener.");
         for (listener, n) in &self.mass_events {
             sample(out, "heartbeatd_mass_offline_total", &[("listener", listener)], n);

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GET /` | the dashboard page (HTML, no external assets) |
 //! | `GET /clients[?listener=NAME]` | JSON array of online clients |
+//! | `GET /clients?state=all[&listener=NAME]` | every online and every expected client, with its state |
 //! | `GET /clients/{id}` | one client, or 404 |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /events` | Server-Sent Events feed (see `feed`) |
@@ -97,7 +98,11 @@ pub fn route(method: &str, target: &str, last_event_id: Option<&str>, view: &dyn
         }
         "/clients" => {
             let listener = query_param(query, "listener");
-            Reply::json(&view.clients(listener.as_deref()))
+            match query_param(query, "state").as_deref() {
+                None | Some("online") => Reply::json(&view.clients(listener.as_deref())),
+                Some("all") => Reply::json(&view.presence(listener.as_deref())),
+                Some(other) => Reply::error(400, &format!("unknown state {other:?}: use state=online or state=all")),
+            }
         }
         "/metrics" => Reply::Full {
             status: 200,

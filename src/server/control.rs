@@ -125,7 +125,7 @@ impl Server {
             new.daemon.tick = self.config.daemon.tick;
         }
         logging::set_level(new.daemon.log_level);
-        self.hooks.reconfigure(&new);
+        self.hooks.reconfigure(&new, |id| self.ids.contains_key(id), now);
         let (mut added, mut removed, mut changed) = (0, 0, 0);
         let current: Vec<(usize, ListenerConfig, Option<SocketAddr>)> =
             self.listeners.iter().map(|(k, l)| (k, l.cfg.clone(), l.bound_address())).collect();
