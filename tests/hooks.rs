@@ -367,7 +367,9 @@ fn a_flapping_clients_hooks_are_suppressed_and_its_state_shown() {
 #[test]
 fn expected_clients_are_listed_and_a_never_seen_one_is_missing_once() {
     let dir = TempDir::new("hooks-expect");
-    let hooks = hook_table(dir.path(), "rec", "[\"missing\"]", RECORD, "");
+    // Missing runs of one check share their event number: one file per client.
+    let script = "env | grep '^HEARTBEAT_' > \"$1/missing-$HEARTBEAT_CLIENT\"\n";
+    let hooks = hook_table(dir.path(), "rec", "[\"missing\"]", script, "");
     fs::write(dir.join("fleet"), "# expected\ndev-1\ndev-2\n").expect("writing the expect file");
     let listener = native("main", "interval = \"200ms\"\ntimeout = \"1s\"\nexpect_file = \"fleet\"\n");
     let text = format!("{}\n{hooks}", with_http(&config("10ms", "", &[listener]), ""));
@@ -383,8 +385,11 @@ fn expected_clients_are_listed_and_a_never_seen_one_is_missing_once() {
     let missing = d.wait(ev("missing").kv("client", "dev-2"));
     assert_eq!(missing.field("listener"), "main");
     assert!(missing.text.contains("WARN"), "{missing}");
-    let run = d.wait(ev("hook-finished").kv("event", "missing"));
-    assert_eq!(run.field("client"), "dev-2");
+    let run = d.wait(ev("hook-finished").kv("event", "missing").kv("client", "dev-2"));
+    assert_eq!(run.field("outcome"), "ok");
+    assert!(fs::read_to_string(d.dir.join("missing-dev-2"))
+        .expect("the run's file")
+        .contains("HEARTBEAT_EVENT=missing"));
     // dev-1 is offline too at the check: it was online and left.
     let listed = get_json(http, "/clients?state=all");
     let by_id = |id: &str| listed.as_array().expect("array").iter().find(|c| c["id"] == id).cloned();

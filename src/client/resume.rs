@@ -3,7 +3,8 @@
 //! so a restart of the watcher or of the daemon loses nothing silently.
 //!
 //! The cursor holds the id of the last line printed and when the daemon
-//! that numbered it started (from `/healthz`). Invariants:
+//! that numbered it started (`process_start_time_seconds` of `/metrics`).
+//! Invariants:
 //! - a line is printed (and stdout flushed) before the cursor names it, and
 //!   the cursor is replaced atomically (a temp file renamed over it), so
 //!   after any crash the next run starts at or before the first line not
@@ -17,15 +18,13 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use super::status::{follow, health, SseEvent, StatusError};
-use crate::http::feed::unix_ms;
+use super::status::{follow, started_ms, SseEvent, StatusError};
 
-/// Two start times closer than this are the same daemon: `/healthz`
-/// gives the uptime to the millisecond, and the request's own latency
-/// blurs it. A restart faster than this would go unnoticed.
-const SAME_START: u64 = 100;
+/// Two start times this close are the same daemon: `/metrics` writes it
+/// to the millisecond, rounded.
+const SAME_START: u64 = 1;
 
 /// Where a resumed watch stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,12 +59,6 @@ impl Cursor {
 fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map_or_else(|| "cursor".into(), |n| n.to_string_lossy().into_owned());
     path.with_file_name(format!(".{name}.tmp"))
-}
-
-/// When the daemon at `http` started, Unix ms, from its `/healthz` uptime.
-pub fn daemon_started_ms(http: &str, timeout: Duration) -> Result<u64, StatusError> {
-    let uptime = health(http, timeout)?.uptime_ms;
-    Ok(unix_ms(SystemTime::now()).saturating_sub(uptime))
 }
 
 /// One feed event as a JSON line: its data object with `event` and `id`
@@ -112,7 +105,7 @@ pub fn follow_once(
     out: &mut impl Write,
     mut keep_going: impl FnMut(usize) -> bool,
 ) -> Result<usize, StatusError> {
-    let started_ms = daemon_started_ms(http, idle)?;
+    let started_ms = started_ms(http, idle)?;
     let (after, gap) = resume_point(*cursor, started_ms);
     if let Some(gap) = gap {
         let _ = writeln!(out, "{gap}").and_then(|()| out.flush());
@@ -169,7 +162,7 @@ mod tests {
     fn the_same_daemon_resumes_and_a_new_one_is_a_gap() {
         let c = Cursor { id: 7, started_ms: 1_000_000 };
         assert_eq!(resume_point(None, 5), (None, None));
-        assert_eq!(resume_point(Some(c), 1_000_040), (Some(7), None));
+        assert_eq!(resume_point(Some(c), 1_000_001), (Some(7), None));
         let (after, gap) = resume_point(Some(c), 1_009_000);
         assert_eq!(after, Some(0));
         let gap: serde_json::Value = serde_json::from_str(&gap.expect("a gap line")).expect("json");

@@ -167,18 +167,20 @@ fn get_json<T: serde::de::DeserializeOwned>(http: &str, path: &str, timeout: Dur
     serde_json::from_str(&body).map_err(|e| StatusError::Malformed(format!("{path}: {e}")))
 }
 
-/// The daemon's `/healthz` (its uptime tells `watch --resume` which daemon
-/// numbered the events).
-pub fn health(http: &str, timeout: Duration) -> Result<HealthView, StatusError> {
-    get_json(http, "/healthz", timeout)
-}
-
-/// The parts of `/healthz` the agent reads ([`crate::api::Health`] as
-/// received).
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct HealthView {
-    /// Milliseconds since the daemon started.
-    pub uptime_ms: u64,
+/// When the daemon started, Unix ms: its `process_start_time_seconds`
+/// in `/metrics`, written to the millisecond and the same for the whole
+/// life of the process, so it tells `watch --resume` which daemon
+/// numbered the events.
+pub fn started_ms(http: &str, timeout: Duration) -> Result<u64, StatusError> {
+    let mut body = String::new();
+    get(http, "/metrics", timeout, "")?
+        .read_to_string(&mut body)
+        .map_err(|e| io_error("reading /metrics".into(), e, timeout))?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("process_start_time_seconds "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| (s * 1000.0).round() as u64)
+        .ok_or_else(|| StatusError::Malformed("/metrics has no process_start_time_seconds".into()))
 }
 
 /// Every online and every expected client, from `GET /clients?state=all`.
