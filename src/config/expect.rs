@@ -100,12 +100,19 @@ mod tests {
     use std::fs;
 
     use super::super::load;
-    use super::super::tests::{assert_err, listener, only, parse_err, temp_dir};
+    use super::super::tests::{assert_err, listener, only, parse_err, parse_ok, temp_dir};
 
     #[test]
     fn expect_lists_ids_in_order() {
         assert_eq!(only(&listener("expect = [\"dev-2\", \"dev-1\"]\n")).expect, ["dev-2", "dev-1"]);
         assert!(only(&listener("")).expect.is_empty());
+    }
+
+    #[test]
+    fn expect_round_trips_through_print_config() {
+        let config = parse_ok(&listener("expect = [\"dev-2\", \"a\\\"b\"]\n"));
+        let printed = super::super::to_toml(&config, "test");
+        assert_eq!(parse_ok(&printed), config, "{printed}");
     }
 
     #[test]
