@@ -25,6 +25,7 @@ if [ "$1" = "--seconds" ]; then
   seconds=$2
   shift 2
 else
+  [[ "$1" =~ ^[0-9]+$ ]] || usage
   seconds=$(($1 * 60))
   shift
 fi
