@@ -38,7 +38,10 @@ pub mod logging;
 pub(crate) mod metrics;
 pub mod reload;
 pub mod server;
-pub(crate) mod session;
+// Public, hidden from the docs, for the fuzz targets (fuzz/) only: the
+// daemon's own code is its one real user.
+#[doc(hidden)]
+pub mod session;
 #[allow(unsafe_code)]
 pub(crate) mod sockopt;
 pub(crate) mod status;

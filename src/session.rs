@@ -402,7 +402,9 @@ impl Session {
                 if overdue {
                     return Next::Close(OfflineReason::Timeout, None);
                 }
-                let silent = now.saturating_duration_since(self.last_activity());
+                // Counted as `next_deadline` counts it (from a fresh
+                // WELCOME, if later), so an early call sends no PING.
+                let silent = now.saturating_duration_since(self.silence_from());
                 if let Framing::Native { flags, .. } = &mut self.framing {
                     if cfg.server_ping && !flags.pinged && silent >= cfg.interval {
                         flags.pinged = true;
@@ -868,6 +870,30 @@ mod tests {
         model.advance(reload + Duration::from_millis(200));
         assert!(matches!(reply_at(&model.replies, before), Frame::Ping(b"")));
         assert!(!model.closed);
+    }
+
+    /// Found by the `session` fuzz target (fuzz/): after a timing change,
+    /// an `on_timer` before the deadline sent the server PING, counted
+    /// from the last activity while the deadline counts from the fresh
+    /// WELCOME. An early call must do nothing.
+    #[test]
+    fn an_early_timer_after_a_timing_change_sends_no_ping() {
+        let mut model = native_silent_since(Duration::ZERO);
+        let last = model.now;
+        model.cfg = timed(1000, 5000, "server_ping = true\n");
+        let reload = last + Duration::from_millis(800);
+        model.session.timing_changed(reload);
+        let deadline = reload + Duration::from_secs(1);
+        assert_eq!(model.session.next_deadline(&model.cfg), Some(deadline));
+        let before = model.replies.len();
+        // One interval after the last activity, before the deadline.
+        let early = last + Duration::from_secs(1);
+        assert_eq!(model.session.on_timer(early, &model.cfg, &mut model.replies), Next::Continue);
+        assert_eq!(model.replies.len(), before, "an early timer wrote a PING");
+        assert_eq!(model.session.next_deadline(&model.cfg), Some(deadline));
+        // At the deadline, one interval after the fresh WELCOME, it is sent.
+        model.advance(deadline);
+        assert!(matches!(reply_at(&model.replies, before), Frame::Ping(b"")));
     }
 
     #[test]
