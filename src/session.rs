@@ -334,6 +334,23 @@ impl Session {
         }
     }
 
+    /// Checks the id of the HELLO `ingest` just returned against the names
+    /// the client's certificate proves (mutual TLS; `what` says which kind
+    /// of name, for the log): a HELLO naming another id gets ERROR 4 and
+    /// `Close`, before any `welcome`. `Continue` when it names one of them.
+    pub fn check_identity(&self, allowed: &[String], what: &str, out: &mut Vec<u8>) -> Next {
+        let Some(id) = self.clock.id.as_deref() else { return Next::Continue };
+        if allowed.iter().any(|name| name == id) {
+            return Next::Continue;
+        }
+        encode_error(error_code::AUTH_FAILED, "id not in the client certificate", out);
+        let proven = if allowed.is_empty() { format!("no {what}") } else { format!("{what} {}", allowed.join(",")) };
+        Next::close(
+            OfflineReason::ProtocolError,
+            format!("certificate mismatch: HELLO id {id}, certificate has {proven}"),
+        )
+    }
+
     /// Writes the goodbye of a stopping daemon: BYE `shutdown` (native).
     pub fn shutdown(&self, out: &mut Vec<u8>) {
         if matches!(self.framing, Framing::Native { .. }) {

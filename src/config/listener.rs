@@ -143,6 +143,7 @@ impl ListenerSource<'_> {
         let max_frame = self.max_frame(raw.max_frame.as_ref(), protocol)?;
         let tokens = self.tokens(&raw)?;
         let tcp = self.tcp(raw.tcp.unwrap_or_default())?;
+        let tls = super::tls::check(self.source, &self.prefix, raw.tls, protocol, self.base_dir)?;
         Ok(CheckedListener {
             config: ListenerConfig {
                 name: name.get_ref().clone(),
@@ -156,6 +157,7 @@ impl ListenerSource<'_> {
                 max_frame,
                 tokens,
                 tcp,
+                tls,
             },
             name_span: name.span(),
             address_span: address.span(),

@@ -38,6 +38,7 @@ mod listener;
 mod print;
 mod raw;
 mod span;
+mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -129,6 +130,8 @@ pub struct ListenerConfig {
     pub tokens: Vec<Vec<u8>>,
     /// The `[listener.tcp]` socket options.
     pub tcp: TcpConfig,
+    /// `native`: the `[listener.tls]` table; `None` is plain TCP.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 /// TCP socket options: a listener's `[listener.tcp]` table, the agent's
@@ -390,6 +393,7 @@ pub(super) mod tests {
                 max_frame: 1024,
                 tokens: vec![],
                 tcp: default_tcp(),
+                tls: None,
             }],
             http: Some(HttpConfig {
                 address: "127.0.0.1:7780".parse().unwrap(),
