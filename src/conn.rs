@@ -176,7 +176,10 @@ impl Conn {
             // Mutual TLS: the certificate says who the client is.
             if settings.mutual() {
                 let names = tls.peer_names(settings.client_id);
-                next = self.session.check_identity(&names, settings.client_id.describe(), scratch);
+                let refused = self.session.check_identity(&names, settings.client_id.describe(), scratch);
+                if refused != Next::Continue {
+                    next = refused;
+                }
             }
         }
         (self.send(next, scratch), used)
