@@ -210,6 +210,53 @@ pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Arc<
     Ok(Arc::new(config))
 }
 
+/// The agent's TLS, ready to connect: what it trusts, what it presents,
+/// and the name the daemon's certificate must carry.
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<ClientConfig>,
+    server_name: rustls::pki_types::ServerName<'static>,
+    /// The files and the name, for `Debug` and equality.
+    shown: String,
+}
+
+impl ClientTls {
+    /// Reads `ca` (and `identity`, a certificate chain and key, for mutual
+    /// TLS); the daemon's certificate must be valid for `server_name` (a
+    /// DNS name or an IP address).
+    pub fn new(ca: &Path, identity: Option<(&Path, &Path)>, server_name: &str) -> Result<ClientTls, String> {
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|e| format!("server name {server_name:?}: {e}"))?;
+        let config = client_config(ca, identity)?;
+        let shown = format!(
+            "ca={} identity={:?} server_name={server_name}",
+            ca.display(),
+            identity.map(|(c, k)| (c.display().to_string(), k.display().to_string()))
+        );
+        Ok(ClientTls { config, server_name: name, shown })
+    }
+
+    /// A fresh client connection state (the handshake starts with the
+    /// first write).
+    pub fn connect(&self) -> Result<rustls::ClientConnection, String> {
+        rustls::ClientConnection::new(Arc::clone(&self.config), self.server_name.clone()).map_err(|e| describe(&e))
+    }
+}
+
+impl PartialEq for ClientTls {
+    fn eq(&self, other: &ClientTls) -> bool {
+        self.shown == other.shown
+    }
+}
+
+impl Eq for ClientTls {}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientTls({})", self.shown)
+    }
+}
+
 /// The names of kind `from` in a DER certificate: the common name(s) of its
 /// subject, or its subject alternative names of that type. Empty when it
 /// has none or does not parse (the handshake verified it already).

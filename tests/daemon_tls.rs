@@ -272,3 +272,38 @@ fn check_config_names_the_file_and_line_of_bad_tls() {
     let out = run_cli(&["--check-config", "--config", ok.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `heartbeat ARGS` with the TLS flags for `ca` and, for mutual TLS,
+/// `identity`.
+fn heartbeat_tls(args: &[&str], ca: &CertFiles, identity: Option<&CertFiles>) -> Command {
+    let mut cmd = Command::new(bin("heartbeat"));
+    cmd.args(args).arg("--tls").arg("--ca").arg(&ca.cert);
+    if let Some(id) = identity {
+        cmd.arg("--cert").arg(&id.cert).arg("--key").arg(&id.key);
+    }
+    cmd
+}
+
+#[test]
+fn the_agent_runs_and_checks_over_mutual_tls() {
+    let t = start("", Some(""));
+    let server = t.d.addr("main").to_string();
+    let alpha = t.pki.client(&t.client_ca, "alpha", "alpha", "", 30);
+    let run =
+        heartbeat_tls(&["run", "--server", &server, "--id", "alpha", "--log-level", "debug"], &t.ca, Some(&alpha));
+    let agent = Proc::spawn("heartbeat run --tls", run, Output::Stderr);
+    t.d.wait(ev("online").kv("client", "alpha"));
+    agent.wait_next(" pong ", DEADLINE);
+
+    let check = heartbeat_tls(&["check", "--server", &server, "--id", "alpha"], &t.ca, Some(&alpha));
+    let out = { check }.output().expect("heartbeat check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.starts_with("healthy "), "{stdout}");
+
+    // A CA that did not sign the daemon's certificate: refused in words.
+    let wrong = heartbeat_tls(&["check", "--server", &server, "--id", "alpha"], &t.client_ca, Some(&alpha));
+    let out = { wrong }.output().expect("heartbeat check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && stdout.contains("unknown CA"), "{stdout}");
+    t.d.assert_none(ev("offline").kv("client", "alpha"));
+}
