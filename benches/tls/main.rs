@@ -56,7 +56,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let number = |flag: &str, default: f64| {
-        args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
     let clients = number("--clients", 10_000.0) as usize;
     let secs = number("--secs", 5.0);
