@@ -665,6 +665,36 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_for_an_id_the_certificate_does_not_name_gets_error_4() {
+        let cfg = cfg("native", "");
+        let now = Instant::now();
+        let mut session = Session::new(Protocol::Native, now);
+        let mut out = Vec::new();
+        let (next, _) = session.ingest(&hello("beta", b""), now, &cfg, &mut out);
+        assert_eq!(next, Next::Hello("beta".into()));
+        let names = ["alpha".to_owned(), "beta".to_owned()];
+        assert_eq!(session.check_identity(&names, "SAN DNS name", &mut out), Next::Continue);
+        assert!(out.is_empty());
+        let next = session.check_identity(&names[..1], "common name", &mut out);
+        assert_eq!(
+            next,
+            Next::close(
+                OfflineReason::ProtocolError,
+                "certificate mismatch: HELLO id beta, certificate has common name alpha"
+            )
+        );
+        match reply_at(&out, 0) {
+            Frame::Error { code: error_code::AUTH_FAILED, .. } => {}
+            other => panic!("expected ERROR 4, got {other:?}"),
+        }
+        assert!(!session.is_online());
+        let mut out = Vec::new();
+        assert!(
+            matches!(session.check_identity(&[], "SAN URI", &mut out), Next::Close(_, Some(d)) if d.ends_with("no SAN URI"))
+        );
+    }
+
+    #[test]
     fn native_byte_by_byte_hello_ping_bye() {
         let mut stream = hello("dev-1", b"");
         stream.extend(frame(&Frame::Ping(b"abc")));

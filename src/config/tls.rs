@@ -30,6 +30,8 @@ pub(super) fn check(
     let Some(raw) = raw else { return Ok(None) };
     let key = |field: &str| format!("{prefix}.tls.{field}");
     let span = raw.span();
+    // PROTOCOL.md: a native or websocket listener may be wrapped in TLS
+    // (websocket joins this check when it is merged).
     if protocol != Protocol::Native {
         return Err(source.error(
             Some(span),
