@@ -307,3 +307,21 @@ fn the_agent_runs_and_checks_over_mutual_tls() {
     assert!(!out.status.success() && stdout.contains("unknown CA"), "{stdout}");
     t.d.assert_none(ev("offline").kv("client", "alpha"));
 }
+
+#[test]
+fn a_reload_with_a_broken_certificate_keeps_the_running_one() {
+    let t = start("", None);
+    let kept = py_client(t.d.addr("main"), &t.ca, None, "kept", 50);
+    kept.wait_next(ev("welcome"), DEADLINE);
+    std::fs::write(t.d.dir.join("server.pem"), "not a certificate\n").expect("break the cert");
+    let mark = t.d.mark();
+    t.d.signal(libc::SIGHUP);
+    let failed = t.d.wait_from(mark, ev("reload-failed"), DEADLINE);
+    assert!(failed.field("error").contains("listener[0].tls.cert"), "{}", failed.text);
+    // The certificate loaded at start still serves new handshakes.
+    let fresh = py_client(t.d.addr("main"), &t.ca, None, "fresh", 50);
+    fresh.wait_next(ev("welcome"), DEADLINE);
+    let pongs = kept.mark();
+    kept.wait_from(pongs + 3, ev("pong"), DEADLINE);
+    t.d.assert_none(ev("offline").kv("client", "kept"));
+}
