@@ -13,9 +13,15 @@
 //! allocated on demand. An idle connection therefore owns no heap memory
 //! beyond its session's id, and a heartbeat allocates nothing.
 //!
+//! A connection of a TLS listener carries a [`Tls`] state under the
+//! session (`transport.rs`): `recv` gives plaintext, and output is sealed
+//! before it is written or queued, so the session and the loop see the
+//! same bytes and the same results as on a plain socket.
+//!
 //! Invariants:
 //! - Bytes leave in the order they were produced: queued output is written
-//!   before new output. `queue` is `None` whenever it would be empty.
+//!   before new output. `extra` is `None` whenever the queue would be
+//!   empty and the connection is plain.
 //! - More than [`OUT_LIMIT`] bytes still unwritten after a write means the
 //!   client stopped reading (`write-stalled`).
 //! - The scratch buffer is empty when every method returns.
@@ -29,6 +35,7 @@ use mio::net::TcpStream;
 use crate::config::ListenerConfig;
 use crate::event::OfflineReason;
 use crate::session::{Next, Session};
+use crate::transport::{Tls, TlsRecv};
 use crate::wire::Protocol;
 
 /// Output bytes a client may leave unread before it is dropped as
@@ -54,11 +61,20 @@ pub struct Conn {
     /// The key of the listener that accepted it (see [`Conn::listener`]).
     listener: u32,
     session: Session,
-    /// Output the socket did not take yet; `None` when there is none.
-    /// Boxed: 8 bytes in every idle connection instead of 24, for a queue
-    /// that exists only while a client is slow to read.
-    #[allow(clippy::box_collection)]
-    queue: Option<Box<Vec<u8>>>,
+    /// Output the socket did not take yet, and the TLS state; `None` on a
+    /// plain connection with nothing queued. Boxed together: 8 bytes in
+    /// every idle plain connection, for a queue that exists only while a
+    /// client is slow to read and a TLS state only on TLS listeners.
+    extra: Option<Box<Extra>>,
+}
+
+/// What only some connections need (see [`Conn`]'s `extra`).
+struct Extra {
+    /// Output the socket did not take yet; its capacity is released once
+    /// it is written.
+    queue: Vec<u8>,
+    /// On a TLS listener: the TLS state (`transport.rs`).
+    tls: Option<Tls>,
 }
 
 impl Conn {
@@ -70,8 +86,14 @@ impl Conn {
             // Listener keys are small slab keys; u32::MAX would name none.
             listener: u32::try_from(listener).unwrap_or(u32::MAX),
             session: Session::new(proto, now),
-            queue: None,
+            extra: None,
         }
+    }
+
+    /// Runs the connection over TLS: from now on `recv` gives plaintext
+    /// and output is sealed. Called once, before any byte is read.
+    pub fn start_tls(&mut self, tls: Tls) {
+        self.extra = Some(Box::new(Extra { queue: Vec::new(), tls: Some(tls) }));
     }
 
     /// The key of the listener that accepted it.
@@ -110,11 +132,30 @@ impl Conn {
 
     /// True while output waits for the socket to become writable.
     pub fn wants_write(&self) -> bool {
-        self.queue.is_some()
+        self.extra.as_ref().is_some_and(|e| !e.queue.is_empty())
     }
 
-    /// One read into `buf`, retried when interrupted.
+    /// The TLS state, on a TLS listener.
+    fn tls(&self) -> Option<&Tls> {
+        self.extra.as_ref().and_then(|e| e.tls.as_ref())
+    }
+
+    /// One read into `buf`, retried when interrupted. Over TLS, plaintext
+    /// (see [`Tls::recv`]); the handshake's records are sent on the way.
     pub fn recv(&mut self, buf: &mut [u8]) -> Recv {
+        if let Some(tls) = self.extra.as_mut().and_then(|e| e.tls.as_mut()) {
+            let mut out = Vec::new();
+            let got = tls.recv(&mut self.stream, buf, &mut out);
+            let next = self.write_out(Next::Continue, &mut out);
+            return match got {
+                _ if next != Next::Continue => Recv::Closed(next),
+                TlsRecv::Data(n) => Recv::Data(n),
+                TlsRecv::WouldBlock => Recv::WouldBlock,
+                TlsRecv::Eof => Recv::Closed(Next::Close(OfflineReason::Closed, None)),
+                TlsRecv::Failed(why) => Recv::Closed(Next::close(OfflineReason::ProtocolError, format!("tls: {why}"))),
+                TlsRecv::Io(e) => Recv::Closed(io_close(&e)),
+            };
+        }
         loop {
             return match self.stream.read(buf) {
                 Ok(0) => Recv::Closed(Next::Close(OfflineReason::Closed, None)),
@@ -130,7 +171,17 @@ impl Conn {
     /// the decision and the bytes used, as [`Session::ingest`] does; a
     /// failed write turns the decision into `Close`.
     pub fn ingest(&mut self, data: &[u8], now: Instant, cfg: &ListenerConfig, scratch: &mut Vec<u8>) -> (Next, usize) {
-        let (next, used) = self.session.ingest(data, now, cfg, scratch);
+        let (mut next, used) = self.session.ingest(data, now, cfg, scratch);
+        if let (Next::Hello(_) | Next::Probe, Some(tls), Some(settings)) = (&next, self.tls(), &cfg.tls) {
+            // Mutual TLS: the certificate says who the client is.
+            if settings.mutual() {
+                let names = tls.peer_names(settings.client_id);
+                let refused = self.session.check_identity(&names, settings.client_id.describe(), scratch);
+                if refused != Next::Continue {
+                    next = refused;
+                }
+            }
+        }
         (self.send(next, scratch), used)
     }
 
@@ -143,7 +194,14 @@ impl Conn {
 
     /// Handles the session's deadline (see [`Session::on_timer`]).
     pub fn on_timer(&mut self, now: Instant, cfg: &ListenerConfig, scratch: &mut Vec<u8>) -> Next {
-        let next = self.session.on_timer(now, cfg, scratch);
+        let mut next = self.session.on_timer(now, cfg, scratch);
+        if let (Next::Close(OfflineReason::Timeout, _), Some(tls)) = (&next, self.tls()) {
+            if tls.is_handshaking() {
+                // The ERROR the session wrote cannot be sent before the
+                // handshake completes; the log says which one stalled.
+                next = Next::close(OfflineReason::Timeout, "tls: handshake timeout");
+            }
+        }
         self.send(next, scratch)
     }
 
@@ -165,31 +223,47 @@ impl Conn {
         self.send(Next::Continue, &mut Vec::new())
     }
 
-    /// Writes queued output, then `scratch` (which it empties), and keeps
-    /// what the socket does not take. A decision other than `Continue`
-    /// stands (the write was its best-effort last word); otherwise a failed
+    /// Seals `scratch` over TLS, then writes queued output, then `scratch`
+    /// (which it empties), and keeps what the socket does not take. A
+    /// decision other than `Continue` stands (the write was its best-effort last word); otherwise a failed
     /// write or more than [`OUT_LIMIT`] unread bytes becomes `Close`.
     fn send(&mut self, next: Next, scratch: &mut Vec<u8>) -> Next {
-        if scratch.is_empty() && self.queue.is_none() {
+        if let Some(tls) = self.extra.as_mut().and_then(|e| e.tls.as_mut()) {
+            if let Err(e) = tls.seal(scratch) {
+                scratch.clear();
+                return if next == Next::Continue { io_close(&e) } else { next };
+            }
+        }
+        self.write_out(next, scratch)
+    }
+
+    /// [`Conn::send`] after sealing: writes queued bytes, then `scratch`,
+    /// as they are.
+    fn write_out(&mut self, next: Next, scratch: &mut Vec<u8>) -> Next {
+        if scratch.is_empty() && !self.wants_write() {
             return next;
         }
-        let result = match self.queue.as_mut() {
+        let result = match self.extra.as_mut().filter(|e| !e.queue.is_empty()) {
             // Older output first: bytes must leave in the order produced.
-            Some(queue) => {
-                queue.append(scratch);
-                write_all_possible(&mut self.stream, queue).map(|n| {
-                    queue.drain(..n);
+            Some(extra) => {
+                extra.queue.append(scratch);
+                write_all_possible(&mut self.stream, &extra.queue).map(|n| {
+                    extra.queue.drain(..n);
                 })
             }
             None => write_all_possible(&mut self.stream, scratch).map(|n| {
                 if n < scratch.len() {
-                    self.queue = Some(Box::new(scratch[n..].to_vec()));
+                    let extra = self.extra.get_or_insert_with(|| Box::new(Extra { queue: Vec::new(), tls: None }));
+                    extra.queue = scratch[n..].to_vec();
                 }
             }),
         };
         scratch.clear();
-        if self.queue.as_ref().is_some_and(|q| q.is_empty()) {
-            self.queue = None;
+        match &mut self.extra {
+            Some(e) if e.queue.is_empty() && e.tls.is_none() => self.extra = None,
+            // An idle TLS connection keeps no queue's worth of memory.
+            Some(e) if e.queue.is_empty() => e.queue = Vec::new(),
+            _ => {}
         }
         if next != Next::Continue {
             return next;
@@ -197,7 +271,7 @@ impl Conn {
         if let Err(e) = result {
             return io_close(&e);
         }
-        let unread = self.queue.as_ref().map_or(0, |q| q.len());
+        let unread = self.extra.as_ref().map_or(0, |e| e.queue.len());
         if unread > OUT_LIMIT {
             return Next::close(OfflineReason::WriteStalled, format!("{unread} bytes unread by the client"));
         }

@@ -47,5 +47,7 @@ pub(crate) mod sockopt;
 pub(crate) mod status;
 #[allow(unsafe_code)]
 pub(crate) mod systemd;
+pub mod tls;
+pub(crate) mod transport;
 pub mod wheel;
 pub mod wire;

@@ -334,6 +334,23 @@ impl Session {
         }
     }
 
+    /// Checks the id of the HELLO `ingest` just returned against the names
+    /// the client's certificate proves (mutual TLS; `what` says which kind
+    /// of name, for the log): a HELLO naming another id gets ERROR 4 and
+    /// `Close`, before any `welcome`. `Continue` when it names one of them.
+    pub fn check_identity(&self, allowed: &[String], what: &str, out: &mut Vec<u8>) -> Next {
+        let Some(id) = self.clock.id.as_deref() else { return Next::Continue };
+        if allowed.iter().any(|name| name == id) {
+            return Next::Continue;
+        }
+        encode_error(error_code::AUTH_FAILED, "id not in the client certificate", out);
+        let proven = if allowed.is_empty() { format!("no {what}") } else { format!("{what} {}", allowed.join(",")) };
+        Next::close(
+            OfflineReason::ProtocolError,
+            format!("certificate mismatch: HELLO id {id}, certificate has {proven}"),
+        )
+    }
+
     /// Writes the goodbye of a stopping daemon: BYE `shutdown` (native).
     pub fn shutdown(&self, out: &mut Vec<u8>) {
         if matches!(self.framing, Framing::Native { .. }) {
@@ -647,6 +664,36 @@ mod tests {
             Frame::Error { code, .. } => code,
             other => panic!("not an ERROR: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_hello_for_an_id_the_certificate_does_not_name_gets_error_4() {
+        let cfg = cfg("native", "");
+        let now = Instant::now();
+        let mut session = Session::new(Protocol::Native, now);
+        let mut out = Vec::new();
+        let (next, _) = session.ingest(&hello("beta", b""), now, &cfg, &mut out);
+        assert_eq!(next, Next::Hello("beta".into()));
+        let names = ["alpha".to_owned(), "beta".to_owned()];
+        assert_eq!(session.check_identity(&names, "SAN DNS name", &mut out), Next::Continue);
+        assert!(out.is_empty());
+        let next = session.check_identity(&names[..1], "common name", &mut out);
+        assert_eq!(
+            next,
+            Next::close(
+                OfflineReason::ProtocolError,
+                "certificate mismatch: HELLO id beta, certificate has common name alpha"
+            )
+        );
+        match reply_at(&out, 0) {
+            Frame::Error { code: error_code::AUTH_FAILED, .. } => {}
+            other => panic!("expected ERROR 4, got {other:?}"),
+        }
+        assert!(!session.is_online());
+        let mut out = Vec::new();
+        assert!(
+            matches!(session.check_identity(&[], "SAN URI", &mut out), Next::Close(_, Some(d)) if d.ends_with("no SAN URI"))
+        );
     }
 
     #[test]

@@ -227,8 +227,16 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let tls = match args.server.client_tls() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("heartbeat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut config = AgentConfig::new(args.server.server, args.id);
     config.token = token;
+    config.tls = tls;
     config.connect_timeout = args.connect_timeout;
     config.backoff_base = args.backoff_base;
     config.backoff_cap = args.backoff_cap;
@@ -316,7 +324,15 @@ fn check(args: CheckArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let tls = match args.server.client_tls() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("heartbeat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = CheckConfig {
+        tls,
         server: args.server.server,
         id: args.id.unwrap_or_else(|| format!("heartbeat-check-{}", std::process::id())),
         token,

@@ -134,6 +134,43 @@ pub struct Server {
     /// configured with tokens.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// Speak TLS to a listener with a [listener.tls] table.
+    #[arg(long, requires = "ca")]
+    pub tls: bool,
+
+    /// With --tls: the CA certificate(s) (PEM) the daemon's certificate
+    /// must chain to. The system's trust store is not used.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub ca: Option<PathBuf>,
+
+    /// With --tls: the client certificate chain (PEM) to present, for a
+    /// listener with client_ca (mutual TLS); its name is the id.
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    pub cert: Option<PathBuf>,
+
+    /// With --cert: its private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// With --tls: the name the daemon's certificate must be valid for, a
+    /// DNS name or an IP address [default: the host of --server].
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub server_name: Option<String>,
+}
+
+impl Server {
+    /// The TLS settings the flags ask for; `None` without --tls.
+    pub fn client_tls(&self) -> Result<Option<crate::tls::ClientTls>, String> {
+        let (true, Some(ca)) = (self.tls, &self.ca) else { return Ok(None) };
+        let host = match self.server.rsplit_once(':') {
+            Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+            None => self.server.as_str(),
+        };
+        let name = self.server_name.as_deref().unwrap_or(host);
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        crate::tls::ClientTls::new(ca, identity, name).map(Some)
+    }
 }
 
 /// `heartbeat run`.

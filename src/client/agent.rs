@@ -584,6 +584,12 @@ impl Session<'_> {
             }
         };
         let mut link = Link::new(stream);
+        if let Some(tls) = &cfg.tls {
+            if let Err(e) = link.start_tls(tls) {
+                warn!("tls-failed server={} error={}", Logfmt(&cfg.server), Logfmt(&e.to_string()));
+                return Outcome::Lost { reason: LostReason::ProtocolError, detail: e.to_string(), healthy: false };
+            }
+        }
         let outcome = match self.handshake(&mut link) {
             Ok((interval, timeout, session)) => self.online(&mut link, peer, interval, timeout, session),
             Err(End::Stopped) => Outcome::Stopped,
@@ -809,7 +815,7 @@ impl Session<'_> {
         match e {
             LinkError::Io(e) => self.io_end(&e),
             LinkError::Closed => End::Lost(LostReason::Closed, e.to_string()),
-            LinkError::Protocol(_) => End::Lost(LostReason::ProtocolError, e.to_string()),
+            LinkError::Protocol(_) | LinkError::Tls(_) => End::Lost(LostReason::ProtocolError, e.to_string()),
         }
     }
 

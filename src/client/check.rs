@@ -29,6 +29,8 @@ pub struct CheckConfig {
     pub token: Vec<u8>,
     /// Bound on the whole probe.
     pub timeout: Duration,
+    /// TLS to the daemon (`--tls`); `None` is plain TCP.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// A healthy daemon's answer.
@@ -111,6 +113,9 @@ pub fn check(cfg: &CheckConfig) -> Result<CheckReport, CheckError> {
     let (stream, peer) =
         link::connect(&cfg.server, cfg.timeout, &mut |_| true).map_err(|e| CheckError::Connect(e.to_string()))?;
     let mut link = Link::new(stream);
+    if let Some(tls) = &cfg.tls {
+        link.start_tls(tls).map_err(|e| CheckError::Link(e.to_string()))?;
+    }
     let result = probe(&mut link, peer, cfg, start, deadline);
     if !matches!(result, Err(CheckError::Refused { .. } | CheckError::Bye(_))) {
         // The BYE ends the probe quietly (a probe never went online, so

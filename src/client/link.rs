@@ -7,7 +7,11 @@
 //!   codec rejects a header whose length breaks its per-type limit;
 //! - [`Link::recv`] never blocks past its deadline (it waits in `ppoll`
 //!   with the time left, and reads only what is ready), so callers need no
-//!   timer thread and an idle agent sleeps in `recv`.
+//!   timer thread and an idle agent sleeps in `recv`;
+//! - over TLS ([`Link::start_tls`]) the same holds for the plaintext: the
+//!   handshake is driven by the first `send` (ClientHello) and the `recv`
+//!   that waits for WELCOME, under the same deadlines, and plaintext
+//!   rustls already decrypted is taken before waiting on the socket.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -17,6 +21,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Socket, Type};
 
 use crate::sockopt;
+use crate::tls::{self, ClientTls};
 use crate::wire::native::{self, Frame};
 
 /// Bytes read per `read` call; frames are tiny, so one read usually holds
@@ -57,6 +62,8 @@ pub(crate) enum LinkError {
     Protocol(String),
     /// The socket failed.
     Io(io::Error),
+    /// TLS failed (a certificate refused either way, an alert), in words.
+    Tls(String),
 }
 
 impl fmt::Display for LinkError {
@@ -65,6 +72,7 @@ impl fmt::Display for LinkError {
             LinkError::Closed => f.write_str("the daemon closed the connection"),
             LinkError::Protocol(e) => write!(f, "malformed frame from the daemon: {e}"),
             LinkError::Io(e) => write!(f, "{e}"),
+            LinkError::Tls(e) => write!(f, "tls: {e}"),
         }
     }
 }
@@ -82,12 +90,21 @@ pub(crate) struct Link {
     buf: Vec<u8>,
     /// Scratch for encoding outgoing frames.
     out: Vec<u8>,
+    /// Over TLS: the client connection state.
+    tls: Option<Box<rustls::ClientConnection>>,
 }
 
 impl Link {
     /// Wraps a connected stream.
     pub(crate) fn new(stream: TcpStream) -> Link {
-        Link { stream, buf: Vec::new(), out: Vec::new() }
+        Link { stream, buf: Vec::new(), out: Vec::new(), tls: None }
+    }
+
+    /// Runs the link over TLS from now on; the handshake starts with the
+    /// first [`Link::send`].
+    pub(crate) fn start_tls(&mut self, tls: &ClientTls) -> Result<(), LinkError> {
+        self.tls = Some(Box::new(tls.connect().map_err(LinkError::Tls)?));
+        Ok(())
     }
 
     /// The socket, for socket options.
@@ -102,7 +119,13 @@ impl Link {
         self.out.clear();
         native::encode(frame, &mut self.out);
         self.stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-        self.stream.write_all(&self.out)
+        match self.tls.as_mut() {
+            None => self.stream.write_all(&self.out),
+            Some(tls) => {
+                tls.writer().write_all(&self.out)?;
+                flush_tls(tls, &mut self.stream)
+            }
+        }
     }
 
     /// Returns the next frame, or `None` once `deadline` has passed with no
@@ -113,11 +136,40 @@ impl Link {
             if let Some(frame) = self.take_frame()? {
                 return Ok(Some(frame));
             }
+            if let Some(tls) = self.tls.as_mut() {
+                match tls.reader().read(&mut chunk) {
+                    // The daemon's close_notify.
+                    Ok(0) => return Err(LinkError::Closed),
+                    Ok(n) => {
+                        self.buf.extend_from_slice(&chunk[..n]);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(LinkError::Io(e)),
+                }
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(None);
             }
             if !sockopt::wait_readable(&self.stream, left)? {
+                continue;
+            }
+            if let Some(tls) = self.tls.as_mut() {
+                match tls.read_tls(&mut self.stream) {
+                    Ok(0) => return Err(LinkError::Closed),
+                    Ok(_) => {
+                        if let Err(e) = tls.process_new_packets() {
+                            // The alert for the daemon, best effort.
+                            let _ = flush_tls(tls, &mut self.stream);
+                            return Err(LinkError::Tls(tls::describe(&e)));
+                        }
+                        // Handshake flights, and HELLO once it completes.
+                        flush_tls(tls, &mut self.stream)?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(LinkError::Io(e)),
+                }
                 continue;
             }
             match self.stream.read(&mut chunk) {
@@ -139,6 +191,15 @@ impl Link {
         self.buf.drain(..used);
         Ok(Some(incoming))
     }
+}
+
+/// Writes every record rustls has to send (blocking, under the socket's
+/// write timeout).
+fn flush_tls(tls: &mut rustls::ClientConnection, stream: &mut TcpStream) -> io::Result<()> {
+    while tls.wants_write() {
+        tls.write_tls(stream)?;
+    }
+    Ok(())
 }
 
 fn to_owned(frame: Frame<'_>) -> Incoming {

@@ -72,6 +72,7 @@
 //!     id: format!("probe-{}", std::process::id()),
 //!     token: Vec::new(),
 //!     timeout: Duration::from_secs(2),
+//!     tls: None,
 //! });
 //! match report {
 //!     Ok(r) => println!("healthy interval={:?} rtt={:?}", r.interval, r.rtt),

@@ -47,6 +47,8 @@ pub struct AgentConfig {
     /// Seeds the random jitter (PING and backoff), for reproducible runs;
     /// `None` seeds from the system.
     pub seed: Option<u64>,
+    /// TLS to the daemon (`--tls`); `None` is plain TCP.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl AgentConfig {
@@ -62,6 +64,7 @@ impl AgentConfig {
             backoff_cap: DEFAULT_BACKOFF_CAP,
             keepalive: KeepaliveOptions::default(),
             seed: None,
+            tls: None,
         }
     }
 

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawDaemon, RawHttp, RawListener, RawTcp};
+use super::raw::{RawConfig, RawDaemon, RawHttp, RawListener, RawTcp, RawTls};
 use super::span::Source;
 use super::ConfigError;
 
@@ -242,6 +242,17 @@ fn shift_listener(table: Spanned<RawListener>, by: usize) -> Spanned<RawListener
             keepalive_count: s(t.keepalive_count, by),
             user_timeout: s(t.user_timeout, by),
             nodelay: s(t.nodelay, by),
+        }),
+        tls: l.tls.map(|t| {
+            let span = moved(t.span(), by);
+            let t = t.into_inner();
+            let table = RawTls {
+                cert: s(t.cert, by),
+                key: s(t.key, by),
+                client_ca: s(t.client_ca, by),
+                client_id: s(t.client_id, by),
+            };
+            Spanned::new(span, table)
         }),
     };
     Spanned::new(span, listener)

@@ -150,6 +150,7 @@ impl ListenerSource<'_> {
             self.base_dir,
         )?;
         let tcp = self.tcp(raw.tcp.unwrap_or_default())?;
+        let tls = super::tls::check(self.source, &self.prefix, raw.tls, protocol, self.base_dir)?;
         Ok(CheckedListener {
             config: ListenerConfig {
                 name: name.get_ref().clone(),
@@ -164,6 +165,7 @@ impl ListenerSource<'_> {
                 tokens,
                 expect,
                 tcp,
+                tls,
             },
             name_span: name.span(),
             address_span: address.span(),

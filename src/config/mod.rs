@@ -40,6 +40,7 @@ mod listener;
 mod print;
 mod raw;
 mod span;
+mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -149,6 +150,8 @@ pub struct ListenerConfig {
     pub expect: Vec<String>,
     /// The `[listener.tcp]` socket options.
     pub tcp: TcpConfig,
+    /// `native`: the `[listener.tls]` table; `None` is plain TCP.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 /// TCP socket options: a listener's `[listener.tcp]` table, the agent's
@@ -416,6 +419,7 @@ pub(super) mod tests {
                 tokens: vec![],
                 expect: vec![],
                 tcp: default_tcp(),
+                tls: None,
             }],
             http: Some(HttpConfig {
                 address: "127.0.0.1:7780".parse().unwrap(),

@@ -97,6 +97,22 @@ fn write_listener(out: &mut String, l: &ListenerConfig) {
         let _ = writeln!(out, "expect = [{}]", ids.join(", "));
     }
     write_tcp(out, &l.tcp);
+    if let Some(tls) = &l.tls {
+        write_tls(out, tls);
+    }
+}
+
+/// The `[listener.tls]` table: the files' paths (resolved), never their
+/// contents.
+fn write_tls(out: &mut String, tls: &crate::tls::TlsSettings) {
+    let path = |p: &std::path::Path| string(&p.display().to_string());
+    let _ = writeln!(out, "[listener.tls]");
+    let _ = writeln!(out, "cert = {}", path(&tls.cert));
+    let _ = writeln!(out, "key = {}", path(&tls.key));
+    if let Some(ca) = &tls.client_ca {
+        let _ = writeln!(out, "client_ca = {}", path(ca));
+        let _ = writeln!(out, "client_id = {}", string(tls.client_id.as_str()));
+    }
 }
 
 /// The `[listener.tcp]` table.

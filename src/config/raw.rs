@@ -73,6 +73,17 @@ pub(super) struct RawListener {
     pub(super) expect: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) expect_file: Option<Spanned<String>>,
     pub(super) tcp: Option<RawTcp>,
+    pub(super) tls: Option<Spanned<RawTls>>,
+}
+
+/// The `[listener.tls]` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert: Option<Spanned<String>>,
+    pub(super) key: Option<Spanned<String>>,
+    pub(super) client_ca: Option<Spanned<String>>,
+    pub(super) client_id: Option<Spanned<String>>,
 }
 
 /// The `[listener.tcp]` table as written.

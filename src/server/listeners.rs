@@ -29,6 +29,7 @@ use crate::metrics::Refusal;
 use crate::session::Session;
 use crate::sockopt;
 use crate::systemd::ActivatedSocket;
+use crate::transport::Tls;
 
 impl Server {
     /// Opens a listener: adopts the socket systemd passed for it, if any,
@@ -198,7 +199,8 @@ impl Server {
             self.metrics.count_refused(&cfg.name, limit);
             let mut out = Vec::new();
             Session::full(cfg.protocol, &mut out);
-            if !out.is_empty() {
+            // A TLS client could not read a plaintext ERROR: it learns by FIN.
+            if !out.is_empty() && cfg.tls.is_none() {
                 // Best effort: the socket is fresh, so 20-odd bytes fit its
                 // buffer; a failure only means the client learns by FIN.
                 let _ = io::Write::write(&mut stream, &out);
@@ -214,13 +216,23 @@ impl Server {
         if let Err(e) = sockopt::apply_accepted(&stream, &cfg.tcp, self.listeners[lkey].inherits_tcp) {
             warn!("sockopt-failed peer={} listener={} error={}", peer, Logfmt(&cfg.name), Logfmt(&e.to_string()));
         }
+        let tls = match cfg.tls.as_ref().map(|t| Tls::accept(t.server_config())).transpose() {
+            Ok(tls) => tls,
+            Err(e) => {
+                warn!("tls-failed peer={} listener={} error={}", peer, Logfmt(&cfg.name), Logfmt(&e));
+                return;
+            }
+        };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
             warn!("register-failed peer={} error={}", peer, Logfmt(&e.to_string()));
             return;
         }
-        let conn = Conn::new(stream, peer, lkey, cfg.protocol, now);
+        let mut conn = Conn::new(stream, peer, lkey, cfg.protocol, now);
+        if let Some(tls) = tls {
+            conn.start_tls(tls);
+        }
         entry.insert(Slot::new(conn, 0));
         *self.per_address.entry(peer.ip()).or_insert(0) += 1;
         // Sessions number connections in accept order (unique, rising);

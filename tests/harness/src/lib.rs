@@ -18,6 +18,8 @@
 //!   output is followed, killed on drop.
 //! - [`native`]: [`NativeClient`] and [`PlainClient`] (legacy, raw).
 //! - [`audit`]: [`Audit`], the one-offline-per-online check of a log.
+//! - [`tls`]: certificates made with `openssl` ([`Pki`]) and a native
+//!   client over Python's `ssl` ([`py_client`]).
 //! - [`http`], [`systemd`], [`netns`]: the status API, systemd (notify,
 //!   journal, socket activation) and network-namespace helpers.
 //!
@@ -39,6 +41,7 @@ pub mod netns;
 pub mod proc;
 pub mod systemd;
 pub mod temp;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -50,6 +53,7 @@ pub use log::{ev, message_of, parse_logfmt, Ev, Line, Pred, When};
 pub use native::*;
 pub use proc::{cpu_ticks, limit_open_files, Output, Proc};
 pub use temp::TempDir;
+pub use tls::{py_client, tls_table, CertFiles, Pki};
 
 /// How long any "this must happen" wait may take before the test fails.
 /// Generous: the machine has 2 cores and the tests run in parallel.
