@@ -43,5 +43,6 @@ pub(crate) mod sockopt;
 pub(crate) mod status;
 #[allow(unsafe_code)]
 pub(crate) mod systemd;
+pub mod trust;
 pub mod wheel;
 pub mod wire;

@@ -2,7 +2,7 @@
 //! load the config, start logging, run.
 //!
 //! Exit codes: 0 after a graceful stop, a valid `--check-config`, a
-//! `--print-config` or a `--reload` that applied; 78 (`EX_CONFIG`,
+//! `--print-config`, a `--hash-token` or a `--reload` that applied; 78 (`EX_CONFIG`,
 //! sysexits.h) for a config that cannot be read or is invalid, or that a
 //! socket-activated listener does not match, so that the unit's
 //! `RestartPreventExitStatus=78` stops systemd from retrying; 1 for a
@@ -32,6 +32,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if args.hash_token {
+        return hash_token();
     }
     let config = match server::load_config(args.config.as_deref()) {
         Ok(config) => config,
@@ -70,6 +73,23 @@ fn main() -> ExitCode {
             // A socket that systemd passed for another address: a retry
             // would fail the same way, so exit as a config error does.
             ExitCode::from(if e.is_config_mismatch() { EX_CONFIG } else { 1 })
+        }
+    }
+}
+
+/// `--hash-token`: the hash of the token on standard input, on standard
+/// output; 1 with the reason for input that is no token.
+fn hash_token() -> ExitCode {
+    let mut input = Vec::new();
+    let read = std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut input);
+    match read.map_err(|e| format!("reading standard input: {e}")).and_then(|_| config::tokens::hash_input(&input)) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            logging::early_error(&format!("heartbeatd: --hash-token: {e}"));
+            ExitCode::FAILURE
         }
     }
 }

@@ -38,6 +38,7 @@ mod listener;
 mod print;
 mod raw;
 mod span;
+pub mod tokens;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -125,8 +126,13 @@ pub struct ListenerConfig {
     pub echo: bool,
     /// Largest frame payload accepted, in bytes (`native`, `legacy`).
     pub max_frame: usize,
-    /// `native`: accepted HELLO tokens; empty means no authentication.
+    /// `native`: listener-wide HELLO tokens in clear (the old form): each
+    /// authenticates any id not bound in `credentials`. With `credentials`
+    /// also empty, the listener is open: no authentication.
     pub tokens: Vec<Vec<u8>>,
+    /// `native`: hashed credentials, tokens bound to ids and listener-wide
+    /// (`config::tokens`); see `crate::trust` for what they admit.
+    pub credentials: tokens::Credentials,
     /// The `[listener.tcp]` socket options.
     pub tcp: TcpConfig,
 }
@@ -389,6 +395,7 @@ pub(super) mod tests {
                 echo: false,
                 max_frame: 1024,
                 tokens: vec![],
+                credentials: tokens::Credentials::default(),
                 tcp: default_tcp(),
             }],
             http: Some(HttpConfig {

@@ -1,0 +1,163 @@
+//! Trust (issue 13): no id is taken over without its credential.
+//!
+//! A HELLO for a live id that does not authenticate as that id gets
+//! ERROR 4 and one `takeover-refused` line; the live connection keeps its
+//! PONGs and has no offline event.
+
+use heartbeatd_harness::*;
+
+/// A long interval: nothing times out during a test.
+const SLOW: &str = "interval = \"3s\"\nmisses = 5\n";
+
+/// The stranger is refused with ERROR 4 and the one `takeover-refused`
+/// line naming the id and its peer; the victim (session `victim`) keeps
+/// its PONGs and stays online.
+fn assert_refused(
+    d: &Daemon,
+    mut stranger: NativeClient,
+    id: &str,
+    token: &str,
+    victim: &mut NativeClient,
+    session: u64,
+) {
+    stranger.hello(id, token);
+    stranger.expect_error(ERR_AUTH);
+    let peer = stranger.local.to_string();
+    let line = d.wait(ev("takeover-refused").kv("id", id).kv("peer", &peer));
+    assert!(!line.text.contains(token) || token.is_empty(), "the token was logged: {line}");
+    d.assert_none(ev("online").kv("peer", &peer));
+    d.assert_none(ev("handshake-failed").kv("peer", &peer));
+    victim.round_trip(b"still mine");
+    d.assert_none(ev("offline").kv("session", session));
+}
+
+#[test]
+fn a_wrong_or_missing_token_never_takes_over_a_live_id() {
+    let d = Daemon::start(&config("100ms", "", &[native("locked", &format!("{SLOW}tokens = [\"s3cret\"]"))]));
+    let addr = d.addr("locked");
+    let (mut victim, w) = NativeClient::handshake(addr, "victim", "s3cret");
+    d.wait(ev("online").kv("session", w.session));
+    for token in ["wrong", ""] {
+        assert_refused(&d, NativeClient::connect(addr), "victim", token, &mut victim, w.session);
+    }
+    assert_eq!(d.find_all(ev("takeover-refused")).len(), 2);
+}
+
+#[test]
+fn an_open_listener_cannot_take_over_an_id_from_a_locked_one() {
+    let d = Daemon::start(&config(
+        "100ms",
+        "",
+        &[native("locked", &format!("{SLOW}tokens = [\"s3cret\"]")), native("open", SLOW)],
+    ));
+    let (mut victim, w) = NativeClient::handshake(d.addr("locked"), "victim", "s3cret");
+    d.wait(ev("online").kv("session", w.session));
+    assert_refused(&d, NativeClient::connect(d.addr("open")), "victim", "", &mut victim, w.session);
+    // The open listener still serves ids nobody holds.
+    let (_other, wo) = NativeClient::handshake(d.addr("open"), "someone-else", "");
+    d.wait(ev("online").kv("session", wo.session));
+    victim.round_trip(b"after");
+}
+
+/// A tokens file line binding `token` to `id` (`*`: listener-wide).
+fn bind(id: &str, token: &str) -> String {
+    format!("{id} {}\n", heartbeatd::config::tokens::format_digest(&heartbeatd::config::tokens::hash(token.as_bytes())))
+}
+
+/// A daemon whose listener `fleet` reads a tokens file binding `victim`
+/// and `other` to their own tokens, with a listener-wide `*` token.
+fn fleet() -> Daemon {
+    let dir = TempDir::new("trust");
+    let entries = format!(
+        "# per-id\n{}{}{}",
+        bind("victim", "victim-s3cret"),
+        bind("other", "other-s3cret"),
+        bind("*", "shared-s3cret")
+    );
+    dir.write("tokens", &entries);
+    let config = dir
+        .write("heartbeatd.toml", &config("100ms", "", &[native("fleet", &format!("{SLOW}tokens_file = \"tokens\""))]));
+    Daemon::start_in(dir, config)
+}
+
+#[test]
+fn a_bound_id_is_taken_only_with_its_own_token() {
+    let d = fleet();
+    let addr = d.addr("fleet");
+    let (mut victim, w) = NativeClient::handshake(addr, "victim", "victim-s3cret");
+    d.wait(ev("online").kv("session", w.session));
+    // Another id's token, the listener-wide token, no token, a wrong one.
+    for token in ["other-s3cret", "shared-s3cret", "", "victim-s3cre"] {
+        assert_refused(&d, NativeClient::connect(addr), "victim", token, &mut victim, w.session);
+    }
+    // Those tokens still serve their own ids.
+    let (_other, wo) = NativeClient::handshake(addr, "other", "other-s3cret");
+    d.wait(ev("online").kv("session", wo.session));
+    let (_unbound, wu) = NativeClient::handshake(addr, "unbound-7", "shared-s3cret");
+    d.wait(ev("online").kv("session", wu.session));
+    // An id not bound, with a bound id's token: refused, and not online.
+    let mut c = NativeClient::connect(addr);
+    c.hello("unbound-8", "victim-s3cret");
+    c.expect_error(ERR_AUTH);
+    d.wait(ev("handshake-failed").kv("peer", c.local));
+    victim.round_trip(b"mine still");
+    d.assert_none(ev("offline").kv("session", w.session));
+}
+
+/// A client reconnecting through a NAT that lost its state: the old
+/// connection is still online, the new HELLO proves the id, so it wins.
+#[test]
+fn the_ids_own_token_replaces_a_stale_connection() {
+    let d = fleet();
+    let addr = d.addr("fleet");
+    let (mut stale, w1) = NativeClient::handshake(addr, "victim", "victim-s3cret");
+    let (mut fresh, w2) = NativeClient::handshake(addr, "victim", "victim-s3cret");
+    stale.expect_error(ERR_REPLACED);
+    let off = d.wait(ev("offline").kv("session", w1.session));
+    assert_eq!(off.field("reason"), "replaced", "{off}");
+    d.wait(ev("online").kv("session", w2.session));
+    fresh.round_trip(b"back");
+    d.assert_none(ev("takeover-refused"));
+}
+
+#[test]
+fn no_token_is_ever_logged() {
+    let d = fleet();
+    let addr = d.addr("fleet");
+    let (mut victim, w) = NativeClient::handshake(addr, "victim", "victim-s3cret");
+    d.wait(ev("online").kv("session", w.session));
+    assert_refused(&d, NativeClient::connect(addr), "victim", "other-s3cret", &mut victim, w.session);
+    let mut c = NativeClient::connect(addr);
+    c.hello("nobody", "guess-s3cret");
+    c.expect_error(ERR_AUTH);
+    d.wait(ev("handshake-failed").kv("peer", c.local));
+    let log = d.log_text();
+    assert!(!log.contains("s3cret"), "a token reached the log:\n{log}");
+}
+
+#[test]
+fn hash_token_prints_the_sha256_of_stdin_trimmed() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let hash = |input: &[u8]| {
+        let mut child = Command::new(daemon_bin())
+            .arg("--hash-token")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning heartbeatd --hash-token");
+        child.stdin.take().expect("piped stdin").write_all(input).expect("writing the token");
+        child.wait_with_output().expect("waiting for heartbeatd --hash-token")
+    };
+    let out = hash(b"test\n");
+    assert!(out.status.success(), "{out:?}");
+    // As `printf test | sha256sum` prints it.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n"
+    );
+    let out = hash(b"\n");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 bytes"), "{out:?}");
+}
