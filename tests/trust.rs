@@ -4,6 +4,7 @@
 //! ERROR 4 and one `takeover-refused` line; the live connection keeps its
 //! PONGs and has no offline event.
 
+use heartbeatd_harness::http::{connect_http, exchange, get, http_addr, with_http, Response};
 use heartbeatd_harness::*;
 
 /// A long interval: nothing times out during a test.
@@ -160,4 +161,88 @@ fn hash_token_prints_the_sha256_of_stdin_trimmed() {
     let out = hash(b"\n");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("0 bytes"), "{out:?}");
+}
+
+/// A daemon whose status API reads its token from `api-token`
+/// (`api-s3cret`), with one client `dev-1` online.
+fn locked_api() -> (Daemon, NativeClient, std::net::SocketAddr) {
+    let dir = TempDir::new("trust-api");
+    dir.write("api-token", "api-s3cret\n");
+    let text = with_http(&config("100ms", "", &[native("main", SLOW)]), "token_file = \"api-token\"");
+    let path = dir.write("heartbeatd.toml", &text);
+    let d = Daemon::start_in(dir, path);
+    let api = http_addr(&d);
+    let (client, w) = NativeClient::handshake(d.addr("main"), "dev-1", "");
+    d.wait(ev("online").kv("session", w.session));
+    (d, client, api)
+}
+
+/// `GET path` with extra header lines.
+fn get_with(addr: std::net::SocketAddr, path: &str, headers: &str) -> Response {
+    exchange(addr, format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n").as_bytes())
+}
+
+#[test]
+fn the_status_api_wants_its_token_except_for_healthz_and_the_page() {
+    let (d, _client, api) = locked_api();
+    for path in ["/clients", "/clients/dev-1", "/metrics", "/events"] {
+        let r = get(api, path);
+        assert_eq!(r.status, 401, "{path}: {}", r.text());
+        assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"heartbeatd\""), "{path}");
+        assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
+        assert_eq!(r.json()["status"], 401, "{path}");
+        assert!(r.json()["error"].as_str().unwrap_or("").contains("token"), "{path}: {}", r.text());
+    }
+    let wrong = get_with(api, "/clients", "Authorization: Bearer api-s3cre\r\n");
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.header("www-authenticate").unwrap_or("").contains("invalid_token"), "{wrong:?}");
+    let right = get_with(api, "/clients", "Authorization: Bearer api-s3cret\r\n");
+    assert_eq!(right.status, 200, "{}", right.text());
+    assert_eq!(right.json()[0]["id"], "dev-1");
+    // The query form, for EventSource.
+    let mut sse = connect_http(api);
+    std::io::Write::write_all(&mut sse, b"GET /events?access_token=api-s3cret HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut head = [0u8; 15];
+    std::io::Read::read_exact(&mut sse, &mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200 OK");
+    for open in ["/healthz", "/"] {
+        assert_eq!(get(api, open).status, 200, "{open}");
+    }
+    assert!(!d.log_text().contains("api-s3cret"), "the API token reached the log");
+}
+
+/// `heartbeat` with `args` and `env`, to completion.
+fn heartbeat(args: &[&str], env: &[(&str, &std::path::Path)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(bin("heartbeat"));
+    cmd.args(args).env_remove("HEARTBEAT_API_TOKEN_FILE").stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running heartbeat")
+}
+
+#[test]
+fn heartbeat_status_and_watch_take_the_token_file() {
+    let (d, _client, api) = locked_api();
+    let server = api.to_string();
+    let token_file = d.dir.join("api-token");
+    let token = token_file.to_str().expect("a UTF-8 path");
+    let out = heartbeat(&["status", "--server", &server], &[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HTTP 401") && err.contains("--token-file"), "{err}");
+    let out = heartbeat(&["status", "--server", &server, "--token-file", token], &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dev-1"), "{out:?}");
+    let out = heartbeat(&["status", "--server", &server, "--json"], &[("HEARTBEAT_API_TOKEN_FILE", &token_file)]);
+    assert!(out.status.success(), "{out:?}");
+    // `watch` follows the feed with the token; one online event ends it.
+    let mut cmd = std::process::Command::new(bin("heartbeat"));
+    cmd.args(["watch", "--server", &server, "--count", "1", "--token-file", token]);
+    let watch = Proc::spawn("heartbeat watch", cmd, Output::Stdout);
+    watch.wait_next("dev-1", DEADLINE);
+    let (_second, w) = NativeClient::handshake(d.addr("main"), "dev-2", "");
+    d.wait(ev("online").kv("session", w.session));
+    watch.wait_next("dev-2", DEADLINE);
+    assert!(watch.wait_exit(DEADLINE).success(), "{}", watch.text());
 }

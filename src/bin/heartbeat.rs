@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, SystemTime};
 
 use clap::Parser;
-use heartbeatd::cli::agent::{CheckArgs, Cli, Command, RunArgs, StatusArgs, WatchArgs};
+use heartbeatd::cli::agent::{Api, CheckArgs, Cli, Command, RunArgs, StatusArgs, WatchArgs};
 use heartbeatd::client::{self, AgentConfig, CheckConfig, ConfigError, KeepaliveOptions, StopReason};
 use heartbeatd::event::Logfmt;
 use heartbeatd::logging;
@@ -36,7 +36,14 @@ fn main() -> ExitCode {
 }
 
 fn status(args: StatusArgs) -> ExitCode {
-    match client::status::clients(&args.api.server, args.listener.as_deref(), args.timeout) {
+    let token = match api_token(&args.api) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("heartbeat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match client::status::clients(&args.api.server, args.listener.as_deref(), args.timeout, token.as_deref()) {
         Ok(clients) if args.json => match serde_json::to_string_pretty(&clients) {
             Ok(json) => {
                 println!("{json}");
@@ -66,27 +73,35 @@ const WATCH_RETRY: Duration = Duration::from_secs(2);
 const WATCH_IDLE: Duration = Duration::from_secs(40);
 
 fn watch(args: WatchArgs) -> ExitCode {
+    let token = match api_token(&args.api) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("heartbeat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut last_id = args.last_event_id.map(|id| id.to_string());
     let mut seen = 0usize;
     let mut connected_once = false;
     loop {
         let resume_after = last_id.clone();
-        let result = client::status::follow(&args.api.server, resume_after.as_deref(), WATCH_IDLE, |event| {
-            connected_once = true;
-            if let Some(id) = &event.id {
-                last_id = Some(id.clone());
-            }
-            for line in watch_lines(event) {
-                match (&event.id, args.ids) {
-                    (Some(id), true) => println!("{id} {line}"),
-                    _ => println!("{line}"),
+        let result =
+            client::status::follow(&args.api.server, resume_after.as_deref(), WATCH_IDLE, token.as_deref(), |event| {
+                connected_once = true;
+                if let Some(id) = &event.id {
+                    last_id = Some(id.clone());
                 }
-            }
-            if matches!(event.event.as_str(), "online" | "offline") {
-                seen += 1;
-            }
-            args.count.is_none_or(|n| seen < n)
-        });
+                for line in watch_lines(event) {
+                    match (&event.id, args.ids) {
+                        (Some(id), true) => println!("{id} {line}"),
+                        _ => println!("{line}"),
+                    }
+                }
+                if matches!(event.event.as_str(), "online" | "offline") {
+                    seen += 1;
+                }
+                args.count.is_none_or(|n| seen < n)
+            });
         if args.count.is_some_and(|n| seen >= n) {
             return ExitCode::SUCCESS;
         }
@@ -279,6 +294,22 @@ fn check(args: CheckArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The status API's token from `--token-file` (or its environment
+/// variable), read as the HELLO token is; `None` without the flag. It goes
+/// into a header, so it must be printable ASCII without spaces, as the
+/// daemon requires of its `http.token_file`.
+fn api_token(api: &Api) -> Result<Option<String>, String> {
+    let Some(path) = api.token_file.as_deref() else { return Ok(None) };
+    let token = read_token(Some(path))?;
+    if token.is_empty() || !token.iter().all(|b| (0x21..=0x7E).contains(b)) {
+        return Err(format!(
+            "--token-file {}: the token must be 1 or more printable ASCII characters without spaces",
+            path.display()
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(&token).into_owned()))
 }
 
 /// Reads the token file: its bytes, less surrounding whitespace (the

@@ -79,6 +79,9 @@ pub struct HttpConfig {
     pub history: usize,
     /// Bytes an event subscriber may leave unread before it is dropped.
     pub subscriber_buffer: usize,
+    /// `token_file`: the bearer token every request but `/healthz` must
+    /// carry; `None` leaves the API open.
+    pub token: Option<tokens::ApiToken>,
 }
 
 /// Daemon-wide settings: the `[daemon]` table.
@@ -404,6 +407,7 @@ pub(super) mod tests {
                 request_timeout: secs(10),
                 history: 1024,
                 subscriber_buffer: 262144,
+                token: None,
             }),
         };
         assert_eq!(embedded().unwrap(), expected);

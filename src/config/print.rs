@@ -39,6 +39,9 @@ pub fn to_toml(config: &Config, origin: &str) -> String {
         let _ = writeln!(out, "request_timeout = {}", duration(http.request_timeout));
         let _ = writeln!(out, "history = {}", http.history);
         let _ = writeln!(out, "subscriber_buffer = {}", http.subscriber_buffer);
+        if let Some(token) = &http.token {
+            let _ = writeln!(out, "token_file = {}", string(&token.file.to_string_lossy()));
+        }
     }
     out
 }

@@ -223,6 +223,34 @@ pub fn format_digest(digest: &Digest) -> String {
     out
 }
 
+/// The status API's bearer token (`[http] token_file`): where it was read,
+/// and its hash, the only form kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// The file, resolved against the config's directory.
+    pub file: std::path::PathBuf,
+    /// SHA-256 of the token.
+    pub digest: Digest,
+}
+
+/// Parses a `token_file` of the status API: the token (trimmed of
+/// surrounding whitespace; 1..=255 bytes of printable ASCII without
+/// spaces, so it fits an `Authorization` header and a URL unescaped), or
+/// its `sha256:HEX`, so the daemon's copy need not be the token itself.
+pub fn api_token(text: &[u8]) -> Result<Digest, String> {
+    let token = text.trim_ascii();
+    if token.starts_with(SHA256_PREFIX.as_bytes()) {
+        return parse_digest(token);
+    }
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(format!("the token is {} bytes; tokens are 1..=255 bytes", token.len()));
+    }
+    if let Some(bad) = token.iter().find(|b| !(0x21..=0x7E).contains(*b)) {
+        return Err(format!("the token holds byte 0x{bad:02x}; API tokens are printable ASCII without spaces"));
+    }
+    Ok(hash(token))
+}
+
 /// `--hash-token`: the `sha256:HEX` of the token in `input` (standard
 /// input), trimmed of surrounding whitespace as the agent trims its token
 /// file. The error never quotes the input.
@@ -301,6 +329,15 @@ mod tests {
         assert_eq!(hash_input(b"  test\n").as_deref(), Ok(TEST_HASH));
         assert!(hash_input(b" \n").unwrap_err().contains("0 bytes"));
         assert!(hash_input(&[b'x'; 256]).unwrap_err().contains("256 bytes"));
+    }
+
+    #[test]
+    fn api_tokens_are_header_safe_or_hashed() {
+        assert_eq!(api_token(b"test\n"), Ok(hash(b"test")));
+        assert_eq!(api_token(format!("{TEST_HASH}\n").as_bytes()), Ok(hash(b"test")));
+        assert!(api_token(b"two words").unwrap_err().contains("0x20"));
+        assert!(api_token(b"\n").unwrap_err().contains("0 bytes"));
+        assert!(api_token(b"sha256:00").unwrap_err().contains("64 hex"));
     }
 
     #[test]
