@@ -246,3 +246,41 @@ fn heartbeat_status_and_watch_take_the_token_file() {
     watch.wait_next("dev-2", DEADLINE);
     assert!(watch.wait_exit(DEADLINE).success(), "{}", watch.text());
 }
+
+#[test]
+fn check_config_warns_about_what_is_open_to_the_network_and_still_accepts_it() {
+    let dir = TempDir::new("trust-warn");
+    let open = config(
+        "100ms",
+        "",
+        &[listener("wide", "native", "0.0.0.0:0", SLOW), native("plain", &format!("{SLOW}tokens = [\"s3cret\"]"))],
+    );
+    let path = dir.write("open.toml", &format!("{open}\n[http]\naddress = \"0.0.0.0:0\"\n"));
+    let out = run_cli(&["--check-config", "--config", path.to_str().expect("a UTF-8 path")]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("heartbeatd: warning: ")).collect();
+    assert_eq!(warnings.len(), 3, "{err}");
+    assert!(warnings[0].contains("\"wide\" on 0.0.0.0:0") && warnings[0].contains("tokens_file"), "{err}");
+    assert!(warnings[1].contains("\"plain\"") && warnings[1].contains("deprecated"), "{err}");
+    assert!(warnings[2].contains("status API") && warnings[2].contains("http.token_file"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+
+    // Closed again: per-id tokens on the wide listener, a token on the API.
+    dir.write("tokens", &bind("dev-1", "dev-1-s3cret"));
+    dir.write("api-token", "api-s3cret\n");
+    let closed =
+        config("100ms", "", &[listener("wide", "native", "0.0.0.0:0", &format!("{SLOW}tokens_file = \"tokens\""))]);
+    let path =
+        dir.write("closed.toml", &format!("{closed}\n[http]\naddress = \"0.0.0.0:0\"\ntoken_file = \"api-token\"\n"));
+    let out = run_cli(&["--check-config", "--config", path.to_str().expect("a UTF-8 path")]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{out:?}");
+}
+
+#[test]
+fn the_daemon_logs_the_warnings_at_start() {
+    let d = Daemon::start(&config("100ms", "", &[listener("wide", "native", "0.0.0.0:0", SLOW)]));
+    let line = d.wait(ev("config-warning"));
+    assert!(line.field("message").contains("\"wide\""), "{line}");
+}

@@ -45,6 +45,10 @@ fn main() -> ExitCode {
     };
     let origin = args.config.as_ref().map_or_else(|| "embedded".to_string(), |p| p.display().to_string());
     if args.check_config {
+        // Valid but unsafe: said, not refused (an operator may mean it).
+        for warning in config::warnings(&config) {
+            eprintln!("heartbeatd: warning: {warning}");
+        }
         let n = config.listeners.len();
         println!("heartbeatd: config {origin} is valid ({n} {})", if n == 1 { "listener" } else { "listeners" });
         return ExitCode::SUCCESS;
@@ -65,6 +69,9 @@ fn main() -> ExitCode {
         config.listeners.len()
     );
     log_fd_limit(&config);
+    for warning in config::warnings(&config) {
+        log::warn!("config-warning message={}", heartbeatd::event::Logfmt(&warning));
+    }
     let result = server::Server::new(config, args.config).and_then(|mut s| s.run());
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,6 +39,7 @@ mod print;
 mod raw;
 mod span;
 pub mod tokens;
+mod warn;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -47,6 +48,7 @@ use std::time::Duration;
 
 pub use file::{read_capped, MAX_TOKENS_FILE_BYTES};
 pub use print::to_toml;
+pub use warn::warnings;
 
 use crate::wire::Protocol;
 
@@ -507,6 +509,7 @@ pub(super) mod tests {
             "request_timeout",
             "history",
             "subscriber_buffer",
+            "token_file",
         ];
         for key in keys {
             assert!(EMBEDDED.contains(&format!("{key} ")) || EMBEDDED.contains(&format!("{key}\n")), "{key}");
