@@ -4,7 +4,7 @@
 //! ERROR 4 and one `takeover-refused` line; the live connection keeps its
 //! PONGs and has no offline event.
 
-use heartbeatd_harness::http::{connect_http, exchange, get, http_addr, with_http, Response};
+use heartbeatd_harness::http::{connect_http, exchange, get, http_addr, scrape, with_http, Response};
 use heartbeatd_harness::*;
 
 /// A long interval: nothing times out during a test.
@@ -46,10 +46,9 @@ fn a_wrong_or_missing_token_never_takes_over_a_live_id() {
 
 #[test]
 fn an_open_listener_cannot_take_over_an_id_from_a_locked_one() {
-    let d = Daemon::start(&config(
-        "100ms",
+    let d = Daemon::start(&with_http(
+        &config("100ms", "", &[native("locked", &format!("{SLOW}tokens = [\"s3cret\"]")), native("open", SLOW)]),
         "",
-        &[native("locked", &format!("{SLOW}tokens = [\"s3cret\"]")), native("open", SLOW)],
     ));
     let (mut victim, w) = NativeClient::handshake(d.addr("locked"), "victim", "s3cret");
     d.wait(ev("online").kv("session", w.session));
@@ -58,6 +57,7 @@ fn an_open_listener_cannot_take_over_an_id_from_a_locked_one() {
     let (_other, wo) = NativeClient::handshake(d.addr("open"), "someone-else", "");
     d.wait(ev("online").kv("session", wo.session));
     victim.round_trip(b"after");
+    assert_eq!(scrape(http_addr(&d)).value("heartbeatd_takeovers_refused_total", &[]), 1.0);
 }
 
 /// A tokens file line binding `token` to `id` (`*`: listener-wide).
@@ -283,4 +283,26 @@ fn the_daemon_logs_the_warnings_at_start() {
     let d = Daemon::start(&config("100ms", "", &[listener("wide", "native", "0.0.0.0:0", SLOW)]));
     let line = d.wait(ev("config-warning"));
     assert!(line.field("message").contains("\"wide\""), "{line}");
+}
+
+/// A reload re-reads the tokens file: a new id's token works at once, a
+/// rotated-out one no longer does, and clients online stay online.
+#[test]
+fn a_reload_applies_a_new_tokens_file() {
+    let d = fleet();
+    let addr = d.addr("fleet");
+    let (mut victim, w) = NativeClient::handshake(addr, "victim", "victim-s3cret");
+    d.wait(ev("online").kv("session", w.session));
+    d.dir.write("tokens", &format!("{}{}", bind("victim", "victim-n3w"), bind("newcomer", "newcomer-s3cret")));
+    let mark = d.mark();
+    d.signal(libc::SIGHUP);
+    d.wait_from(mark, "reloaded", DEADLINE);
+    let (_n, wn) = NativeClient::handshake(addr, "newcomer", "newcomer-s3cret");
+    d.wait(ev("online").kv("session", wn.session));
+    // The old token no longer proves the id: refused, the holder stays.
+    assert_refused(&d, NativeClient::connect(addr), "victim", "victim-s3cret", &mut victim, w.session);
+    let (_v, wv) = NativeClient::handshake(addr, "victim", "victim-n3w");
+    let off = d.wait(ev("offline").kv("session", w.session));
+    assert_eq!(off.field("reason"), "replaced", "{off}");
+    d.wait(ev("online").kv("session", wv.session));
 }

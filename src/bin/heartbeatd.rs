@@ -69,9 +69,7 @@ fn main() -> ExitCode {
         config.listeners.len()
     );
     log_fd_limit(&config);
-    for warning in config::warnings(&config) {
-        log::warn!("config-warning message={}", heartbeatd::event::Logfmt(&warning));
-    }
+    config::log_warnings(&config);
     let result = server::Server::new(config, args.config).and_then(|mut s| s.run());
     match result {
         Ok(()) => ExitCode::SUCCESS,

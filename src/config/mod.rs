@@ -48,7 +48,7 @@ use std::time::Duration;
 
 pub use file::{read_capped, MAX_TOKENS_FILE_BYTES};
 pub use print::to_toml;
-pub use warn::warnings;
+pub use warn::{log_warnings, warnings};
 
 use crate::wire::Protocol;
 

@@ -1,5 +1,6 @@
 //! Warnings about a config that is valid but unsafe: `--check-config`
-//! prints them, and the daemon logs them at start (`config-warning`).
+//! prints them, and the daemon logs them at start and at each reload
+//! (`config-warning`).
 //!
 //! Invariants: a warning never refuses a config (the daemon starts as
 //! configured: an operator may mean it, e.g. behind a firewall); each one
@@ -54,6 +55,14 @@ pub fn warnings(config: &Config) -> Vec<String> {
         ));
     }
     out
+}
+
+/// Logs every warning about `config`, one `config-warning` line each: at
+/// start and after each reload that applied.
+pub fn log_warnings(config: &Config) {
+    for warning in warnings(config) {
+        log::warn!("config-warning message={}", crate::event::Logfmt(&warning));
+    }
 }
 
 /// A loopback address (127.0.0.0/8, ::1, or IPv4 loopback mapped into

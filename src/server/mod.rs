@@ -908,9 +908,10 @@ impl Server {
     }
 
     /// The one line of a refused takeover: which id, who tried (peer,
-    /// listener, session) and what it proved, which session holds the id.
-    /// No token is ever logged.
-    fn log_takeover_refused(&self, key: usize, id: &str, proved: &str) {
+    /// listener, session) and what it proved, which session holds the id;
+    /// counted in `/metrics`. No token is ever logged.
+    fn log_takeover_refused(&mut self, key: usize, id: &str, proved: &str) {
+        self.metrics.count_takeover_refused();
         let slot = &self.conns[key];
         let holder = self.ids.get(id).map_or(0, |&online| self.conns[online].session);
         warn!(
