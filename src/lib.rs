@@ -49,5 +49,6 @@ pub(crate) mod status;
 pub(crate) mod systemd;
 pub mod tls;
 pub(crate) mod transport;
+pub mod trust;
 pub mod wheel;
 pub mod wire;

@@ -46,6 +46,8 @@ pub struct Metrics {
     abandoned: u64,
     /// Probe HELLOs answered (never online).
     probes: u64,
+    /// HELLOs refused for an id online that they did not prove (`trust.rs`).
+    takeovers_refused: u64,
     /// Stalls longer than `daemon.max_local_pause` (`server/stall.rs`).
     loop_stalls: u64,
     /// Their total length.
@@ -119,6 +121,7 @@ impl Metrics {
             loop_iterations: 0,
             abandoned: 0,
             probes: 0,
+            takeovers_refused: 0,
             loop_stalls: 0,
             loop_stall_time: Duration::ZERO,
             last_loop_stall: Duration::ZERO,
@@ -197,6 +200,11 @@ impl Metrics {
     /// Counts a probe HELLO answered with WELCOME.
     pub fn count_probe(&mut self) {
         self.probes += 1;
+    }
+
+    /// Counts a HELLO refused as a takeover of an id online.
+    pub fn count_takeover_refused(&mut self) {
+        self.takeovers_refused += 1;
     }
 
     /// Keeps how late the last round was, for `/healthz`.
@@ -348,6 +356,13 @@ impl Metrics {
         sample(&mut out, "heartbeatd_abandoned_total", &[], self.abandoned);
         family(&mut out, "heartbeatd_probes_total", "counter", "Probe HELLOs answered; a probe never goes online.");
         sample(&mut out, "heartbeatd_probes_total", &[], self.probes);
+        family(
+            &mut out,
+            "heartbeatd_takeovers_refused_total",
+            "counter",
+            "HELLOs for an id online that did not prove it (ERROR 4); the connection online stayed.",
+        );
+        sample(&mut out, "heartbeatd_takeovers_refused_total", &[], self.takeovers_refused);
         family(&mut out, "heartbeatd_build_info", "gauge", "Always 1; the version of the running binary.");
         sample(&mut out, "heartbeatd_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
         family(&mut out, "process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch.");

@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::ListenerConfig;
 use crate::event::OfflineReason;
+use crate::trust::{self, Auth};
 use crate::wire::deframe::{LegacyDeframer, LegacyItem, NativeDeframer};
 use crate::wire::legacy;
 use crate::wire::native::{self, error_code, Frame};
@@ -110,6 +111,8 @@ struct NativeFlags {
     probe: bool,
     /// With `server_ping`: a PING was sent since the last activity.
     pinged: bool,
+    /// What the HELLO proved (`trust.rs`), for the loop's takeover rule.
+    auth: Auth,
     /// Milliseconds after the last activity from which silence counts: set
     /// by [`Session::timing_changed`] to the instant of a fresh WELCOME,
     /// zero again at the next activity. A `u32` relative to the activity
@@ -198,6 +201,21 @@ impl Session {
     /// The HELLO id, once received (native only).
     pub fn id(&self) -> Option<&Rc<str>> {
         self.clock.id.as_ref()
+    }
+
+    /// What the HELLO proved (native; `Auth::Open` before HELLO and for
+    /// legacy and raw, which carry no credential).
+    pub fn auth(&self) -> Auth {
+        match self.framing {
+            Framing::Native { flags, .. } => flags.auth,
+            _ => Auth::Open,
+        }
+    }
+
+    /// The id a HELLO claimed when it was not welcomed: refused for its
+    /// credential, or (between `ingest` and `welcome`) not yet resolved.
+    pub fn claimed_id(&self) -> Option<&Rc<str>> {
+        self.clock.id.as_ref().filter(|_| self.state() == State::Handshake)
     }
 
     /// When the session started, or when it went online once it has.
@@ -337,10 +355,15 @@ impl Session {
     /// Checks the id of the HELLO `ingest` just returned against the names
     /// the client's certificate proves (mutual TLS; `what` says which kind
     /// of name, for the log): a HELLO naming another id gets ERROR 4 and
-    /// `Close`, before any `welcome`. `Continue` when it names one of them.
-    pub fn check_identity(&self, allowed: &[String], what: &str, out: &mut Vec<u8>) -> Next {
+    /// `Close`, before any `welcome`. `Continue` when it names one of them:
+    /// the certificate proved the id ([`Auth::Id`], `trust.rs`), so only
+    /// another proof of it may take it over.
+    pub fn check_identity(&mut self, allowed: &[String], what: &str, out: &mut Vec<u8>) -> Next {
         let Some(id) = self.clock.id.as_deref() else { return Next::Continue };
         if allowed.iter().any(|name| name == id) {
+            if let Framing::Native { flags, .. } = &mut self.framing {
+                flags.auth = Auth::Id;
+            }
             return Next::Continue;
         }
         encode_error(error_code::AUTH_FAILED, "id not in the client certificate", out);
@@ -349,6 +372,18 @@ impl Session {
             OfflineReason::ProtocolError,
             format!("certificate mismatch: HELLO id {id}, certificate has {proven}"),
         )
+    }
+
+    /// Writes what a HELLO refused as a takeover (it proved less than the
+    /// live connection of its id, `trust::may_replace`) is told: ERROR 4.
+    pub fn takeover_refused(&self, out: &mut Vec<u8>) {
+        if matches!(self.framing, Framing::Native { .. }) {
+            encode_error(
+                error_code::AUTH_FAILED,
+                "authentication failed: the id is online and this HELLO does not prove it",
+                out,
+            );
+        }
     }
 
     /// Writes the goodbye of a stopping daemon: BYE `shutdown` (native).
@@ -460,14 +495,21 @@ impl Clock {
                 encode_error(error_code::OUT_OF_ORDER, "expected HELLO first", out);
                 return Next::close(OfflineReason::ProtocolError, "frame before HELLO");
             };
-            if !cfg.tokens.is_empty() && !cfg.tokens.iter().any(|t| t.as_slice() == token) {
+            // The credential check (`trust.rs`). A client certificate
+            // (mutual TLS) is judged after this, by `check_identity`:
+            // `Auth::Id` for the id it names, refusal for any other.
+            let Some(auth) = trust::authenticate(cfg, id, token) else {
+                // The id is kept, though it never goes online: the loop
+                // names a refused claim on a live id `takeover-refused`.
+                self.id = Some(id.into());
                 encode_error(error_code::AUTH_FAILED, "authentication failed", out);
                 return Next::close(OfflineReason::ProtocolError, format!("bad token for id {id}"));
-            }
+            };
             let id: Rc<str> = id.into();
             self.id = Some(Rc::clone(&id));
             self.last_activity = Stamp::of(now);
             flags.probe = probe;
+            flags.auth = auth;
             return if probe { Next::Probe } else { Next::Hello(id) };
         }
         match frame {

@@ -407,3 +407,54 @@ fn the_dashboard_shows_clients_come_and_go_live() {
     page.wait_for("the feed reconnecting", "document.getElementById('feed-state').dataset.state === 'reconnecting'");
     println!("browser test done in {:?}; look at {}", began.elapsed(), desktop.display());
 }
+
+/// With `[http] token_file` the page (served without the token) takes the
+/// token from its fragment, drops it from the address bar, and shows the
+/// clients through the locked API: /clients and /metrics with the bearer
+/// header, the feed with `?access_token=`.
+#[test]
+fn the_dashboard_works_with_a_locked_api() {
+    let Some(chromium) = find_chromium() else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("chromium is not installed, and CI=true requires this test to run (.ci/setup installs it)");
+        }
+        println!("skipped: chromium not installed (apt-get install chromium, or run .ci/setup as root)");
+        return;
+    };
+    let dir = TempDir::new("dashboard-token");
+    dir.write("api-token", "dash-s3cret\n");
+    let text = with_http(
+        &config("10ms", "", &[native("main", "interval = \"5s\"\nmisses = 3")]),
+        "token_file = \"api-token\"",
+    );
+    let path = dir.write("heartbeatd.toml", &text);
+    let d = Daemon::start_in(dir, path);
+    let (http, main) = (http_addr(&d), d.addr("main"));
+    let (_kitchen, kitchen_w) = NativeClient::handshake(main, "kitchen-sensor", "");
+    assert_eq!(get(http, "/clients").status, 401, "the API is locked");
+
+    let browser = Chromium::launch(&chromium);
+    let mut page = Cdp::connect(&browser.ws_url);
+    page.open(&format!("http://{http}/healthz"), 1200, 860, &[]);
+    page.call("Page.navigate", json!({ "url": format!("http://{http}/#token=dash-s3cret") }));
+    page.wait_for(
+        "the page loaded, the token gone from its address",
+        "location.pathname === '/' && location.hash === '' && document.readyState === 'complete'",
+    );
+    page.wait_for("the feed connected", "document.getElementById('feed-state').dataset.state === 'live'");
+    page.wait_for(
+        "kitchen-sensor's row",
+        &format!("document.querySelector('#clients tr[data-session=\"{}\"]')?.dataset.client", kitchen_w.session),
+    );
+    let rtt = page.wait_for(
+        "kitchen-sensor's RTT, from /clients",
+        &format!("(() => {{ const t = {}; return t && t !== '–' ? t : null; }})()", cell_js(kitchen_w.session, "rtt")),
+    );
+    assert!(rtt.as_str().is_some_and(|t| t.ends_with("µs") || t.ends_with("ms")), "RTT cell: {rtt}");
+    page.wait_for(
+        "main's timing, from /metrics",
+        "document.querySelector('#listeners li[data-listener=\"main\"] [data-field=\"timing\"]')?.textContent",
+    );
+    assert!(page.page_errors.is_empty(), "the page logged errors: {:#?}", page.page_errors);
+    save("dashboard-token.png", &page.screenshot());
+}

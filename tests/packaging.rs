@@ -7,18 +7,28 @@ use heartbeatd::config;
 
 const PACKAGED: &str = include_str!("../config/packaged.toml");
 
-/// The packaged conffile is the embedded default, listening on all IPv4
-/// addresses: same keys, same values, so its comments stay true.
+/// The packaged conffile is the embedded default: same keys, same values,
+/// so its comments stay true; and, as the embedded default, it listens on
+/// loopback only (a fresh install is closed to the network) and draws no
+/// `--check-config` warning.
 #[test]
-fn packaged_config_is_the_default_on_all_addresses() {
+fn packaged_config_is_the_default_on_loopback() {
     let embedded = config::embedded().expect("embedded config parses");
     let packaged = config::parse(PACKAGED, "config/packaged.toml", Path::new(".")).expect("packaged config parses");
-    let all: SocketAddr = "0.0.0.0:7700".parse().expect("address");
+    let loopback: SocketAddr = "127.0.0.1:7700".parse().expect("address");
     assert_eq!(packaged.listeners.len(), 1);
-    assert_eq!(packaged.listeners[0].address, all);
-    let mut expected = embedded;
-    expected.listeners[0].address = all;
-    assert_eq!(packaged, expected);
+    assert_eq!(packaged.listeners[0].address, loopback);
+    assert!(packaged.http.as_ref().is_some_and(|h| h.address.ip().is_loopback()), "{:?}", packaged.http);
+    assert_eq!(config::warnings(&packaged), Vec::<String>::new());
+    assert_eq!(packaged, embedded);
+}
+
+const SOCKET: &str = include_str!("../systemd/heartbeatd.socket");
+
+/// The socket unit listens where the packaged listener does: loopback.
+#[test]
+fn the_socket_unit_listens_where_the_packaged_listener_does() {
+    assert!(SOCKET.lines().any(|l| l == "ListenStream=127.0.0.1:7700"), "{SOCKET}");
 }
 
 const SERVICE: &str = include_str!("../systemd/heartbeatd.service");
@@ -62,6 +72,7 @@ fn the_config_man_page_is_installed_and_names_every_key() {
         "request_timeout",
         "history",
         "subscriber_buffer",
+        "token_file",
         "name",
         "protocol",
         "interval",

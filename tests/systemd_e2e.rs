@@ -129,14 +129,14 @@ fn privileged_port_binds_under_the_unit() {
         install(c, deb);
         let conf = "/etc/heartbeatd/heartbeatd.toml";
         c.ok(&format!(
-            "sed -i 's/^address = \"0.0.0.0:7700\"/address = \"0.0.0.0:700\"/' {conf} \
-             && grep -q '^address = \"0.0.0.0:700\"' {conf}"
+            "sed -i 's/^address = \"127.0.0.1:7700\"/address = \"127.0.0.1:700\"/' {conf} \
+             && grep -q '^address = \"127.0.0.1:700\"' {conf}"
         ));
         let restart = c.sh("systemctl restart heartbeatd");
         let log = c.ok("journalctl -u heartbeatd -o cat --no-pager | tail -n 5");
         assert!(restart.status.success(), "heartbeatd did not start on port 700:\n{log}");
         assert_eq!(c.ok("systemctl is-active heartbeatd").trim(), "active");
-        assert!(log.contains("address=0.0.0.0:700 socket=bound"), "{log}");
+        assert!(log.contains("address=127.0.0.1:700 socket=bound"), "{log}");
     });
 }
 
@@ -318,7 +318,8 @@ fn scenario(c: &Container, deb: &Path) {
     let listening = c.wait_journal("the listening line of the restart", |entries| {
         entries.iter().rev().find(|e| message(e).starts_with("listening listener=main ")).cloned()
     });
-    assert!(message(&listening).contains(&format!("address=0.0.0.0:{PORT} socket=bound")), "{listening:?}");
+    // Packaged on loopback only: a fresh install is closed to the network.
+    assert!(message(&listening).contains(&format!("address=127.0.0.1:{PORT} socket=bound")), "{listening:?}");
     let status = c.ok("systemctl status heartbeatd --no-pager");
     assert!(status.contains("Status: \"0 clients online on 1 listener\""), "no STATUS line in:\n{status}");
 

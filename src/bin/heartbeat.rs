@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, SystemTime};
 
 use clap::Parser;
-use heartbeatd::cli::agent::{CheckArgs, Cli, Command, RunArgs, StatusArgs, WatchArgs};
+use heartbeatd::cli::agent::{Api, CheckArgs, Cli, Command, RunArgs, StatusArgs, WatchArgs};
 use heartbeatd::client::{self, AgentConfig, CheckConfig, ConfigError, KeepaliveOptions, StopReason};
 use heartbeatd::event::Logfmt;
 use heartbeatd::logging;
@@ -36,10 +36,17 @@ fn main() -> ExitCode {
 }
 
 fn status(args: StatusArgs) -> ExitCode {
+    let token = match api_token(&args.api) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("heartbeat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if args.all {
-        return status_all(&args);
+        return status_all(&args, token.as_deref());
     }
-    match client::status::clients(&args.api.server, args.listener.as_deref(), args.timeout) {
+    match client::status::clients(&args.api.server, args.listener.as_deref(), args.timeout, token.as_deref()) {
         Ok(clients) if args.json => match serde_json::to_string_pretty(&clients) {
             Ok(json) => {
                 println!("{json}");
@@ -62,8 +69,8 @@ fn status(args: StatusArgs) -> ExitCode {
 }
 
 /// `heartbeat status --all`: online and expected clients with their state.
-fn status_all(args: &StatusArgs) -> ExitCode {
-    match client::status::presence(&args.api.server, args.listener.as_deref(), args.timeout) {
+fn status_all(args: &StatusArgs, token: Option<&str>) -> ExitCode {
+    match client::status::presence(&args.api.server, args.listener.as_deref(), args.timeout, token) {
         Ok(clients) if args.json => match serde_json::to_string_pretty(&clients) {
             Ok(json) => {
                 println!("{json}");
@@ -87,7 +94,7 @@ fn status_all(args: &StatusArgs) -> ExitCode {
 
 /// `heartbeat watch --json [--resume FILE]`: JSON lines, resumable
 /// (`client::resume`).
-fn watch_json(args: &WatchArgs) -> ExitCode {
+fn watch_json(args: &WatchArgs, token: Option<&str>) -> ExitCode {
     let path = args.resume.as_deref();
     let mut cursor = path.and_then(client::resume::Cursor::load);
     let mut seen = 0usize;
@@ -95,7 +102,7 @@ fn watch_json(args: &WatchArgs) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     loop {
         let before = seen;
-        let result = client::resume::follow_once(&args.api.server, path, &mut cursor, WATCH_IDLE, &mut stdout, |n| {
+        let result = client::resume::follow_once(&args.api.server, token, path, &mut cursor, WATCH_IDLE, &mut stdout, |n| {
             args.count.is_none_or(|max| before + n < max)
         });
         match result {
@@ -129,30 +136,38 @@ const WATCH_RETRY: Duration = Duration::from_secs(2);
 const WATCH_IDLE: Duration = Duration::from_secs(40);
 
 fn watch(args: WatchArgs) -> ExitCode {
+    let token = match api_token(&args.api) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("heartbeat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if args.json {
-        return watch_json(&args);
+        return watch_json(&args, token.as_deref());
     }
     let mut last_id = args.last_event_id.map(|id| id.to_string());
     let mut seen = 0usize;
     let mut connected_once = false;
     loop {
         let resume_after = last_id.clone();
-        let result = client::status::follow(&args.api.server, resume_after.as_deref(), WATCH_IDLE, |event| {
-            connected_once = true;
-            if let Some(id) = &event.id {
-                last_id = Some(id.clone());
-            }
-            for line in watch_lines(event) {
-                match (&event.id, args.ids) {
-                    (Some(id), true) => println!("{id} {line}"),
-                    _ => println!("{line}"),
+        let result =
+            client::status::follow(&args.api.server, resume_after.as_deref(), WATCH_IDLE, token.as_deref(), |event| {
+                connected_once = true;
+                if let Some(id) = &event.id {
+                    last_id = Some(id.clone());
                 }
-            }
-            if matches!(event.event.as_str(), "online" | "offline") {
-                seen += 1;
-            }
-            args.count.is_none_or(|n| seen < n)
-        });
+                for line in watch_lines(event) {
+                    match (&event.id, args.ids) {
+                        (Some(id), true) => println!("{id} {line}"),
+                        _ => println!("{line}"),
+                    }
+                }
+                if matches!(event.event.as_str(), "online" | "offline") {
+                    seen += 1;
+                }
+                args.count.is_none_or(|n| seen < n)
+            });
         if args.count.is_some_and(|n| seen >= n) {
             return ExitCode::SUCCESS;
         }
@@ -361,6 +376,22 @@ fn check(args: CheckArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The status API's token from `--token-file` (or its environment
+/// variable), read as the HELLO token is; `None` without the flag. It goes
+/// into a header, so it must be printable ASCII without spaces, as the
+/// daemon requires of its `http.token_file`.
+fn api_token(api: &Api) -> Result<Option<String>, String> {
+    let Some(path) = api.token_file.as_deref() else { return Ok(None) };
+    let token = read_token(Some(path))?;
+    if token.is_empty() || !token.iter().all(|b| (0x21..=0x7E).contains(b)) {
+        return Err(format!(
+            "--token-file {}: the token must be 1 or more printable ASCII characters without spaces",
+            path.display()
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(&token).into_owned()))
 }
 
 /// Reads the token file: its bytes, less surrounding whitespace (the

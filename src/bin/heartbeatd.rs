@@ -2,7 +2,7 @@
 //! load the config, start logging, run.
 //!
 //! Exit codes: 0 after a graceful stop, a valid `--check-config`, a
-//! `--print-config` or a `--reload` that applied; 78 (`EX_CONFIG`,
+//! `--print-config`, a `--hash-token` or a `--reload` that applied; 78 (`EX_CONFIG`,
 //! sysexits.h) for a config that cannot be read or is invalid, or that a
 //! socket-activated listener does not match, so that the unit's
 //! `RestartPreventExitStatus=78` stops systemd from retrying; 1 for a
@@ -33,6 +33,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if args.hash_token {
+        return hash_token();
+    }
     let config = match server::load_config(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -42,6 +45,10 @@ fn main() -> ExitCode {
     };
     let origin = args.config.as_ref().map_or_else(|| "embedded".to_string(), |p| p.display().to_string());
     if args.check_config {
+        // Valid but unsafe: said, not refused (an operator may mean it).
+        for warning in config::warnings(&config) {
+            eprintln!("heartbeatd: warning: {warning}");
+        }
         let n = config.listeners.len();
         println!("heartbeatd: config {origin} is valid ({n} {})", if n == 1 { "listener" } else { "listeners" });
         return ExitCode::SUCCESS;
@@ -62,6 +69,7 @@ fn main() -> ExitCode {
         config.listeners.len()
     );
     log_fd_limit(&config);
+    config::log_warnings(&config);
     let result = server::Server::new(config, args.config).and_then(|mut s| s.run());
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,6 +78,23 @@ fn main() -> ExitCode {
             // A socket that systemd passed for another address: a retry
             // would fail the same way, so exit as a config error does.
             ExitCode::from(if e.is_config_mismatch() { EX_CONFIG } else { 1 })
+        }
+    }
+}
+
+/// `--hash-token`: the hash of the token on standard input, on standard
+/// output; 1 with the reason for input that is no token.
+fn hash_token() -> ExitCode {
+    let mut input = Vec::new();
+    let read = std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut input);
+    match read.map_err(|e| format!("reading standard input: {e}")).and_then(|_| config::tokens::hash_input(&input)) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            logging::early_error(&format!("heartbeatd: --hash-token: {e}"));
+            ExitCode::FAILURE
         }
     }
 }

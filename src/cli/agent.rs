@@ -61,6 +61,11 @@ pub struct Api {
     /// a heartbeat listener.
     #[arg(long, short = 's', alias = "http", value_name = "HOST:PORT", default_value = "127.0.0.1:7780")]
     pub server: String,
+
+    /// File holding the status API's bearer token, when the daemon's
+    /// `[http]` has a token_file (surrounding whitespace is trimmed).
+    #[arg(long, value_name = "FILE", env = "HEARTBEAT_API_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `heartbeat status`.

@@ -14,10 +14,10 @@ use clap::{CommandFactory, Parser};
     name = "heartbeatd",
     version,
     about,
-    after_help = "Exit status: 0 after a graceful stop or a successful --check-config, --print-config or \
---reload; 78 (EX_CONFIG) for a config that cannot be read or is invalid, or that a socket-activated \
-listener does not match; 1 for a failure to start or keep running, or a failed --reload; 2 for \
-invalid arguments."
+    after_help = "Exit status: 0 after a graceful stop or a successful --check-config, --print-config, \
+--hash-token or --reload; 78 (EX_CONFIG) for a config that cannot be read or is invalid, or that a socket-activated \
+listener does not match; 1 for a failure to start or keep running, a failed --reload, or --hash-token \
+input that is no token; 2 for invalid arguments."
 )]
 pub struct Args {
     /// Config file to use instead of the embedded default
@@ -40,6 +40,12 @@ pub struct Args {
     /// or in part. The unit's ExecReload=; needs $RUNTIME_DIRECTORY.
     #[arg(long, value_name = "PID", conflicts_with_all = ["check_config", "print_config", "config"])]
     pub reload: Option<u32>,
+
+    /// Read a token from standard input (surrounding whitespace trimmed, as
+    /// the agent trims its --token-file) and print its hash, `sha256:HEX`,
+    /// for a tokens file line `ID sha256:HEX`. The token is never echoed.
+    #[arg(long, conflicts_with_all = ["check_config", "print_config", "config", "reload"])]
+    pub hash_token: bool,
 }
 
 /// The whole `heartbeatd` command, for `--help` and the man page.

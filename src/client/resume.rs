@@ -96,16 +96,18 @@ pub fn resume_point(cursor: Option<Cursor>, started_ms: u64) -> (Option<u64>, Op
 /// Follows the feed once (one connection), printing JSON lines to `out`
 /// and advancing `cursor` (stored at `path`, if any) after each line with
 /// an id. Returns how many online/offline events it printed; `keep_going`
-/// is asked after each, with that count.
+/// is asked after each, with that count. `token` is the API's bearer
+/// token, if it has one.
 pub fn follow_once(
     http: &str,
+    token: Option<&str>,
     path: Option<&Path>,
     cursor: &mut Option<Cursor>,
     idle: Duration,
     out: &mut impl Write,
     mut keep_going: impl FnMut(usize) -> bool,
 ) -> Result<usize, StatusError> {
-    let started_ms = started_ms(http, idle)?;
+    let started_ms = started_ms(http, idle, token)?;
     let (after, gap) = resume_point(*cursor, started_ms);
     if let Some(gap) = gap {
         let _ = writeln!(out, "{gap}").and_then(|()| out.flush());
@@ -113,7 +115,7 @@ pub fn follow_once(
     let resume = after.map(|id| id.to_string());
     let mut printed = 0;
     let mut write_error = None;
-    follow(http, resume.as_deref(), idle, |event| {
+    follow(http, resume.as_deref(), idle, token, |event| {
         if let Err(e) = writeln!(out, "{}", json_line(event)).and_then(|()| out.flush()) {
             // A closed stdout (the consumer went away): stop, cursor kept.
             write_error = Some(e);

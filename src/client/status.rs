@@ -42,6 +42,11 @@ impl fmt::Display for StatusError {
             StatusError::TimedOut { what, after } => {
                 write!(f, "timed out after {} {what}", humantime::format_duration(*after))
             }
+            StatusError::Status(401, body) => write!(
+                f,
+                "HTTP 401: {}; give the API's token with --token-file FILE (or HEARTBEAT_API_TOKEN_FILE)",
+                body.trim()
+            ),
             StatusError::Status(code, body) => write!(f, "HTTP {code}: {}", body.trim()),
             StatusError::NotHttp(what) => f.write_str(what),
             StatusError::Malformed(what) => write!(f, "unexpected answer: {what}"),
@@ -145,23 +150,39 @@ fn get(http: &str, path: &str, timeout: Duration, headers: &str) -> Result<BufRe
     Ok(reader)
 }
 
-/// The online clients, from `GET /clients[?listener=NAME]`.
-pub fn clients(http: &str, listener: Option<&str>, timeout: Duration) -> Result<Vec<ClientView>, StatusError> {
+/// The `Authorization` header line for the API's bearer `token`, if any.
+fn bearer(token: Option<&str>) -> String {
+    token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default()
+}
+
+/// The online clients, from `GET /clients[?listener=NAME]`; `token` is the
+/// API's bearer token (`[http] token_file`), when it has one.
+pub fn clients(
+    http: &str,
+    listener: Option<&str>,
+    timeout: Duration,
+    token: Option<&str>,
+) -> Result<Vec<ClientView>, StatusError> {
     let path = match listener {
         Some(name) => format!("/clients?listener={}", percent_encode(name)),
         None => "/clients".to_owned(),
     };
     let mut body = String::new();
-    get(http, &path, timeout, "")?
+    get(http, &path, timeout, &bearer(token))?
         .read_to_string(&mut body)
         .map_err(|e| io_error("reading /clients".into(), e, timeout))?;
     serde_json::from_str(&body).map_err(|e| StatusError::Malformed(format!("/clients is not the client list: {e}")))
 }
 
 /// Reads one JSON answer of the API at `path`.
-fn get_json<T: serde::de::DeserializeOwned>(http: &str, path: &str, timeout: Duration) -> Result<T, StatusError> {
+fn get_json<T: serde::de::DeserializeOwned>(
+    http: &str,
+    path: &str,
+    timeout: Duration,
+    token: Option<&str>,
+) -> Result<T, StatusError> {
     let mut body = String::new();
-    get(http, path, timeout, "")?
+    get(http, path, timeout, &bearer(token))?
         .read_to_string(&mut body)
         .map_err(|e| io_error(format!("reading {path}"), e, timeout))?;
     serde_json::from_str(&body).map_err(|e| StatusError::Malformed(format!("{path}: {e}")))
@@ -170,10 +191,11 @@ fn get_json<T: serde::de::DeserializeOwned>(http: &str, path: &str, timeout: Dur
 /// When the daemon started, Unix ms: its `process_start_time_seconds`
 /// in `/metrics`, written to the millisecond and the same for the whole
 /// life of the process, so it tells `watch --resume` which daemon
-/// numbered the events.
-pub fn started_ms(http: &str, timeout: Duration) -> Result<u64, StatusError> {
+/// numbered the events. `token` is the API's bearer token, as for
+/// [`clients`].
+pub fn started_ms(http: &str, timeout: Duration, token: Option<&str>) -> Result<u64, StatusError> {
     let mut body = String::new();
-    get(http, "/metrics", timeout, "")?
+    get(http, "/metrics", timeout, &bearer(token))?
         .read_to_string(&mut body)
         .map_err(|e| io_error("reading /metrics".into(), e, timeout))?;
     body.lines()
@@ -183,13 +205,19 @@ pub fn started_ms(http: &str, timeout: Duration) -> Result<u64, StatusError> {
         .ok_or_else(|| StatusError::Malformed("/metrics has no process_start_time_seconds".into()))
 }
 
-/// Every online and every expected client, from `GET /clients?state=all`.
-pub fn presence(http: &str, listener: Option<&str>, timeout: Duration) -> Result<Vec<PresenceView>, StatusError> {
+/// Every online and every expected client, from `GET /clients?state=all`;
+/// `token` as for [`clients`].
+pub fn presence(
+    http: &str,
+    listener: Option<&str>,
+    timeout: Duration,
+    token: Option<&str>,
+) -> Result<Vec<PresenceView>, StatusError> {
     let path = match listener {
         Some(name) => format!("/clients?state=all&listener={}", percent_encode(name)),
         None => "/clients?state=all".to_owned(),
     };
-    get_json(http, &path, timeout)
+    get_json(http, &path, timeout, token)
 }
 
 /// The `heartbeat status --all` table: one row per client, expected or
@@ -237,14 +265,17 @@ pub fn presence_table(clients: &[PresenceView], now: SystemTime) -> String {
 /// Follows `GET /events`, calling `on_event` for each event until the
 /// stream ends (returns `Ok`) or `on_event` returns `false`.
 /// `last_event_id` resumes after that event. `idle` bounds the silence
-/// between two reads (the daemon sends a keepalive every 15 s).
+/// between two reads (the daemon sends a keepalive every 15 s). `token`
+/// is the API's bearer token, as for [`clients`].
 pub fn follow(
     http: &str,
     last_event_id: Option<&str>,
     idle: Duration,
+    token: Option<&str>,
     mut on_event: impl FnMut(&SseEvent) -> bool,
 ) -> Result<(), StatusError> {
-    let headers = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
+    let mut headers = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
+    headers.push_str(&bearer(token));
     let reader = get(http, "/events", idle, &headers)?;
     let mut event = SseEvent { id: None, event: String::new(), data: String::new() };
     for line in reader.lines() {

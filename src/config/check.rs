@@ -26,6 +26,7 @@ use toml::Spanned;
 use super::listener::listeners;
 use super::raw::{RawConfig, RawDaemon, RawHttp, RawListener};
 use super::span::Source;
+use super::tokens::{self, ApiToken};
 use super::{Config, ConfigError, DaemonConfig, HttpConfig, ListenerConfig};
 
 /// Message for a config without `[[listener]]` tables.
@@ -129,7 +130,7 @@ impl FromStr for LogLevel {
 pub(super) fn config(source: &Source<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
     let daemon = source.daemon(raw.daemon.unwrap_or_default())?;
     let tables = listener_tables(source, raw.listener)?;
-    let http = raw.http.map(|table| source.http(table)).transpose()?;
+    let http = raw.http.map(|table| source.http(table, base_dir)).transpose()?;
     let listeners = listeners(source, tables, daemon.tick, base_dir)?;
     if let Some((http, table_span)) = &http {
         http_clash(source, http, table_span, &listeners)?;
@@ -345,7 +346,7 @@ impl Source<'_> {
 
     /// Validates the `[http]` table; returns it with the table's span, for
     /// an address clash found later.
-    fn http(&self, raw: Spanned<RawHttp>) -> Result<(HttpConfig, Range<usize>), ConfigError> {
+    fn http(&self, raw: Spanned<RawHttp>, base_dir: &Path) -> Result<(HttpConfig, Range<usize>), ConfigError> {
         let span = raw.span();
         let raw = raw.into_inner();
         let config = HttpConfig {
@@ -369,8 +370,21 @@ impl Source<'_> {
                 HTTP_SUBSCRIBER_BUFFER,
                 DEFAULT_HTTP_SUBSCRIBER_BUFFER,
             )?,
+            token: raw.token_file.as_ref().map(|file| self.api_token(file, base_dir)).transpose()?,
         };
         Ok((config, span))
+    }
+
+    /// `[http] token_file`: the status API's bearer token (`tokens.rs`),
+    /// read with the tokens file's cap and kept only as its hash.
+    fn api_token(&self, file: &Spanned<String>, base_dir: &Path) -> Result<ApiToken, ConfigError> {
+        let path = base_dir.join(file.get_ref());
+        let shown = path.display();
+        let contents = super::file::read_capped(&path, super::file::MAX_TOKENS_FILE_BYTES)
+            .map_err(|e| self.at(file, "http.token_file", format!("cannot read token file {shown}: {e}")))?;
+        let digest = tokens::api_token(&contents)
+            .map_err(|e| self.at(file, "http.token_file", format!("token file {shown}: {e}")))?;
+        Ok(ApiToken { file: path, digest })
     }
 
     /// `[http] address`, required: a table without one is an error at the

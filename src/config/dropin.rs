@@ -164,12 +164,13 @@ fn merge_daemon(source: &Source<'_>, mine: &mut RawDaemon, theirs: RawDaemon) ->
 
 /// Key-by-key merge of two `[http]` tables.
 fn merge_http(source: &Source<'_>, mine: &mut RawHttp, theirs: RawHttp) -> Result<(), ConfigError> {
-    let RawHttp { address, max_connections, request_timeout, history, subscriber_buffer } = theirs;
+    let RawHttp { address, max_connections, request_timeout, history, subscriber_buffer, token_file } = theirs;
     one(source, "http.address", &mut mine.address, address)?;
     one(source, "http.max_connections", &mut mine.max_connections, max_connections)?;
     one(source, "http.request_timeout", &mut mine.request_timeout, request_timeout)?;
     one(source, "http.history", &mut mine.history, history)?;
-    one(source, "http.subscriber_buffer", &mut mine.subscriber_buffer, subscriber_buffer)
+    one(source, "http.subscriber_buffer", &mut mine.subscriber_buffer, subscriber_buffer)?;
+    one(source, "http.token_file", &mut mine.token_file, token_file)
 }
 
 /// Moves every span of a file's raw tables by `by`, into the shared offset
@@ -205,6 +206,7 @@ pub(super) fn shift(raw: RawConfig, by: usize) -> RawConfig {
                 request_timeout: s(h.request_timeout, by),
                 history: s(h.history, by),
                 subscriber_buffer: s(h.subscriber_buffer, by),
+                token_file: s(h.token_file, by),
             };
             Spanned::new(span, table)
         }),

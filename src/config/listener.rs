@@ -20,6 +20,7 @@ use toml::Spanned;
 use super::check::{show, socket_addr, MAX_DURATION, MAX_DURATION_TEXT};
 use super::raw::{RawListener, RawTcp};
 use super::span::Source;
+use super::tokens::{self, Tokens};
 use super::{ConfigError, ListenerConfig, TcpConfig};
 use crate::wire::Protocol;
 
@@ -45,8 +46,6 @@ const NAME_RULE: &str = "a unique name of 1..=64 characters from A-Z a-z 0-9 _ .
 const ADDRESS_RULE: &str = "ip:port to listen on, e.g. \"127.0.0.1:7700\" or \"[::1]:7700\"";
 /// Longest listener name, in characters.
 const MAX_NAME_LEN: usize = 64;
-/// Longest HELLO token, in bytes: its length is a `u8` on the wire.
-const MAX_TOKEN_LEN: usize = 255;
 
 /// `[listener.tcp]` defaults.
 const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
@@ -141,7 +140,7 @@ impl ListenerSource<'_> {
             DEFAULT_HANDSHAKE_TIMEOUT,
         )?;
         let max_frame = self.max_frame(raw.max_frame.as_ref(), protocol)?;
-        let tokens = self.tokens(&raw)?;
+        let Tokens { plain: tokens, credentials } = self.tokens(&raw)?;
         let expect = super::expect::expected(
             self.source,
             &self.prefix,
@@ -164,6 +163,7 @@ impl ListenerSource<'_> {
                 max_frame,
                 tokens,
                 expect,
+                credentials,
                 tcp,
                 tls,
             },
@@ -336,21 +336,22 @@ impl ListenerSource<'_> {
         Ok(timeout)
     }
 
-    /// HELLO tokens from `tokens` or `tokens_file`; empty when neither is
-    /// given.
-    fn tokens(&self, raw: &RawListener) -> Result<Vec<Vec<u8>>, ConfigError> {
+    /// HELLO credentials from `tokens` or `tokens_file` (`tokens.rs` has
+    /// the entry format); empty when neither is given.
+    fn tokens(&self, raw: &RawListener) -> Result<Tokens, ConfigError> {
         match (&raw.tokens, &raw.tokens_file) {
             (Some(_), Some(file)) => {
                 Err(self.at(file, "tokens_file", "give either tokens or tokens_file, not both".to_owned()))
             }
             (Some(list), None) => self.inline_tokens(list),
             (None, Some(file)) => self.tokens_file(file),
-            (None, None) => Ok(Vec::new()),
+            (None, None) => Ok(Tokens::default()),
         }
     }
 
-    /// The `tokens = [...]` list: at least one, each 1..=255 bytes.
-    fn inline_tokens(&self, list: &Spanned<Vec<Spanned<String>>>) -> Result<Vec<Vec<u8>>, ConfigError> {
+    /// The `tokens = [...]` list: at least one entry, each a token of
+    /// 1..=255 bytes or a hashed `ID sha256:HEX`.
+    fn inline_tokens(&self, list: &Spanned<Vec<Spanned<String>>>) -> Result<Tokens, ConfigError> {
         // An empty list would silently turn authentication off.
         if list.get_ref().is_empty() {
             return Err(self.at(
@@ -361,59 +362,29 @@ impl ListenerSource<'_> {
                     .to_owned(),
             ));
         }
-        list.get_ref()
-            .iter()
-            .enumerate()
-            .map(|(i, token)| {
-                let bytes = token.get_ref().as_bytes();
-                if bytes.is_empty() || bytes.len() > MAX_TOKEN_LEN {
-                    return Err(self.at(
-                        token,
-                        &format!("tokens[{i}]"),
-                        format!("token is {} bytes; tokens are 1..=255 bytes", bytes.len()),
-                    ));
-                }
-                Ok(bytes.to_vec())
-            })
-            .collect()
+        let mut tokens = Tokens::default();
+        for (i, token) in list.get_ref().iter().enumerate() {
+            let entry = tokens::entry(token.get_ref().as_bytes())
+                .map_err(|message| self.at(token, &format!("tokens[{i}]"), message))?;
+            tokens.add(entry);
+        }
+        Ok(tokens)
     }
 
-    /// Reads a tokens file: one token per line, trimmed; blank lines and
-    /// `#` comments skipped. A regular file of at most 1 MiB, opened
-    /// without blocking (see `file.rs`).
-    fn tokens_file(&self, file: &Spanned<String>) -> Result<Vec<Vec<u8>>, ConfigError> {
+    /// Reads a tokens file (`tokens.rs`): a regular file of at most 1 MiB,
+    /// opened without blocking (see `file.rs`).
+    fn tokens_file(&self, file: &Spanned<String>) -> Result<Tokens, ConfigError> {
         let path = self.base_dir.join(file.get_ref());
         let shown = path.display();
         let contents = super::file::read_capped(&path, super::file::MAX_TOKENS_FILE_BYTES)
             .map_err(|e| self.at(file, "tokens_file", format!("cannot read tokens file {shown}: {e}")))?;
-        let mut tokens = Vec::new();
-        for (number, line) in contents.split(|&b| b == b'\n').enumerate() {
-            let token = line.trim_ascii();
-            if token.is_empty() || token.starts_with(b"#") {
-                continue;
-            }
-            if token.len() > MAX_TOKEN_LEN {
-                return Err(self.at(
-                    file,
-                    "tokens_file",
-                    format!(
-                        "tokens file {shown} line {}: token is {} bytes; tokens are 1..=255 bytes",
-                        number + 1,
-                        token.len()
-                    ),
-                ));
-            }
-            tokens.push(token.to_vec());
-        }
-        // An empty file would silently turn authentication off.
-        if tokens.is_empty() {
-            return Err(self.at(
-                file,
-                "tokens_file",
-                format!("tokens file {shown} holds no token: write one token per line"),
-            ));
-        }
-        Ok(tokens)
+        tokens::parse(&contents).map_err(|e| {
+            let message = match e.line {
+                0 => format!("tokens file {shown} {}", e.message),
+                line => format!("tokens file {shown} line {line}: {}", e.message),
+            };
+            self.at(file, "tokens_file", message)
+        })
     }
 
     /// Validates the `[listener.tcp]` table.

@@ -41,6 +41,8 @@ mod print;
 mod raw;
 mod span;
 mod tls;
+pub mod tokens;
+mod warn;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -50,6 +52,7 @@ use std::time::Duration;
 pub use file::{read_capped, MAX_TOKENS_FILE_BYTES};
 pub use hooks::{pattern_matches, HookConfig, HookEvent};
 pub use print::to_toml;
+pub use warn::{log_warnings, warnings};
 
 use crate::wire::Protocol;
 
@@ -84,6 +87,9 @@ pub struct HttpConfig {
     pub history: usize,
     /// Bytes an event subscriber may leave unread before it is dropped.
     pub subscriber_buffer: usize,
+    /// `token_file`: the bearer token every request but `/healthz` must
+    /// carry; `None` leaves the API open.
+    pub token: Option<tokens::ApiToken>,
 }
 
 /// Daemon-wide settings: the `[daemon]` table.
@@ -143,11 +149,16 @@ pub struct ListenerConfig {
     pub echo: bool,
     /// Largest frame payload accepted, in bytes (`native`, `legacy`).
     pub max_frame: usize,
-    /// `native`: accepted HELLO tokens; empty means no authentication.
+    /// `native`: listener-wide HELLO tokens in clear (the old form): each
+    /// authenticates any id not bound in `credentials`. With `credentials`
+    /// also empty, the listener is open: no authentication.
     pub tokens: Vec<Vec<u8>>,
     /// `native`: the ids of the clients that should be online
     /// (`expect` or `expect_file`, `expect.rs`).
     pub expect: Vec<String>,
+    /// `native`: hashed credentials, tokens bound to ids and listener-wide
+    /// (`config::tokens`); see `crate::trust` for what they admit.
+    pub credentials: tokens::Credentials,
     /// The `[listener.tcp]` socket options.
     pub tcp: TcpConfig,
     /// `native`: the `[listener.tls]` table; `None` is plain TCP.
@@ -418,6 +429,7 @@ pub(super) mod tests {
                 max_frame: 1024,
                 tokens: vec![],
                 expect: vec![],
+                credentials: tokens::Credentials::default(),
                 tcp: default_tcp(),
                 tls: None,
             }],
@@ -427,6 +439,7 @@ pub(super) mod tests {
                 request_timeout: secs(10),
                 history: 1024,
                 subscriber_buffer: 262144,
+                token: None,
             }),
             hooks: vec![],
         };
@@ -540,6 +553,7 @@ pub(super) mod tests {
             "reasons",
             "clients",
             "command",
+            "token_file",
         ];
         for key in keys {
             assert!(EMBEDDED.contains(&format!("{key} ")) || EMBEDDED.contains(&format!("{key}\n")), "{key}");

@@ -45,6 +45,9 @@ pub fn to_toml(config: &Config, origin: &str) -> String {
         let _ = writeln!(out, "request_timeout = {}", duration(http.request_timeout));
         let _ = writeln!(out, "history = {}", http.history);
         let _ = writeln!(out, "subscriber_buffer = {}", http.subscriber_buffer);
+        if let Some(token) = &http.token {
+            let _ = writeln!(out, "token_file = {}", string(&token.file.to_string_lossy()));
+        }
     }
     for hook in &config.hooks {
         write_hook(&mut out, hook);
@@ -83,13 +86,15 @@ fn write_listener(out: &mut String, l: &ListenerConfig) {
     if l.protocol != Protocol::Raw {
         let _ = writeln!(out, "max_frame = {}", l.max_frame);
     }
-    if !l.tokens.is_empty() {
+    if !l.tokens.is_empty() || !l.credentials.is_empty() {
         // A token read from a tokens file may be any bytes; TOML strings
         // are UTF-8, so such a token cannot be written exactly.
         if l.tokens.iter().any(|t| std::str::from_utf8(t).is_err()) {
             let _ = writeln!(out, "# a token is not UTF-8: shown with U+FFFD, so this listener does not round-trip");
         }
-        let tokens: Vec<String> = l.tokens.iter().map(|t| string(&String::from_utf8_lossy(t))).collect();
+        // Hashed entries are written as hashes: the tokens are not known.
+        let plain = l.tokens.iter().map(|t| string(&String::from_utf8_lossy(t)));
+        let tokens: Vec<String> = plain.chain(l.credentials.entries().iter().map(|e| string(e))).collect();
         let _ = writeln!(out, "tokens = [{}]", tokens.join(", "));
     }
     if !l.expect.is_empty() {
@@ -178,6 +183,15 @@ mod tests {
             )
             + "[http]\naddress = \"[::1]:0\"\nhistory = 5\nrequest_timeout = \"250ms\"\n";
         round_trip(&parse_ok(&text));
+    }
+
+    #[test]
+    fn hashed_tokens_round_trip_as_hashes() {
+        let hash = super::super::tokens::format_digest(&super::super::tokens::hash(b"the-token"));
+        let config = parse_ok(&listener(&format!("tokens = [\"plain\", \"dev-1 {hash}\", \"* {hash}\"]\n")));
+        round_trip(&config);
+        let text = to_toml(&config, "test");
+        assert!(text.contains(&format!("\"dev-1 {hash}\"")) && !text.contains("the-token"), "{text}");
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub(super) struct RawHttp {
     pub(super) request_timeout: Option<Spanned<String>>,
     pub(super) history: Option<Spanned<i64>>,
     pub(super) subscriber_buffer: Option<Spanned<i64>>,
+    pub(super) token_file: Option<Spanned<String>>,
 }
 
 /// The `[daemon]` table as written.

@@ -238,7 +238,7 @@ const DURATION_EXAMPLES: [(&str, &str); 9] = [
 ];
 
 /// An example value for the other scalar keys, at or near their defaults.
-const OTHER_EXAMPLES: [(&str, &str); 17] = [
+const OTHER_EXAMPLES: [(&str, &str); 18] = [
     ("max_clients", "65536"),
     ("max_per_address", "0"),
     ("log_level", "\"info\""),
@@ -256,6 +256,7 @@ const OTHER_EXAMPLES: [(&str, &str); 17] = [
     ("max_connections", "64"),
     ("history", "1024"),
     ("subscriber_buffer", "262144"),
+    ("token_file", "\"api-token\""),
 ];
 
 /// serde's "invalid type: integer `3`, expected a string" for `key`, in

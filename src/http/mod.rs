@@ -21,6 +21,7 @@
 //! HTTP connections are few (bounded by config), so deadlines are found by
 //! scanning them ([`Http::next_deadline`]) rather than through the wheel.
 
+mod auth;
 pub mod feed;
 pub mod routes;
 
@@ -34,6 +35,7 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use crate::api::{HttpStats, View};
+use crate::config::tokens::Digest;
 use crate::config::HttpConfig;
 use crate::event::{Event, Logfmt};
 use feed::{Feed, Start};
@@ -157,7 +159,7 @@ impl Http {
         let stats = self.stats();
         let Some(conn) = self.conns.get_mut(key) else { return };
         let result = match conn.phase {
-            Phase::Reading { .. } => read_request(conn).map(|request| {
+            Phase::Reading { .. } => read_request(conn, self.cfg.token.as_ref().map(|t| &t.digest)).map(|request| {
                 if let Some((method, target, last_event_id)) = request {
                     self.requests += 1;
                     let reply = route(&method, &target, last_event_id.as_deref(), view, &stats);
@@ -325,8 +327,12 @@ impl Http {
 
 /// Reads until the request head is complete: `Some((method, target,
 /// last_event_id))`, `None` to wait for more, `Err` to close. Errors that
-/// deserve a status (400, 431) are queued as a response and return `Ok`.
-fn read_request(conn: &mut HttpConn) -> Result<Option<(String, String, Option<String>)>, String> {
+/// deserve a status (400, 401 without the API's `token`, 431) are queued as
+/// a response and return `Ok`.
+fn read_request(
+    conn: &mut HttpConn,
+    token: Option<&Digest>,
+) -> Result<Option<(String, String, Option<String>)>, String> {
     let mut chunk = [0u8; 2048];
     loop {
         match conn.stream.read(&mut chunk) {
@@ -350,6 +356,13 @@ fn read_request(conn: &mut HttpConn) -> Result<Option<(String, String, Option<St
         Ok(httparse::Status::Complete(_)) => {
             let method = request.method.unwrap_or("GET").to_owned();
             let target = request.path.unwrap_or("/").to_owned();
+            let authorization = request.headers.iter().find(|h| h.name.eq_ignore_ascii_case("authorization"));
+            if let Err(refusal) = auth::check(token, &target, authorization.map(|h| h.value)) {
+                conn.request = Vec::new();
+                conn.phase = Phase::Replying;
+                conn.out.extend_from_slice(&auth::unauthorized(refusal));
+                return Ok(None);
+            }
             let last_event_id = request
                 .headers
                 .iter()

@@ -161,6 +161,7 @@ impl Server {
         if let Err(e) = self.apply_http(new.http.clone(), now) {
             failures.push(e);
         }
+        config::log_warnings(&new);
         self.config = new;
         info!("reloaded listeners={} added={} removed={} changed={}", self.listeners.len(), added, removed, changed);
         failures

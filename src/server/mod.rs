@@ -70,6 +70,7 @@ use crate::metrics::Metrics;
 use crate::session::{Next, Session};
 use crate::status::{ListenerNames, StatusView};
 use crate::systemd::{self, Notifier};
+use crate::trust;
 use crate::wheel::{TimerId, Wheel};
 
 mod coalesce;
@@ -726,13 +727,23 @@ impl Server {
 
     /// Resolves a HELLO: replaces the connection online with the same id,
     /// if any, and puts this one online. The later HELLO wins, whatever the
-    /// accept order (PROTOCOL.md §1.5).
+    /// accept order (PROTOCOL.md §1.5), unless it proves less than the one
+    /// online (`trust::may_replace`): then it is refused and the one online
+    /// stays.
     fn on_hello(&mut self, key: usize, id: Rc<str>, now: Instant) -> Next {
         if let Some(gone) = self.ghost(key, now) {
             return gone;
         }
         let session = self.conns[key].session;
         if let Some(&online) = self.ids.get(&id) {
+            let proved = self.conns[key].conn.session().auth();
+            if !trust::may_replace(proved, self.conns[online].conn.session().auth()) {
+                let _ = self.conns[key].conn.say(&mut self.scratch, Session::takeover_refused);
+                self.log_takeover_refused(key, &id, proved.as_str());
+                let detail = format!("takeover of id {id} refused");
+                self.end(key, OfflineReason::ProtocolError, Some(detail), now, true);
+                return Next::Close(OfflineReason::ProtocolError, None);
+            }
             // Best effort: the older connection is closed either way.
             let _ = self.conns[online].conn.say(&mut self.scratch, Session::replaced);
             self.close(online, OfflineReason::Replaced, Some(format!("by session {session}")), now);
@@ -869,6 +880,10 @@ impl Server {
         } else if session.is_probe() {
             // A probe leaves no trace in presence, nor a line per check.
             debug!("probe-closed peer={} listener={} reason={}", conn.peer(), Logfmt(listener), reason.as_str());
+        } else if let Some(id) = session.claimed_id().filter(|id| !quiet && self.ids.contains_key(*id)) {
+            // A HELLO refused for its credential while its id is online.
+            let id = Rc::clone(id);
+            self.log_takeover_refused(key, &id, "none");
         } else if !quiet {
             info!(
                 "handshake-failed peer={} listener={} error={}",
@@ -901,6 +916,22 @@ impl Server {
             }
         }
         self.doomed.push(key);
+    }
+
+    /// The one line of a refused takeover: which id, who tried (peer,
+    /// listener, session) and what it proved, which session holds the id;
+    /// counted in `/metrics`. No token is ever logged.
+    fn log_takeover_refused(&mut self, key: usize, id: &str, proved: &str) {
+        self.metrics.count_takeover_refused();
+        let slot = &self.conns[key];
+        let holder = self.ids.get(id).map_or(0, |&online| self.conns[online].session);
+        warn!(
+            "takeover-refused id={} peer={} listener={} session={} holder={holder} proved={proved}",
+            Logfmt(id),
+            slot.conn.peer(),
+            Logfmt(&self.listeners[slot.conn.listener()].cfg.name),
+            slot.session
+        );
     }
 
     fn drain_after_close(&mut self, key: usize) {
