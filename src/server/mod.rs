@@ -476,6 +476,9 @@ impl Server {
             self.note_stall(stall::measure(previous, before, deadline, woke, now), now);
             previous = now;
             self.fire_timers(now, &mut expired);
+            // Log lines a stuck output did not take wait in a bounded
+            // buffer; each round writes what it takes now (R3).
+            crate::logging::flush();
             if self.end_round(now) {
                 return Ok(());
             }
@@ -566,7 +569,8 @@ impl Server {
             return Some(Duration::ZERO);
         }
         let http = self.http.as_ref().and_then(Http::next_deadline);
-        let next = [self.wheel.next_expiry(), self.stop_by, http].into_iter().flatten().min()?;
+        let log = crate::logging::pending().then(|| now + crate::logging::RETRY);
+        let next = [self.wheel.next_expiry(), self.stop_by, http, log].into_iter().flatten().min()?;
         Some(next.saturating_duration_since(now))
     }
 
