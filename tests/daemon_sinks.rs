@@ -1,15 +1,18 @@
-//! No log sink can stall the loop (issue 10, rule R3, failure 5): a
-//! stopped reader of the daemon's stderr (`heartbeatd 2>&1 | grep …` with
-//! the `grep` stopped) and a journal that does not read its socket.
+//! No request, subscriber or sink can stall the loop (issue 10, rule R3):
+//! a stopped reader of the daemon's stderr (`heartbeatd 2>&1 | grep …` with
+//! the `grep` stopped, failure 5), a journal that does not read its socket,
+//! and a burst of slow `/clients` and `/events` snapshot readers with
+//! thousands online (failure 2).
 //!
 //! Each test keeps healthy native clients pinging every 100 ms (timeout
-//! 1 s) while churning clients fill the log with online/offline lines, and
-//! asserts events: every healthy PING gets its PONG within the timeout,
-//! not one `offline … reason=timeout`, lines that could not be written are
-//! counted in `heartbeatd_log_dropped_total`, and, once the sink reads
-//! again, one `log-dropped lines=N` line says how many.
+//! 1 s) and asserts events: every healthy PING gets its PONG within the
+//! timeout, and not one `offline … reason=timeout`. For the log sinks,
+//! churning clients fill the log with online/offline lines; lines that
+//! could not be written are counted in `heartbeatd_log_dropped_total`, and,
+//! once the sink reads again, one `log-dropped lines=N` line says how many.
 
 use std::fs::File;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
@@ -20,7 +23,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use heartbeatd_harness::http::{get, with_http, Metrics};
+use heartbeatd_harness::http::{get, http_addr, with_http, Metrics, Sse};
 use heartbeatd_harness::log::Follower;
 use heartbeatd_harness::*;
 
@@ -313,4 +316,97 @@ fn a_journal_that_does_not_read_stalls_nobody() {
     // Nothing fell back to the pipe: a full journal queue is waited out,
     // not rerouted.
     assert!(d.log.lines().iter().all(|l| !l.is("online")), "{}", d.log.text());
+}
+
+/// Clients online beside the healthy ones while snapshots are asked for:
+/// their `/clients` reply is some 1.3 MB.
+const CROWD: usize = 3000;
+
+/// Snapshot requests in the burst, of each kind (`/clients`, `/events`).
+const BURST: usize = 64;
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit: the crowd
+/// and the burst need more than a default soft limit of 1,024.
+fn raise_open_files() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit fill and read the struct they are given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0, "getrlimit");
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0, "setrlimit");
+    }
+}
+
+/// Sends `GET path` and reads the answer slowly (1 KiB per 20 ms) for
+/// `read_for`, then hangs up; returns the bytes read.
+fn slow_reader(api: SocketAddr, path: &'static str, read_for: Duration) -> JoinHandle<usize> {
+    thread::spawn(move || {
+        let mut stream = TcpStream::connect_timeout(&api, DEADLINE).expect("connecting to the API");
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).expect("sending the request");
+        stream.set_read_timeout(Some(Duration::from_millis(20))).expect("read timeout");
+        let began = Instant::now();
+        let mut buf = [0u8; 1024];
+        let mut got = 0;
+        while began.elapsed() < read_for {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(_) => {}
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        got
+    })
+}
+
+/// Thousands online, then 64 `GET /clients` and 64 `GET /events` at once,
+/// each read slowly: the replies are made a page at a time as the sockets
+/// drain, so the healthy clients keep their PONGs; afterwards both kinds
+/// of snapshot still list everyone.
+#[test]
+fn a_burst_of_slow_snapshot_readers_stalls_nobody() {
+    raise_open_files();
+    let text = with_http(
+        &config(
+            "100ms",
+            "max_clients = 8192\nmax_per_address = 8192",
+            &[
+                native("main", "interval = \"100ms\"\ntimeout = \"1s\""),
+                native("crowd", "interval = \"30s\"\ntimeout = \"90s\""),
+            ],
+        ),
+        "max_connections = 256",
+    );
+    let d = Daemon::start(&text);
+    let (main, crowd_addr, api) = (d.addr("main"), d.addr("crowd"), http_addr(&d));
+    let crowd: Vec<NativeClient> =
+        (0..CROWD).map(|i| NativeClient::handshake(crowd_addr, &format!("crowd-{i}"), "").0).collect();
+    let healthy = Healthy::start(main);
+    thread::sleep(Duration::from_millis(300));
+    let readers: Vec<JoinHandle<usize>> = (0..BURST)
+        .flat_map(|_| {
+            [slow_reader(api, "/clients", Duration::from_secs(3)), slow_reader(api, "/events", Duration::from_secs(3))]
+        })
+        .collect();
+    let read: usize = readers.into_iter().map(|r| r.join().expect("reader thread")).sum();
+    let (pongs, missed, worst) = healthy.stop();
+    println!(
+        "snapshot burst: {pongs} PONGs, {missed} missed, longest round trip {:.1} ms; readers got {read} bytes",
+        ms(worst)
+    );
+    assert_eq!(missed, 0, "healthy clients missed PONGs during the snapshot burst (longest {worst:?})");
+    d.assert_none(ev("offline").kv("reason", "timeout"));
+    // Both snapshots still list everyone, in session order. A list longer
+    // than a page has no Content-Length: it ends with the connection.
+    let reply = get(api, "/clients");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-length"), None, "a long list is streamed");
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&reply.body).expect("/clients is a JSON array");
+    assert_eq!(list.len(), CROWD, "the crowd (the healthy clients have left)");
+    let sessions: Vec<u64> = list.iter().map(|c| c["session"].as_u64().expect("a session")).collect();
+    assert!(sessions.windows(2).all(|w| w[0] < w[1]), "/clients is in session order");
+    let mut sse = Sse::connect(api, None);
+    let snapshot = sse.expect_kind("snapshot").json();
+    assert_eq!(snapshot["clients"].as_array().map(Vec::len), Some(CROWD));
+    drop(crowd);
 }

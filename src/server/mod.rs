@@ -536,10 +536,11 @@ impl Server {
                 }
             }
         }
-        if let Some(http) = &mut self.http {
+        if let Some(mut http) = self.http.take() {
             if http.next_deadline().is_some_and(|at| at <= now) {
-                http.on_time(self.poll.registry(), now);
+                http.on_time(self.poll.registry(), now, &self.status_view(now));
             }
+            self.http = Some(http);
         }
     }
 
