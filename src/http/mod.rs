@@ -690,4 +690,88 @@ mod tests {
         assert_eq!(http.conns.len(), flood, "the rest in the next round");
         assert_eq!(http.accept_again, None, "drained: no more immediate rounds");
     }
+
+    /// `n` online clients, sessions 1..=n, served a page at a time.
+    struct Crowd(Vec<ClientView>);
+
+    impl View for Crowd {
+        fn clients(&self, _: Option<&str>) -> Vec<ClientView> {
+            self.0.clone()
+        }
+        fn clients_page(&self, _: Option<&str>, after: u64, limit: usize) -> Vec<ClientView> {
+            self.0.iter().filter(|c| c.session > after).take(limit).cloned().collect()
+        }
+        fn client(&self, _: &str) -> Option<ClientView> {
+            None
+        }
+        fn metrics(&self, _: &HttpStats) -> String {
+            String::new()
+        }
+        fn health(&self) -> crate::api::Health {
+            NoClients.health()
+        }
+    }
+
+    /// A `/clients` reply of 10,000 clients (some 4 MB) to a client that
+    /// never reads: the queue stays under its bound while the kernel is
+    /// full, and the connection is dropped at `request_timeout`.
+    #[test]
+    fn an_unread_snapshot_is_bounded_and_dropped_at_the_request_timeout() {
+        let text = "[http]\naddress = \"127.0.0.1:0\"\nrequest_timeout = \"1s\"\n\
+                    [[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\n";
+        let cfg = match crate::config::parse(text, "test.toml", std::path::Path::new("/nonexistent")) {
+            Ok(c) => c.http.expect("http table"),
+            Err(e) => panic!("config: {e}"),
+        };
+        let crowd = Crowd(
+            (1..=10_000)
+                .map(|s| ClientView {
+                    id: format!("client-{s}"),
+                    peer: "127.0.0.1:1".into(),
+                    listener: "t".into(),
+                    protocol: "native".into(),
+                    session: s,
+                    online_since: "2026-01-01T00:00:00.000Z".into(),
+                    online_since_ms: 0,
+                    last_activity_ms: 5,
+                    heartbeats: s,
+                    tcp: None,
+                })
+                .collect(),
+        );
+        let poll = Poll::new().expect("poll");
+        let now = Instant::now();
+        let base = 1000;
+        let mut http = Http::bind(cfg, poll.registry(), base, now).expect("bind");
+        // A small receive window, as a reader that stopped leaves: the
+        // kernel then holds little of the reply.
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        socket.connect(&http.address().into()).expect("connect");
+        let mut client: std::net::TcpStream = socket.into();
+        std::thread::sleep(Duration::from_millis(20));
+        http.handle(poll.registry(), Token(base), now, &crowd);
+        // And a small send buffer on our side, so the kernel cannot hold
+        // the 4 MB (loopback autotuning would let it).
+        for (_, conn) in http.conns.iter() {
+            socket2::SockRef::from(&conn.stream).set_send_buffer_size(4096).expect("SO_SNDBUF");
+        }
+        client.write_all(b"GET /clients HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+        std::thread::sleep(Duration::from_millis(20));
+        http.handle(poll.registry(), Token(base + 1), now, &crowd);
+        assert_eq!(http.conns.len(), 1, "the request is being answered");
+        // Rounds until the kernel takes no more and the queue is full.
+        for _ in 0..1000 {
+            if http.next_deadline().is_none_or(|at| at > now) {
+                break;
+            }
+            http.on_time(poll.registry(), now, &crowd);
+        }
+        let (_, conn) = http.conns.iter().next().expect("the connection is still open");
+        assert!(conn.producer.is_some(), "4 MB cannot all be in the kernel's buffers");
+        assert!(conn.out.len() <= OUT_HIGH + 128 * 1024, "queued {} bytes", conn.out.len());
+        assert!(!conn.ready_to_produce(), "no page is made while the queue is full");
+        http.on_time(poll.registry(), now + Duration::from_secs(1), &crowd);
+        assert_eq!(http.conns.len(), 0, "an unread reply is dropped at request_timeout");
+    }
 }
