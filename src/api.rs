@@ -154,6 +154,13 @@ pub struct Health {
 pub trait View {
     /// Online clients, optionally of one listener, ordered by session.
     fn clients(&self, listener: Option<&str>) -> Vec<ClientView>;
+    /// At most `limit` of those clients, the first ones with a session
+    /// after `after`: one page of a snapshot made a page at a time
+    /// (`http::snapshot`). The daemon's view finds them without rendering
+    /// the others.
+    fn clients_page(&self, listener: Option<&str>, after: u64, limit: usize) -> Vec<ClientView> {
+        self.clients(listener).into_iter().filter(|c| c.session > after).take(limit).collect()
+    }
     /// The online client with this id.
     fn client(&self, id: &str) -> Option<ClientView>;
     /// The Prometheus exposition, including the HTTP layer's own numbers.

@@ -9,8 +9,10 @@
 //! - A value containing a newline uses the protocol's binary form (name,
 //!   newline, 64-bit little-endian length, bytes, newline), so no value can
 //!   forge a field.
-//! - A failed send is never silent: the caller falls back to stderr, which
-//!   the journal also reads.
+//! - A send never waits: the socket is non-blocking, and a full journal
+//!   queue is `WouldBlock` for the caller ([`crate::logsink`]) to queue or
+//!   drop and count; any other failed send is never silent: the caller
+//!   falls back to stderr, which the journal also reads.
 
 use std::io;
 use std::os::unix::net::UnixDatagram;
@@ -33,9 +35,11 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Prepares to send to the journal socket at `path`.
+    /// Prepares to send to the journal socket at `path`, without blocking.
     pub fn new(path: &Path) -> io::Result<Journal> {
-        Ok(Journal { socket: UnixDatagram::unbound()?, path: path.to_owned() })
+        let socket = UnixDatagram::unbound()?;
+        socket.set_nonblocking(true)?;
+        Ok(Journal { socket, path: path.to_owned() })
     }
 
     /// The journal socket named by `$HEARTBEATD_JOURNAL_SOCKET`, or the
@@ -45,16 +49,15 @@ impl Journal {
         Journal::new(&path)
     }
 
-    /// Sends one entry made of `fields` (names: uppercase ASCII letters,
-    /// digits and `_`, not starting with `_`).
-    pub fn send(&self, fields: &[(&str, &str)]) -> io::Result<()> {
-        let mut datagram = Vec::with_capacity(256);
-        encode(fields, &mut datagram);
-        self.socket.send_to(&datagram, &self.path).map(drop)
+    /// Sends one entry encoded by [`encode`]. `WouldBlock` when journald's
+    /// queue is full.
+    pub fn send_datagram(&self, datagram: &[u8]) -> io::Result<()> {
+        self.socket.send_to(datagram, &self.path).map(drop)
     }
 }
 
-/// Appends the native-protocol encoding of `fields` to `out`.
+/// Appends the native-protocol encoding of `fields` to `out` (names:
+/// uppercase ASCII letters, digits and `_`, not starting with `_`).
 pub fn encode(fields: &[(&str, &str)], out: &mut Vec<u8>) {
     for (name, value) in fields {
         debug_assert!(valid_name(name), "journal field name {name:?}");
@@ -135,7 +138,9 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let receiver = UnixDatagram::bind(&path).expect("bind");
         let journal = Journal::new(&path).expect("journal");
-        journal.send(&[("MESSAGE", "hello"), ("PRIORITY", "5")]).expect("send");
+        let mut datagram = Vec::new();
+        encode(&[("MESSAGE", "hello"), ("PRIORITY", "5")], &mut datagram);
+        journal.send_datagram(&datagram).expect("send");
         let mut buf = [0u8; 512];
         let n = receiver.recv(&mut buf).expect("recv");
         assert_eq!(&buf[..n], b"MESSAGE=hello\nPRIORITY=5\n");

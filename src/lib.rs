@@ -35,6 +35,7 @@ pub mod http;
 pub(crate) mod journal;
 pub mod limits;
 pub mod logging;
+pub(crate) mod logsink;
 pub(crate) mod metrics;
 pub mod reload;
 pub mod server;

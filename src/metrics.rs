@@ -354,6 +354,13 @@ impl Metrics {
             "Connections whose peer had closed before they were served; never online.",
         );
         sample(&mut out, "heartbeatd_abandoned_total", &[], self.abandoned);
+        family(
+            &mut out,
+            "heartbeatd_log_dropped_total",
+            "counter",
+            "Log lines and journal entries dropped because the log's output did not take them in time.",
+        );
+        sample(&mut out, "heartbeatd_log_dropped_total", &[], crate::logging::dropped_total());
         family(&mut out, "heartbeatd_probes_total", "counter", "Probe HELLOs answered; a probe never goes online.");
         sample(&mut out, "heartbeatd_probes_total", &[], self.probes);
         family(

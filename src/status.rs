@@ -3,9 +3,10 @@
 //! (clients online, each listener's interval and timeout in force).
 //!
 //! A [`StatusView`] borrows the loop's tables read-only for the length of
-//! one request; it changes nothing and holds nothing.
+//! one request (or one page of a snapshot); it changes nothing and holds
+//! nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
@@ -89,6 +90,34 @@ impl View for StatusView<'_> {
             .collect();
         clients.sort_by_key(|c| c.session);
         clients
+    }
+
+    /// One scan of the table, keeping the `limit` smallest sessions after
+    /// `after` in a bounded heap; only those are rendered (each costs a
+    /// `TCP_INFO` call). Cost O(table · log limit), memory O(limit).
+    fn clients_page(&self, listener: Option<&str>, after: u64, limit: usize) -> Vec<ClientView> {
+        let mut page: BinaryHeap<(u64, usize)> = BinaryHeap::with_capacity(limit + 1);
+        for (key, slot) in self.conns.iter() {
+            let session = slot.session_number();
+            if session <= after
+                || !slot.conn().session().is_online()
+                || slot.is_closing()
+                || listener.is_some_and(|name| self.listeners.name(slot.conn().listener()) != name)
+            {
+                continue;
+            }
+            if page.len() < limit {
+                page.push((session, key));
+            } else if page.peek().is_some_and(|&(largest, _)| session < largest) {
+                page.pop();
+                page.push((session, key));
+            }
+        }
+        page.into_sorted_vec()
+            .into_iter()
+            .filter_map(|(_, key)| self.conns.get(key))
+            .map(|slot| self.view_of(slot))
+            .collect()
     }
 
     fn client(&self, id: &str) -> Option<ClientView> {

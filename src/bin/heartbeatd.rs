@@ -71,7 +71,7 @@ fn main() -> ExitCode {
     log_fd_limit(&config);
     config::log_warnings(&config);
     let result = server::Server::new(config, args.config).and_then(|mut s| s.run());
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("fatal error={}", heartbeatd::event::Logfmt(&e.to_string()));
@@ -79,7 +79,10 @@ fn main() -> ExitCode {
             // would fail the same way, so exit as a config error does.
             ExitCode::from(if e.is_config_mismatch() { EX_CONFIG } else { 1 })
         }
-    }
+    };
+    // Lines a slow log reader has not taken yet: a bounded wait for them.
+    logging::finish();
+    code
 }
 
 /// `--hash-token`: the hash of the token on standard input, on standard

@@ -483,6 +483,9 @@ impl Server {
             self.note_stall(stall::measure(previous, before, deadline, woke, now), now);
             previous = now;
             self.fire_timers(now, &mut expired);
+            // Log lines a stuck output did not take wait in a bounded
+            // buffer; each round writes what it takes now (R3).
+            crate::logging::flush();
             if self.end_round(now) {
                 return Ok(());
             }
@@ -540,10 +543,11 @@ impl Server {
                 }
             }
         }
-        if let Some(http) = &mut self.http {
+        if let Some(mut http) = self.http.take() {
             if http.next_deadline().is_some_and(|at| at <= now) {
-                http.on_time(self.poll.registry(), now);
+                http.on_time(self.poll.registry(), now, &self.status_view(now));
             }
+            self.http = Some(http);
         }
         if self.hooks.next_deadline().is_some_and(|at| at <= now) {
             self.hooks.on_time(self.poll.registry(), now);
@@ -576,8 +580,11 @@ impl Server {
             return Some(Duration::ZERO);
         }
         let http = self.http.as_ref().and_then(Http::next_deadline);
-        let next =
-            [self.wheel.next_expiry(), self.stop_by, http, self.hooks.next_deadline()].into_iter().flatten().min()?;
+        let log = crate::logging::pending().then(|| now + crate::logging::RETRY);
+        let next = [self.wheel.next_expiry(), self.stop_by, http, self.hooks.next_deadline(), log]
+            .into_iter()
+            .flatten()
+            .min()?;
         Some(next.saturating_duration_since(now))
     }
 
