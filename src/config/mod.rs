@@ -125,8 +125,14 @@ pub struct ListenerConfig {
     pub echo: bool,
     /// Largest frame payload accepted, in bytes (`native`, `legacy`).
     pub max_frame: usize,
-    /// `native`: accepted HELLO tokens; empty means no authentication.
+    /// `native`, `websocket`: accepted HELLO (or `token=`) tokens; empty
+    /// means no authentication.
     pub tokens: Vec<Vec<u8>>,
+    /// `websocket`: the only request path upgraded; `None` takes any.
+    pub path: Option<String>,
+    /// `websocket`: the page origins a browser may connect from; empty
+    /// allows any.
+    pub allowed_origins: Vec<String>,
     /// The `[listener.tcp]` socket options.
     pub tcp: TcpConfig,
 }
@@ -389,6 +395,8 @@ pub(super) mod tests {
                 echo: false,
                 max_frame: 1024,
                 tokens: vec![],
+                path: None,
+                allowed_origins: vec![],
                 tcp: default_tcp(),
             }],
             http: Some(HttpConfig {
@@ -452,8 +460,8 @@ pub(super) mod tests {
     #[test]
     fn embedded_examples_parse_when_uncommented() {
         let config = parse_ok(&embedded_with_examples());
-        let [native, legacy, raw] = &config.listeners[..] else {
-            panic!("expected three listeners: {config:?}");
+        let [native, legacy, raw, websocket] = &config.listeners[..] else {
+            panic!("expected four listeners: {config:?}");
         };
         assert_eq!(native.protocol, Protocol::Native);
         assert_eq!(legacy.protocol, Protocol::Legacy);
@@ -461,6 +469,8 @@ pub(super) mod tests {
         assert_eq!(raw.protocol, Protocol::Raw);
         assert_eq!(raw.timeout, Duration::ZERO);
         assert_eq!(raw.tcp.user_timeout, secs(18));
+        assert_eq!(websocket.protocol, Protocol::WebSocket);
+        assert_eq!((websocket.path.as_deref(), websocket.allowed_origins.len()), (Some("/"), 1));
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub(super) struct RawListener {
     pub(super) max_frame: Option<Spanned<i64>>,
     pub(super) tokens: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) tokens_file: Option<Spanned<String>>,
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) tcp: Option<RawTcp>,
 }
 
