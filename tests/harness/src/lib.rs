@@ -20,6 +20,7 @@
 //! - [`audit`]: [`Audit`], the one-offline-per-online check of a log.
 //! - [`http`], [`systemd`], [`netns`]: the status API, systemd (notify,
 //!   journal, socket activation) and network-namespace helpers.
+//! - [`websocket`]: Python's `websockets` as an independent WebSocket client.
 //!
 //! Every wait has a deadline; a timed-out wait fails the test with what was
 //! waited for and the output so far.
@@ -39,6 +40,7 @@ pub mod netns;
 pub mod proc;
 pub mod systemd;
 pub mod temp;
+pub mod websocket;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
