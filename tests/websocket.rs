@@ -2,12 +2,17 @@
 //! `websockets` library (online, Close -> `left`, kill -> `closed`/`reset`,
 //! SIGSTOP -> `timeout` within the bound, the daemon's Close on stop and on
 //! replacement), `curl` for the refusals (403 for an origin or token, 404
-//! for a path, 400 for a plain request), and a hand-written frame for the
-//! protocol errors.
+//! for a path, 400 for a plain request), a hand-written frame for the
+//! protocol errors, and headless Chromium over the DevTools protocol
+//! opening a page (served by the test) whose only script is README's
+//! `new WebSocket(...)`: online with no page timer, also hidden behind
+//! another tab; closing the tab -> `left` or `closed`; killing the browser
+//! -> `closed`/`reset`; SIGSTOP of its process group -> `timeout` within
+//! the bound.
 //!
-//! Without python3's `websockets` (or curl) a test says `skipped` and
-//! passes, except under `CI=true`, where it fails (`.ci/setup` installs
-//! them).
+//! Without python3's `websockets`, curl or chromium a test says `skipped`
+//! and passes, except under `CI=true`, where it fails (`.ci/setup`
+//! installs them).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -220,4 +225,124 @@ fn an_unmasked_frame_is_a_protocol_error_with_close_1002() {
     assert_eq!((close[0], u16::from_be_bytes([close[2], close[3]])), (0x88, 1002));
     let off = d.wait(ev("offline").kv("session", session));
     assert_eq!(off.field("reason"), "protocol-error", "{off}");
+}
+
+// ---- a real browser ---------------------------------------------------------
+
+/// Serves `page` to every request on `server`, from a thread, for as long
+/// as the test runs.
+fn serve_page(server: std::net::TcpListener, page: String) {
+    std::thread::spawn(move || {
+        for mut stream in server.incoming().flatten() {
+            let mut request = [0; 4096];
+            let _ = stream.read(&mut request);
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{page}",
+                page.len()
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+}
+
+/// The page of README's snippet: it only opens the socket. No timer, no
+/// handler: whatever keeps it online is the browser's network stack.
+fn snippet_page(addr: SocketAddr, id: &str) -> String {
+    format!(
+        "<!doctype html><title>heartbeat</title>\n<script>\n  window.ws = new WebSocket(\"ws://{addr}/?id={id}\");\n</script>\n"
+    )
+}
+
+/// A daemon with a browser-facing listener that only admits `origin`, and
+/// a page from that origin open in a fresh Chromium; the client is online.
+struct BrowserCase {
+    d: Daemon,
+    browser: heartbeatd_harness::browser::Chromium,
+    cdp: heartbeatd_harness::browser::Cdp,
+    target: String,
+    session: u64,
+}
+
+fn browser_case(chromium: &std::path::Path, id: &str) -> BrowserCase {
+    use heartbeatd_harness::browser::*;
+    // The page server's port is known only once it listens, and the
+    // daemon's only once it runs: the origin list names the page server.
+    let page_server = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port");
+    let page_port = page_server.local_addr().expect("address").port();
+    drop(page_server);
+    let d = Daemon::start(&fast(&format!("allowed_origins = [\"http://127.0.0.1:{page_port}\"]\n")));
+    let addr = d.addr("main");
+    let page = snippet_page(addr, id);
+    serve_page(std::net::TcpListener::bind(("127.0.0.1", page_port)).expect("bind the page server"), page);
+    let browser = Chromium::launch(chromium);
+    let mut cdp = Cdp::connect(&browser.ws_url);
+    let target = cdp.open(&format!("http://127.0.0.1:{page_port}/"), 800, 600, &[]);
+    cdp.wait_for("the socket open", "window.ws.readyState === 1");
+    let session = online(&d, id);
+    BrowserCase { d, browser, cdp, target, session }
+}
+
+/// Puts the page in the background: another tab is opened and brought to
+/// the front, so the page's `document.visibilityState` is `hidden` (and
+/// its timers are throttled, which a WebSocket's Pongs do not need).
+fn hide(c: &mut BrowserCase) {
+    let page = c.cdp.session.take();
+    let other = c.cdp.call("Target.createTarget", serde_json::json!({ "url": "about:blank" }));
+    c.cdp.call("Target.activateTarget", serde_json::json!({ "targetId": other["targetId"] }));
+    c.cdp.session = page;
+    assert_eq!(c.cdp.eval("document.visibilityState"), "hidden");
+}
+
+#[test]
+fn a_browser_page_without_timers_stays_online_also_hidden_and_closing_the_tab_is_left_or_closed() {
+    let Some(chromium) = heartbeatd_harness::browser::chromium_or_skip() else { return };
+    let mut c = browser_case(&chromium, "dev-42");
+    c.d.assert_absent_from(0, ev("offline").kv("session", c.session), TIMEOUT_D * 3);
+    hide(&mut c);
+    c.d.assert_absent_from(0, ev("offline").kv("session", c.session), TIMEOUT_D * 3);
+    assert_eq!(c.cdp.eval("window.ws.readyState"), 1, "still open");
+    let target = c.target.clone();
+    let closed = Instant::now();
+    c.cdp.close(&target);
+    let off = c.d.wait(ev("offline").kv("session", c.session));
+    let reason = off.field("reason");
+    assert!(reason == "left" || reason == "closed", "{off}");
+    println!("tab close detected in {} ms ({reason})", ms(off.at.saturating_duration_since(closed)));
+    assert!(c.cdp.page_errors.is_empty(), "page errors: {:?}", c.cdp.page_errors);
+}
+
+#[test]
+fn a_killed_browser_is_closed_or_reset() {
+    let Some(chromium) = heartbeatd_harness::browser::chromium_or_skip() else { return };
+    let c = browser_case(&chromium, "dev-kill");
+    let killed = Instant::now();
+    c.browser.signal_group(libc::SIGKILL);
+    let off = c.d.wait(ev("offline").kv("session", c.session));
+    let reason = off.field("reason");
+    assert!(reason == "closed" || reason == "reset", "{off}");
+    println!("browser kill detected in {} ms ({reason})", ms(off.at.saturating_duration_since(killed)));
+}
+
+#[test]
+fn a_stopped_browser_times_out_within_the_bound() {
+    let Some(chromium) = heartbeatd_harness::browser::chromium_or_skip() else { return };
+    let c = browser_case(&chromium, "dev-stop");
+    // Pings answered for a while first: the silence counts from a Pong.
+    c.d.assert_absent_from(0, ev("offline").kv("session", c.session), TIMEOUT_D);
+    let stopped = Instant::now();
+    c.browser.signal_group(libc::SIGSTOP);
+    let off = c.d.wait(ev("offline").kv("session", c.session));
+    c.browser.signal_group(libc::SIGCONT);
+    assert_eq!(off.field("reason"), "timeout", "{off}");
+    let silent = Duration::from_millis(off.num("silent_ms"));
+    assert!(silent >= TIMEOUT_D, "convicted early: {off}");
+    assert!(silent <= TIMEOUT_D + TICK_D + SLACK, "convicted late: {off}");
+    println!(
+        "browser stop detected {} ms after SIGSTOP, silent_ms {} (bound {} + tick {})",
+        ms(off.at.saturating_duration_since(stopped)),
+        silent.as_millis(),
+        TIMEOUT_D.as_millis(),
+        TICK_D.as_millis()
+    );
 }

@@ -20,6 +20,7 @@
 //! - [`audit`]: [`Audit`], the one-offline-per-online check of a log.
 //! - [`http`], [`systemd`], [`netns`]: the status API, systemd (notify,
 //!   journal, socket activation) and network-namespace helpers.
+//! - [`browser`]: headless Chromium over the DevTools protocol.
 //! - [`websocket`]: Python's `websockets` as an independent WebSocket client.
 //!
 //! Every wait has a deadline; a timed-out wait fails the test with what was
@@ -32,6 +33,7 @@
 //! time.
 
 pub mod audit;
+pub mod browser;
 pub mod daemon;
 pub mod http;
 pub mod log;
