@@ -288,6 +288,15 @@ impl Session {
         self.clock.heartbeats
     }
 
+    /// WebSocket data messages read and thrown away so far (they are
+    /// heartbeats too); zero for other protocols.
+    pub fn messages(&self) -> u64 {
+        match &self.framing {
+            Framing::WebSocket(d) => d.messages(),
+            _ => 0,
+        }
+    }
+
     /// Handles `data` received at `now`; replies go to `out`. Returns the
     /// decision and the bytes of `data` used: all of them unless the
     /// decision is [`Next::Hello`] (the rest follows `welcome`) or
@@ -1203,6 +1212,7 @@ mod tests {
                 .contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
             assert_eq!(ws_replies(&model.replies), [0x8A, 2, b'h', b'i'], "a Pong with the Ping's payload");
             assert_eq!(model.session.heartbeats(), 2, "the Ping and the message are activity");
+            assert_eq!(model.session.messages(), 1);
         }
     }
 

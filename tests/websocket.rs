@@ -51,10 +51,19 @@ fn online(d: &Daemon, id: &str) -> u64 {
 #[test]
 fn python_client_goes_online_stays_online_on_pings_and_close_is_left() {
     let Some(python) = python_websockets_or_skip() else { return };
-    let d = Daemon::start(&fast(""));
+    let d = Daemon::start(&heartbeatd_harness::http::with_http(&fast(""), ""));
+    let http = heartbeatd_harness::http::http_addr(&d);
     let py = spawn_py(&python, d.addr("main"), "?id=py-1", "send");
     py.wait_from(0, "open", DEADLINE);
     let session = online(&d, "py-1");
+    // Its three messages are read, thrown away and counted.
+    let messages =
+        || heartbeatd_harness::http::scrape(http).value("heartbeatd_websocket_messages_total", &[("listener", "main")]);
+    let until = Instant::now() + DEADLINE;
+    while messages() < 3.0 {
+        assert!(Instant::now() < until, "messages counted: {}", messages());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // No client timer: only the daemon's Pings, answered by the library,
     // keep it online for three timeouts.
     d.assert_absent_from(0, ev("offline").kv("session", session), TIMEOUT_D * 3);
@@ -66,6 +75,7 @@ fn python_client_goes_online_stays_online_on_pings_and_close_is_left() {
     let off = d.wait(ev("offline").kv("session", session));
     assert_eq!(off.field("reason"), "left", "{off}");
     py.wait_from(0, "closed", DEADLINE);
+    assert_eq!(messages(), 3.0, "the closed connections' messages stay counted");
 }
 
 #[test]

@@ -579,19 +579,31 @@ impl Kept {
     }
 }
 
-/// A whole deframer: [`Cursor`] and [`Kept`] together, 16 bytes.
+/// A whole deframer: [`Cursor`] and [`Kept`] together, and the messages
+/// seen, in 16 bytes.
 #[derive(Debug, Default)]
 pub struct Deframer {
     /// The inline state.
     pub cursor: Cursor,
     /// The bytes kept across reads.
     pub kept: Kept,
+    /// Complete data messages (a final data frame) seen so far, saturating.
+    messages: u32,
 }
 
 impl Deframer {
-    /// [`next`] over this deframer's parts.
+    /// [`next`] over this deframer's parts, counting complete messages.
     pub fn next(&mut self, data: &[u8], max_frame: usize) -> (Result<Option<Item>, FrameError>, usize) {
-        next(&mut self.cursor, &mut self.kept, data, max_frame)
+        let (item, used) = next(&mut self.cursor, &mut self.kept, data, max_frame);
+        if matches!(item, Ok(Some(Item::Data { fin: true }))) {
+            self.messages = self.messages.saturating_add(1);
+        }
+        (item, used)
+    }
+
+    /// Complete data messages seen so far (read and thrown away).
+    pub fn messages(&self) -> u64 {
+        u64::from(self.messages)
     }
 
     /// True when no byte of a frame is kept or pending.
@@ -995,6 +1007,8 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permess
         assert!(d.kept.is_empty());
         assert!(matches!(d.next(&data[500..], MAX), (Ok(Some(Item::Data { fin: true })), _)));
         assert!(d.is_idle());
+        assert_eq!(d.messages(), 1);
+        assert_eq!(std::mem::size_of::<Deframer>(), 16);
     }
 
     #[test]
