@@ -236,7 +236,7 @@ mod tests {
     fn websocket_replies() {
         let upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
         assert_eq!(Proto::Websocket.parse(upgrade), Ok(Some((Reply::Accepted, upgrade.len()))));
-        assert_eq!(Proto::Websocket.parse(b"HTTP/1.1 403 Forbidden\r\n\r\n"), Ok(Some((Reply::Refused, 28))));
+        assert_eq!(Proto::Websocket.parse(b"HTTP/1.1 403 Forbidden\r\n\r\n"), Ok(Some((Reply::Refused, 26))));
         assert_eq!(Proto::Websocket.parse(b"HTTP/1.1 101"), Ok(None));
         assert_eq!(Proto::Websocket.parse(&[0x8A, 0]), Ok(Some((Reply::Beat, 2))));
         assert_eq!(Proto::Websocket.parse(&[0x89, 0, 0x8A]), Ok(Some((Reply::Other, 2))));
