@@ -85,7 +85,7 @@ impl Conn {
             peer,
             // Listener keys are small slab keys; u32::MAX would name none.
             listener: u32::try_from(listener).unwrap_or(u32::MAX),
-            session: Session::new(proto, now),
+            session: Session::accepted(proto, peer, now),
             extra: None,
         }
     }

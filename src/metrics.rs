@@ -30,6 +30,9 @@ struct ListenerCounters {
     /// Heartbeats of connections already closed; live ones are added at
     /// render time from [`Gauges`].
     heartbeats_closed: u64,
+    /// WebSocket messages of connections already closed; live ones come
+    /// from [`Gauges::websocket_messages`].
+    messages_closed: u64,
     protocol_errors: u64,
     accept_errors: u64,
     refused_max_clients: u64,
@@ -91,6 +94,8 @@ pub struct Gauges {
     /// Per listener: clients online and heartbeats received by live
     /// connections.
     pub listeners: BTreeMap<String, (u64, u64)>,
+    /// Per websocket listener: messages received by live connections.
+    pub websocket_messages: BTreeMap<String, u64>,
     /// Connections open, online or not.
     pub connections: u64,
     /// Timers armed in the wheel.
@@ -162,6 +167,13 @@ impl Metrics {
     /// Adds the heartbeats of a connection that closed.
     pub fn count_closed_heartbeats(&mut self, listener: &str, heartbeats: u64) {
         self.with_listener(listener, |c| c.heartbeats_closed += heartbeats);
+    }
+
+    /// Adds the WebSocket messages of a connection that closed.
+    pub fn count_closed_messages(&mut self, listener: &str, messages: u64) {
+        if messages > 0 {
+            self.with_listener(listener, |c| c.messages_closed += messages);
+        }
     }
 
     /// Counts malformed input, online or during the handshake.
@@ -269,6 +281,21 @@ impl Metrics {
         for name in &names {
             let total = counters(name).heartbeats_closed + live(name).1;
             sample(&mut out, "heartbeatd_heartbeats_received_total", &[("listener", name)], total);
+        }
+        family(
+            &mut out,
+            "heartbeatd_websocket_messages_total",
+            "counter",
+            "WebSocket data messages received, read and thrown away (also heartbeats).",
+        );
+        for name in &names {
+            let live = gauges.websocket_messages.get(name.as_str()).copied().unwrap_or(0);
+            sample(
+                &mut out,
+                "heartbeatd_websocket_messages_total",
+                &[("listener", name)],
+                counters(name).messages_closed + live,
+            );
         }
         family(&mut out, "heartbeatd_protocol_errors_total", "counter", "Connections closed for malformed input.");
         for name in &names {

@@ -19,6 +19,13 @@
 //! wire format. A new protocol is one deframer in `wire` and one
 //! `Framing` variant.
 //!
+//! A WebSocket session has the same shape: its HELLO is the HTTP upgrade
+//! request. `ingest` stops right after a valid request with [`Next::Hello`]
+//! (the `id` query parameter, or the peer address), and `welcome` writes
+//! `101 Switching Protocols`; a refused request gets its HTTP status and
+//! `Close`. Once upgraded, the daemon pings after each `interval` of
+//! silence and any complete client frame is activity.
+//!
 //! A probe HELLO (flags bit 0) is answered the same way, with
 //! [`Next::Probe`] instead: the loop counts it and calls `welcome`, which
 //! sends WELCOME but leaves the session in the probe state, never online.
@@ -26,12 +33,18 @@
 //!
 //! Invariants:
 //! - The state is private and becomes online only in `welcome` of a HELLO
-//!   that was no probe (native) or at creation (legacy, raw), and never
+//!   that was no probe (native), of an upgrade request (websocket), or at
+//!   creation (legacy, raw), and never
 //!   leaves it: the loop emits the
 //!   online event on entering it and the offline event when it drops the
 //!   session, so there is exactly one of each.
 //! - `last_activity` moves only forward, and only on a complete valid frame
-//!   (native, legacy) or any byte (raw); a heartbeat costs this one store.
+//!   (native, legacy, websocket) or any byte (raw); a heartbeat costs this
+//!   one store.
+//! - A WebSocket session keeps its upgrade request's bytes only until
+//!   `welcome` (boxed, then freed): once upgraded it owns 16 boxed bytes of
+//!   deframer besides its id, and more only while a frame is split
+//!   across reads.
 //! - A native session's silence counts from its last activity, or from the
 //!   fresh WELCOME of a reload that changed its timing if that came later
 //!   ([`Session::timing_changed`]): a reload never convicts a client for a
@@ -39,6 +52,7 @@
 //! - After `Next::Close` the session must not be fed again; what it wrote
 //!   to `out` (an ERROR) is its last word.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -49,6 +63,7 @@ use crate::trust::{self, Auth};
 use crate::wire::deframe::{LegacyDeframer, LegacyItem, NativeDeframer};
 use crate::wire::legacy;
 use crate::wire::native::{self, error_code, Frame};
+use crate::wire::websocket::{self, close_code, Item};
 use crate::wire::Protocol;
 
 /// What the caller must do after handing bytes or time to a session.
@@ -79,7 +94,8 @@ impl Next {
 /// Where a session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Native only: waiting for HELLO. Not online.
+    /// Native: waiting for HELLO; websocket: for the upgrade request. Not
+    /// online.
     Handshake,
     /// Native only: a probe was welcomed. Never online; PINGs get PONGs
     /// until the handshake timeout.
@@ -98,6 +114,37 @@ enum Framing {
     Legacy(LegacyDeframer),
     /// Every byte is activity: nothing to keep.
     Raw,
+    /// WebSocket before `welcome`: the upgrade request so far.
+    Upgrading(Box<Upgrading>),
+    /// WebSocket after the upgrade: the deframer (whose cursor also
+    /// remembers an unanswered server Ping). Boxed: its 16 bytes inline
+    /// would grow every protocol's slot by 8 (the variant would leave the
+    /// enum no niche for its tag); the box costs one 32-byte heap chunk.
+    WebSocket(Box<WebSocketState>),
+}
+
+/// A WebSocket connection after its `101`.
+#[derive(Debug, Default)]
+struct WebSocketState {
+    deframer: websocket::Deframer,
+    /// What its upgrade request proved (`trust.rs`): only as much may take
+    /// its id over.
+    auth: Auth,
+}
+
+/// A WebSocket connection before its `101`: boxed, freed at `welcome`.
+#[derive(Debug)]
+struct Upgrading {
+    /// The start of a request split across reads (at most
+    /// [`websocket::MAX_REQUEST`] bytes); empty when it came in one read.
+    buf: Vec<u8>,
+    /// The peer: the id when the request names none.
+    peer: SocketAddr,
+    /// Set once the request was accepted: the `Sec-WebSocket-Accept` that
+    /// `welcome` sends.
+    accept: Option<[u8; websocket::ACCEPT_LEN]>,
+    /// What the accepted request proved (`trust.rs`).
+    auth: Auth,
 }
 
 /// Native only: where the handshake is, the server PING, and the grace of
@@ -146,12 +193,21 @@ pub struct Session {
 impl Session {
     /// A session starting at `now`. Legacy and raw sessions are online from
     /// this moment (the caller emits their online event); native ones wait
-    /// for HELLO.
+    /// for HELLO. For tests: the peer is `0.0.0.0:0`.
+    #[cfg(test)]
     pub fn new(proto: Protocol, now: Instant) -> Session {
+        Session::accepted(proto, SocketAddr::from(([0, 0, 0, 0], 0)), now)
+    }
+
+    /// A session for a connection from `peer` accepted at `now`: as
+    /// [`Session::new`], and a WebSocket request without an `id` is named
+    /// by `peer`.
+    pub fn accepted(proto: Protocol, peer: SocketAddr, now: Instant) -> Session {
         let framing = match proto {
             Protocol::Native => Framing::Native { deframer: NativeDeframer::default(), flags: NativeFlags::default() },
             Protocol::Legacy => Framing::Legacy(LegacyDeframer::default()),
             Protocol::Raw => Framing::Raw,
+            Protocol::WebSocket => Framing::Upgrading(Box::new(Upgrading { buf: Vec::new(), peer, accept: None, auth: Auth::Open })),
         };
         Session {
             clock: Clock { id: None, since: Stamp::of(now), last_activity: Stamp::of(now), heartbeats: 0 },
@@ -162,21 +218,37 @@ impl Session {
     /// True when a session of `proto` is online from its creation (legacy,
     /// raw): its online event comes at accept.
     pub fn online_at_accept(proto: Protocol) -> bool {
-        proto != Protocol::Native
+        matches!(proto, Protocol::Legacy | Protocol::Raw)
     }
 
-    /// Handshake (native before WELCOME) or online.
+    /// Handshake (native before WELCOME, websocket before its 101) or
+    /// online.
     fn state(&self) -> State {
         match self.framing {
             Framing::Native { flags, .. } if !flags.welcomed => State::Handshake,
             Framing::Native { flags, .. } if flags.probe => State::Probe,
+            Framing::Upgrading(_) => State::Handshake,
             _ => State::Online,
         }
     }
 
-    /// Native with `server_ping`: a PING was sent since the last activity.
+    /// True when the daemon pings this session after an interval of
+    /// silence: native with `server_ping`, websocket always.
+    fn pings(&self, cfg: &ListenerConfig) -> bool {
+        match self.framing {
+            Framing::Native { .. } => cfg.server_ping,
+            Framing::WebSocket(_) => true,
+            _ => false,
+        }
+    }
+
+    /// A PING was sent since the last activity (native, websocket).
     fn pinged(&self) -> bool {
-        matches!(self.framing, Framing::Native { flags, .. } if flags.pinged)
+        match &self.framing {
+            Framing::Native { flags, .. } => flags.pinged,
+            Framing::WebSocket(ws) => ws.deframer.cursor.pinged(),
+            _ => false,
+        }
     }
 
     /// The protocol spoken.
@@ -185,6 +257,7 @@ impl Session {
             Framing::Native { .. } => Protocol::Native,
             Framing::Legacy(_) => Protocol::Legacy,
             Framing::Raw => Protocol::Raw,
+            Framing::Upgrading(_) | Framing::WebSocket(_) => Protocol::WebSocket,
         }
     }
 
@@ -198,7 +271,8 @@ impl Session {
         self.state() == State::Probe
     }
 
-    /// The HELLO id, once received (native only).
+    /// The HELLO id (native) or the upgrade's id or peer (websocket), once
+    /// received.
     pub fn id(&self) -> Option<&Rc<str>> {
         self.clock.id.as_ref()
     }
@@ -208,6 +282,7 @@ impl Session {
     pub fn auth(&self) -> Auth {
         match self.framing {
             Framing::Native { flags, .. } => flags.auth,
+            Framing::WebSocket(ref ws) => ws.auth,
             _ => Auth::Open,
         }
     }
@@ -241,6 +316,15 @@ impl Session {
     /// Heartbeats received so far.
     pub fn heartbeats(&self) -> u64 {
         self.clock.heartbeats
+    }
+
+    /// WebSocket data messages read and thrown away so far (they are
+    /// heartbeats too); zero for other protocols.
+    pub fn messages(&self) -> u64 {
+        match &self.framing {
+            Framing::WebSocket(ws) => ws.deframer.messages(),
+            _ => 0,
+        }
     }
 
     /// Handles `data` received at `now`; replies go to `out`. Returns the
@@ -294,6 +378,8 @@ impl Session {
                     }
                 }
             }
+            Framing::Upgrading(upgrading) => clock.upgrade(upgrading, data, now, cfg, out),
+            Framing::WebSocket(ws) => clock.websocket(&mut ws.deframer, data, now, cfg, out),
         }
     }
 
@@ -303,6 +389,16 @@ impl Session {
     /// its deadline still counted from the start. Does nothing unless the
     /// session waits for it.
     pub fn welcome(&mut self, now: Instant, session: u64, cfg: &ListenerConfig, out: &mut Vec<u8>) {
+        if let Framing::Upgrading(upgrading) = &self.framing {
+            let Some(accept) = upgrading.accept else { return };
+            websocket::encode_switch(&accept, out);
+            // Frees the request's box.
+            let auth = upgrading.auth;
+            self.framing = Framing::WebSocket(Box::new(WebSocketState { deframer: websocket::Deframer::default(), auth }));
+            self.clock.since = Stamp::of(now);
+            self.clock.last_activity = Stamp::of(now);
+            return;
+        }
         let Framing::Native { flags, .. } = &mut self.framing else { return };
         if flags.welcomed || self.clock.id.is_none() {
             return;
@@ -345,10 +441,14 @@ impl Session {
     }
 
     /// Writes what a connection replaced by another with the same id (or
-    /// refused as the older of two) is told: ERROR 6 (native).
+    /// refused as the older of two) is told: ERROR 6 (native), Close 1008
+    /// (websocket).
     pub fn replaced(&self, out: &mut Vec<u8>) {
-        if matches!(self.framing, Framing::Native { .. }) {
-            encode_error(error_code::REPLACED, "replaced by a newer connection with the same id", out);
+        const WHY: &str = "replaced by a newer connection with the same id";
+        match self.framing {
+            Framing::Native { .. } => encode_error(error_code::REPLACED, WHY, out),
+            Framing::WebSocket(_) => websocket::encode_close(close_code::POLICY, WHY, out),
+            _ => {}
         }
     }
 
@@ -361,12 +461,19 @@ impl Session {
     pub fn check_identity(&mut self, allowed: &[String], what: &str, out: &mut Vec<u8>) -> Next {
         let Some(id) = self.clock.id.as_deref() else { return Next::Continue };
         if allowed.iter().any(|name| name == id) {
-            if let Framing::Native { flags, .. } = &mut self.framing {
-                flags.auth = Auth::Id;
+            match &mut self.framing {
+                Framing::Native { flags, .. } => flags.auth = Auth::Id,
+                Framing::Upgrading(upgrading) => upgrading.auth = Auth::Id,
+                _ => {}
             }
             return Next::Continue;
         }
-        encode_error(error_code::AUTH_FAILED, "id not in the client certificate", out);
+        const WHY: &str = "id not in the client certificate";
+        if let Framing::Upgrading(_) = self.framing {
+            websocket::encode_refusal(403, WHY, out);
+        } else {
+            encode_error(error_code::AUTH_FAILED, WHY, out);
+        }
         let proven = if allowed.is_empty() { format!("no {what}") } else { format!("{what} {}", allowed.join(",")) };
         Next::close(
             OfflineReason::ProtocolError,
@@ -377,27 +484,33 @@ impl Session {
     /// Writes what a HELLO refused as a takeover (it proved less than the
     /// live connection of its id, `trust::may_replace`) is told: ERROR 4.
     pub fn takeover_refused(&self, out: &mut Vec<u8>) {
-        if matches!(self.framing, Framing::Native { .. }) {
-            encode_error(
-                error_code::AUTH_FAILED,
-                "authentication failed: the id is online and this HELLO does not prove it",
-                out,
-            );
+        const WHY: &str = "authentication failed: the id is online and this HELLO does not prove it";
+        match self.framing {
+            Framing::Native { .. } => encode_error(error_code::AUTH_FAILED, WHY, out),
+            // Refused before its `101`, as a bad token is.
+            Framing::Upgrading(_) => websocket::encode_refusal(403, WHY, out),
+            _ => {}
         }
     }
 
-    /// Writes the goodbye of a stopping daemon: BYE `shutdown` (native).
+    /// Writes the goodbye of a stopping daemon: BYE `shutdown` (native),
+    /// Close 1001 `shutdown` (websocket, once upgraded).
     pub fn shutdown(&self, out: &mut Vec<u8>) {
-        if matches!(self.framing, Framing::Native { .. }) {
-            native::encode(&Frame::Bye("shutdown"), out);
+        match self.framing {
+            Framing::Native { .. } => native::encode(&Frame::Bye("shutdown"), out),
+            Framing::WebSocket(_) => websocket::encode_close(close_code::GOING_AWAY, "shutdown", out),
+            _ => {}
         }
     }
 
     /// Writes what a connection refused at accept is told, before any
-    /// session exists for it: ERROR 5 (native), nothing otherwise.
+    /// session exists for it: ERROR 5 (native), 503 (websocket: the
+    /// answer its upgrade request will find), nothing otherwise.
     pub fn full(proto: Protocol, out: &mut Vec<u8>) {
-        if proto == Protocol::Native {
-            encode_error(error_code::SERVER_FULL, "server full", out);
+        match proto {
+            Protocol::Native => encode_error(error_code::SERVER_FULL, "server full", out),
+            Protocol::WebSocket => websocket::encode_refusal(503, "server full", out),
+            Protocol::Legacy | Protocol::Raw => {}
         }
     }
 
@@ -410,7 +523,7 @@ impl Session {
             State::Online => {
                 let last = self.silence_from();
                 let offline_at = last + cfg.timeout;
-                if cfg.server_ping && !self.pinged() {
+                if self.pings(cfg) && !self.pinged() {
                     Some(offline_at.min(last + cfg.interval))
                 } else {
                     Some(offline_at)
@@ -441,7 +554,11 @@ impl Session {
         match self.state() {
             State::Handshake => {
                 if overdue {
-                    encode_error(error_code::HANDSHAKE_TIMEOUT, "no HELLO within the handshake timeout", out);
+                    if self.proto() == Protocol::WebSocket {
+                        websocket::encode_refusal(408, "no upgrade request within the handshake timeout", out);
+                    } else {
+                        encode_error(error_code::HANDSHAKE_TIMEOUT, "no HELLO within the handshake timeout", out);
+                    }
                     return Next::close(OfflineReason::Timeout, "handshake timeout");
                 }
             }
@@ -457,11 +574,15 @@ impl Session {
                 // Counted as `next_deadline` counts it (from a fresh
                 // WELCOME, if later), so an early call sends no PING.
                 let silent = now.saturating_duration_since(self.silence_from());
-                if let Framing::Native { flags, .. } = &mut self.framing {
-                    if cfg.server_ping && !flags.pinged && silent >= cfg.interval {
+                match &mut self.framing {
+                    Framing::Native { flags, .. } if cfg.server_ping && !flags.pinged && silent >= cfg.interval => {
                         flags.pinged = true;
                         native::encode(&Frame::Ping(&[]), out);
                     }
+                    Framing::WebSocket(ws) if !ws.deframer.cursor.pinged() && silent >= cfg.interval => {
+                        ws.deframer.cursor.ping(out)
+                    }
+                    _ => {}
                 }
             }
         }
@@ -531,6 +652,135 @@ impl Clock {
         flags.grace_ms = 0;
         Next::Continue
     }
+}
+
+impl Clock {
+    /// WebSocket before the upgrade: gathers the request (from `data`
+    /// directly when it came whole) and judges it once complete. Stops
+    /// after the request with [`Next::Hello`], or refuses it with its HTTP
+    /// status.
+    fn upgrade(
+        &mut self,
+        upgrading: &mut Upgrading,
+        data: &[u8],
+        now: Instant,
+        cfg: &ListenerConfig,
+        out: &mut Vec<u8>,
+    ) -> (Next, usize) {
+        if upgrading.accept.is_some() {
+            // Accepted, not welcomed: the caller did not call `welcome`
+            // before feeding more. Never online twice.
+            return (Next::close(OfflineReason::Error, "bytes fed before welcome"), 0);
+        }
+        let kept = upgrading.buf.len();
+        let (parsed, taken) = if kept == 0 {
+            (websocket::parse_request(data), data.len())
+        } else {
+            // Never more than the request may be: past it, TooLarge.
+            let take = data.len().min(websocket::MAX_REQUEST - kept.min(websocket::MAX_REQUEST));
+            upgrading.buf.extend_from_slice(&data[..take]);
+            (websocket::parse_request(&upgrading.buf), take)
+        };
+        let verdict = match parsed {
+            Ok(None) => None,
+            Ok(Some(request)) => {
+                Some(admit(&request, upgrading.peer, cfg).map(|(id, accept, auth)| (id, accept, auth, request.len)))
+            }
+            Err(e) => Some(Err((e.status(), e.to_string()))),
+        };
+        match verdict {
+            None => {
+                if kept == 0 {
+                    upgrading.buf.extend_from_slice(&data[..data.len().min(websocket::MAX_REQUEST)]);
+                }
+                (Next::Continue, taken)
+            }
+            Some(Err((status, why))) => {
+                websocket::encode_refusal(status, &why, out);
+                (Next::close(OfflineReason::ProtocolError, format!("{status} {why}")), taken)
+            }
+            Some(Ok((id, accept, auth, len))) => {
+                // The request ended `len - kept` bytes into `data`.
+                upgrading.buf = Vec::new();
+                upgrading.accept = Some(accept);
+                upgrading.auth = auth;
+                self.id = Some(Rc::clone(&id));
+                self.last_activity = Stamp::of(now);
+                (Next::Hello(id), len - kept)
+            }
+        }
+    }
+
+    /// WebSocket after the upgrade: every complete frame is activity; a
+    /// Ping gets its Pong, a Close is answered and means `left`, data is
+    /// thrown away; a broken frame gets a Close with its code.
+    fn websocket(
+        &mut self,
+        deframer: &mut websocket::Deframer,
+        data: &[u8],
+        now: Instant,
+        cfg: &ListenerConfig,
+        out: &mut Vec<u8>,
+    ) -> (Next, usize) {
+        let mut used = 0;
+        loop {
+            let (item, n) = deframer.next(&data[used..], cfg.max_frame);
+            used += n;
+            match item {
+                Ok(None) => return (Next::Continue, used),
+                Ok(Some(Item::Ping(payload))) => websocket::encode(websocket::opcode::PONG, payload.as_slice(), out),
+                Ok(Some(Item::Pong | Item::Data { .. })) => {}
+                Ok(Some(Item::Close(code))) => {
+                    // §5.5.1: answer with a Close, echoing the code.
+                    websocket::encode_close(code.unwrap_or(close_code::NORMAL), "", out);
+                    let detail = code.map(|c| format!("close {c}"));
+                    return (Next::Close(OfflineReason::Left, detail), used);
+                }
+                Err(e) => {
+                    websocket::encode_close(e.close_code(), &e.to_string(), out);
+                    return (Next::close(OfflineReason::ProtocolError, e.to_string()), used);
+                }
+            }
+            self.activity(now);
+        }
+    }
+}
+
+/// Judges a complete upgrade request against the listener: its path, the
+/// page's origin, the id (the `id` parameter, by native rules, else the
+/// peer address) and the token. The id and the accept key, or the HTTP
+/// status and why.
+fn admit(
+    request: &websocket::Upgrade<'_>,
+    peer: SocketAddr,
+    cfg: &ListenerConfig,
+) -> Result<(Rc<str>, [u8; websocket::ACCEPT_LEN], Auth), (u16, String)> {
+    if let Some(path) = cfg.path.as_deref() {
+        if request.path != path {
+            return Err((404, format!("no WebSocket at {:?}: the path is {path:?}", request.path)));
+        }
+    }
+    if let Some(origin) = request.origin {
+        // A browser always names the page's origin; other clients need not.
+        if !cfg.allowed_origins.is_empty() && !cfg.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+            return Err((403, format!("origin {origin:?} is not allowed")));
+        }
+    }
+    let query = request.query.unwrap_or("");
+    let id: Rc<str> = match websocket::query_param(query, "id") {
+        Some(id) => {
+            native::validate_id(&id).map_err(|e| (400, format!("invalid id: {e}")))?;
+            // validate_id allows only printable ASCII.
+            String::from_utf8_lossy(&id).into()
+        }
+        None => peer.to_string().into(),
+    };
+    let token = websocket::query_param(query, "token").unwrap_or_default();
+    // The same credentials, and the same levels of proof, as a native HELLO.
+    let Some(auth) = trust::authenticate(cfg, &id, &token) else {
+        return Err((403, format!("authentication failed for id {id}")));
+    };
+    Ok((id, websocket::accept_key(request.key), auth))
 }
 
 fn encode_error(code: u16, message: &str, out: &mut Vec<u8>) {
@@ -1061,6 +1311,176 @@ mod tests {
         assert_eq!(error_code_of(&out), error_code::REPLACED);
     }
 
+    /// An upgrade request for `target` from `origin`, as a browser sends it.
+    fn ws_request(target: &str, origin: &str) -> Vec<u8> {
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:7703\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Origin: {origin}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn ws_frame(op: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        websocket::encode_masked(true, op, payload, [1, 2, 3, 4], &mut out);
+        out
+    }
+
+    /// The HTTP status line the session answered with.
+    fn status_of(replies: &[u8]) -> String {
+        String::from_utf8_lossy(replies).lines().next().unwrap_or("").to_owned()
+    }
+
+    /// The server frames after the 101 answer.
+    fn ws_replies(replies: &[u8]) -> Vec<u8> {
+        let end = replies.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |i| i + 4);
+        replies[end..].to_vec()
+    }
+
+    #[test]
+    fn websocket_upgrade_split_anywhere_goes_online_with_the_query_id() {
+        let mut stream = ws_request("/?id=dev-42", "http://page");
+        let request = stream.len();
+        stream.extend(ws_frame(websocket::opcode::PING, b"hi"));
+        stream.extend(ws_frame(websocket::opcode::TEXT, b"hello"));
+        for chunk in [1, 7, request - 1, request, stream.len()] {
+            let model = Model::feed(cfg("websocket", ""), &stream, chunk);
+            assert_eq!(model.events, ["online dev-42"], "chunk {chunk}");
+            assert_eq!(status_of(&model.replies), "HTTP/1.1 101 Switching Protocols");
+            assert!(String::from_utf8_lossy(&model.replies)
+                .contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+            assert_eq!(ws_replies(&model.replies), [0x8A, 2, b'h', b'i'], "a Pong with the Ping's payload");
+            assert_eq!(model.session.heartbeats(), 2, "the Ping and the message are activity");
+            assert_eq!(model.session.messages(), 1);
+        }
+    }
+
+    #[test]
+    fn websocket_without_id_is_named_by_the_peer() {
+        let peer: SocketAddr = "192.0.2.7:5555".parse().unwrap();
+        let mut session = Session::accepted(Protocol::WebSocket, peer, Instant::now());
+        let cfg = cfg("websocket", "");
+        let mut out = Vec::new();
+        let (next, used) = session.ingest(&ws_request("/", "http://page"), Instant::now(), &cfg, &mut out);
+        assert_eq!((next, used), (Next::Hello("192.0.2.7:5555".into()), ws_request("/", "http://page").len()));
+        assert!(out.is_empty(), "the 101 waits for welcome");
+        assert!(!session.is_online());
+        session.welcome(Instant::now(), 1, &cfg, &mut out);
+        assert!(session.is_online());
+        assert_eq!(session.proto(), Protocol::WebSocket);
+    }
+
+    #[test]
+    fn websocket_refusals_have_their_status_and_never_go_online() {
+        let with = "path = \"/hb\"\nallowed_origins = [\"http://good\"]\ntokens = [\"s3cret\"]\n";
+        let cases = [
+            (ws_request("/hb?id=a&token=s3cret", "http://evil"), "HTTP/1.1 403 Forbidden"),
+            (ws_request("/hb?id=a&token=wrong", "http://good"), "HTTP/1.1 403 Forbidden"),
+            (ws_request("/hb?id=a", "http://good"), "HTTP/1.1 403 Forbidden"),
+            (ws_request("/other?id=a&token=s3cret", "http://good"), "HTTP/1.1 404 Not Found"),
+            (ws_request("/hb?id=a%20b&token=s3cret", "http://good"), "HTTP/1.1 400 Bad Request"),
+            (ws_request("/hb?id=&token=s3cret", "http://good"), "HTTP/1.1 400 Bad Request"),
+            (b"GET /hb HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "HTTP/1.1 400 Bad Request"),
+        ];
+        for (request, status) in cases {
+            let model = Model::feed(cfg("websocket", with), &request, request.len());
+            assert_eq!(model.events, ["handshake-failed protocol-error"], "{status}");
+            assert_eq!(status_of(&model.replies), status);
+        }
+        let model = Model::feed(cfg("websocket", with), &ws_request("/hb?id=a&token=s3cret", "http://GOOD"), 5);
+        assert_eq!(model.events, ["online a"]);
+    }
+
+    #[test]
+    fn websocket_pings_after_each_interval_of_silence_then_times_out() {
+        let mut model = Model::new(cfg("websocket", "misses = 3\n"));
+        let start = model.now;
+        model.read(&ws_request("/?id=b", "http://page"));
+        model.replies.clear();
+        assert_eq!(model.session.next_deadline(&model.cfg), Some(start + Duration::from_secs(1)));
+        model.advance(start + Duration::from_secs(1));
+        assert_eq!(model.replies, [0x89, 0], "an empty Ping");
+        assert_eq!(model.session.next_deadline(&model.cfg), Some(start + Duration::from_secs(3)));
+        // The browser's Pong is activity and allows the next Ping.
+        model.now = start + Duration::from_millis(1010);
+        model.read(&ws_frame(websocket::opcode::PONG, b""));
+        assert_eq!(model.session.next_deadline(&model.cfg), Some(model.now + Duration::from_secs(1)));
+        let pong = model.now;
+        model.advance(pong + Duration::from_secs(1));
+        model.advance(pong + Duration::from_millis(2999));
+        assert!(!model.closed);
+        model.advance(pong + Duration::from_secs(3));
+        assert_eq!(model.events, ["online b", "offline timeout"]);
+    }
+
+    #[test]
+    fn websocket_close_is_left_and_answered() {
+        let mut stream = ws_request("/?id=c", "http://page");
+        stream.extend(ws_frame(websocket::opcode::CLOSE, &1001u16.to_be_bytes()));
+        let model = Model::feed(cfg("websocket", ""), &stream, 3);
+        assert_eq!(model.events, ["online c", "offline left"]);
+        assert_eq!(ws_replies(&model.replies), [0x88, 2, 0x03, 0xE9], "the code echoed");
+    }
+
+    #[test]
+    fn websocket_protocol_errors_close_with_their_code() {
+        let unmasked = {
+            let mut out = Vec::new();
+            websocket::encode(websocket::opcode::TEXT, b"x", &mut out);
+            out
+        };
+        let cases =
+            [(unmasked, 1002u16), (ws_frame(0x3, b""), 1002), (ws_frame(websocket::opcode::BINARY, &[0; 2000]), 1009)];
+        for (frame, code) in cases {
+            let mut stream = ws_request("/?id=d", "http://page");
+            stream.extend(frame);
+            let model = Model::feed(cfg("websocket", "max_frame = 1024\n"), &stream, stream.len());
+            assert_eq!(model.events, ["online d", "offline protocol-error"]);
+            let close = ws_replies(&model.replies);
+            assert_eq!((close[0], u16::from_be_bytes([close[2], close[3]])), (0x88, code));
+        }
+    }
+
+    #[test]
+    fn websocket_handshake_timeout_is_408_and_loop_frames() {
+        let mut model = Model::new(cfg("websocket", "handshake_timeout = \"2s\"\n"));
+        let start = model.now;
+        model.read(b"GET / HTTP/1.1\r\n");
+        model.advance(start + Duration::from_secs(2));
+        assert_eq!(model.events, ["handshake-failed timeout"]);
+        assert_eq!(status_of(&model.replies), "HTTP/1.1 408 Request Timeout");
+        let mut out = Vec::new();
+        Session::full(Protocol::WebSocket, &mut out);
+        assert_eq!(status_of(&out), "HTTP/1.1 503 Service Unavailable");
+        let model = Model::feed(cfg("websocket", ""), &ws_request("/?id=e", "http://page"), 100);
+        let mut out = Vec::new();
+        model.session.shutdown(&mut out);
+        assert_eq!(out[..4], [0x88, 10, 0x03, 0xE9]);
+        out.clear();
+        model.session.replaced(&mut out);
+        assert_eq!(out[2..4], 1008u16.to_be_bytes());
+        out.clear();
+        model.session.rewelcome(7, &model.cfg, &mut out);
+        assert!(out.is_empty());
+    }
+
+    /// A valid websocket stream: the upgrade, then client frames.
+    fn websocket_stream() -> impl Strategy<Value = Vec<u8>> {
+        let frame = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..=125).prop_map(|p| ws_frame(websocket::opcode::PING, &p)),
+            Just(ws_frame(websocket::opcode::PONG, b"")),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(|p| ws_frame(websocket::opcode::BINARY, &p)),
+        ];
+        (proptest::collection::vec(frame, 0..10), any::<bool>()).prop_map(|(frames, close)| {
+            let mut stream = ws_request("/?id=w", "http://page");
+            stream.extend(frames.concat());
+            if close {
+                stream.extend(ws_frame(websocket::opcode::CLOSE, b""));
+            }
+            stream
+        })
+    }
+
     /// A valid native stream: HELLO, then PINGs, PONGs and maybe a BYE.
     fn native_stream() -> impl Strategy<Value = Vec<u8>> {
         let body = prop_oneof![
@@ -1106,6 +1526,13 @@ mod tests {
         }
 
         #[test]
+        fn websocket_any_split_same_outcome(stream in websocket_stream(), sizes in proptest::collection::vec(1usize..50, 1..8)) {
+            let whole = Model::feed(cfg("websocket", ""), &stream, stream.len());
+            prop_assert_eq!(whole.events.first().map(String::as_str), Some("online w"));
+            prop_assert_eq!(feed_split(cfg("websocket", ""), &stream, &sizes).outcome(), whole.outcome());
+        }
+
+        #[test]
         fn legacy_any_split_same_outcome(stream in legacy_stream(), sizes in proptest::collection::vec(1usize..50, 1..8)) {
             let cfg = || cfg("legacy", "echo = true\n");
             let whole = Model::feed(cfg(), &stream, stream.len());
@@ -1124,7 +1551,7 @@ mod tests {
         /// at most one online and exactly one offline per online.
         #[test]
         fn arbitrary_input_never_panics_one_offline_per_online(
-            proto in prop_oneof![Just("native"), Just("legacy"), Just("raw")],
+            proto in prop_oneof![Just("native"), Just("legacy"), Just("raw"), Just("websocket")],
             prefix_hello in any::<bool>(),
             reads in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..64), 0u64..3000), 0..16),
         ) {
@@ -1132,6 +1559,9 @@ mod tests {
             let start = model.now;
             if prefix_hello && proto == "native" {
                 model.read(&hello("p", b""));
+            }
+            if prefix_hello && proto == "websocket" {
+                model.read(&ws_request("/?id=p", "http://page"));
             }
             for (bytes, ms) in reads {
                 model.read(&bytes);

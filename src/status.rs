@@ -136,8 +136,14 @@ impl View for StatusView<'_> {
             entry.0 += 1;
             entry.1 += slot.conn().session().heartbeats();
         }
+        let mut messages: BTreeMap<String, u64> = BTreeMap::new();
+        for slot in self.online().filter(|s| s.conn().session().proto() == crate::wire::Protocol::WebSocket) {
+            *messages.entry(self.listeners.name(slot.conn().listener()).to_owned()).or_default() +=
+                slot.conn().session().messages();
+        }
         let gauges = Gauges {
             listeners,
+            websocket_messages: messages,
             connections: u64::try_from(self.conns.len()).unwrap_or(u64::MAX),
             wheel_timers: u64::try_from(self.wheel_timers).unwrap_or(u64::MAX),
             subscribers: http.subscribers,

@@ -57,6 +57,11 @@ fn f1_cable_pulled_is_a_timeout() {
 }
 
 #[test]
+fn f1w_cable_pulled_under_a_websocket_client_is_a_timeout() {
+    fault("f1w_cable_pulled_under_a_websocket_client_is_a_timeout", scenarios::websocket_cable_pulled);
+}
+
+#[test]
 fn f2_keepalive_only_raw_client_is_a_tcp_timeout_in_3s() {
     fault("f2_keepalive_only_raw_client_is_a_tcp_timeout_in_3s", scenarios::keepalive_only);
 }

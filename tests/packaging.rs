@@ -84,6 +84,8 @@ fn the_config_man_page_is_installed_and_names_every_key() {
         "max_frame",
         "tokens",
         "tokens_file",
+        "path",
+        "allowed_origins",
         "keepalive_idle",
         "keepalive_interval",
         "keepalive_count",

@@ -259,6 +259,7 @@ fn proto_name(args: &Args) -> &'static str {
         crate::proto::Proto::Native => "native",
         crate::proto::Proto::Legacy => "legacy",
         crate::proto::Proto::Mqtt => "mqtt",
+        crate::proto::Proto::Websocket => "websocket",
     }
 }
 

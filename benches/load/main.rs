@@ -2,7 +2,7 @@
 //!
 //! Opens `--clients` connections to one loopback server, in as many worker
 //! processes as the file-descriptor limit needs, speaking heartbeatd's
-//! `native` or `legacy` protocol or MQTT 3.1.1, and runs one measurement:
+//! `native`, `legacy` or `websocket` protocol or MQTT 3.1.1, and runs one measurement:
 //!
 //! | mode     | what it drives                                              |
 //! |----------|-------------------------------------------------------------|
@@ -20,7 +20,7 @@
 mod coord; // spawns workers, runs steps, samples the server, prints results
 mod hist; // mergeable latency histogram
 mod procstat; // CPU time and RSS from /proc
-mod proto; // native, legacy and MQTT client dialects
+mod proto; // native, legacy, websocket and MQTT client dialects
 mod report; // the worker ↔ coordinator line format
 mod worker; // one process's event loop over its connections
 

@@ -1,5 +1,6 @@
-//! The three client dialects the generator speaks: heartbeatd's `native`
-//! and `legacy` protocols (through the daemon's own codecs) and MQTT 3.1.1's
+//! The client dialects the generator speaks: heartbeatd's `native` and
+//! `legacy` protocols (through the daemon's own codecs), `websocket` (the
+//! HTTP upgrade, then masked Pings answered by Pongs) and MQTT 3.1.1's
 //! CONNECT / CONNACK / PINGREQ / PINGRESP.
 //!
 //! Each dialect gives a handshake to send after connecting, a heartbeat to
@@ -9,7 +10,7 @@
 //! for all three because each server answers a connection's heartbeats in
 //! order.
 
-use heartbeatd::wire::{legacy, native};
+use heartbeatd::wire::{legacy, native, websocket};
 
 /// The largest native frame the generator accepts from a server.
 const NATIVE_MAX_FRAME: usize = u16::MAX as usize;
@@ -33,6 +34,9 @@ pub enum Proto {
     Legacy,
     /// MQTT 3.1.1: CONNECT with a keepalive/CONNACK, then PINGREQ/PINGRESP.
     Mqtt,
+    /// RFC 6455 against a `websocket` listener: the upgrade (`?id=`), then
+    /// masked Pings answered by Pongs.
+    Websocket,
 }
 
 /// What one message from the server means to the generator.
@@ -68,6 +72,13 @@ impl Proto {
                 push_remaining_length(body.len(), out);
                 out.extend_from_slice(&body);
             }
+            Proto::Websocket => out.extend_from_slice(
+                format!(
+                    "GET /?id={id} HTTP/1.1\r\nHost: heartbeatd\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                )
+                .as_bytes(),
+            ),
         }
     }
 
@@ -84,6 +95,7 @@ impl Proto {
             // Type 0, length 0: the same 8 bytes the daemon echoes.
             Proto::Legacy => out.extend_from_slice(&legacy::HEARTBEAT_ECHO),
             Proto::Mqtt => out.extend_from_slice(&[mqtt::PINGREQ, 0]),
+            Proto::Websocket => websocket::encode_masked(true, websocket::opcode::PING, b"", [7, 1, 8, 2], &mut out),
         }
         out
     }
@@ -130,8 +142,37 @@ impl Proto {
                 };
                 Ok(Some((reply, used)))
             }
+            Proto::Websocket => parse_websocket(buf),
         }
     }
+}
+
+/// The server's side of a websocket stream: its HTTP answer (101 is
+/// accepted, anything else refused), then unmasked frames.
+fn parse_websocket(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
+    if buf.starts_with(b"HTTP/") {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
+        let reply = if buf.starts_with(b"HTTP/1.1 101 ") { Reply::Accepted } else { Reply::Refused };
+        return Ok(Some((reply, end + 4)));
+    }
+    let [b0, b1, rest @ ..] = buf else { return Ok(None) };
+    let (len, header) = match b1 & 0x7F {
+        126 => match rest {
+            [hi, lo, ..] => (usize::from(u16::from_be_bytes([*hi, *lo])), 4),
+            _ => return Ok(None),
+        },
+        127 => return Err("a server frame over 64 KiB".into()),
+        n => (usize::from(n), 2),
+    };
+    if buf.len() < header + len {
+        return Ok(None);
+    }
+    let reply = match b0 & 0x0F {
+        websocket::opcode::PONG => Reply::Beat,
+        websocket::opcode::CLOSE => Reply::Refused,
+        _ => Reply::Other,
+    };
+    Ok(Some((reply, header + len)))
 }
 
 /// Appends MQTT's variable-length "remaining length".
@@ -189,6 +230,19 @@ mod tests {
         assert_eq!(Proto::Native.heartbeat(), [3, 0, 0, 0]);
         assert_eq!(Proto::Legacy.parse(&[0; 8]), Ok(Some((Reply::Beat, 8))));
         assert_eq!(Proto::Legacy.parse(&[0; 7]), Ok(None));
+    }
+
+    #[test]
+    fn websocket_replies() {
+        let upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+        assert_eq!(Proto::Websocket.parse(upgrade), Ok(Some((Reply::Accepted, upgrade.len()))));
+        assert_eq!(Proto::Websocket.parse(b"HTTP/1.1 403 Forbidden\r\n\r\n"), Ok(Some((Reply::Refused, 26))));
+        assert_eq!(Proto::Websocket.parse(b"HTTP/1.1 101"), Ok(None));
+        assert_eq!(Proto::Websocket.parse(&[0x8A, 0]), Ok(Some((Reply::Beat, 2))));
+        assert_eq!(Proto::Websocket.parse(&[0x89, 0, 0x8A]), Ok(Some((Reply::Other, 2))));
+        assert_eq!(Proto::Websocket.parse(&[0x88, 2, 3]), Ok(None));
+        let ping = Proto::Websocket.heartbeat();
+        assert_eq!(websocket::deframe_all(&ping, 0).1, None, "a valid masked client Ping");
     }
 
     #[test]

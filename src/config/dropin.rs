@@ -238,6 +238,11 @@ fn shift_listener(table: Spanned<RawListener>, by: usize) -> Spanned<RawListener
             Spanned::new(span, list.into_inner().into_iter().map(|t| moved_value(t, by)).collect())
         }),
         expect_file: s(l.expect_file, by),
+        path: s(l.path, by),
+        allowed_origins: l.allowed_origins.map(|list| {
+            let span = moved(list.span(), by);
+            Spanned::new(span, list.into_inner().into_iter().map(|o| moved_value(o, by)).collect())
+        }),
         tcp: l.tcp.map(|t| RawTcp {
             keepalive_idle: s(t.keepalive_idle, by),
             keepalive_interval: s(t.keepalive_interval, by),

@@ -7,7 +7,9 @@
 //! timeout is zero only for `raw`, else at least two ticks and at least the
 //! interval; an option the protocol does not use is an error; tokens, when
 //! given, are at least one of 1..=255 bytes; keepalive times are whole
-//! kernel seconds while keepalive is on.
+//! kernel seconds while keepalive is on; a websocket `path` is an absolute
+//! path without query, and `allowed_origins`, when given, are at least one
+//! `http(s)://host[:port]` origin.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,6 +42,14 @@ const NATIVE_MAX_FRAME: RangeInclusive<i64> = HELLO_64_64..=65535;
 const HELLO_64_64: i64 = 1 + 1 + 64 + 1 + 64;
 /// `max_frame` range for `legacy` (16 MiB).
 const LEGACY_MAX_FRAME: RangeInclusive<i64> = 0..=16_777_216;
+/// `max_frame` range for `websocket`: a data frame's payload, which is
+/// skipped, never buffered (16 MiB).
+const WEBSOCKET_MAX_FRAME: RangeInclusive<i64> = 0..=16_777_216;
+/// `max_frame` default for `websocket`: the messages a page may send cost
+/// nothing (they are skipped), so the default takes any reasonable one.
+const WEBSOCKET_DEFAULT_MAX_FRAME: usize = 65536;
+/// Longest websocket `path`, in bytes.
+const MAX_PATH_LEN: usize = 255;
 /// What `name` must look like, for the "required" error.
 const NAME_RULE: &str = "a unique name of 1..=64 characters from A-Z a-z 0-9 _ . -";
 /// What `address` must look like, for the "required" error.
@@ -148,6 +158,8 @@ impl ListenerSource<'_> {
             protocol,
             self.base_dir,
         )?;
+        let path = raw.path.as_ref().map(|p| self.path(p)).transpose()?;
+        let allowed_origins = raw.allowed_origins.as_ref().map(|o| self.origins(o)).transpose()?.unwrap_or_default();
         let tcp = self.tcp(raw.tcp.unwrap_or_default())?;
         let tls = super::tls::check(self.source, &self.prefix, raw.tls, protocol, self.base_dir)?;
         Ok(CheckedListener {
@@ -164,6 +176,8 @@ impl ListenerSource<'_> {
                 tokens,
                 expect,
                 credentials,
+                path,
+                allowed_origins,
                 tcp,
                 tls,
             },
@@ -208,17 +222,21 @@ impl ListenerSource<'_> {
     /// Rejects options `protocol` does not use: silently ignoring them
     /// would hide a wrong `protocol` line.
     fn reject_unused(&self, raw: &RawListener, protocol: Protocol) -> Result<(), ConfigError> {
-        use Protocol::{Legacy, Native, Raw};
+        use Protocol::{Legacy, Native, Raw, WebSocket};
         let native = (&[Native][..], "native");
+        let handshaking = (&[Native, WebSocket][..], "native and websocket");
         let legacy_raw = (&[Legacy, Raw][..], "legacy and raw");
-        let framed = (&[Native, Legacy][..], "native and legacy");
+        let framed = (&[Native, Legacy, WebSocket][..], "native, legacy and websocket");
+        let websocket = (&[WebSocket][..], "websocket");
         let protocol_only = [
-            ("handshake_timeout", raw.handshake_timeout.as_ref().map(Spanned::span), native),
+            ("handshake_timeout", raw.handshake_timeout.as_ref().map(Spanned::span), handshaking),
             ("server_ping", raw.server_ping.as_ref().map(Spanned::span), native),
-            ("tokens", raw.tokens.as_ref().map(Spanned::span), native),
-            ("tokens_file", raw.tokens_file.as_ref().map(Spanned::span), native),
+            ("tokens", raw.tokens.as_ref().map(Spanned::span), handshaking),
+            ("tokens_file", raw.tokens_file.as_ref().map(Spanned::span), handshaking),
             ("echo", raw.echo.as_ref().map(Spanned::span), legacy_raw),
             ("max_frame", raw.max_frame.as_ref().map(Spanned::span), framed),
+            ("path", raw.path.as_ref().map(Spanned::span), websocket),
+            ("allowed_origins", raw.allowed_origins.as_ref().map(Spanned::span), websocket),
         ];
         for (field, span, (allowed, users)) in protocol_only {
             if let Some(span) = span.filter(|_| !allowed.contains(&protocol)) {
@@ -234,13 +252,14 @@ impl ListenerSource<'_> {
 
     /// `max_frame` within the protocol's range, or the default.
     fn max_frame(&self, value: Option<&Spanned<i64>>, protocol: Protocol) -> Result<usize, ConfigError> {
-        let range = match protocol {
-            Protocol::Legacy => LEGACY_MAX_FRAME,
+        let (range, default) = match protocol {
+            Protocol::Legacy => (LEGACY_MAX_FRAME, DEFAULT_MAX_FRAME),
+            Protocol::WebSocket => (WEBSOCKET_MAX_FRAME, WEBSOCKET_DEFAULT_MAX_FRAME),
             // Raw never reaches the check: max_frame was rejected before.
-            Protocol::Native | Protocol::Raw => NATIVE_MAX_FRAME,
+            Protocol::Native | Protocol::Raw => (NATIVE_MAX_FRAME, DEFAULT_MAX_FRAME),
         };
         let key = self.key("max_frame");
-        self.source.int_in(value, &key, range, DEFAULT_MAX_FRAME).map_err(|mut e| {
+        self.source.int_in(value, &key, range, default).map_err(|mut e| {
             if protocol == Protocol::Native && value.is_some_and(|v| *v.get_ref() < HELLO_64_64) {
                 e.message.push_str(&format!(
                     ": a HELLO with a 64-byte id and a 64-byte token needs {HELLO_64_64} payload bytes"
@@ -385,6 +404,60 @@ impl ListenerSource<'_> {
             };
             self.at(file, "tokens_file", message)
         })
+    }
+
+    /// The websocket `path`: absolute, printable ASCII, no query or
+    /// fragment (the query carries the id and token).
+    fn path(&self, path: &Spanned<String>) -> Result<String, ConfigError> {
+        let text = path.get_ref();
+        let printable = text.bytes().all(|b| (0x21..=0x7E).contains(&b) && b != b'?' && b != b'#');
+        if !text.starts_with('/') || !printable || text.len() > MAX_PATH_LEN {
+            return Err(self.at(
+                path,
+                "path",
+                format!(
+                    "invalid path {text:?}: an absolute path of at most {MAX_PATH_LEN} printable ASCII \
+                     characters without ? or #, e.g. \"/heartbeat\""
+                ),
+            ));
+        }
+        Ok(text.clone())
+    }
+
+    /// `allowed_origins`: at least one, each `http://` or `https://` and a
+    /// host with an optional port, as browsers send `Origin`.
+    fn origins(&self, list: &Spanned<Vec<Spanned<String>>>) -> Result<Vec<String>, ConfigError> {
+        // An empty list would silently allow every origin.
+        if list.get_ref().is_empty() {
+            return Err(self.at(
+                list,
+                "allowed_origins",
+                "allowed_origins is empty: list at least one origin, or leave allowed_origins out \
+                 to allow pages from any origin"
+                    .to_owned(),
+            ));
+        }
+        list.get_ref()
+            .iter()
+            .enumerate()
+            .map(|(i, origin)| {
+                let text = origin.get_ref();
+                let host = text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"));
+                let valid =
+                    host.is_some_and(|h| !h.is_empty() && h.bytes().all(|b| (0x21..=0x7E).contains(&b) && b != b'/'));
+                if !valid {
+                    return Err(self.at(
+                        origin,
+                        &format!("allowed_origins[{i}]"),
+                        format!(
+                            "invalid origin {text:?}: write scheme://host[:port] as browsers send it, \
+                             e.g. \"https://panel.example\" or \"http://127.0.0.1:8080\" (no path)"
+                        ),
+                    ));
+                }
+                Ok(text.clone())
+            })
+            .collect()
     }
 
     /// Validates the `[listener.tcp]` table.
@@ -646,11 +719,19 @@ mod tests {
     fn options_only_for_some_protocols() {
         let cases = [
             ("native", "echo = true", "echo applies only to legacy and raw listeners, not native"),
-            ("legacy", "handshake_timeout = \"5s\"", "handshake_timeout applies only to native listeners, not legacy"),
+            (
+                "legacy",
+                "handshake_timeout = \"5s\"",
+                "handshake_timeout applies only to native and websocket listeners, not legacy",
+            ),
             ("raw", "server_ping = false", "server_ping applies only to native listeners, not raw"),
-            ("legacy", "tokens = [\"x\"]", "tokens applies only to native listeners"),
-            ("raw", "tokens_file = \"t\"", "tokens_file applies only to native listeners"),
-            ("raw", "max_frame = 1024", "max_frame applies only to native and legacy listeners, not raw"),
+            ("legacy", "tokens = [\"x\"]", "tokens applies only to native and websocket listeners"),
+            ("raw", "tokens_file = \"t\"", "tokens_file applies only to native and websocket listeners"),
+            ("raw", "max_frame = 1024", "max_frame applies only to native, legacy and websocket listeners, not raw"),
+            ("websocket", "server_ping = true", "server_ping applies only to native listeners, not websocket"),
+            ("websocket", "echo = true", "echo applies only to legacy and raw listeners, not websocket"),
+            ("native", "path = \"/hb\"", "path applies only to websocket listeners, not native"),
+            ("raw", "allowed_origins = [\"http://a\"]", "allowed_origins applies only to websocket listeners, not raw"),
         ];
         for (protocol, option, message) in cases {
             let text = listener(&format!("protocol = \"{protocol}\"\n{option}\n"));
@@ -661,6 +742,26 @@ mod tests {
         assert!(only(&listener("protocol = \"legacy\"\necho = true\n")).echo);
         assert!(only(&listener("protocol = \"raw\"\necho = true\n")).echo);
         assert!(only(&listener("server_ping = true\n")).server_ping);
+    }
+
+    #[test]
+    fn websocket_path_and_origins() {
+        let ws = |extra: &str| listener(&format!("protocol = \"websocket\"\n{extra}"));
+        let l = only(&ws("path = \"/hb\"\nallowed_origins = [\"https://panel.example\", \"http://127.0.0.1:8080\"]\ntokens = [\"t\"]\n"));
+        assert_eq!(l.path.as_deref(), Some("/hb"));
+        assert_eq!(l.allowed_origins, ["https://panel.example", "http://127.0.0.1:8080"]);
+        assert_eq!((l.max_frame, l.tokens.len()), (65536, 1));
+        let l = only(&ws(""));
+        assert_eq!((l.path, l.allowed_origins.len()), (None, 0));
+        for bad in ["hb", "/a b", "/a?id=1", "/#x", ""] {
+            assert_err(&ws(&format!("path = {bad:?}\n")), 5, "listener[0].path", "invalid path");
+        }
+        assert_err(&ws("allowed_origins = []\n"), 5, "listener[0].allowed_origins", "allowed_origins is empty");
+        for bad in ["panel.example", "https://", "https://a/path", "ftp://a", "*"] {
+            let text = ws(&format!("allowed_origins = [\"http://ok\", {bad:?}]\n"));
+            assert_err(&text, 5, "listener[0].allowed_origins[1]", "invalid origin");
+        }
+        assert_err(&ws("max_frame = 16777217\n"), 5, "listener[0].max_frame", "must be 0..=16777216");
     }
 
     #[test]
@@ -678,7 +779,7 @@ mod tests {
             assert_err(&text, 3, "listener[0].address", "not ip:port");
         }
         assert_eq!(only(&listener("").replace("127.0.0.1:7700", "[::1]:0")).address, "[::1]:0".parse().unwrap());
-        assert_err(&listener("protocol = \"http\"\n"), 4, "listener[0].protocol", "native, legacy or raw");
+        assert_err(&listener("protocol = \"http\"\n"), 4, "listener[0].protocol", "native, legacy, raw or websocket");
         assert_err(
             "[daemon]\nlog_level = \"verbose\"\n",
             2,

@@ -149,16 +149,23 @@ pub struct ListenerConfig {
     pub echo: bool,
     /// Largest frame payload accepted, in bytes (`native`, `legacy`).
     pub max_frame: usize,
-    /// `native`: listener-wide HELLO tokens in clear (the old form): each
-    /// authenticates any id not bound in `credentials`. With `credentials`
-    /// also empty, the listener is open: no authentication.
+    /// `native`, `websocket`: listener-wide HELLO (or `token=`) tokens in
+    /// clear (the old form): each authenticates any id not bound in
+    /// `credentials`. With `credentials` also empty, the listener is open:
+    /// no authentication.
     pub tokens: Vec<Vec<u8>>,
     /// `native`: the ids of the clients that should be online
     /// (`expect` or `expect_file`, `expect.rs`).
     pub expect: Vec<String>,
-    /// `native`: hashed credentials, tokens bound to ids and listener-wide
-    /// (`config::tokens`); see `crate::trust` for what they admit.
+    /// `native`, `websocket`: hashed credentials, tokens bound to ids and
+    /// listener-wide (`config::tokens`); see `crate::trust` for what they
+    /// admit.
     pub credentials: tokens::Credentials,
+    /// `websocket`: the only request path upgraded; `None` takes any.
+    pub path: Option<String>,
+    /// `websocket`: the page origins a browser may connect from; empty
+    /// allows any.
+    pub allowed_origins: Vec<String>,
     /// The `[listener.tcp]` socket options.
     pub tcp: TcpConfig,
     /// `native`: the `[listener.tls]` table; `None` is plain TCP.
@@ -430,6 +437,8 @@ pub(super) mod tests {
                 tokens: vec![],
                 expect: vec![],
                 credentials: tokens::Credentials::default(),
+                path: None,
+                allowed_origins: vec![],
                 tcp: default_tcp(),
                 tls: None,
             }],
@@ -496,8 +505,8 @@ pub(super) mod tests {
     #[test]
     fn embedded_examples_parse_when_uncommented() {
         let config = parse_ok(&embedded_with_examples());
-        let [native, legacy, raw] = &config.listeners[..] else {
-            panic!("expected three listeners: {config:?}");
+        let [native, legacy, raw, websocket] = &config.listeners[..] else {
+            panic!("expected four listeners: {config:?}");
         };
         assert_eq!(native.protocol, Protocol::Native);
         assert_eq!(legacy.protocol, Protocol::Legacy);
@@ -507,6 +516,8 @@ pub(super) mod tests {
         assert_eq!(raw.tcp.user_timeout, secs(18));
         let [hook] = &config.hooks[..] else { panic!("expected one hook: {config:?}") };
         assert_eq!(hook.command[0], "/usr/local/bin/page-oncall");
+        assert_eq!(websocket.protocol, Protocol::WebSocket);
+        assert_eq!((websocket.path.as_deref(), websocket.allowed_origins.len()), (Some("/"), 1));
     }
 
     #[test]

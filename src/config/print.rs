@@ -76,12 +76,22 @@ fn write_listener(out: &mut String, l: &ListenerConfig) {
     let _ = writeln!(out, "protocol = {}", string(&l.protocol.to_string()));
     let _ = writeln!(out, "interval = {}", duration(l.interval));
     let _ = writeln!(out, "timeout = {}", duration(l.timeout));
-    if l.protocol == Protocol::Native {
+    if matches!(l.protocol, Protocol::Native | Protocol::WebSocket) {
         let _ = writeln!(out, "handshake_timeout = {}", duration(l.handshake_timeout));
+    }
+    if l.protocol == Protocol::Native {
         let _ = writeln!(out, "server_ping = {}", l.server_ping);
     }
-    if l.protocol != Protocol::Native {
+    if matches!(l.protocol, Protocol::Legacy | Protocol::Raw) {
         let _ = writeln!(out, "echo = {}", l.echo);
+    }
+    if l.protocol == Protocol::WebSocket {
+        // No path means any; the key is written only when set.
+        if let Some(path) = &l.path {
+            let _ = writeln!(out, "path = {}", string(path));
+        }
+        let origins: Vec<String> = l.allowed_origins.iter().map(|o| string(o)).collect();
+        let _ = writeln!(out, "allowed_origins = [{}]", origins.join(", "));
     }
     if l.protocol != Protocol::Raw {
         let _ = writeln!(out, "max_frame = {}", l.max_frame);

@@ -73,6 +73,8 @@ pub(super) struct RawListener {
     pub(super) tokens_file: Option<Spanned<String>>,
     pub(super) expect: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) expect_file: Option<Spanned<String>>,
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) tcp: Option<RawTcp>,
     pub(super) tls: Option<Spanned<RawTls>>,
 }

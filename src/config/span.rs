@@ -238,7 +238,7 @@ const DURATION_EXAMPLES: [(&str, &str); 9] = [
 ];
 
 /// An example value for the other scalar keys, at or near their defaults.
-const OTHER_EXAMPLES: [(&str, &str); 18] = [
+const OTHER_EXAMPLES: [(&str, &str); 20] = [
     ("max_clients", "65536"),
     ("max_per_address", "0"),
     ("log_level", "\"info\""),
@@ -251,6 +251,8 @@ const OTHER_EXAMPLES: [(&str, &str); 18] = [
     ("max_frame", "1024"),
     ("tokens", "[\"s3cret\"]"),
     ("tokens_file", "\"tokens\""),
+    ("path", "\"/heartbeat\""),
+    ("allowed_origins", "[\"https://panel.example\"]"),
     ("keepalive_count", "3"),
     ("nodelay", "true"),
     ("max_connections", "64"),

@@ -30,13 +30,13 @@ pub(super) fn check(
     let Some(raw) = raw else { return Ok(None) };
     let key = |field: &str| format!("{prefix}.tls.{field}");
     let span = raw.span();
-    // PROTOCOL.md: a native or websocket listener may be wrapped in TLS
-    // (websocket joins this check when it is merged).
-    if protocol != Protocol::Native {
+    // A native or websocket (wss://) listener may be wrapped in TLS; legacy
+    // and raw clients are deployed without it.
+    if !matches!(protocol, Protocol::Native | Protocol::WebSocket) {
         return Err(source.error(
             Some(span),
             Some(format!("{prefix}.tls")),
-            format!("tls applies only to native listeners, not {protocol}"),
+            format!("tls applies only to native and websocket listeners, not {protocol}"),
         ));
     }
     let raw = raw.into_inner();

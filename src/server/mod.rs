@@ -863,6 +863,7 @@ impl Server {
         let session = conn.session();
         let listener = &self.listeners[conn.listener()].cfg.name;
         self.metrics.count_closed_heartbeats(listener, session.heartbeats());
+        self.metrics.count_closed_messages(listener, session.messages());
         if reason == OfflineReason::ProtocolError {
             self.metrics.count_protocol_error(listener);
         }

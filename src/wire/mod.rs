@@ -5,6 +5,7 @@
 //!
 //! - [`native`]: the framed protocol with HELLO/WELCOME/PING/PONG/BYE/ERROR.
 //! - [`legacy`]: the `{int type; int length;}` C struct of deployed clients.
+//! - [`websocket`]: RFC 6455's upgrade request and frames, for browsers.
 //! - [`deframe`]: the state a stream needs between reads to be cut into
 //!   frames of either (native partial-frame assembly, legacy skip counter).
 //!
@@ -15,5 +16,6 @@ pub mod deframe;
 pub mod legacy;
 pub mod native;
 pub mod protocol;
+pub mod websocket;
 
 pub use protocol::Protocol;

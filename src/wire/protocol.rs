@@ -1,5 +1,5 @@
-//! Which wire protocol a listener speaks: the names of PROTOCOL.md's three
-//! protocols, as config files and log lines spell them.
+//! Which wire protocol a listener speaks: the names of PROTOCOL.md's
+//! protocols and of `websocket` (RFC 6455, for browsers), as config files and log lines spell them.
 //!
 //! Invariant: [`Protocol::as_str`], [`fmt::Display`] and [`FromStr`] agree,
 //! so every name the daemon prints parses back to the same protocol.
@@ -16,11 +16,14 @@ pub enum Protocol {
     Legacy,
     /// Any byte is activity.
     Raw,
+    /// RFC 6455 WebSocket after an HTTP/1.1 upgrade: the daemon pings,
+    /// any frame is activity (browsers answer pings themselves).
+    WebSocket,
 }
 
 impl Protocol {
     /// Every protocol, in the order config errors list them.
-    pub const ALL: [Protocol; 3] = [Protocol::Native, Protocol::Legacy, Protocol::Raw];
+    pub const ALL: [Protocol; 4] = [Protocol::Native, Protocol::Legacy, Protocol::Raw, Protocol::WebSocket];
 
     /// The name used in config files and log lines.
     pub fn as_str(self) -> &'static str {
@@ -28,6 +31,7 @@ impl Protocol {
             Protocol::Native => "native",
             Protocol::Legacy => "legacy",
             Protocol::Raw => "raw",
+            Protocol::WebSocket => "websocket",
         }
     }
 }
@@ -45,7 +49,7 @@ pub struct UnknownProtocol(pub String);
 impl fmt::Display for UnknownProtocol {
     /// The config error's message, naming what would be right.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown protocol {:?}: use native, legacy or raw", self.0)
+        write!(f, "unknown protocol {:?}: use native, legacy, raw or websocket", self.0)
     }
 }
 
@@ -71,13 +75,14 @@ mod tests {
             assert_eq!(protocol.as_str().parse::<Protocol>(), Ok(protocol));
         }
         assert_eq!(Protocol::Legacy.to_string(), "legacy");
+        assert_eq!("websocket".parse::<Protocol>(), Ok(Protocol::WebSocket));
     }
 
     #[test]
     fn unknown_names_are_refused_with_the_choices() {
-        for bad in ["", "Native", "RAW", "http", " native"] {
+        for bad in ["", "Native", "RAW", "http", " native", "ws", "WebSocket"] {
             let e = bad.parse::<Protocol>().unwrap_err();
-            assert_eq!(e.to_string(), format!("unknown protocol {bad:?}: use native, legacy or raw"));
+            assert_eq!(e.to_string(), format!("unknown protocol {bad:?}: use native, legacy, raw or websocket"));
         }
     }
 }

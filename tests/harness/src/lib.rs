@@ -22,6 +22,8 @@
 //!   client over Python's `ssl` ([`py_client`]).
 //! - [`http`], [`systemd`], [`netns`]: the status API, systemd (notify,
 //!   journal, socket activation) and network-namespace helpers.
+//! - [`browser`]: headless Chromium over the DevTools protocol.
+//! - [`websocket`]: Python's `websockets` as an independent WebSocket client.
 //!
 //! Every wait has a deadline; a timed-out wait fails the test with what was
 //! waited for and the output so far.
@@ -33,6 +35,7 @@
 //! time.
 
 pub mod audit;
+pub mod browser;
 pub mod daemon;
 pub mod http;
 pub mod log;
@@ -42,6 +45,7 @@ pub mod proc;
 pub mod systemd;
 pub mod temp;
 pub mod tls;
+pub mod websocket;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -339,6 +339,34 @@ pub fn cable_pulled() -> Vec<Outcome> {
     vec![silenced(Silence::CablePulled)]
 }
 
+/// Fault 1, for a browser: a WebSocket client (the harness's own, written
+/// from RFC 6455) that answers the daemon's Pings loses its cable →
+/// `timeout`, counted from its last Pong, within [bound, bound + tick].
+pub fn websocket_cable_pulled() -> Vec<Outcome> {
+    let timeout = SILENT_INTERVAL * SILENT_MISSES;
+    let topo = Topology::new("wscable", 1);
+    let extra = format!("interval = \"{}ms\"\nmisses = {SILENT_MISSES}", SILENT_INTERVAL.as_millis());
+    let d = topo.start_daemon(&daemon_config("", &[listener("main", "websocket", link0(0), &extra)]), None);
+    let addr = d.addr("main");
+    let mut c = topo.clients[0].run(|| crate::websocket::WsClient::connect(addr, "ws-cable"));
+    let session = d.wait(ev("online").kv("client", "ws-cable")).num("session");
+    // Answer Pings for a while; the cable goes right after a Pong.
+    let answered = c.answer_pings_for(SILENT_INTERVAL * 2 + SILENT_INTERVAL / 2);
+    if !c.answer_next_ping(Instant::now() + SILENT_INTERVAL * 2) {
+        let mut outcome = Outcome::new("1w cable pulled, websocket client", &["timeout"], "", timeout, TICK);
+        outcome.missing(format!("no Ping from the daemon within two intervals:\n{}", d.log_text()));
+        return vec![outcome];
+    }
+    let last = c.last_sent;
+    topo.client_link_down(0);
+    let line = offline_while(&d, session, timeout + Duration::from_secs(10), SILENT_INTERVAL, || {});
+    let bound = format!("timeout {} ms (+1 tick {} ms)", timeout.as_millis(), TICK.as_millis());
+    let mut outcome = Outcome::new("1w cable pulled, websocket client", &["timeout"], &bound, timeout, TICK + SLACK);
+    outcome.notes.push(format!("client: answered {} Pings before the cable", answered + 1));
+    record_offline(&mut outcome, &d, line, session, last);
+    vec![outcome]
+}
+
 /// Fault 4. Firewall drops the flow: an nft drop rule for the daemon's port in
 /// the client's namespace → `timeout`.
 pub fn firewall() -> Vec<Outcome> {
