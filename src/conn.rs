@@ -74,6 +74,11 @@ impl Conn {
         }
     }
 
+    /// Wraps a socket kept across a restart with its restored session.
+    pub fn restored(stream: TcpStream, peer: SocketAddr, listener: usize, session: Session) -> Conn {
+        Conn { stream, peer, listener: u32::try_from(listener).unwrap_or(u32::MAX), session, queue: None }
+    }
+
     /// The key of the listener that accepted it.
     pub fn listener(&self) -> usize {
         self.listener as usize

@@ -30,6 +30,7 @@ pub mod client;
 pub mod config;
 pub(crate) mod conn;
 pub mod event;
+pub(crate) mod fdstore;
 pub mod http;
 pub(crate) mod journal;
 pub mod limits;
@@ -41,6 +42,7 @@ pub(crate) mod session;
 #[allow(unsafe_code)]
 pub(crate) mod sockopt;
 pub(crate) mod status;
+pub mod stopping;
 #[allow(unsafe_code)]
 pub(crate) mod systemd;
 pub mod wheel;

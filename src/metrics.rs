@@ -44,6 +44,8 @@ pub struct Metrics {
     loop_iterations: u64,
     /// Connections whose peer had closed before the daemon served them.
     abandoned: u64,
+    /// Connections continued from the fd store at start (issue 11).
+    restored: u64,
     /// Probe HELLOs answered (never online).
     probes: u64,
     /// Stalls longer than `daemon.max_local_pause` (`server/stall.rs`).
@@ -118,6 +120,7 @@ impl Metrics {
             listeners: BTreeMap::new(),
             loop_iterations: 0,
             abandoned: 0,
+            restored: 0,
             probes: 0,
             loop_stalls: 0,
             loop_stall_time: Duration::ZERO,
@@ -187,6 +190,11 @@ impl Metrics {
     /// Counts a connection abandoned by its peer before it was served.
     pub fn count_abandoned(&mut self) {
         self.abandoned += 1;
+    }
+
+    /// Counts connections continued from the fd store at start.
+    pub fn count_restored(&mut self, n: u64) {
+        self.restored += n;
     }
 
     /// When the process started (as `process_start_time_seconds` says).
@@ -346,6 +354,13 @@ impl Metrics {
             "Connections whose peer had closed before they were served; never online.",
         );
         sample(&mut out, "heartbeatd_abandoned_total", &[], self.abandoned);
+        family(
+            &mut out,
+            "heartbeatd_restored_total",
+            "counter",
+            "Connections this process continued from the fd store at start, with their sessions.",
+        );
+        sample(&mut out, "heartbeatd_restored_total", &[], self.restored);
         family(&mut out, "heartbeatd_probes_total", "counter", "Probe HELLOs answered; a probe never goes online.");
         sample(&mut out, "heartbeatd_probes_total", &[], self.probes);
         family(&mut out, "heartbeatd_build_info", "gauge", "Always 1; the version of the running binary.");

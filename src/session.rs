@@ -415,6 +415,82 @@ impl Session {
     }
 }
 
+/// What a new process needs to continue a session after a restart
+/// (`crate::fdstore` keeps it beside the socket). The deframer is not in
+/// it: a frame half read when the process ended is lost, and the next
+/// bytes are read as the start of a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The protocol spoken.
+    pub proto: Protocol,
+    /// The HELLO id (native, once received).
+    pub id: Option<String>,
+    /// When the session started, or went online.
+    pub since: Instant,
+    /// The last activity.
+    pub last_activity: Instant,
+    /// Heartbeats received so far.
+    pub heartbeats: u64,
+    /// Native: WELCOME was given.
+    pub welcomed: bool,
+    /// Native: the HELLO was a probe.
+    pub probe: bool,
+    /// Native: a server PING is outstanding.
+    pub pinged: bool,
+    /// Native: the grace of a timing change, in ms after the last activity.
+    pub grace_ms: u32,
+}
+
+impl Session {
+    /// The state to keep for a restart.
+    pub fn snapshot(&self) -> Snapshot {
+        let flags = match self.framing {
+            Framing::Native { flags, .. } => flags,
+            Framing::Legacy(_) | Framing::Raw => NativeFlags::default(),
+        };
+        Snapshot {
+            proto: self.proto(),
+            id: self.clock.id.as_deref().map(str::to_owned),
+            since: self.since(),
+            last_activity: self.last_activity(),
+            heartbeats: self.clock.heartbeats,
+            welcomed: flags.welcomed,
+            probe: flags.probe,
+            pinged: flags.pinged,
+            grace_ms: flags.grace_ms,
+        }
+    }
+
+    /// A session continued from a snapshot a previous process kept: in the
+    /// same state (online stays online, with no new online event), its
+    /// clock where it was. Call [`anchor_clock`] first with the earliest
+    /// instant of the snapshots, so that none is moved later.
+    pub fn restore(kept: &Snapshot) -> Session {
+        let mut session = Session::new(kept.proto, kept.since);
+        session.clock.id = kept.id.as_deref().map(Rc::from);
+        session.clock.since = Stamp::of(kept.since);
+        session.clock.last_activity = Stamp::of(kept.last_activity);
+        session.clock.heartbeats = kept.heartbeats;
+        if let Framing::Native { flags, .. } = &mut session.framing {
+            // WELCOME without an id cannot have been given: never online
+            // by a damaged snapshot.
+            flags.welcomed = kept.welcomed && kept.id.is_some();
+            flags.probe = kept.probe;
+            flags.pinged = kept.pinged;
+            flags.grace_ms = kept.grace_ms;
+        }
+        session
+    }
+}
+
+/// Makes `at` representable: the stamps' epoch is set no later than it,
+/// when no stamp was taken yet. Restored sessions started before this
+/// process did; without it their instants would be moved up to the first
+/// stamp of the process.
+pub fn anchor_clock(at: Instant) {
+    EPOCH.get_or_init(|| at);
+}
+
 impl Clock {
     /// A heartbeat: a complete frame, or raw bytes.
     fn activity(&mut self, now: Instant) {

@@ -290,6 +290,7 @@ impl Source<'_> {
                 DEFAULT_SHUTDOWN_GRACE,
             )?,
             log_level,
+            keep_connections: raw.keep_connections.is_none_or(Spanned::into_inner),
         })
     }
 

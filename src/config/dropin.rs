@@ -128,14 +128,24 @@ fn one<T>(
 
 /// Key-by-key merge of two `[daemon]` tables.
 fn merge_daemon(source: &Source<'_>, mine: &mut RawDaemon, theirs: RawDaemon) -> Result<(), ConfigError> {
-    let RawDaemon { tick, coalesce, max_local_pause, max_clients, max_per_address, shutdown_grace, log_level } = theirs;
+    let RawDaemon {
+        tick,
+        coalesce,
+        max_local_pause,
+        max_clients,
+        max_per_address,
+        shutdown_grace,
+        log_level,
+        keep_connections,
+    } = theirs;
     one(source, "daemon.tick", &mut mine.tick, tick)?;
     one(source, "daemon.coalesce", &mut mine.coalesce, coalesce)?;
     one(source, "daemon.max_local_pause", &mut mine.max_local_pause, max_local_pause)?;
     one(source, "daemon.max_clients", &mut mine.max_clients, max_clients)?;
     one(source, "daemon.max_per_address", &mut mine.max_per_address, max_per_address)?;
     one(source, "daemon.shutdown_grace", &mut mine.shutdown_grace, shutdown_grace)?;
-    one(source, "daemon.log_level", &mut mine.log_level, log_level)
+    one(source, "daemon.log_level", &mut mine.log_level, log_level)?;
+    one(source, "daemon.keep_connections", &mut mine.keep_connections, keep_connections)
 }
 
 /// Key-by-key merge of two `[http]` tables.
@@ -160,6 +170,7 @@ pub(super) fn shift(raw: RawConfig, by: usize) -> RawConfig {
             max_per_address: s(d.max_per_address, by),
             shutdown_grace: s(d.shutdown_grace, by),
             log_level: s(d.log_level, by),
+            keep_connections: s(d.keep_connections, by),
         }),
         listener: raw.listener.map(|list| {
             let span = moved(list.span(), by);

@@ -101,6 +101,10 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     /// Log verbosity.
     pub log_level: log::LevelFilter,
+    /// Under systemd, keep client connections in the service's file
+    /// descriptor store, so that a restart, an upgrade or a crash drops
+    /// none of them (`src/fdstore.rs`, docs/RESTARTS.md).
+    pub keep_connections: bool,
 }
 
 /// One `[[listener]]` table.
@@ -371,6 +375,7 @@ pub(super) mod tests {
             max_per_address: 0,
             shutdown_grace: secs(5),
             log_level: log::LevelFilter::Info,
+            keep_connections: true,
         }
     }
 
@@ -446,7 +451,7 @@ pub(super) mod tests {
             assert_eq!(config, embedded().unwrap(), "uncommented {line:?}");
             checked += 1;
         }
-        assert_eq!(checked, 19);
+        assert_eq!(checked, 20);
     }
 
     #[test]

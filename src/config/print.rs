@@ -29,6 +29,7 @@ pub fn to_toml(config: &Config, origin: &str) -> String {
     let _ = writeln!(out, "max_per_address = {}", d.max_per_address);
     let _ = writeln!(out, "shutdown_grace = {}", duration(d.shutdown_grace));
     let _ = writeln!(out, "log_level = {}", string(&d.log_level.as_str().to_ascii_lowercase()));
+    let _ = writeln!(out, "keep_connections = {}", d.keep_connections);
     for listener in &config.listeners {
         write_listener(&mut out, listener);
     }

@@ -46,6 +46,7 @@ pub(super) struct RawDaemon {
     pub(super) max_per_address: Option<Spanned<i64>>,
     pub(super) shutdown_grace: Option<Spanned<String>>,
     pub(super) log_level: Option<Spanned<String>>,
+    pub(super) keep_connections: Option<Spanned<bool>>,
 }
 
 /// One `[[listener]]` table as written.
