@@ -100,13 +100,21 @@ pub fn prepare(pid: Option<u32>) -> String {
         return format!("heartbeatd: job {kind} on {unit}: a stop (BYE shutdown to every client)");
     }
     match stored_fds(&unit) {
-        Ok(n) if n > 0 => match std::fs::write(&path, format!("{pid}\n")) {
+        Ok(n) if n > 0 => match write_marker(&path, pid) {
             Ok(()) => format!("heartbeatd: job {kind} on {unit}: connections stay in the fd store ({n} fds)"),
             Err(e) => format!("heartbeatd: writing {}: {e}: a stop", path.display()),
         },
         Ok(_) => format!("heartbeatd: job {kind} on {unit}, but the fd store is empty: a stop"),
         Err(e) => format!("heartbeatd: {e}: a stop"),
     }
+}
+
+/// Writes the marker, readable by the daemon's (dynamic) user: the helper
+/// runs as root (`ExecStop=+`), and the unit's `UMask=0077` would hide it.
+fn write_marker(path: &std::path::Path, pid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("{pid}\n"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
 }
 
 /// At SIGTERM: true when `heartbeatd --stopping` marked this stop as a
