@@ -354,7 +354,7 @@ interval = \"3s\"\\nmisses = 5\\n' > /etc/heartbeatd/conf.d/20-plain.toml \
             sessions.iter().min().unwrap_or(&0),
             sessions.iter().max().unwrap_or(&0)
         );
-        c.ok("touch /root/legacy.out.stop /root/raw.out.stop; pkill -f 'heartbeat run' || true");
+        c.ok("touch /root/legacy.out.stop /root/raw.out.stop; pkill -x heartbeat || true");
     });
 }
 
