@@ -299,6 +299,8 @@ pub struct Header {
     pub alive_at: u64,
     /// The next session number it would have given.
     pub next_session: u64,
+    /// The id of its newest `/events` event.
+    pub last_event_id: u64,
 }
 
 /// A message for the store that the notify socket has not taken yet.
@@ -364,7 +366,7 @@ impl Keeper {
     /// The header as the previous process left it.
     pub fn header(&self) -> Header {
         let bytes = self.map.bytes();
-        Header { alive_at: word(bytes, 16), next_session: word(bytes, 24) }
+        Header { alive_at: word(bytes, 16), next_session: word(bytes, 24), last_event_id: word(bytes, 32) }
     }
 
     /// Every valid record, with its slot key in the previous process.
@@ -387,6 +389,11 @@ impl Keeper {
     pub fn alive(&mut self, now: Instant) {
         let usec = self.clock.usec(now);
         self.map.bytes_mut()[16..24].copy_from_slice(&usec.to_le_bytes());
+    }
+
+    /// Records the id of the newest `/events` event.
+    pub fn set_last_event_id(&mut self, id: u64) {
+        self.map.bytes_mut()[32..40].copy_from_slice(&id.to_le_bytes());
     }
 
     /// Records the next session number the daemon will give.
@@ -678,7 +685,7 @@ mod tests {
         let dup = keeper.map.fd().try_clone_to_owned().expect("dup");
         drop(keeper);
         let again = Keeper::new(8, Some(SharedMap::open(dup).expect("map"))).expect("keeper");
-        assert_eq!(again.header(), Header { alive_at: clock.usec, next_session: 77 });
+        assert_eq!(again.header(), Header { alive_at: clock.usec, next_session: 77, last_event_id: 0 });
         let records = again.records();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].state.heartbeats, 43);

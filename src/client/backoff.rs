@@ -14,13 +14,25 @@
 //! | 7       | 25.6 s                          |
 //! | 8 and on| 30 s                            |
 //!
+//! After a daemon's BYE `shutdown` (a planned stop: it is coming back) the
+//! schedule starts over and the first delay is drawn from
+//! [`SHUTDOWN_SPREAD`] instead: 100 ms to 1 s, uniform, so 10,000 agents
+//! come back within about a second but spread over 900 ms, some 11 per
+//! millisecond, not in one burst ([`Backoff::after_shutdown`]).
+//!
 //! Invariants:
-//! - every delay lies in `[0, ceiling(attempt)] ⊆ [0, cap]`;
+//! - every delay lies in `[0, ceiling(attempt)] ⊆ [0, cap]`, except the one
+//!   after a shutdown, which lies in [`SHUTDOWN_SPREAD`];
 //! - ceilings never decrease between two resets, and double until the cap;
 //! - the schedule is pure: a seeded [`fastrand::Rng`] gives the same delays
 //!   every time, which is how the unit tests check it.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
+
+/// The delay after a BYE `shutdown`, in milliseconds: within about a
+/// second, jittered over 900 ms.
+pub const SHUTDOWN_SPREAD: RangeInclusive<u64> = 100..=1000;
 
 /// The reconnect schedule of one agent.
 #[derive(Debug, Clone)]
@@ -52,6 +64,15 @@ impl Backoff {
         // Nanoseconds in a u64 cover 584 years; a larger cap saturates.
         let max = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(self.rng.u64(0..=max))
+    }
+
+    /// The delay after a BYE `shutdown`: the daemon stops on purpose and is
+    /// expected back (a restart, an upgrade), so the schedule starts over
+    /// and this first delay is drawn from [`SHUTDOWN_SPREAD`]; if the
+    /// daemon is not back, the next attempts back off from attempt 1.
+    pub fn after_shutdown(&mut self) -> Duration {
+        self.attempt = 1;
+        Duration::from_millis(self.rng.u64(SHUTDOWN_SPREAD))
     }
 
     /// Starts over at attempt 0: the last connection stayed up long enough
@@ -163,5 +184,37 @@ mod tests {
         for _ in 0..100 {
             assert!(b.next_delay() <= Duration::from_secs(1));
         }
+    }
+
+    #[test]
+    fn after_a_shutdown_the_agent_is_back_within_a_second_and_spread() {
+        let mut b = schedule(11);
+        // A long outage first: the ceiling has grown to the cap.
+        for _ in 0..12 {
+            b.next_delay();
+        }
+        let mut seen = Vec::new();
+        for _ in 0..1000 {
+            let d = b.after_shutdown();
+            assert!((Duration::from_millis(100)..=Duration::from_secs(1)).contains(&d), "{d:?}");
+            seen.push(d);
+            // The daemon did not come back: backing off resumes at attempt 1.
+            assert_eq!(b.attempt(), 1);
+            assert!(b.next_delay() <= b.ceiling(1));
+        }
+        let (min, max) = (seen.iter().min().copied(), seen.iter().max().copied());
+        assert!(min < Some(Duration::from_millis(200)) && max > Some(Duration::from_millis(900)), "{min:?} {max:?}");
+    }
+
+    #[test]
+    fn a_healthy_session_starts_the_schedule_over() {
+        let mut b = schedule(3);
+        for _ in 0..9 {
+            b.next_delay();
+        }
+        assert_eq!(b.ceiling(b.attempt()), CAP);
+        b.reset();
+        assert_eq!(b.attempt(), 0);
+        assert!(b.next_delay() <= BASE);
     }
 }

@@ -230,6 +230,9 @@ impl Server {
     pub(super) fn keep_round(&mut self, now: Instant) {
         if let Some(keep) = &mut self.keep {
             keep.alive(now);
+            if let Some(http) = &self.http {
+                keep.set_last_event_id(http.last_event_id());
+            }
         }
     }
 
@@ -280,13 +283,18 @@ impl Server {
             self.close_handed_over(kept, now);
             return;
         };
+        let header = keep.header();
+        if let (true, Some(http)) = (header.last_event_id > 0, &mut self.http) {
+            // `/events` ids go on from the previous process's: a consumer's
+            // Last-Event-ID from before gets the events after it or a gap.
+            http.continue_event_ids(header.last_event_id);
+        }
         if !keep.has_records() {
             for session in kept.conns.keys().copied().collect::<Vec<_>>() {
                 self.keep_push(Op::Remove(fdstore::conn_name(session)), now);
             }
             return;
         }
-        let header = keep.header();
         let clock = *keep.clock();
         let records = keep.records();
         keep.clear_records();
