@@ -27,7 +27,10 @@
 //!   `enable --now heartbeatd.socket` alone fails while the service holds
 //!   the port; stop, enable --now, start makes the service adopt it.
 //!
-//! And in containers of their own: a listener below port 1024 binds under
+//! And in containers of their own: with 200 agents, a legacy and a raw
+//! client connected, `systemctl restart`, `kill -9`, a hang past
+//! `WatchdogSec=` and reinstalling the .deb drop no connection and log no
+//! false event (issue 11, docs/RESTARTS.md); a listener below port 1024 binds under
 //! the unit; the agent's template `heartbeat@.service` keeps its client
 //! online across a daemon restart, hands a root-only token file to the
 //! agent as a credential, and stays down (exit 78, no restart) after a
