@@ -361,6 +361,35 @@ interval = \"3s\"\\nmisses = 5\\n' > /etc/heartbeatd/conf.d/20-plain.toml \
     });
 }
 
+/// The fd store's costs, for docs/BENCHMARKS.md (run by hand, it prints
+/// numbers and asserts only that it ran): connects/s of 10,000 native
+/// clients with `keep_connections` off and on, and the restore of 10,000
+/// by `systemctl restart`. Needs `cargo build --release --bin
+/// heartbeat-load` first.
+#[test]
+#[ignore = "a measurement: cargo test --test systemd_e2e -- --ignored fd_store_costs --nocapture"]
+fn fd_store_costs() {
+    let load = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/heartbeat-load");
+    assert!(load.exists(), "build it: cargo build --release --bin heartbeat-load");
+    in_container(|c, deb| {
+        install(c, deb);
+        fs::copy(&load, c.host_path("/root/heartbeat-load")).expect("copy the load generator");
+        let clients = 10_000;
+        for keep in [false, true] {
+            c.ok(&format!(
+                "mkdir -p /etc/heartbeatd/conf.d && printf '[daemon]\\nkeep_connections = {keep}\\n' \
+                 > /etc/heartbeatd/conf.d/30-keep.toml && systemctl restart heartbeatd"
+            ));
+            let out = c.ok(&format!(
+                "ulimit -n 20000; (/root/heartbeat-load --clients {clients} --addr 127.0.0.1:7700 idle --secs 25 \
+                 > /root/load.out 2>&1 &); sleep 6; systemctl restart heartbeatd; sleep 20; cat /root/load.out; \
+                 journalctl -u heartbeatd -o cat --no-pager | grep -e ^restored -e ^handing -e ^loop-stalled -e '^heartbeatd:' | tail -n 12"
+            ));
+            println!("e2e-bench: keep_connections={keep}:\n{out}");
+        }
+    });
+}
+
 /// The agent unit's token: `/etc/heartbeat/NAME.token`, root-only, reaches
 /// the agent's transient user as a credential and gets it in; an instance
 /// without the file sends none, is refused (ERROR 4) and stays down.
