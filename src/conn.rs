@@ -96,6 +96,11 @@ impl Conn {
         self.extra = Some(Box::new(Extra { queue: Vec::new(), tls: Some(tls) }));
     }
 
+    /// Wraps a socket kept across a restart with its restored session.
+    pub fn restored(stream: TcpStream, peer: SocketAddr, listener: usize, session: Session) -> Conn {
+        Conn { stream, peer, listener: u32::try_from(listener).unwrap_or(u32::MAX), session, extra: None }
+    }
+
     /// The key of the listener that accepted it.
     pub fn listener(&self) -> usize {
         self.listener as usize
@@ -136,6 +141,11 @@ impl Conn {
     }
 
     /// The TLS state, on a TLS listener.
+    /// True when the connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls().is_some()
+    }
+
     fn tls(&self) -> Option<&Tls> {
         self.extra.as_ref().and_then(|e| e.tls.as_ref())
     }

@@ -31,6 +31,7 @@ pub mod config;
 pub(crate) mod conn;
 pub mod event;
 pub(crate) mod hooks;
+pub(crate) mod fdstore;
 pub mod http;
 pub(crate) mod journal;
 pub mod limits;
@@ -46,6 +47,7 @@ pub mod session;
 #[allow(unsafe_code)]
 pub(crate) mod sockopt;
 pub(crate) mod status;
+pub mod stopping;
 #[allow(unsafe_code)]
 pub(crate) mod systemd;
 pub mod tls;

@@ -47,6 +47,8 @@ pub struct Metrics {
     loop_iterations: u64,
     /// Connections whose peer had closed before the daemon served them.
     abandoned: u64,
+    /// Connections continued from the fd store at start (issue 11).
+    restored: u64,
     /// Probe HELLOs answered (never online).
     probes: u64,
     /// HELLOs refused for an id online that they did not prove (`trust.rs`).
@@ -125,6 +127,7 @@ impl Metrics {
             listeners: BTreeMap::new(),
             loop_iterations: 0,
             abandoned: 0,
+            restored: 0,
             probes: 0,
             takeovers_refused: 0,
             loop_stalls: 0,
@@ -202,6 +205,11 @@ impl Metrics {
     /// Counts a connection abandoned by its peer before it was served.
     pub fn count_abandoned(&mut self) {
         self.abandoned += 1;
+    }
+
+    /// Counts connections continued from the fd store at start.
+    pub fn count_restored(&mut self, n: u64) {
+        self.restored += n;
     }
 
     /// When the process started (as `process_start_time_seconds` says).
@@ -388,6 +396,13 @@ impl Metrics {
             "Log lines and journal entries dropped because the log's output did not take them in time.",
         );
         sample(&mut out, "heartbeatd_log_dropped_total", &[], crate::logging::dropped_total());
+        family(
+            &mut out,
+            "heartbeatd_restored_total",
+            "counter",
+            "Connections this process continued from the fd store at start, with their sessions.",
+        );
+        sample(&mut out, "heartbeatd_restored_total", &[], self.restored);
         family(&mut out, "heartbeatd_probes_total", "counter", "Probe HELLOs answered; a probe never goes online.");
         sample(&mut out, "heartbeatd_probes_total", &[], self.probes);
         family(

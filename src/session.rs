@@ -590,6 +590,102 @@ impl Session {
     }
 }
 
+/// What a new process needs to continue a session after a restart
+/// (`crate::fdstore` keeps it beside the socket). The deframer is not in
+/// it: a frame half read when the process ended is lost, and the next
+/// bytes are read as the start of a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The protocol spoken.
+    pub proto: Protocol,
+    /// The HELLO id (native, once received).
+    pub id: Option<String>,
+    /// When the session started, or went online.
+    pub since: Instant,
+    /// The last activity.
+    pub last_activity: Instant,
+    /// Heartbeats received so far.
+    pub heartbeats: u64,
+    /// Native: WELCOME was given.
+    pub welcomed: bool,
+    /// Native: the HELLO was a probe.
+    pub probe: bool,
+    /// Native: a server PING is outstanding.
+    pub pinged: bool,
+    /// Native: the grace of a timing change, in ms after the last activity.
+    pub grace_ms: u32,
+    /// What the HELLO (or websocket upgrade) proved (`trust.rs`): a
+    /// restored connection is as hard to take over as before.
+    pub auth: Auth,
+}
+
+impl Session {
+    /// The state to keep for a restart.
+    pub fn snapshot(&self) -> Snapshot {
+        let flags = match &self.framing {
+            Framing::Native { flags, .. } => *flags,
+            // Upgraded: online, as a welcomed native session is.
+            Framing::WebSocket(ws) => NativeFlags {
+                welcomed: true,
+                pinged: ws.deframer.cursor.pinged(),
+                auth: ws.auth,
+                ..NativeFlags::default()
+            },
+            Framing::Legacy(_) | Framing::Raw | Framing::Upgrading(_) => NativeFlags::default(),
+        };
+        Snapshot {
+            proto: self.proto(),
+            id: self.clock.id.as_deref().map(str::to_owned),
+            since: self.since(),
+            last_activity: self.last_activity(),
+            heartbeats: self.clock.heartbeats,
+            welcomed: flags.welcomed,
+            probe: flags.probe,
+            pinged: flags.pinged,
+            grace_ms: flags.grace_ms,
+            auth: flags.auth,
+        }
+    }
+
+    /// A session continued from a snapshot a previous process kept: in the
+    /// same state (online stays online, with no new online event), its
+    /// clock where it was. Call [`anchor_clock`] first with the earliest
+    /// instant of the snapshots, so that none is moved later.
+    /// `peer` is the connection's (a websocket request without an id is
+    /// named by it).
+    pub fn restore(kept: &Snapshot, peer: SocketAddr) -> Session {
+        let mut session = Session::accepted(kept.proto, peer, kept.since);
+        session.clock.id = kept.id.as_deref().map(Rc::from);
+        session.clock.since = Stamp::of(kept.since);
+        session.clock.last_activity = Stamp::of(kept.last_activity);
+        session.clock.heartbeats = kept.heartbeats;
+        if let Framing::Native { flags, .. } = &mut session.framing {
+            // WELCOME without an id cannot have been given: never online
+            // by a damaged snapshot.
+            flags.welcomed = kept.welcomed && kept.id.is_some();
+            flags.probe = kept.probe;
+            flags.pinged = kept.pinged;
+            flags.grace_ms = kept.grace_ms;
+            flags.auth = kept.auth;
+        }
+        if kept.proto == Protocol::WebSocket && kept.welcomed && kept.id.is_some() {
+            // Upgraded before the restart: frames from here on. (One that
+            // was upgrading reads its request again from the start.)
+            let state = WebSocketState { deframer: websocket::Deframer::default(), auth: kept.auth };
+            session.framing = Framing::WebSocket(Box::new(state));
+        }
+        session
+    }
+}
+
+/// Makes `at` representable: the stamps' epoch is set no later than it,
+/// when no stamp was taken yet. Restored sessions started before this
+/// process did; without it their instants would be moved up to the first
+/// stamp of the process.
+pub fn anchor_clock(at: Instant) {
+    EPOCH.get_or_init(|| at);
+}
+
 impl Clock {
     /// A heartbeat: a complete frame, or raw bytes.
     fn activity(&mut self, now: Instant) {

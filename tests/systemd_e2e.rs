@@ -27,7 +27,10 @@
 //!   `enable --now heartbeatd.socket` alone fails while the service holds
 //!   the port; stop, enable --now, start makes the service adopt it.
 //!
-//! And in containers of their own: a listener below port 1024 binds under
+//! And in containers of their own: with 200 agents, a legacy and a raw
+//! client connected, `systemctl restart`, `kill -9`, a hang past
+//! `WatchdogSec=` and reinstalling the .deb drop no connection and log no
+//! false event (issue 11, docs/RESTARTS.md); a listener below port 1024 binds under
 //! the unit; the agent's template `heartbeat@.service` keeps its client
 //! online across a daemon restart, hands a root-only token file to the
 //! agent as a credential, and stays down (exit 78, no restart) after a
@@ -177,8 +180,8 @@ fn a_broken_config_fails_once_and_drop_ins_are_read() {
 
 /// The agent as a service (`heartbeat@.service`): an instance configured by
 /// `/etc/heartbeat/NAME.env` (no token file: the credential's fallback)
-/// goes online, stays up across a daemon restart without systemd
-/// restarting it, and a refusal (a second instance with the same id
+/// goes online, stays connected across a daemon restart (no offline or
+/// second online event) without systemd restarting it, and a refusal (a second instance with the same id
 /// replaces it, ERROR 6) ends it with exit 78, which the unit leaves down.
 #[test]
 fn agent_unit_rides_out_a_daemon_restart_and_stays_down_after_a_refusal() {
@@ -198,10 +201,14 @@ fn agent_unit_rides_out_a_daemon_restart_and_stays_down_after_a_refusal() {
             (agent_entries("e2e-agent") >= 1).then_some(())
         });
 
+        // The restart keeps the connection (issue 11): the daemon restores
+        // it, and the agent is online all along, with no new event.
         c.ok("systemctl restart heartbeatd");
-        wait_until("the agent back online after the daemon's restart", Duration::from_secs(20), || {
-            (agent_entries("e2e-agent") >= 2).then_some(())
+        c.wait_journal("the restore after the daemon's restart", |entries| {
+            entries.iter().find(|e| message(e).starts_with("restored clients=1 ")).cloned()
         });
+        assert_eq!(agent_entries("e2e-agent"), 1, "the agent went online again");
+        assert!(find_event(&c.journal(), "e2e-agent", "offline").is_none(), "the restart logged an offline event");
         assert_eq!(c.ok("systemctl is-active heartbeat@one").trim(), "active");
         assert_eq!(c.ok("systemctl show -p NRestarts --value heartbeat@one").trim(), "0");
 
@@ -218,6 +225,185 @@ fn agent_unit_rides_out_a_daemon_restart_and_stays_down_after_a_refusal() {
             stdout(&c.sh("systemctl status heartbeat@one --no-pager")).contains("replaced").then_some(())
         });
         assert_eq!(c.ok("systemctl is-active heartbeat@two").trim(), "active");
+    });
+}
+
+/// Native agents in the restart test (plus one legacy and one raw client,
+/// and the victim killed while the daemon is down).
+const RESTART_AGENTS: usize = 200;
+
+/// A client that is not the agent, in bash: `plainclient PORT BEAT OUT`
+/// writes its heartbeat (a printf format) every half second until
+/// `OUT.stop` exists, and appends `lost` to OUT when a write fails (the
+/// daemon closed the connection).
+const PLAIN_CLIENT: &str = r#"#!/bin/bash
+set -u
+port=$1 beat=$2 out=$3
+: >"$out"
+exec 3<>/dev/tcp/127.0.0.1/$port || { echo "no connect" >>"$out"; exit 2; }
+while [ ! -e "$out.stop" ]; do
+    printf "$beat" >&3 2>/dev/null || { echo lost >>"$out"; exit 3; }
+    sleep 0.5
+done
+"#;
+
+/// Issue 11: with 200 native agents, a legacy and a raw client connected,
+/// `systemctl restart`, `kill -9` of the main PID, a hang past
+/// `WatchdogSec=` (SIGSTOP) and reinstalling the .deb drop no connection:
+/// no agent loses the daemon (a PONG missing for the timeout would be a
+/// loss too), the plain clients' writes never fail, the journal has one
+/// online event per client and no offline event, except exactly one for a
+/// client killed while the daemon hung; every restart logs one `restored`
+/// line; and a client that connects afterwards gets a session number none
+/// had before.
+#[test]
+fn restarts_upgrades_and_crashes_drop_no_client() {
+    in_container(|c, deb| {
+        install(c, deb);
+        fs::write(c.host_path("/root/plainclient"), PLAIN_CLIENT).expect("write the plain client");
+        // A short watchdog, so that a hang past it costs seconds, not the
+        // packaged 30 s (longer than the clients' 15 s timeout).
+        c.ok("mkdir -p /etc/systemd/system/heartbeatd.service.d \
+              && printf '[Service]\\nWatchdogSec=4s\\n' > /etc/systemd/system/heartbeatd.service.d/watchdog.conf \
+              && mkdir -p /etc/heartbeatd/conf.d \
+              && printf '[[listener]]\\nname = \"old\"\\naddress = \"127.0.0.1:7701\"\\nprotocol = \"legacy\"\\n\
+interval = \"3s\"\\nmisses = 5\\n[[listener]]\\nname = \"bytes\"\\naddress = \"127.0.0.1:7702\"\\nprotocol = \"raw\"\\n\
+interval = \"3s\"\\nmisses = 5\\n' > /etc/heartbeatd/conf.d/20-plain.toml \
+              && systemctl daemon-reload && systemctl restart heartbeatd");
+        c.wait_journal("keeping mode", |entries| {
+            entries.iter().find(|e| message(e).starts_with("keep-connections mode=fdstore")).cloned()
+        });
+        let started = Instant::now();
+        c.ok(&format!(
+            "mkdir -p /root/agents && for i in $(seq {RESTART_AGENTS}) victim; do \
+               setsid heartbeat run --server 127.0.0.1:7700 --id r$i </dev/null >/root/agents/r$i.log 2>&1 & \
+               echo $! > /root/agents/r$i.pid; done; \
+             setsid bash /root/plainclient 7701 '\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00' /root/legacy.out \
+               </dev/null >/dev/null 2>&1 & \
+             setsid bash /root/plainclient 7702 'x' /root/raw.out </dev/null >/dev/null 2>&1 &"
+        ));
+        let clients = RESTART_AGENTS + 3;
+        let online = |entries: &[HashMap<String, String>]| {
+            entries.iter().filter(|e| field(e, "HEARTBEAT_EVENT") == "online").cloned().collect::<Vec<_>>()
+        };
+        wait_until("every client online", Duration::from_secs(60), || {
+            (online(&c.journal()).len() >= clients).then_some(())
+        });
+        println!("e2e: {clients} clients online in {:.1?}", started.elapsed());
+
+        let restored_lines = |c: &Container| -> Vec<String> {
+            c.journal().iter().map(|e| message(e).to_owned()).filter(|m| m.starts_with("restored ")).collect()
+        };
+        let main_pid = |c: &Container| c.ok("systemctl show -p MainPID --value heartbeatd").trim().to_owned();
+        let kinds: [(&str, &str); 4] = [
+            ("systemctl restart", "systemctl restart heartbeatd"),
+            ("kill -9", "kill -9 $(systemctl show -p MainPID --value heartbeatd)"),
+            (
+                "hang past WatchdogSec",
+                "kill -STOP $(systemctl show -p MainPID --value heartbeatd) && sleep 1 \
+                 && kill -9 $(cat /root/agents/rvictim.pid)",
+            ),
+            ("reinstalling the .deb", "dpkg -i /root/heartbeatd.deb >/dev/null"),
+        ];
+        for (what, script) in kinds {
+            let before = restored_lines(c).len();
+            let pid = main_pid(c);
+            let at = Instant::now();
+            c.ok(script);
+            let line = wait_until(&format!("the restore after {what}"), Duration::from_secs(60), || {
+                let lines = restored_lines(c);
+                let new_pid = main_pid(c);
+                (lines.len() > before && new_pid != pid && new_pid != "0").then(|| lines[before].clone())
+            });
+            println!("e2e: {what}: back in {:.1?}: {line}", at.elapsed());
+            assert!(line.contains(" unrecorded=0 "), "{what}: {line}");
+        }
+
+        // The client side: no agent lost the daemon (the victim was killed
+        // before it could notice anything).
+        let lost = c.ok("grep -l daemon-lost /root/agents/*.log || true");
+        assert_eq!(lost.trim(), "", "agents that lost the daemon");
+        let connects = c.ok("cat /root/agents/*.log | grep -c 'connected server=' || true");
+        assert_eq!(connects.trim(), (RESTART_AGENTS + 1).to_string(), "one connect per agent");
+        for out in ["/root/legacy.out", "/root/raw.out"] {
+            assert_eq!(c.ok(&format!("cat {out}")).trim(), "", "{out}: the plain client lost its connection");
+        }
+        // The journal: one online event per client, one offline event: the
+        // victim's.
+        let entries = c.journal();
+        let online_events = online(&entries);
+        assert_eq!(online_events.len(), clients, "online events");
+        let offline: Vec<&HashMap<String, String>> =
+            entries.iter().filter(|e| field(e, "HEARTBEAT_EVENT") == "offline").collect();
+        assert_eq!(offline.len(), 1, "offline events: {:#?}", offline.iter().map(|e| message(e)).collect::<Vec<_>>());
+        assert_eq!(field(offline[0], "HEARTBEAT_CLIENT"), "rvictim");
+        assert!(["closed", "reset"].contains(&field(offline[0], "HEARTBEAT_REASON")), "{:?}", message(offline[0]));
+        // Sessions: the ones given before are the ones in use after, and a
+        // new connection gets a number none had.
+        let sessions: Vec<u64> =
+            online_events.iter().map(|e| field(e, "HEARTBEAT_SESSION").parse().expect("session")).collect();
+        let status = c.ok("heartbeat status --json --server 127.0.0.1:7780");
+        let r1 = online_events.iter().find(|e| field(e, "HEARTBEAT_CLIENT") == "r1").expect("r1 online");
+        let status: String = status.split_whitespace().collect();
+        assert!(status.contains(&format!("\"session\":{},", field(r1, "HEARTBEAT_SESSION"))), "{status}");
+        c.ok("setsid heartbeat run --server 127.0.0.1:7700 --id rlate </dev/null >/root/agents/late.log 2>&1 &");
+        let late = wait_until("the late agent online", Duration::from_secs(20), || {
+            find_event(&c.journal(), "rlate", "online")
+        });
+        let late: u64 = field(&late, "HEARTBEAT_SESSION").parse().expect("session");
+        assert!(sessions.iter().all(|&s| s < late), "late session {late} not above {sessions:?}");
+        println!(
+            "e2e: sessions {}..={} before the restarts, {late} after",
+            sessions.iter().min().unwrap_or(&0),
+            sessions.iter().max().unwrap_or(&0)
+        );
+        // A planned stop, 10 s down, a start: every agent (BYE `shutdown`,
+        // then retries capped at 2 s) is back. Printed, not asserted: a
+        // time on this shared machine is a measurement (docs/RESTARTS.md).
+        c.ok("touch /root/legacy.out.stop /root/raw.out.stop");
+        let before = online(&c.journal()).len();
+        c.ok("systemctl stop heartbeatd");
+        thread::sleep(Duration::from_secs(10));
+        let at = Instant::now();
+        c.ok("systemctl start heartbeatd");
+        let agents = RESTART_AGENTS + 1;
+        wait_until("every agent back after stop, 10 s, start", Duration::from_secs(60), || {
+            (online(&c.journal()).len() >= before + agents).then_some(())
+        });
+        println!(
+            "e2e: {agents} agents online again {:.1?} after `systemctl start` (10 s after the stop)",
+            at.elapsed()
+        );
+        c.ok("pkill -x heartbeat || true");
+    });
+}
+
+/// The fd store's costs, for docs/BENCHMARKS.md (run by hand, it prints
+/// numbers and asserts only that it ran): connects/s of 10,000 native
+/// clients with `keep_connections` off and on, and the restore of 10,000
+/// by `systemctl restart`. Needs `cargo build --release --bin
+/// heartbeat-load` first.
+#[test]
+#[ignore = "a measurement: cargo test --test systemd_e2e -- --ignored fd_store_costs --nocapture"]
+fn fd_store_costs() {
+    let load = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/heartbeat-load");
+    assert!(load.exists(), "build it: cargo build --release --bin heartbeat-load");
+    in_container(|c, deb| {
+        install(c, deb);
+        fs::copy(&load, c.host_path("/root/heartbeat-load")).expect("copy the load generator");
+        let clients = 10_000;
+        for keep in [false, true] {
+            c.ok(&format!(
+                "mkdir -p /etc/heartbeatd/conf.d && printf '[daemon]\\nkeep_connections = {keep}\\n' \
+                 > /etc/heartbeatd/conf.d/30-keep.toml && systemctl restart heartbeatd"
+            ));
+            let out = c.ok(&format!(
+                "ulimit -n 20000; (/root/heartbeat-load --clients {clients} --addr 127.0.0.1:7700 idle --secs 25 \
+                 > /root/load.out 2>&1 &); sleep 6; systemctl restart heartbeatd; sleep 20; cat /root/load.out; \
+                 journalctl -u heartbeatd -o cat --no-pager | grep -e ^restored -e ^handing -e ^loop-stalled -e '^heartbeatd:' | tail -n 12"
+            ));
+            println!("e2e-bench: keep_connections={keep}:\n{out}");
+        }
     });
 }
 

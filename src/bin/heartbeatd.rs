@@ -24,6 +24,10 @@ const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(pid) = args.stopping {
+        println!("{}", heartbeatd::stopping::prepare(Some(pid)));
+        return ExitCode::SUCCESS;
+    }
     if let Some(pid) = args.reload {
         return match heartbeatd::reload::request(pid) {
             Ok(()) => ExitCode::SUCCESS,

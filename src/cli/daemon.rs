@@ -46,6 +46,15 @@ pub struct Args {
     /// for a tokens file line `ID sha256:HEX`. The token is never echoed.
     #[arg(long, conflicts_with_all = ["check_config", "print_config", "config", "reload"])]
     pub hash_token: bool,
+    /// The unit's ExecStop=: tell the running daemon PID whether this stop
+    /// is a restart (the systemd job stopping it is `restart` and the fd
+    /// store holds its state), in which case it keeps every client
+    /// connection for the next process instead of saying BYE. An empty PID
+    /// (the daemon is already gone) does nothing. Always exits 0; needs
+    /// $RUNTIME_DIRECTORY.
+    #[arg(long, value_name = "PID", num_args = 0..=1, default_missing_value = "0",
+          conflicts_with_all = ["check_config", "print_config", "config", "reload"])]
+    pub stopping: Option<u32>,
 }
 
 /// The whole `heartbeatd` command, for `--help` and the man page.

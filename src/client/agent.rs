@@ -505,6 +505,8 @@ fn run(cfg: &AgentConfig, shared: &Shared) {
         shared.update(|s| s.state = State::Connecting { attempt });
         let outcome = session.run();
         shared.unwatch();
+        // A BYE `shutdown` is a planned stop: the daemon is coming back.
+        let shutdown = matches!(outcome, Outcome::Lost { reason: LostReason::DaemonShutdown, .. });
         match outcome {
             Outcome::Stopped => break StopReason::Requested,
             Outcome::Fatal(reason) => break reason,
@@ -519,7 +521,7 @@ fn run(cfg: &AgentConfig, shared: &Shared) {
             }
         }
         let attempt = backoff.attempt();
-        let delay = backoff.next_delay();
+        let delay = if shutdown { backoff.after_shutdown() } else { backoff.next_delay() };
         info!("reconnecting server={} in_ms={} attempt={}", Logfmt(&cfg.server), delay.as_millis(), attempt + 1);
         shared.update(|s| s.state = State::BackingOff { delay, until: Instant::now() + delay });
         if shared.sleep(delay) {

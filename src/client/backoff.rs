@@ -14,13 +14,36 @@
 //! | 7       | 25.6 s                          |
 //! | 8 and on| 30 s                            |
 //!
+//! After a daemon's BYE `shutdown` (a planned stop: it is coming back) the
+//! schedule starts over and the first delay is drawn from
+//! [`SHUTDOWN_SPREAD`] instead: 100 ms to 1 s, uniform, so 10,000 agents
+//! come back within about a second but spread over 900 ms, some 11 per
+//! millisecond, not in one burst ([`Backoff::after_shutdown`]). Until the
+//! next healthy session the ceilings are then capped at
+//! [`SHUTDOWN_CAP`] (2 s): a daemon that stopped on purpose is usually
+//! back within seconds (a restart without the fd store, an upgrade, a
+//! stop and start by hand), and its agents find it within 2 s of its
+//! return instead of a grown backoff's 30 s.
+//!
 //! Invariants:
-//! - every delay lies in `[0, ceiling(attempt)] ⊆ [0, cap]`;
-//! - ceilings never decrease between two resets, and double until the cap;
+//! - every delay lies in `[0, ceiling(attempt)] ⊆ [0, cap]`, except the one
+//!   after a shutdown, which lies in [`SHUTDOWN_SPREAD`];
+//! - ceilings never decrease between two resets (or a reset and a BYE
+//!   `shutdown`, which caps them at [`SHUTDOWN_CAP`]), and double until the
+//!   cap;
 //! - the schedule is pure: a seeded [`fastrand::Rng`] gives the same delays
 //!   every time, which is how the unit tests check it.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
+
+/// The delay after a BYE `shutdown`, in milliseconds: within about a
+/// second, jittered over 900 ms.
+pub const SHUTDOWN_SPREAD: RangeInclusive<u64> = 100..=1000;
+
+/// The ceiling of every attempt after a BYE `shutdown`, until the next
+/// reset.
+pub const SHUTDOWN_CAP: Duration = Duration::from_secs(2);
 
 /// The reconnect schedule of one agent.
 #[derive(Debug, Clone)]
@@ -29,20 +52,24 @@ pub struct Backoff {
     cap: Duration,
     attempt: u32,
     rng: fastrand::Rng,
+    /// Set by a BYE `shutdown` until the next reset: ceilings stay below
+    /// [`SHUTDOWN_CAP`].
+    after_shutdown: bool,
 }
 
 impl Backoff {
     /// A schedule starting at attempt 0. A `cap` below `base` makes every
     /// ceiling equal to `cap`.
     pub fn new(base: Duration, cap: Duration, rng: fastrand::Rng) -> Backoff {
-        Backoff { base, cap, attempt: 0, rng }
+        Backoff { base, cap, attempt: 0, rng, after_shutdown: false }
     }
 
     /// The ceiling of attempt `attempt`: `min(cap, base × 2^attempt)`,
     /// saturating instead of overflowing.
     pub fn ceiling(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt).unwrap_or(u32::MAX);
-        self.base.checked_mul(factor).map_or(self.cap, |d| d.min(self.cap))
+        let cap = if self.after_shutdown { self.cap.min(SHUTDOWN_CAP) } else { self.cap };
+        self.base.checked_mul(factor).map_or(cap, |d| d.min(cap))
     }
 
     /// Draws the delay before the next attempt and moves to the one after.
@@ -54,10 +81,21 @@ impl Backoff {
         Duration::from_nanos(self.rng.u64(0..=max))
     }
 
+    /// The delay after a BYE `shutdown`: the daemon stops on purpose and is
+    /// expected back (a restart, an upgrade), so the schedule starts over
+    /// and this first delay is drawn from [`SHUTDOWN_SPREAD`]; if the
+    /// daemon is not back, the next attempts back off from attempt 1.
+    pub fn after_shutdown(&mut self) -> Duration {
+        self.attempt = 1;
+        self.after_shutdown = true;
+        Duration::from_millis(self.rng.u64(SHUTDOWN_SPREAD))
+    }
+
     /// Starts over at attempt 0: the last connection stayed up long enough
     /// to count as healthy.
     pub fn reset(&mut self) {
         self.attempt = 0;
+        self.after_shutdown = false;
     }
 
     /// The attempt the next [`Backoff::next_delay`] is for, from 0.
@@ -163,5 +201,44 @@ mod tests {
         for _ in 0..100 {
             assert!(b.next_delay() <= Duration::from_secs(1));
         }
+    }
+
+    #[test]
+    fn after_a_shutdown_the_agent_is_back_within_a_second_and_spread() {
+        let mut b = schedule(11);
+        // A long outage first: the ceiling has grown to the cap.
+        for _ in 0..12 {
+            b.next_delay();
+        }
+        let mut seen = Vec::new();
+        for _ in 0..1000 {
+            let d = b.after_shutdown();
+            assert!((Duration::from_millis(100)..=Duration::from_secs(1)).contains(&d), "{d:?}");
+            seen.push(d);
+            // The daemon did not come back: backing off resumes at attempt 1.
+            assert_eq!(b.attempt(), 1);
+            assert!(b.next_delay() <= b.ceiling(1));
+        }
+        // A daemon that stays away: the ceilings stop at 2 s, not 30 s.
+        for _ in 0..20 {
+            assert!(b.next_delay() <= SHUTDOWN_CAP);
+        }
+        assert_eq!(b.ceiling(12), SHUTDOWN_CAP);
+        b.reset();
+        assert_eq!(b.ceiling(12), CAP, "a healthy session lifts the shutdown cap");
+        let (min, max) = (seen.iter().min().copied(), seen.iter().max().copied());
+        assert!(min < Some(Duration::from_millis(200)) && max > Some(Duration::from_millis(900)), "{min:?} {max:?}");
+    }
+
+    #[test]
+    fn a_healthy_session_starts_the_schedule_over() {
+        let mut b = schedule(3);
+        for _ in 0..9 {
+            b.next_delay();
+        }
+        assert_eq!(b.ceiling(b.attempt()), CAP);
+        b.reset();
+        assert_eq!(b.attempt(), 0);
+        assert!(b.next_delay() <= BASE);
     }
 }

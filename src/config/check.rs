@@ -326,6 +326,7 @@ impl Source<'_> {
                 MASS_OFFLINE_MIN,
                 DEFAULT_MASS_OFFLINE_MIN,
             )?,
+            keep_connections: raw.keep_connections.is_none_or(Spanned::into_inner),
         })
     }
 

@@ -147,6 +147,7 @@ fn merge_daemon(source: &Source<'_>, mine: &mut RawDaemon, theirs: RawDaemon) ->
         mass_offline_window,
         mass_offline_fraction,
         mass_offline_min,
+        keep_connections,
     } = theirs;
     one(source, "daemon.mass_offline_window", &mut mine.mass_offline_window, mass_offline_window)?;
     one(source, "daemon.mass_offline_fraction", &mut mine.mass_offline_fraction, mass_offline_fraction)?;
@@ -159,7 +160,8 @@ fn merge_daemon(source: &Source<'_>, mine: &mut RawDaemon, theirs: RawDaemon) ->
     one(source, "daemon.max_clients", &mut mine.max_clients, max_clients)?;
     one(source, "daemon.max_per_address", &mut mine.max_per_address, max_per_address)?;
     one(source, "daemon.shutdown_grace", &mut mine.shutdown_grace, shutdown_grace)?;
-    one(source, "daemon.log_level", &mut mine.log_level, log_level)
+    one(source, "daemon.log_level", &mut mine.log_level, log_level)?;
+    one(source, "daemon.keep_connections", &mut mine.keep_connections, keep_connections)
 }
 
 /// Key-by-key merge of two `[http]` tables.
@@ -190,6 +192,7 @@ pub(super) fn shift(raw: RawConfig, by: usize) -> RawConfig {
             mass_offline_window: s(d.mass_offline_window, by),
             mass_offline_fraction: s(d.mass_offline_fraction, by),
             mass_offline_min: s(d.mass_offline_min, by),
+            keep_connections: s(d.keep_connections, by),
         }),
         hook: super::hooks::shift(raw.hook, by),
         listener: raw.listener.map(|list| {

@@ -125,6 +125,10 @@ pub struct DaemonConfig {
     pub mass_offline_fraction: f64,
     /// …when they are at least this many.
     pub mass_offline_min: usize,
+    /// Under systemd, keep client connections in the service's file
+    /// descriptor store, so that a restart, an upgrade or a crash drops
+    /// none of them (`src/fdstore.rs`, docs/RESTARTS.md).
+    pub keep_connections: bool,
 }
 
 /// One `[[listener]]` table.
@@ -417,6 +421,7 @@ pub(super) mod tests {
             mass_offline_window: secs(10),
             mass_offline_fraction: 0.5,
             mass_offline_min: 10,
+            keep_connections: true,
         }
     }
 
@@ -499,7 +504,7 @@ pub(super) mod tests {
             assert_eq!(config, embedded().unwrap(), "uncommented {line:?}");
             checked += 1;
         }
-        assert_eq!(checked, 24);
+        assert_eq!(checked, 25);
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub fn to_toml(config: &Config, origin: &str) -> String {
     // `{:?}` keeps the decimal point TOML needs for a float (`1.0`, not `1`).
     let _ = writeln!(out, "mass_offline_fraction = {:?}", d.mass_offline_fraction);
     let _ = writeln!(out, "mass_offline_min = {}", d.mass_offline_min);
+    let _ = writeln!(out, "keep_connections = {}", d.keep_connections);
     for listener in &config.listeners {
         write_listener(&mut out, listener);
     }

@@ -53,6 +53,7 @@ pub(super) struct RawDaemon {
     pub(super) mass_offline_window: Option<Spanned<String>>,
     pub(super) mass_offline_fraction: Option<Spanned<f64>>,
     pub(super) mass_offline_min: Option<Spanned<i64>>,
+    pub(super) keep_connections: Option<Spanned<bool>>,
 }
 
 /// One `[[listener]]` table as written.

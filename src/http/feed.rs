@@ -52,6 +52,13 @@ impl Feed {
         self.last_id
     }
 
+    /// Continues the ids of a previous process (a restart that kept the
+    /// connections, issue 11): the next event is `last + 1`, and an id up
+    /// to `last` the history no longer holds gets a `gap`.
+    pub fn continue_after(&mut self, last: u64) {
+        self.last_id = self.last_id.max(last);
+    }
+
     /// Changes how many events are kept, dropping the oldest if needed.
     pub fn set_capacity(&mut self, capacity: usize) {
         self.capacity = capacity.max(1);
@@ -100,10 +107,13 @@ impl Feed {
     pub fn start(&self, last_event_id: Option<u64>) -> Start {
         let Some(asked) = last_event_id else { return Start::Snapshot };
         let oldest = self.history.front().map_or(0, |(id, _)| *id);
+        // The first id the history could replay: after ids continued from a
+        // previous process, nothing before the next one is kept.
+        let needed = self.history.front().map_or(self.last_id + 1, |(id, _)| *id);
         // Resumable when every event after `asked` is still here (the next
         // one it needs is the oldest kept, or later) and the id is not from
         // a future this daemon never reached (an id from before a restart).
-        if asked <= self.last_id && asked + 1 >= oldest {
+        if asked <= self.last_id && asked + 1 >= needed {
             Start::Replay(asked)
         } else {
             Start::Gap { asked, oldest }
@@ -151,6 +161,19 @@ mod tests {
             proto: Protocol::Native,
             session: 9,
         })
+    }
+
+    #[test]
+    fn ids_continued_from_a_previous_process_resume_or_gap() {
+        let mut feed = Feed::new(4);
+        feed.continue_after(500);
+        assert_eq!(feed.start(Some(500)), Start::Replay(500), "nothing happened after 500");
+        assert_eq!(feed.start(Some(499)), Start::Gap { asked: 499, oldest: 0 });
+        feed.publish(&online("a"), SystemTime::UNIX_EPOCH);
+        assert_eq!(feed.last_id(), 501);
+        assert_eq!(feed.start(Some(500)), Start::Replay(500));
+        assert_eq!(feed.after(500).count(), 1);
+        assert_eq!(feed.start(Some(499)), Start::Gap { asked: 499, oldest: 501 });
     }
 
     #[test]

@@ -174,6 +174,17 @@ impl Http {
         })
     }
 
+    /// The id of the newest `/events` event (0 before any).
+    pub fn last_event_id(&self) -> u64 {
+        self.feed.last_id()
+    }
+
+    /// Continues the event ids of a previous process (see
+    /// [`Feed::continue_after`]).
+    pub fn continue_event_ids(&mut self, last: u64) {
+        self.feed.continue_after(last);
+    }
+
     /// The bound address (port 0 resolved).
     pub fn address(&self) -> SocketAddr {
         self.address

@@ -41,6 +41,10 @@ impl Server {
     }
 
     pub(super) fn begin_shutdown(&mut self, signal: i32, now: Instant) {
+        // A restart marked by `heartbeatd --stopping` keeps every client.
+        if self.stop_by.is_none() && signal == SIGTERM && self.hand_over(now) {
+            return;
+        }
         if self.stop_by.is_some() {
             // A second stop signal: the operator wants out now. Every
             // offline event was already emitted when shutdown began.

@@ -93,6 +93,7 @@ impl Server {
         // A bound socket got its options before listen(); an adopted one may
         // hold connections systemd queued before them.
         let inherits_tcp = options_set && origin == "bound";
+        let lkey = entry.key();
         entry.insert(Listener {
             cfg,
             socket: Some(socket),
@@ -101,6 +102,7 @@ impl Server {
             options_set,
             inherits_tcp,
         });
+        self.keep_listener_opened(lkey, origin == "bound", Instant::now());
         Ok(())
     }
 
@@ -119,6 +121,7 @@ impl Server {
             let _ = self.poll.registry().deregister(&mut socket);
         }
         info!("listener-closed listener={} address={}", Logfmt(&l.cfg.name), address);
+        self.keep_listener_closed(&l.cfg.name, now);
     }
 
     pub(super) fn accept(&mut self, lkey: usize, now: Instant) {
@@ -238,6 +241,7 @@ impl Server {
         // Sessions number connections in accept order (unique, rising);
         // replacement goes by HELLO order, not by these numbers.
         self.conns[key].session = self.take_session();
+        self.keep_conn(key, now);
         if self.conns[key].conn.session().is_online() {
             self.emit_online(key, now);
         }
@@ -281,7 +285,7 @@ impl ServerError {
 /// True when a socket bound to `serving` is what a listener configured
 /// for `configured` asks for: the same address, or the same IP when the
 /// configured port is 0 (any port).
-fn serves_configured(configured: SocketAddr, serving: SocketAddr) -> bool {
+pub(super) fn serves_configured(configured: SocketAddr, serving: SocketAddr) -> bool {
     configured == serving || (configured.port() == 0 && configured.ip() == serving.ip())
 }
 

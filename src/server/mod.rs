@@ -75,10 +75,11 @@ use crate::wheel::{TimerId, Wheel};
 
 mod coalesce;
 mod control;
+mod keep;
 mod listeners;
 mod stall;
 
-use listeners::take_activated;
+use listeners::{serves_configured, take_activated};
 
 /// Buckets in the timer wheel. With the default 100 ms tick one revolution
 /// is 102.4 s, longer than any sensible heartbeat timeout, so most timers
@@ -146,6 +147,8 @@ enum Timer {
     Status,
     /// Log the abandoned connections counted since the episode began.
     Abandoned,
+    /// Retry store messages the notify socket refused (`keep.rs`).
+    KeepRetry,
 }
 
 /// One connection and the flags only the loop uses for it.
@@ -366,6 +369,11 @@ pub struct Server {
     coalesce: coalesce::Coalescer,
     /// The loop's recent stalls, which silence verdicts discount (R2).
     stalls: stall::Stalls,
+    /// The fd store and the state records, when connections are kept
+    /// across restarts (`keep.rs`).
+    keep: Option<crate::fdstore::Keeper>,
+    /// Session numbers reserved in the state directory, under systemd.
+    reserve: Option<crate::fdstore::SessionReserve>,
     /// The debug build's pause inside a round (`HEARTBEATD_DEBUG_STALL`).
     #[cfg(debug_assertions)]
     debug_stall: Option<stall::DebugStall>,
@@ -410,12 +418,16 @@ impl Server {
             coalesce: coalesce::Coalescer::new(&SIGNALS).map_err(failed("creating the coalescing poll"))?,
             config: config.clone(),
             stalls: stall::Stalls::default(),
+            keep: None,
+            reserve: None,
             #[cfg(debug_assertions)]
             debug_stall: stall::DebugStall::from_env(),
         };
         let mut activated = systemd::take_listen_fds();
+        let mut kept = keep::Kept::take(&mut activated);
+        server.keep_init(&mut kept);
         for cfg in config.listeners {
-            let adopted = take_activated(&mut activated, &cfg);
+            let adopted = kept.listener(&cfg).or_else(|| take_activated(&mut activated, &cfg));
             server.open_listener(cfg, adopted)?;
         }
         for unused in activated {
@@ -432,6 +444,7 @@ impl Server {
                 .map_err(failed(format!("binding the HTTP status API on {address}")))?;
             server.http = Some(http);
         }
+        server.restore(kept, Instant::now());
         if let Some(every) = server.watchdog {
             server.wheel.insert(now + every, Timer::Watchdog);
         }
@@ -541,6 +554,7 @@ impl Server {
                     info!("abandoned count={}", self.abandoned);
                     self.abandoned = 0;
                 }
+                Timer::KeepRetry => self.keep_retry(now),
             }
         }
         if let Some(mut http) = self.http.take() {
@@ -559,7 +573,9 @@ impl Server {
     fn end_round(&mut self, now: Instant) -> bool {
         self.free_doomed();
         self.metrics.count_loop_iteration();
+        self.keep_round(now);
         match self.stop_by {
+            Some(_) if self.handed_over() => true,
             Some(stop_by) if self.conns.is_empty() || now >= stop_by => {
                 // A burst's summary still waiting for its timer is said now.
                 if self.abandoned > 0 {
@@ -648,6 +664,7 @@ impl Server {
             };
             *now = Instant::now();
             let next = self.dispatch(key, n, *now);
+            self.keep_touch(key);
             if next != Next::Continue || (n < want && !closed) {
                 return next;
             }
@@ -794,6 +811,7 @@ impl Server {
     fn take_session(&mut self) -> u64 {
         let session = self.next_session;
         self.next_session += 1;
+        self.keep_numbered(self.next_session);
         session
     }
 
@@ -815,6 +833,7 @@ impl Server {
             }
             (None, None) => {}
         }
+        self.keep_save(key);
     }
 
     fn update_interest(&mut self, key: usize, now: Instant) {
@@ -859,6 +878,8 @@ impl Server {
         if let Some(id) = slot.begin_close() {
             self.wheel.cancel(id);
         }
+        self.keep_forget(key, now);
+        let slot = &self.conns[key];
         let conn = &slot.conn;
         let session = conn.session();
         let listener = &self.listeners[conn.listener()].cfg.name;
