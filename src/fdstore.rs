@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 
 use crate::session::Snapshot;
-use crate::trust::Auth;
 use crate::systemd::{self, Notifier, SharedMap};
+use crate::trust::Auth;
 use crate::wire::Protocol;
 
 /// `FDNAME` of the state memfd.
@@ -260,8 +260,7 @@ impl Record {
         out[36..40].copy_from_slice(&self.interval_ms.to_le_bytes());
         out[40..44].copy_from_slice(&self.timeout_ms.to_le_bytes());
         out[44] = proto_byte(s.proto);
-        out[45] =
-            u8::from(s.welcomed) | u8::from(s.probe) << 1 | u8::from(s.pinged) << 2 | auth_bits(s.auth) << 3;
+        out[45] = u8::from(s.welcomed) | u8::from(s.probe) << 1 | u8::from(s.pinged) << 2 | auth_bits(s.auth) << 3;
         let name = &self.listener.as_bytes()[..self.listener.len().min(NAME_MAX)];
         let id = s.id.as_deref().map_or(&[][..], |id| &id.as_bytes()[..id.len().min(NAME_MAX)]);
         // Both fit a u8: NAME_MAX is 64. An id of 0 bytes is no id: a HELLO

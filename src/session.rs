@@ -207,7 +207,9 @@ impl Session {
             Protocol::Native => Framing::Native { deframer: NativeDeframer::default(), flags: NativeFlags::default() },
             Protocol::Legacy => Framing::Legacy(LegacyDeframer::default()),
             Protocol::Raw => Framing::Raw,
-            Protocol::WebSocket => Framing::Upgrading(Box::new(Upgrading { buf: Vec::new(), peer, accept: None, auth: Auth::Open })),
+            Protocol::WebSocket => {
+                Framing::Upgrading(Box::new(Upgrading { buf: Vec::new(), peer, accept: None, auth: Auth::Open }))
+            }
         };
         Session {
             clock: Clock { id: None, since: Stamp::of(now), last_activity: Stamp::of(now), heartbeats: 0 },
@@ -394,7 +396,8 @@ impl Session {
             websocket::encode_switch(&accept, out);
             // Frees the request's box.
             let auth = upgrading.auth;
-            self.framing = Framing::WebSocket(Box::new(WebSocketState { deframer: websocket::Deframer::default(), auth }));
+            self.framing =
+                Framing::WebSocket(Box::new(WebSocketState { deframer: websocket::Deframer::default(), auth }));
             self.clock.since = Stamp::of(now);
             self.clock.last_activity = Stamp::of(now);
             return;
@@ -842,15 +845,15 @@ impl Clock {
     }
 }
 
+/// An accepted upgrade request: the id, the `Sec-WebSocket-Accept` value
+/// and what the request proved.
+type Admitted = (Rc<str>, [u8; websocket::ACCEPT_LEN], Auth);
+
 /// Judges a complete upgrade request against the listener: its path, the
 /// page's origin, the id (the `id` parameter, by native rules, else the
 /// peer address) and the token. The id and the accept key, or the HTTP
 /// status and why.
-fn admit(
-    request: &websocket::Upgrade<'_>,
-    peer: SocketAddr,
-    cfg: &ListenerConfig,
-) -> Result<(Rc<str>, [u8; websocket::ACCEPT_LEN], Auth), (u16, String)> {
+fn admit(request: &websocket::Upgrade<'_>, peer: SocketAddr, cfg: &ListenerConfig) -> Result<Admitted, (u16, String)> {
     if let Some(path) = cfg.path.as_deref() {
         if request.path != path {
             return Err((404, format!("no WebSocket at {:?}: the path is {path:?}", request.path)));

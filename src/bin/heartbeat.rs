@@ -102,9 +102,10 @@ fn watch_json(args: &WatchArgs, token: Option<&str>) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     loop {
         let before = seen;
-        let result = client::resume::follow_once(&args.api.server, token, path, &mut cursor, WATCH_IDLE, &mut stdout, |n| {
-            args.count.is_none_or(|max| before + n < max)
-        });
+        let result =
+            client::resume::follow_once(&args.api.server, token, path, &mut cursor, WATCH_IDLE, &mut stdout, |n| {
+                args.count.is_none_or(|max| before + n < max)
+            });
         match result {
             Ok(n) => {
                 connected_once = true;
