@@ -1470,6 +1470,39 @@ mod tests {
     }
 
     #[test]
+    fn an_upgraded_websocket_is_restored_online_with_its_proof() {
+        let peer: SocketAddr = "192.0.2.8:4444".parse().unwrap();
+        let with = "tokens = [\"dev-9 sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"]\n";
+        let open = cfg("websocket", "");
+        let cfg = cfg("websocket", with);
+        let mut session = Session::accepted(Protocol::WebSocket, peer, Instant::now());
+        let mut out = Vec::new();
+        // The token whose SHA-256 is above is "test".
+        let (next, _) =
+            session.ingest(&ws_request("/?id=dev-9&token=test", "http://page"), Instant::now(), &cfg, &mut out);
+        assert_eq!(next, Next::Hello("dev-9".into()));
+        session.welcome(Instant::now(), 1, &cfg, &mut out);
+        let kept = session.snapshot();
+        assert!(kept.welcomed && kept.auth == Auth::Id, "{kept:?}");
+
+        let mut restored = Session::restore(&kept, peer);
+        assert!(restored.is_online());
+        assert_eq!((restored.proto(), restored.auth()), (Protocol::WebSocket, Auth::Id));
+        // Frames, not a request: a client Ping gets its Pong.
+        out.clear();
+        let (next, _) = restored.ingest(&ws_frame(websocket::opcode::PING, b"p"), Instant::now(), &cfg, &mut out);
+        assert_eq!(next, Next::Continue);
+        assert_eq!(ws_replies(&out), [0x8A, 1, b'p']);
+
+        // One still upgrading reads its request again, named by its peer.
+        let upgrading = Session::accepted(Protocol::WebSocket, peer, Instant::now()).snapshot();
+        let mut again = Session::restore(&upgrading, peer);
+        assert!(!again.is_online());
+        let (next, _) = again.ingest(&ws_request("/", "http://page"), Instant::now(), &open, &mut out);
+        assert_eq!(next, Next::Hello("192.0.2.8:4444".into()));
+    }
+
+    #[test]
     fn websocket_refusals_have_their_status_and_never_go_online() {
         let with = "path = \"/hb\"\nallowed_origins = [\"http://good\"]\ntokens = [\"s3cret\"]\n";
         let cases = [

@@ -366,3 +366,49 @@ fn a_stopped_browser_times_out_within_the_bound() {
         TICK_D.as_millis()
     );
 }
+
+/// `wss://`: a websocket listener with `[listener.tls]`, and Python's
+/// `websockets` verifying the daemon's certificate against the test's CA
+/// (`SSL_CERT_FILE`): online, kept online by the daemon's Pings inside
+/// TLS, Close -> `left`. A plain `ws://` client on the same port never
+/// goes online.
+#[test]
+fn wss_python_client_goes_online_and_close_is_left() {
+    let Some(python) = python_websockets_or_skip() else { return };
+    let dir = TempDir::new("wss");
+    let pki = Pki::new(dir.path());
+    let ca = pki.ca("ca");
+    let server = pki.server(&ca, "server");
+    let table = tls_table(&server, None, None);
+    let text = config(
+        TICK,
+        "",
+        &[listener("main", "websocket", "127.0.0.1:0", &format!("interval = \"200ms\"\nmisses = 3\n{table}"))],
+    );
+    let path = dir.write("heartbeatd.toml", &text);
+    let d = Daemon::start_in(dir, path);
+    let addr = d.addr("main");
+    let wss = |id: &str, mode: &str| {
+        let mut command = python_client(&python, &format!("wss://{addr}/?id={id}"), mode);
+        command.env("SSL_CERT_FILE", &ca.cert);
+        Proc::spawn("python-wss", command, Output::Stdout)
+    };
+
+    let py = wss("wss-1", "stay");
+    py.wait_from(0, "open", DEADLINE);
+    let session = online(&d, "wss-1");
+    d.assert_absent_from(0, ev("offline").kv("session", session), TIMEOUT_D * 3);
+    drop(py);
+    d.wait(ev("offline").kv("session", session));
+
+    let py = wss("wss-2", "close");
+    let session = online(&d, "wss-2");
+    let off = d.wait(ev("offline").kv("session", session));
+    assert_eq!(off.field("reason"), "left", "{off}");
+    py.wait_from(0, "closed", DEADLINE);
+
+    let plain = spawn_py(&python, addr, "?id=plain-ws", "stay");
+    d.wait(ev("handshake-failed"));
+    d.assert_absent_from(0, ev("online").kv("client", "plain-ws"), TIMEOUT_D);
+    drop(plain);
+}
