@@ -20,11 +20,14 @@
 //!   early `on_timer` does nothing and writes nothing;
 //! - `overdue` agrees with what `on_timer` does;
 //! - what a native session writes is a sequence of whole, valid
-//!   server-to-client frames, and an ERROR is the last of them; a legacy
+//!   server-to-client frames, and an ERROR is the last of them; a
+//!   websocket session writes at most one HTTP response head, then only
+//!   whole, unmasked control frames (Ping, Pong, Close), a Close last; a legacy
 //!   session writes only heartbeat echoes; a raw session echoes exactly
 //!   the bytes it was given (with `echo`) or nothing.
 #![no_main]
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -93,9 +96,20 @@ fn listener(u: &mut Unstructured<'_>) -> Result<Option<ListenerConfig>> {
                 cfg.timeout = Duration::ZERO;
             }
         }
-        // A protocol added later runs with its defaults.
-        #[allow(unreachable_patterns)]
-        _ => {}
+        Protocol::WebSocket => {
+            cfg.handshake_timeout = ms(u, 1..=5_000)?;
+            cfg.max_frame = u.int_in_range(0..=4096)?;
+            cfg.tokens.clear();
+            if u.arbitrary()? {
+                cfg.tokens.push(b"s3cret".to_vec());
+            }
+            if u.arbitrary()? {
+                cfg.path = Some("/hb".into());
+            }
+            if u.arbitrary()? {
+                cfg.allowed_origins = vec!["http://good".into()];
+            }
+        }
     }
     Ok(Some(cfg))
 }
@@ -126,6 +140,39 @@ fn native_frame(u: &mut Unstructured<'_>, cfg: &ListenerConfig, out: &mut Vec<u8
     Ok(())
 }
 
+/// A WebSocket upgrade request, mostly well-formed (so the fuzzer gets
+/// past it), sometimes with the wrong path, origin or token.
+fn websocket_request(u: &mut Unstructured<'_>, out: &mut Vec<u8>) -> Result<()> {
+    let path = *u.choose(&["/hb", "/", "/other"])?;
+    let origin = *u.choose(&["http://good", "http://evil", ""])?;
+    let token = *u.choose(&["", "&token=s3cret", "&token=wrong"])?;
+    let id = *u.choose(&["id=dev-1", "id=", "id=a%20b", "x=1"])?;
+    out.extend_from_slice(format!("GET {path}?{id}{token} HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n").as_bytes());
+    out.extend_from_slice(b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
+    out.extend_from_slice(b"Sec-WebSocket-Version: 13\r\n");
+    if !origin.is_empty() {
+        out.extend_from_slice(format!("Origin: {origin}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// A client WebSocket frame, masked (or, sometimes, not): any opcode, a
+/// short payload.
+fn websocket_frame(u: &mut Unstructured<'_>, out: &mut Vec<u8>) -> Result<()> {
+    let first: u8 = u.arbitrary()?;
+    let payload = bytes_upto(u, 0..=32)?;
+    let masked: bool = u.arbitrary()?;
+    out.push(first);
+    out.push(u8::from(masked) << 7 | u8::try_from(payload.len()).unwrap_or(0));
+    let mask: [u8; 4] = u.arbitrary()?;
+    if masked {
+        out.extend_from_slice(&mask);
+    }
+    out.extend(payload.iter().enumerate().map(|(i, b)| if masked { b ^ mask[i % 4] } else { *b }));
+    Ok(())
+}
+
 /// A legacy frame: a valid header and its payload.
 fn legacy_frame(u: &mut Unstructured<'_>, out: &mut Vec<u8>) -> Result<()> {
     let kind: i32 = u.int_in_range(0..=1)?;
@@ -153,7 +200,7 @@ struct Model {
 
 impl Model {
     fn new(cfg: ListenerConfig, now: Instant) -> Model {
-        let session = Session::new(cfg.protocol, now);
+        let session = Session::accepted(cfg.protocol, SocketAddr::from(([192, 0, 2, 1], 4000)), now);
         let online = session.is_online();
         assert_eq!(online, Session::online_at_accept(cfg.protocol));
         let last_activity = session.last_activity();
@@ -294,8 +341,30 @@ impl Model {
                 let expected: &[u8] = if self.cfg.echo { &self.given } else { &[] };
                 assert!(self.replies == expected, "raw output is not the echo of the input");
             }
-            #[allow(unreachable_patterns)]
-            _ => {}
+            Protocol::WebSocket => {
+                let mut rest = self.replies.as_slice();
+                if rest.starts_with(b"HTTP/1.1 ") {
+                    let end = rest.windows(4).position(|w| w == b"\r\n\r\n").expect("a whole response head");
+                    let head = &rest[..end];
+                    rest = &rest[end + 4..];
+                    if !head.starts_with(b"HTTP/1.1 101 ") {
+                        // A refusal: its body, then nothing.
+                        assert!(!self.session.is_online(), "online after a refusal");
+                        return;
+                    }
+                }
+                while !rest.is_empty() {
+                    assert!(rest.len() >= 2, "a torn frame header");
+                    let (op, len) = (rest[0], usize::from(rest[1]));
+                    assert!(matches!(op, 0x89 | 0x8A | 0x88), "the daemon sent opcode {op:#x}");
+                    assert!(len <= 125, "an unmasked control frame of {len} bytes");
+                    assert!(rest.len() >= 2 + len, "a torn frame");
+                    rest = &rest[2 + len..];
+                    if op == 0x88 {
+                        assert!(rest.is_empty(), "a frame after a Close");
+                    }
+                }
+            }
         }
     }
 }
@@ -309,7 +378,11 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         match u.int_in_range(0..=7)? {
             0 => pending.extend_from_slice(bytes_upto(u, 0..=32)?),
             1 | 2 => native_frame(u, &model.cfg, &mut pending)?,
-            3 => legacy_frame(u, &mut pending)?,
+            3 => match model.cfg.protocol {
+                Protocol::WebSocket if u.arbitrary()? => websocket_request(u, &mut pending)?,
+                Protocol::WebSocket => websocket_frame(u, &mut pending)?,
+                _ => legacy_frame(u, &mut pending)?,
+            },
             4 => {
                 // Everything pending, in reads of arbitrary sizes.
                 let size = usize::from(u.int_in_range(1..=64u8)?);
