@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(error["error"].is_string());
             }
         }
+        Reply::Clients { .. } => assert!(target.starts_with("/clients")),
         Reply::Events { .. } => assert!(target.starts_with("/events")),
     }
 });

