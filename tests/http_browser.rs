@@ -10,6 +10,9 @@
 //! with the data URLs blocked); each listener shows its interval and
 //! timeout and its offline count is labelled as events; a client silent
 //! for more than one interval is marked late, and unmarked once it beats.
+//! With `expect` on a listener, the page lists the expected clients that
+//! are not online: never seen, then offline with the reason, while the
+//! online one is not listed; without `expect` that section stays hidden.
 //! Screenshots (desktop and phone width) are saved under
 //! `target/test-artifacts/` for a person to look at.
 //!
@@ -137,6 +140,7 @@ fn the_dashboard_shows_clients_come_and_go_live() {
     assert_eq!(page.eval("document.getElementById('online-count').textContent"), json!("4"));
     assert_eq!(page.eval("document.querySelector('main').dataset.loading"), json!("false"));
     assert_eq!(page.eval("document.getElementById('no-offline').hidden"), json!(true), "offline events are listed");
+    assert_eq!(page.eval("document.getElementById('expected').hidden"), json!(true), "nothing is expected");
 
     // Each listener shows its interval and timeout (from /metrics), and its
     // offline number says it counts events, not clients.
@@ -252,4 +256,50 @@ fn the_dashboard_works_with_a_locked_api() {
     );
     assert!(page.page_errors.is_empty(), "the page logged errors: {:#?}", page.page_errors);
     save("dashboard-token.png", &page.screenshot());
+}
+
+/// A listener with `expect = ["dev-a", "dev-b"]`: the page shows dev-b as
+/// never seen and not dev-a, which is online; when dev-a is dropped (RST)
+/// it shows as offline with the reason `reset`, both counted.
+#[test]
+fn the_dashboard_shows_expected_clients_not_online() {
+    let Some(chromium) = chromium_or_skip() else { return };
+    let listener = native("main", "interval = \"5s\"\nmisses = 3\nexpect = [\"dev-a\", \"dev-b\"]");
+    let d = Daemon::start(&with_http(&config("10ms", "", &[listener]), ""));
+    let (http, main) = (http_addr(&d), d.addr("main"));
+    let (dev_a, dev_a_w) = NativeClient::handshake(main, "dev-a", "");
+
+    let browser = Chromium::launch(&chromium);
+    let mut page = Cdp::connect(&browser.ws_url);
+    page.open(&format!("http://{http}/"), 1200, 860, &[]);
+    page.wait_for("the feed connected", "document.getElementById('feed-state').dataset.state === 'live'");
+    let b_item = "#expected-away li[data-client=\"dev-b\"]";
+    let state = page.wait_for("dev-b, expected", &format!("document.querySelector('{b_item}')?.dataset.state"));
+    assert_eq!(state, json!("never-seen"), "dev-b's state");
+    let text = page.eval(&format!("document.querySelector('{b_item}').textContent"));
+    assert!(text.as_str().is_some_and(|t| t.contains("never seen") && t.contains("main")), "dev-b's entry: {text}");
+    assert_eq!(page.eval("document.getElementById('expected').hidden"), json!(false), "the section shows");
+    let a_item = "#expected-away li[data-client=\"dev-a\"]";
+    assert_eq!(page.eval(&format!("!!document.querySelector('{a_item}')")), json!(false), "dev-a is online");
+    assert_eq!(page.eval("document.getElementById('away-count').textContent"), json!("1"));
+    assert_eq!(
+        page.eval(&format!(
+            "document.querySelector('#clients tr[data-session=\"{}\"]')?.dataset.client",
+            dev_a_w.session
+        )),
+        json!("dev-a"),
+        "dev-a among the online clients"
+    );
+
+    dev_a.reset();
+    d.wait(ev("offline").kv("session", dev_a_w.session));
+    let state = page.wait_for("dev-a, offline", &format!("document.querySelector('{a_item}')?.dataset.state"));
+    assert_eq!(state, json!("offline"), "dev-a's state");
+    assert_eq!(page.eval(&format!("document.querySelector('{a_item}').dataset.reason")), json!("reset"));
+    let text = page.eval(&format!("document.querySelector('{a_item}').textContent"));
+    assert!(text.as_str().is_some_and(|t| t.contains("offline since") && t.contains("reset")), "dev-a's entry: {text}");
+    page.wait_for("2 expected, not online", "document.getElementById('away-count').textContent === '2'");
+    assert_eq!(page.eval(&format!("document.querySelector('{b_item}')?.dataset.state")), json!("never-seen"));
+    assert!(page.page_errors.is_empty(), "the page logged errors: {:#?}", page.page_errors);
+    save("dashboard-expected.png", &page.screenshot());
 }
