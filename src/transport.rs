@@ -119,6 +119,13 @@ impl Tls {
         Ok(())
     }
 
+    /// Queues a `close_notify` alert (the end of the replies) and moves
+    /// it, with anything else rustls has to send, to `out`.
+    pub fn close(&mut self, out: &mut Vec<u8>) {
+        self.conn.send_close_notify();
+        self.take_output(out);
+    }
+
     /// The names of kind `from` in the client's certificate (mutual TLS);
     /// empty without one.
     pub fn peer_names(&self, from: ClientIdFrom) -> Vec<String> {

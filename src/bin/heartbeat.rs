@@ -36,17 +36,17 @@ fn main() -> ExitCode {
 }
 
 fn status(args: StatusArgs) -> ExitCode {
-    let token = match api_token(&args.api) {
-        Ok(token) => token,
+    let (api, token) = match api_token(&args.api).and_then(|t| Ok((args.api.endpoint()?, t))) {
+        Ok(found) => found,
         Err(e) => {
             eprintln!("heartbeat: {e}");
             return ExitCode::FAILURE;
         }
     };
     if args.all {
-        return status_all(&args, token.as_deref());
+        return status_all(&args, &api, token.as_deref());
     }
-    match client::status::clients(&args.api.server, args.listener.as_deref(), args.timeout, token.as_deref()) {
+    match client::status::clients(&api, args.listener.as_deref(), args.timeout, token.as_deref()) {
         Ok(clients) if args.json => match serde_json::to_string_pretty(&clients) {
             Ok(json) => {
                 println!("{json}");
@@ -62,15 +62,15 @@ fn status(args: StatusArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("heartbeat: reading http://{}/clients: {e}", args.api.server);
+            eprintln!("heartbeat: reading {api}/clients: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
 /// `heartbeat status --all`: online and expected clients with their state.
-fn status_all(args: &StatusArgs, token: Option<&str>) -> ExitCode {
-    match client::status::presence(&args.api.server, args.listener.as_deref(), args.timeout, token) {
+fn status_all(args: &StatusArgs, api: &client::status::Endpoint, token: Option<&str>) -> ExitCode {
+    match client::status::presence(api, args.listener.as_deref(), args.timeout, token) {
         Ok(clients) if args.json => match serde_json::to_string_pretty(&clients) {
             Ok(json) => {
                 println!("{json}");
@@ -86,7 +86,7 @@ fn status_all(args: &StatusArgs, token: Option<&str>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("heartbeat: reading http://{}/clients?state=all: {e}", args.api.server);
+            eprintln!("heartbeat: reading {api}/clients?state=all: {e}");
             ExitCode::FAILURE
         }
     }
@@ -94,7 +94,7 @@ fn status_all(args: &StatusArgs, token: Option<&str>) -> ExitCode {
 
 /// `heartbeat watch --json [--resume FILE]`: JSON lines, resumable
 /// (`client::resume`).
-fn watch_json(args: &WatchArgs, token: Option<&str>) -> ExitCode {
+fn watch_json(args: &WatchArgs, api: &client::status::Endpoint, token: Option<&str>) -> ExitCode {
     let path = args.resume.as_deref();
     let mut cursor = path.and_then(client::resume::Cursor::load);
     let mut seen = 0usize;
@@ -102,10 +102,9 @@ fn watch_json(args: &WatchArgs, token: Option<&str>) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     loop {
         let before = seen;
-        let result =
-            client::resume::follow_once(&args.api.server, token, path, &mut cursor, WATCH_IDLE, &mut stdout, |n| {
-                args.count.is_none_or(|max| before + n < max)
-            });
+        let result = client::resume::follow_once(api, token, path, &mut cursor, WATCH_IDLE, &mut stdout, |n| {
+            args.count.is_none_or(|max| before + n < max)
+        });
         match result {
             Ok(n) => {
                 connected_once = true;
@@ -120,7 +119,7 @@ fn watch_json(args: &WatchArgs, token: Option<&str>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             Err(e) if !connected_once && cursor.is_none() => {
-                eprintln!("heartbeat: following http://{}/events: {e}", args.api.server);
+                eprintln!("heartbeat: following {api}/events: {e}");
                 return ExitCode::FAILURE;
             }
             Err(e) => eprintln!("heartbeat: feed broken ({e}); resuming in {}s", WATCH_RETRY.as_secs()),
@@ -137,44 +136,43 @@ const WATCH_RETRY: Duration = Duration::from_secs(2);
 const WATCH_IDLE: Duration = Duration::from_secs(40);
 
 fn watch(args: WatchArgs) -> ExitCode {
-    let token = match api_token(&args.api) {
-        Ok(token) => token,
+    let (api, token) = match api_token(&args.api).and_then(|t| Ok((args.api.endpoint()?, t))) {
+        Ok(found) => found,
         Err(e) => {
             eprintln!("heartbeat: {e}");
             return ExitCode::FAILURE;
         }
     };
     if args.json {
-        return watch_json(&args, token.as_deref());
+        return watch_json(&args, &api, token.as_deref());
     }
     let mut last_id = args.last_event_id.map(|id| id.to_string());
     let mut seen = 0usize;
     let mut connected_once = false;
     loop {
         let resume_after = last_id.clone();
-        let result =
-            client::status::follow(&args.api.server, resume_after.as_deref(), WATCH_IDLE, token.as_deref(), |event| {
-                connected_once = true;
-                if let Some(id) = &event.id {
-                    last_id = Some(id.clone());
+        let result = client::status::follow(&api, resume_after.as_deref(), WATCH_IDLE, token.as_deref(), |event| {
+            connected_once = true;
+            if let Some(id) = &event.id {
+                last_id = Some(id.clone());
+            }
+            for line in watch_lines(event) {
+                match (&event.id, args.ids) {
+                    (Some(id), true) => println!("{id} {line}"),
+                    _ => println!("{line}"),
                 }
-                for line in watch_lines(event) {
-                    match (&event.id, args.ids) {
-                        (Some(id), true) => println!("{id} {line}"),
-                        _ => println!("{line}"),
-                    }
-                }
-                if matches!(event.event.as_str(), "online" | "offline") {
-                    seen += 1;
-                }
-                args.count.is_none_or(|n| seen < n)
-            });
+            }
+            if matches!(event.event.as_str(), "online" | "offline") {
+                seen += 1;
+            }
+            args.count.is_none_or(|n| seen < n)
+        });
         if args.count.is_some_and(|n| seen >= n) {
             return ExitCode::SUCCESS;
         }
         match result {
             Err(e) if !connected_once => {
-                eprintln!("heartbeat: following http://{}/events: {e}", args.api.server);
+                eprintln!("heartbeat: following {api}/events: {e}");
                 return ExitCode::FAILURE;
             }
             Err(e) => eprintln!("heartbeat: feed broken ({e}); resuming in {}s", WATCH_RETRY.as_secs()),

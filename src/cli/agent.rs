@@ -66,6 +66,38 @@ pub struct Api {
     /// `[http]` has a token_file (surrounding whitespace is trimmed).
     #[arg(long, value_name = "FILE", env = "HEARTBEAT_API_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// Speak HTTPS to a status API with an [http.tls] table.
+    #[arg(long, requires = "ca")]
+    pub tls: bool,
+
+    /// With --tls: the CA certificate(s) (PEM) the API's certificate must
+    /// chain to.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub ca: Option<PathBuf>,
+
+    /// With --tls: the name the API's certificate must be valid for, a DNS
+    /// name or an IP address (default: the host of --server).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub server_name: Option<String>,
+}
+
+impl Api {
+    /// Where the flags say the API is, with its TLS when --tls is given.
+    pub fn endpoint(&self) -> Result<crate::client::status::Endpoint, String> {
+        let tls = match (self.tls, &self.ca) {
+            (true, Some(ca)) => {
+                let host = match self.server.rsplit_once(':') {
+                    Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+                    None => self.server.as_str(),
+                };
+                let name = self.server_name.as_deref().unwrap_or(host);
+                Some(crate::tls::ClientTls::new(ca, None, name)?)
+            }
+            _ => None,
+        };
+        Ok(crate::client::status::Endpoint { address: self.server.clone(), tls })
+    }
 }
 
 /// `heartbeat status`.

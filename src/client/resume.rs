@@ -20,7 +20,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::status::{follow, started_ms, SseEvent, StatusError};
+use super::status::{follow, started_ms, Endpoint, SseEvent, StatusError};
 
 /// Two start times this close are the same daemon: `/metrics` writes it
 /// to the millisecond, rounded.
@@ -99,7 +99,7 @@ pub fn resume_point(cursor: Option<Cursor>, started_ms: u64) -> (Option<u64>, Op
 /// is asked after each, with that count. `token` is the API's bearer
 /// token, if it has one.
 pub fn follow_once(
-    http: &str,
+    api: &Endpoint,
     token: Option<&str>,
     path: Option<&Path>,
     cursor: &mut Option<Cursor>,
@@ -107,7 +107,7 @@ pub fn follow_once(
     out: &mut impl Write,
     mut keep_going: impl FnMut(usize) -> bool,
 ) -> Result<usize, StatusError> {
-    let started_ms = started_ms(http, idle, token)?;
+    let started_ms = started_ms(api, idle, token)?;
     let (after, gap) = resume_point(*cursor, started_ms);
     if let Some(gap) = gap {
         let _ = writeln!(out, "{gap}").and_then(|()| out.flush());
@@ -115,7 +115,7 @@ pub fn follow_once(
     let resume = after.map(|id| id.to_string());
     let mut printed = 0;
     let mut write_error = None;
-    follow(http, resume.as_deref(), idle, token, |event| {
+    follow(api, resume.as_deref(), idle, token, |event| {
         if let Err(e) = writeln!(out, "{}", json_line(event)).and_then(|()| out.flush()) {
             // A closed stdout (the consumer went away): stop, cursor kept.
             write_error = Some(e);

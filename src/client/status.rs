@@ -3,7 +3,8 @@
 //!
 //! A deliberately small HTTP/1.1 client over a blocking `TcpStream`: one
 //! GET per connection (`Connection: close`), which is all the daemon's API
-//! speaks. The feed is parsed as Server-Sent Events: `field: value` lines,
+//! speaks; over TLS (rustls, an [`Endpoint`] with `tls`) for an API with
+//! `[http.tls]`. The feed is parsed as Server-Sent Events: `field: value` lines,
 //! a blank line ends an event.
 
 use std::fmt;
@@ -12,6 +13,35 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, SystemTime};
 
 use crate::api::{ClientView, PresenceView};
+use crate::tls::ClientTls;
+
+/// Where the status API is: its `HOST:PORT`, and the TLS to speak to it
+/// when its `[http]` has a `[http.tls]` table.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `HOST:PORT` of the daemon's `[http]` address.
+    pub address: String,
+    /// Set: HTTPS, trusting this CA for the daemon's certificate.
+    pub tls: Option<ClientTls>,
+}
+
+impl Endpoint {
+    /// A plain-HTTP API at `address`.
+    pub fn plain(address: impl Into<String>) -> Endpoint {
+        Endpoint { address: address.into(), tls: None }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    /// The API's URL base, as messages show it: `http://HOST:PORT`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.address)
+    }
+}
+
+/// A connection to the API, plain or TLS.
+type Body = BufReader<Box<dyn ReadWrite>>;
 
 /// Why the API could not be read.
 #[derive(Debug)]
@@ -100,20 +130,30 @@ pub struct SseEvent {
     pub data: String,
 }
 
-/// Sends `GET path` to `http` and returns the response reader positioned
+/// Sends `GET path` to `api` and returns the response reader positioned
 /// at the body, after checking for status 200.
-fn get(http: &str, path: &str, timeout: Duration, headers: &str) -> Result<BufReader<TcpStream>, StatusError> {
+fn get(api: &Endpoint, path: &str, timeout: Duration, headers: &str) -> Result<Body, StatusError> {
+    let http = api.address.as_str();
     let address = http
         .to_socket_addrs()
         .map_err(|e| StatusError::Io(format!("resolving {http}"), e))?
         .next()
         .ok_or_else(|| StatusError::Malformed(format!("{http} resolves to no address")))?;
-    let mut stream = TcpStream::connect_timeout(&address, timeout)
+    let stream = TcpStream::connect_timeout(&address, timeout)
         .map_err(|e| io_error(format!("connecting to {address}"), e, timeout))?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| StatusError::Io("setting a read timeout".into(), e))?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {http}\r\nAccept: */*\r\nConnection: close\r\n{headers}\r\n");
+    // The handshake runs inside the first write, under the same timeout.
+    let mut stream: Box<dyn ReadWrite> = match &api.tls {
+        None => Box::new(stream),
+        Some(tls) => {
+            let conn = tls.connect().map_err(|e| StatusError::Io("starting TLS".into(), io::Error::other(e)))?;
+            Box::new(rustls::StreamOwned::new(conn, stream))
+        }
+    };
     stream.write_all(request.as_bytes()).map_err(|e| io_error(format!("sending GET {path}"), e, timeout))?;
-    let mut reader = BufReader::new(stream);
+    stream.flush().map_err(|e| io_error(format!("sending GET {path}"), e, timeout))?;
+    let mut reader: Body = BufReader::new(stream);
     // The first bytes tell whether this is HTTP at all, before any of them
     // is read as text: a heartbeat listener answers with binary frames.
     let head = reader.fill_buf().map_err(|e| {
@@ -150,6 +190,11 @@ fn get(http: &str, path: &str, timeout: Duration, headers: &str) -> Result<BufRe
     Ok(reader)
 }
 
+/// A plain or TLS stream.
+trait ReadWrite: Read + Write {}
+
+impl<T: Read + Write> ReadWrite for T {}
+
 /// The `Authorization` header line for the API's bearer `token`, if any.
 fn bearer(token: Option<&str>) -> String {
     token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default()
@@ -158,7 +203,7 @@ fn bearer(token: Option<&str>) -> String {
 /// The online clients, from `GET /clients[?listener=NAME]`; `token` is the
 /// API's bearer token (`[http] token_file`), when it has one.
 pub fn clients(
-    http: &str,
+    api: &Endpoint,
     listener: Option<&str>,
     timeout: Duration,
     token: Option<&str>,
@@ -168,7 +213,7 @@ pub fn clients(
         None => "/clients".to_owned(),
     };
     let mut body = String::new();
-    get(http, &path, timeout, &bearer(token))?
+    get(api, &path, timeout, &bearer(token))?
         .read_to_string(&mut body)
         .map_err(|e| io_error("reading /clients".into(), e, timeout))?;
     serde_json::from_str(&body).map_err(|e| StatusError::Malformed(format!("/clients is not the client list: {e}")))
@@ -176,13 +221,13 @@ pub fn clients(
 
 /// Reads one JSON answer of the API at `path`.
 fn get_json<T: serde::de::DeserializeOwned>(
-    http: &str,
+    api: &Endpoint,
     path: &str,
     timeout: Duration,
     token: Option<&str>,
 ) -> Result<T, StatusError> {
     let mut body = String::new();
-    get(http, path, timeout, &bearer(token))?
+    get(api, path, timeout, &bearer(token))?
         .read_to_string(&mut body)
         .map_err(|e| io_error(format!("reading {path}"), e, timeout))?;
     serde_json::from_str(&body).map_err(|e| StatusError::Malformed(format!("{path}: {e}")))
@@ -193,9 +238,9 @@ fn get_json<T: serde::de::DeserializeOwned>(
 /// life of the process, so it tells `watch --resume` which daemon
 /// numbered the events. `token` is the API's bearer token, as for
 /// [`clients`].
-pub fn started_ms(http: &str, timeout: Duration, token: Option<&str>) -> Result<u64, StatusError> {
+pub fn started_ms(api: &Endpoint, timeout: Duration, token: Option<&str>) -> Result<u64, StatusError> {
     let mut body = String::new();
-    get(http, "/metrics", timeout, &bearer(token))?
+    get(api, "/metrics", timeout, &bearer(token))?
         .read_to_string(&mut body)
         .map_err(|e| io_error("reading /metrics".into(), e, timeout))?;
     body.lines()
@@ -208,7 +253,7 @@ pub fn started_ms(http: &str, timeout: Duration, token: Option<&str>) -> Result<
 /// Every online and every expected client, from `GET /clients?state=all`;
 /// `token` as for [`clients`].
 pub fn presence(
-    http: &str,
+    api: &Endpoint,
     listener: Option<&str>,
     timeout: Duration,
     token: Option<&str>,
@@ -217,7 +262,7 @@ pub fn presence(
         Some(name) => format!("/clients?state=all&listener={}", percent_encode(name)),
         None => "/clients?state=all".to_owned(),
     };
-    get_json(http, &path, timeout, token)
+    get_json(api, &path, timeout, token)
 }
 
 /// The `heartbeat status --all` table: one row per client, expected or
@@ -268,7 +313,7 @@ pub fn presence_table(clients: &[PresenceView], now: SystemTime) -> String {
 /// between two reads (the daemon sends a keepalive every 15 s). `token`
 /// is the API's bearer token, as for [`clients`].
 pub fn follow(
-    http: &str,
+    api: &Endpoint,
     last_event_id: Option<&str>,
     idle: Duration,
     token: Option<&str>,
@@ -276,7 +321,7 @@ pub fn follow(
 ) -> Result<(), StatusError> {
     let mut headers = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
     headers.push_str(&bearer(token));
-    let reader = get(http, "/events", idle, &headers)?;
+    let reader = get(api, "/events", idle, &headers)?;
     let mut event = SseEvent { id: None, event: String::new(), data: String::new() };
     for line in reader.lines() {
         let line = line.map_err(|e| io_error("reading the event stream".into(), e, idle))?;

@@ -372,6 +372,7 @@ impl Source<'_> {
                 DEFAULT_HTTP_SUBSCRIBER_BUFFER,
             )?,
             token: raw.token_file.as_ref().map(|file| self.api_token(file, base_dir)).transpose()?,
+            tls: super::tls::check_http(self, raw.tls, base_dir)?,
         };
         Ok((config, span))
     }

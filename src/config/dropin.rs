@@ -166,13 +166,14 @@ fn merge_daemon(source: &Source<'_>, mine: &mut RawDaemon, theirs: RawDaemon) ->
 
 /// Key-by-key merge of two `[http]` tables.
 fn merge_http(source: &Source<'_>, mine: &mut RawHttp, theirs: RawHttp) -> Result<(), ConfigError> {
-    let RawHttp { address, max_connections, request_timeout, history, subscriber_buffer, token_file } = theirs;
+    let RawHttp { address, max_connections, request_timeout, history, subscriber_buffer, token_file, tls } = theirs;
     one(source, "http.address", &mut mine.address, address)?;
     one(source, "http.max_connections", &mut mine.max_connections, max_connections)?;
     one(source, "http.request_timeout", &mut mine.request_timeout, request_timeout)?;
     one(source, "http.history", &mut mine.history, history)?;
     one(source, "http.subscriber_buffer", &mut mine.subscriber_buffer, subscriber_buffer)?;
-    one(source, "http.token_file", &mut mine.token_file, token_file)
+    one(source, "http.token_file", &mut mine.token_file, token_file)?;
+    one(source, "http.tls", &mut mine.tls, tls)
 }
 
 /// Moves every span of a file's raw tables by `by`, into the shared offset
@@ -210,6 +211,7 @@ pub(super) fn shift(raw: RawConfig, by: usize) -> RawConfig {
                 history: s(h.history, by),
                 subscriber_buffer: s(h.subscriber_buffer, by),
                 token_file: s(h.token_file, by),
+                tls: h.tls.map(|t| shift_tls(t, by)),
             };
             Spanned::new(span, table)
         }),
@@ -253,19 +255,18 @@ fn shift_listener(table: Spanned<RawListener>, by: usize) -> Spanned<RawListener
             user_timeout: s(t.user_timeout, by),
             nodelay: s(t.nodelay, by),
         }),
-        tls: l.tls.map(|t| {
-            let span = moved(t.span(), by);
-            let t = t.into_inner();
-            let table = RawTls {
-                cert: s(t.cert, by),
-                key: s(t.key, by),
-                client_ca: s(t.client_ca, by),
-                client_id: s(t.client_id, by),
-            };
-            Spanned::new(span, table)
-        }),
+        tls: l.tls.map(|t| shift_tls(t, by)),
     };
     Spanned::new(span, listener)
+}
+
+/// [`shift`] of a `[listener.tls]` or `[http.tls]` table.
+fn shift_tls(table: Spanned<RawTls>, by: usize) -> Spanned<RawTls> {
+    let span = moved(table.span(), by);
+    let t = table.into_inner();
+    let tls =
+        RawTls { cert: s(t.cert, by), key: s(t.key, by), client_ca: s(t.client_ca, by), client_id: s(t.client_id, by) };
+    Spanned::new(span, tls)
 }
 
 /// An optional value, moved by `by`.

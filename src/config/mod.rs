@@ -90,6 +90,9 @@ pub struct HttpConfig {
     /// `token_file`: the bearer token every request but `/healthz` must
     /// carry; `None` leaves the API open.
     pub token: Option<tokens::ApiToken>,
+    /// `[http.tls]`: the API is served over HTTPS with this certificate;
+    /// a reload with new files applies to connections accepted after it.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 /// Daemon-wide settings: the `[daemon]` table.
@@ -454,6 +457,7 @@ pub(super) mod tests {
                 history: 1024,
                 subscriber_buffer: 262144,
                 token: None,
+                tls: None,
             }),
             hooks: vec![],
         };

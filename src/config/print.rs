@@ -49,6 +49,11 @@ pub fn to_toml(config: &Config, origin: &str) -> String {
         if let Some(token) = &http.token {
             let _ = writeln!(out, "token_file = {}", string(&token.file.to_string_lossy()));
         }
+        if let Some(tls) = &http.tls {
+            let _ = writeln!(out, "\n[http.tls]");
+            let _ = writeln!(out, "cert = {}", string(&tls.cert.to_string_lossy()));
+            let _ = writeln!(out, "key = {}", string(&tls.key.to_string_lossy()));
+        }
     }
     for hook in &config.hooks {
         write_hook(&mut out, hook);

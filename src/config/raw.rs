@@ -35,6 +35,7 @@ pub(super) struct RawHttp {
     pub(super) history: Option<Spanned<i64>>,
     pub(super) subscriber_buffer: Option<Spanned<i64>>,
     pub(super) token_file: Option<Spanned<String>>,
+    pub(super) tls: Option<Spanned<RawTls>>,
 }
 
 /// The `[daemon]` table as written.

@@ -1,4 +1,4 @@
-//! Validation of a `[listener.tls]` table: the certificate, key and
+//! Validation of a `[listener.tls]` or `[http.tls]` table: the certificate, key and
 //! client CA files are read and built into a server configuration here, so
 //! `--check-config`, start-up and a reload refuse a listener whose TLS
 //! cannot be served, with the file and line of the key at fault.
@@ -6,7 +6,8 @@
 //! Invariants: `cert` and `key` are both given; `client_id` is given only
 //! with `client_ca`; relative paths start at the config file's directory;
 //! TLS is for `native` listeners (the protocols whose session starts after
-//! a handshake: legacy and raw clients are online at accept).
+//! a handshake: legacy and raw clients are online at accept); `[http.tls]`
+//! takes no `client_ca` (the API authenticates with its bearer token).
 
 use std::ops::Range;
 use std::path::Path;
@@ -28,18 +29,51 @@ pub(super) fn check(
     base_dir: &Path,
 ) -> Result<Option<TlsSettings>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
-    let key = |field: &str| format!("{prefix}.tls.{field}");
     let span = raw.span();
     // A native or websocket (wss://) listener may be wrapped in TLS; legacy
     // and raw clients are deployed without it.
     if !matches!(protocol, Protocol::Native | Protocol::WebSocket) {
         return Err(source.error(
-            Some(span),
+            Some(span.clone()),
             Some(format!("{prefix}.tls")),
             format!("tls applies only to native and websocket listeners, not {protocol}"),
         ));
     }
+    load(source, prefix, span, raw.into_inner(), base_dir)
+}
+
+/// Validates `[http.tls]`: a certificate and key for HTTPS; no client
+/// certificates (requests carry `http.token_file`'s bearer token).
+pub(super) fn check_http(
+    source: &Source<'_>,
+    raw: Option<Spanned<RawTls>>,
+    base_dir: &Path,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let span = raw.span();
     let raw = raw.into_inner();
+    let refused = [(&raw.client_ca, "http.tls.client_ca"), (&raw.client_id, "http.tls.client_id")];
+    if let Some((Some(value), key)) = refused.into_iter().find(|(v, _)| v.is_some()) {
+        return Err(source.at(
+            value,
+            key,
+            "the status API takes no client certificates: give it cert and key only, and \
+             http.token_file to authenticate requests"
+                .to_owned(),
+        ));
+    }
+    load(source, "http", span, raw, base_dir)
+}
+
+/// Reads and builds a TLS table's files (`prefix.tls`, at `span`).
+fn load(
+    source: &Source<'_>,
+    prefix: &str,
+    span: Range<usize>,
+    raw: RawTls,
+    base_dir: &Path,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    let key = |field: &str| format!("{prefix}.tls.{field}");
     let required = |value: &Option<Spanned<String>>, field: &str, what: &str| match value {
         Some(v) => Ok(v.clone()),
         None => Err(missing(source, &span, key(field), format!("tls.{field} is required: {what}"))),

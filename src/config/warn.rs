@@ -48,8 +48,16 @@ pub fn warnings(config: &Config) -> Vec<String> {
     if let Some(http) = config.http.as_ref().filter(|h| !is_loopback(h.address) && h.token.is_none()) {
         out.push(format!(
             "the status API on {} is off loopback without a token: it shows client ids, peer addresses \
-             and TCP details to anyone who reaches it; set http.token_file, or serve it on a loopback \
-             address",
+             and TCP details to anyone who reaches it; set http.token_file (with [http.tls], so the \
+             token does not cross the network in clear), or serve it on a loopback address",
+            http.address
+        ));
+    }
+    if let Some(http) = config.http.as_ref().filter(|h| !is_loopback(h.address) && h.token.is_some() && h.tls.is_none())
+    {
+        out.push(format!(
+            "the status API on {} is off loopback without TLS: its bearer token and the client list \
+             cross the network in clear; add [http.tls] (cert, key), or serve it on a loopback address",
             http.address
         ));
     }
@@ -123,5 +131,20 @@ mod tests {
         assert!(w[0].contains("status API") && w[0].contains("http.token_file"), "{w:?}");
         let text = format!("{}[http]\naddress = \"127.0.0.1:0\"\n", listener("127.0.0.1:0", ""));
         assert_eq!(warn(&text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_token_off_loopback_without_tls_is_named() {
+        let dir = super::super::tests::temp_dir("warn-http-tls");
+        std::fs::write(dir.join("api.token"), "s3cret-token\n").expect("token file");
+        let text =
+            format!("{}[http]\naddress = \"0.0.0.0:0\"\ntoken_file = \"api.token\"\n", listener("127.0.0.1:0", ""));
+        let config = match super::super::parse(&text, "test.toml", &dir) {
+            Ok(config) => config,
+            Err(e) => panic!("config: {e}"),
+        };
+        let w = warnings(&config);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("without TLS") && w[0].contains("[http.tls]") && !w[0].contains("s3cret"), "{w:?}");
     }
 }

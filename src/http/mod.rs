@@ -34,6 +34,13 @@
 //! - every socket is non-blocking and WRITABLE interest is registered only
 //!   while output is queued.
 //!
+//! With `[http.tls]` every connection is TLS ([`stream`]): requests are
+//! read and replies written through the same plain/TLS wrapper, the
+//! handshake is driven by the poll like any read, and a failed handshake
+//! (a plain-HTTP request on the HTTPS port, say) closes that connection
+//! only. A reload's new certificate applies to connections accepted after
+//! it.
+//!
 //! HTTP connections are few (bounded by config), so deadlines are found by
 //! scanning them ([`Http::next_deadline`]) rather than through the wheel.
 
@@ -41,13 +48,14 @@ mod auth;
 pub mod feed;
 pub mod routes;
 pub mod snapshot;
+mod stream;
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
@@ -58,6 +66,7 @@ use crate::event::{Event, Logfmt};
 use feed::{Feed, Start};
 use routes::{reason_phrase, route, Reply};
 use snapshot::{Producer, Step};
+use stream::HttpStream;
 
 /// Largest request head accepted, in bytes.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -98,7 +107,7 @@ enum Phase {
 }
 
 struct HttpConn {
-    stream: TcpStream,
+    stream: HttpStream,
     peer: SocketAddr,
     phase: Phase,
     request: Vec<u8>,
@@ -390,6 +399,11 @@ impl Http {
                 Ok((mut stream, peer)) => {
                     if self.conns.len() >= self.cfg.max_connections {
                         warn!("http-refused peer={peer} limit=max_connections value={}", self.cfg.max_connections);
+                        // A TLS client could not read a plain answer: the
+                        // close alone says it.
+                        if self.cfg.tls.is_some() {
+                            continue;
+                        }
                         let mut out = Vec::new();
                         let body = routes::error_body(503, "too many HTTP connections (http.max_connections)");
                         response_head(&mut out, 503, routes::ERROR_CONTENT_TYPE, Some(body.len()));
@@ -398,9 +412,17 @@ impl Http {
                         let _ = stream.write(&out);
                         continue;
                     }
+                    let tls = self.cfg.tls.as_ref().map(|t| t.server_config());
+                    let mut stream = match HttpStream::accept(stream, tls) {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            warn!("http-tls-failed peer={peer} error={}", Logfmt(&e));
+                            continue;
+                        }
+                    };
                     let entry = self.conns.vacant_entry();
                     let token = Token(self.token_base + 1 + entry.key());
-                    if let Err(e) = registry.register(&mut stream, token, Interest::READABLE) {
+                    if let Err(e) = registry.register(stream.tcp_mut(), token, Interest::READABLE) {
                         warn!("http-register-failed peer={peer} error={}", Logfmt(&e.to_string()));
                         continue;
                     }
@@ -434,8 +456,13 @@ impl Http {
     /// keeps WRITABLE interest in step with its queue.
     fn settle(&mut self, registry: &Registry, key: usize, result: Done) {
         let conn = &mut self.conns[key];
-        let result = result.and_then(|()| flush(conn));
-        let finished = conn.phase == Phase::Replying && conn.out.is_empty() && conn.producer.is_none();
+        let mut result = result.and_then(|()| flush(conn));
+        let replied = conn.phase == Phase::Replying && conn.out.is_empty() && conn.producer.is_none();
+        if replied && result.is_ok() {
+            result = conn.stream.finish().map_err(|e| e.to_string());
+        }
+        // Over TLS the last records may still wait for the socket.
+        let finished = replied && !conn.stream.pending();
         if let Err(why) = &result {
             debug!("http-closed peer={} why={}", conn.peer, Logfmt(why));
         }
@@ -443,11 +470,11 @@ impl Http {
             self.close(registry, key);
             return;
         }
-        let want = !conn.out.is_empty();
+        let want = !conn.out.is_empty() || conn.stream.pending();
         if want != conn.writable_registered {
             let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             let token = Token(self.token_base + 1 + key);
-            match registry.reregister(&mut conn.stream, token, interest) {
+            match registry.reregister(conn.stream.tcp_mut(), token, interest) {
                 Ok(()) => conn.writable_registered = want,
                 Err(_) => self.close(registry, key),
             }
@@ -459,7 +486,7 @@ impl Http {
         // poll round can only reach a later connection in this slot, which
         // then reads nothing (non-blocking) and carries on.
         if let Some(mut conn) = self.conns.try_remove(key) {
-            let _ = registry.deregister(&mut conn.stream);
+            let _ = registry.deregister(conn.stream.tcp_mut());
         }
     }
 }
@@ -554,7 +581,7 @@ fn start_reply(conn: &mut HttpConn, method: &str, reply: Reply, feed: &Feed, cfg
             // queue, a subscriber that stops reading is found within about
             // three times `subscriber_buffer` of unread bytes. Failure only
             // means a later drop.
-            let _ = socket2::SockRef::from(&conn.stream).set_send_buffer_size(cfg.subscriber_buffer);
+            let _ = socket2::SockRef::from(conn.stream.tcp()).set_send_buffer_size(cfg.subscriber_buffer);
             conn.out.extend_from_slice(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
                   X-Accel-Buffering: no\r\nConnection: keep-alive\r\n\r\n",
@@ -642,7 +669,9 @@ fn drain_input(conn: &mut HttpConn) -> Done {
     }
 }
 
+/// Writes what is queued (over TLS, records sealed earlier first).
 fn flush(conn: &mut HttpConn) -> Done {
+    conn.stream.flush_sealed().map_err(|e| e.to_string())?;
     let mut written = 0;
     while written < conn.out.len() {
         match conn.stream.write(&conn.out[written..]) {
@@ -783,7 +812,7 @@ mod tests {
         // And a small send buffer on our side, so the kernel cannot hold
         // the 4 MB (loopback autotuning would let it).
         for (_, conn) in http.conns.iter() {
-            socket2::SockRef::from(&conn.stream).set_send_buffer_size(4096).expect("SO_SNDBUF");
+            socket2::SockRef::from(conn.stream.tcp()).set_send_buffer_size(4096).expect("SO_SNDBUF");
         }
         client.write_all(b"GET /clients HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
         std::thread::sleep(Duration::from_millis(20));
