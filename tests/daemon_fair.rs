@@ -7,7 +7,9 @@
 //! 1 s), each from its own thread, beside one or more flooders, and asserts
 //! events: not one `offline … reason=timeout`, and the non-reading flooder's
 //! `offline reason=write-stalled` within a deadline. The neighbours' PONG
-//! round trips are printed with `-- --nocapture` (measured, not asserted).
+//! round trips are printed with `-- --nocapture` (measured, not asserted;
+//! docs/BENCHMARKS.md, "Fair shares", says how to run it against the release
+//! daemon), and so is the flood rate.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -90,28 +92,48 @@ impl Neighbours {
     }
 }
 
+/// Puts the calling thread at the lowest scheduling priority (nice 19).
+///
+/// The flooder's threads run on the same 2 cores as the daemon and the
+/// neighbours. At equal priority they take the daemon's core in
+/// scheduler slices of milliseconds, which the neighbours' round trips
+/// would then measure instead of the daemon's fairness; a real flooder's
+/// CPU is not the daemon's. At nice 19 they still take the core the daemon
+/// leaves idle, so the flood keeps the daemon busy.
+fn lowest_priority() {
+    // SAFETY: gettid and setpriority take and return plain integers; the
+    // nice value is per thread on Linux, so this changes only the caller.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    assert_eq!(rc, 0, "setpriority: {}", std::io::Error::last_os_error());
+}
+
 /// A client pipelining empty PINGs as fast as the daemon takes them; with
-/// another thread draining its PONGs. Ends
+/// another thread draining its PONGs, both at the lowest priority. Ends
 /// when `running` clears or the daemon closes the connection.
-fn flood(addr: SocketAddr, id: &str, running: Arc<AtomicBool>) -> (u64, JoinHandle<()>) {
+/// The writer thread returns how many bytes it wrote.
+fn flood(addr: SocketAddr, id: &str, running: Arc<AtomicBool>) -> (u64, JoinHandle<usize>) {
     let (c, w) = NativeClient::handshake(addr, id, "");
     let mut stream: TcpStream = c.stream;
     let mut reader = stream.try_clone().expect("cloning the flooder's socket");
     thread::spawn(move || {
+        lowest_priority();
         let mut buf = vec![0u8; 64 * 1024];
         while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
     });
     let chunk: Vec<u8> = (0..4096).flat_map(|_| frame(PING, &[])).collect();
     stream.set_write_timeout(Some(Duration::from_millis(100))).expect("write timeout");
     let t = thread::spawn(move || {
+        lowest_priority();
+        let mut written = 0;
         while running.load(Ordering::Relaxed) {
             match stream.write(&chunk) {
-                Ok(_) => {}
+                Ok(n) => written += n,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 // The daemon closed on us.
                 Err(_) => break,
             }
         }
+        written
     });
     (w.session, t)
 }
@@ -126,13 +148,14 @@ fn reading_flooders_convict_nobody(flooders: usize) {
         d.wait(ev("online").kv("session", s));
     }
     let running = Arc::new(AtomicBool::new(true));
+    let started = Instant::now();
     let floods: Vec<_> = (0..flooders).map(|i| flood(addr, &format!("flooder-{i}"), Arc::clone(&running))).collect();
     d.assert_absent_from(d.mark(), ev("offline").kv("reason", "timeout"), Duration::from_secs(3));
     neighbours.stop(&format!("{flooders} reading flooder(s)"));
     running.store(false, Ordering::Relaxed);
-    for (_, t) in floods {
-        t.join().expect("flooder thread");
-    }
+    let written: usize = floods.into_iter().map(|(_, t)| t.join().expect("flooder thread")).sum();
+    // An empty PING is its 4-byte header.
+    println!("flood: {:.0} PINGs/s in all", written as f64 / 4.0 / started.elapsed().as_secs_f64());
     d.assert_none(ev("offline").kv("reason", "timeout"));
 }
 
