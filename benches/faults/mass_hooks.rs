@@ -41,6 +41,9 @@ pub const HEALTHY: usize = 20;
 pub const FEW: usize = 8;
 /// How often each healthy client PINGs.
 const HEALTHY_EVERY: Duration = Duration::from_millis(50);
+/// The healthy clients' baseline: their round trips this long before the
+/// pull.
+const BASELINE: Duration = Duration::from_secs(2);
 /// How long each hook run sleeps, in seconds (sleep(1)'s argument).
 const HOOK_SLEEP: &str = "0.2";
 /// `daemon.hook_concurrency` in the run.
@@ -257,6 +260,13 @@ pub fn mass_loss_hooks(n: usize) -> Vec<Outcome> {
     let worst_at = during.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map_or(f64::NAN, |(at, _)| ms(*at - pulled));
     let mut rtts: Vec<f64> = during.iter().map(|(_, v)| *v).collect();
     rtts.sort_by(f64::total_cmp);
+    // The same clients in the 2 s before the pull: what the machine gives
+    // when nothing is lost, to tell the loss's cost from the load's.
+    let mut before: Vec<f64> = results
+        .iter()
+        .flat_map(|r| r.samples.iter().filter(|(at, _)| *at < pulled && pulled - *at <= BASELINE).map(|(_, v)| *v))
+        .collect();
+    before.sort_by(f64::total_cmp);
     let missed: Vec<&String> = results.iter().flat_map(|r| &r.missed).collect();
     let (p50, p99, max) = (quantile(&rtts, 0.5), quantile(&rtts, 0.99), rtts.last().copied().unwrap_or(f64::NAN));
 
@@ -267,6 +277,11 @@ pub fn mass_loss_hooks(n: usize) -> Vec<Outcome> {
     outcome.metrics.push(("healthy PONG p50 from the pull on, ms", p50));
     outcome.metrics.push(("healthy PONG p99 from the pull on, ms", p99));
     outcome.metrics.push(("healthy PONG max from the pull on, ms", max));
+    outcome.metrics.push(("healthy PONG p99 in the 2 s before the pull (2,000 PINGing), ms", quantile(&before, 0.99)));
+    outcome.metrics.push((
+        "healthy PONG max in the 2 s before the pull (2,000 PINGing), ms",
+        before.last().copied().unwrap_or(f64::NAN),
+    ));
     outcome.metrics.push(("when the max was sent, ms after the pull", worst_at));
     outcome.metrics.push(("healthy round trips measured", rtts.len() as f64));
     outcome.metrics.push(("healthy clients' false offlines (goal 0)", false_offlines as f64));
