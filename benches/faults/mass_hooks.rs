@@ -17,8 +17,10 @@
 //!   the `hook_concurrency` slots;
 //! - never more than `hook_concurrency` children at once;
 //! - no healthy client offline, none without its PONG;
-//! - the healthy clients' PONG max within [`SLACK`] (the harness's slack;
-//!   p50/p99/max are reported).
+//! - the healthy clients' PONG max during the loss (from two ticks before
+//!   the first timeout to 3 s after the mass-offline line) within [`SLACK`]
+//!   (the harness's slack); p50/p99/max are reported, and so are p99/max
+//!   of the 2 s before the pull, for the machine's own noise.
 //!
 //! The detection delay of the row is the `mass-offline` log line, counted
 //! from the first client's last PING before the pull: timeout + window.
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use heartbeatd_harness::netns::scenarios::{Outcome, TICK};
 use heartbeatd_harness::netns::{raise_nofile, Topology};
-use heartbeatd_harness::{config, ev, listener, ms, Daemon, Line, NativeClient, TempDir, PONG, SLACK};
+use heartbeatd_harness::{config, ev, listener, ms, Daemon, Line, NativeClient, TempDir, When, PONG, SLACK};
 
 /// Healthy clients on loopback in the daemon's namespace.
 pub const HEALTHY: usize = 20;
@@ -251,9 +253,14 @@ pub fn mass_loss_hooks(n: usize) -> Vec<Outcome> {
         None => outcome.missing(format!("no mass-offline line:\n{}", d.log_text())),
     }
 
+    // The loss: from a tick before the first timeout (the 2,000 closes,
+    // the guard's window, the mass-offline line, the hook runs) to the end.
+    let loss_from = d
+        .find(When("the first offline on `mass`", |l: &Line| l.is("offline") && l.get("listener") == Some("mass")))
+        .map_or(pulled, |l| l.at.checked_sub(TICK * 2).unwrap_or(l.at));
     let during: Vec<(Instant, f64)> = results
         .iter()
-        .flat_map(|r| r.samples.iter().filter(|(at, _)| *at >= pulled && *at <= measured_until).copied())
+        .flat_map(|r| r.samples.iter().filter(|(at, _)| *at >= loss_from && *at <= measured_until).copied())
         .collect();
     // When the slowest round trip was sent, from the pull: the timeouts
     // fall at about `timeout`, the mass-offline run at `timeout + window`.
@@ -274,9 +281,9 @@ pub fn mass_loss_hooks(n: usize) -> Vec<Outcome> {
     outcome.metrics.push(("offline hook runs for pulled clients (goal 0)", hooks.offline_runs as f64));
     outcome.metrics.push(("offline hook runs for the closing clients (goal 8)", hooks.few_runs as f64));
     outcome.metrics.push(("most hook children at once (hook_concurrency 4)", hooks.max_alive as f64));
-    outcome.metrics.push(("healthy PONG p50 from the pull on, ms", p50));
-    outcome.metrics.push(("healthy PONG p99 from the pull on, ms", p99));
-    outcome.metrics.push(("healthy PONG max from the pull on, ms", max));
+    outcome.metrics.push(("healthy PONG p50 during the loss, ms", p50));
+    outcome.metrics.push(("healthy PONG p99 during the loss, ms", p99));
+    outcome.metrics.push(("healthy PONG max during the loss, ms", max));
     outcome.metrics.push(("healthy PONG p99 in the 2 s before the pull (2,000 PINGing), ms", quantile(&before, 0.99)));
     outcome.metrics.push((
         "healthy PONG max in the 2 s before the pull (2,000 PINGing), ms",
@@ -291,9 +298,21 @@ pub fn mass_loss_hooks(n: usize) -> Vec<Outcome> {
         hooks.mass_runs, hooks.mass_ids, hooks.offline_runs, hooks.other_runs, hooks.unfinished, hooks.max_alive
     ));
     outcome.notes.push(format!(
-        "healthy PONGs from the pull on: {} round trips, p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
+        "healthy PONGs during the loss: {} round trips, p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
         rtts.len()
     ));
+    eprintln!(
+        "7h run: mass-offline runs {}, offline runs (pulled) {}, (closing) {}, max children {}, healthy PONG \
+         p50/p99/max {p50:.2}/{p99:.2}/{max:.2} ms over {} round trips (max at {worst_at:.0} ms after the pull), \
+         2 s before the pull p99/max {:.2}/{:.2} ms, false offlines {false_offlines}",
+        hooks.mass_runs,
+        hooks.offline_runs,
+        hooks.few_runs,
+        hooks.max_alive,
+        rtts.len(),
+        quantile(&before, 0.99),
+        before.last().copied().unwrap_or(f64::NAN)
+    );
     if mass_offlines != n {
         outcome.problems.push(format!("{mass_offlines} offline lines on `mass`, expected {n}"));
     }
