@@ -24,6 +24,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod mass_hooks;
+
 use heartbeatd_harness::netns::{
     self,
     scenarios::{self, KernelDefaults, Outcome},
@@ -43,6 +45,10 @@ fn mass_loss() -> Vec<Outcome> {
     scenarios::mass_loss(scenarios::MASS_CLIENTS)
 }
 
+fn mass_loss_hooks() -> Vec<Outcome> {
+    mass_hooks::mass_loss_hooks(scenarios::MASS_CLIENTS)
+}
+
 const FAULTS: &[Fault] = &[
     Fault { number: "1", name: "cable pulled", run: scenarios::cable_pulled },
     Fault { number: "2", name: "keepalive only", run: scenarios::keepalive_only },
@@ -51,6 +57,7 @@ const FAULTS: &[Fault] = &[
     Fault { number: "5", name: "hung process", run: scenarios::frozen },
     Fault { number: "6", name: "killed process", run: scenarios::killed },
     Fault { number: "7", name: "mass loss", run: mass_loss },
+    Fault { number: "7h", name: "mass loss with a hook", run: mass_loss_hooks },
     Fault { number: "8", name: "daemon side (agents)", run: scenarios::daemon_side },
     Fault { number: "9", name: "fd exhaustion", run: scenarios::fd_exhaustion },
 ];
