@@ -8,34 +8,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use heartbeatd_harness::http::{http_addr, with_http};
-use heartbeatd_harness::{bin, config, native, Daemon, DEADLINE};
-
-/// Runs `heartbeat args…` to completion, failing the test if it does not
-/// exit within [`DEADLINE`].
-fn heartbeat(args: &[&str]) -> Output {
-    let mut child = Command::new(bin("heartbeat"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn heartbeat");
-    let deadline = Instant::now() + DEADLINE;
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!("heartbeat {args:?} did not exit within {DEADLINE:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("output")
-}
+use heartbeatd_harness::{bin, config, native, run_agent, Daemon, DEADLINE};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -62,21 +40,21 @@ fn dead_port() -> SocketAddr {
 #[test]
 fn every_subcommand_takes_server_and_http_is_a_hidden_alias() {
     for sub in ["run", "check", "status", "watch"] {
-        let out = heartbeat(&[sub, "--help"]);
+        let out = run_agent(&[sub, "--help"]);
         let help = String::from_utf8_lossy(&out.stdout);
         assert!(help.contains("-s, --server <HOST:PORT>"), "{sub} --help:\n{help}");
         assert!(!help.contains("--http"), "{sub} --help advertises --http:\n{help}");
     }
-    let help = String::from_utf8_lossy(&heartbeat(&["status", "--help"]).stdout).into_owned();
+    let help = String::from_utf8_lossy(&run_agent(&["status", "--help"]).stdout).into_owned();
     assert!(help.contains("[http]") && help.contains("127.0.0.1:7780"), "{help}");
 
     let daemon = daemon_with_http();
     let api = http_addr(&daemon).to_string();
     for spelling in ["--server", "-s", "--http"] {
-        let out = heartbeat(&["status", spelling, &api]);
+        let out = run_agent(&["status", spelling, &api]);
         assert!(out.status.success(), "status {spelling} {api}: {}", stderr(&out));
         assert!(String::from_utf8_lossy(&out.stdout).contains("0 online"), "{spelling}");
-        let out = heartbeat(&["watch", spelling, &api, "--count", "0"]);
+        let out = run_agent(&["watch", spelling, &api, "--count", "0"]);
         assert!(out.status.success(), "watch {spelling} {api}: {}", stderr(&out));
     }
 }
@@ -92,7 +70,7 @@ fn status_against_a_frozen_daemon_says_it_timed_out() {
     let api = http_addr(&daemon).to_string();
     daemon.signal(libc::SIGSTOP);
     let started = Instant::now();
-    let out = heartbeat(&["status", "--server", &api, "--timeout", "500ms"]);
+    let out = run_agent(&["status", "--server", &api, "--timeout", "500ms"]);
     let took = started.elapsed();
     daemon.signal(libc::SIGCONT);
     let err = stderr(&out);
@@ -110,7 +88,7 @@ fn status_against_a_frozen_daemon_says_it_timed_out() {
 fn status_at_the_heartbeat_port_says_which_port_is_which() {
     let daemon = daemon_with_http();
     let heartbeat_port = daemon.addr("main").to_string();
-    let out = heartbeat(&["status", "--server", &heartbeat_port, "--timeout", "2s"]);
+    let out = run_agent(&["status", "--server", &heartbeat_port, "--timeout", "2s"]);
     let err = stderr(&out);
     println!("status at the heartbeat port: {err}");
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -131,7 +109,7 @@ fn status_at_a_non_http_port_says_it_is_not_http() {
         let _ = stream.read(&mut buf);
         let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.2\r\n");
     });
-    let out = heartbeat(&["status", "--server", &addr, "--timeout", "2s"]);
+    let out = run_agent(&["status", "--server", &addr, "--timeout", "2s"]);
     // If heartbeat never connected, this connection ends the accept, so the
     // test fails on its assertions instead of hanging.
     let _ = TcpStream::connect(&addr);
@@ -148,7 +126,7 @@ fn status_at_a_non_http_port_says_it_is_not_http() {
 /// is a usage error, not silently ignored.
 #[test]
 fn watch_rejects_a_non_integer_last_event_id() {
-    let out = heartbeat(&["watch", "--server", &dead_port().to_string(), "--last-event-id", "abc"]);
+    let out = run_agent(&["watch", "--server", &dead_port().to_string(), "--last-event-id", "abc"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--last-event-id") && err.contains("integer"), "{err}");
@@ -169,14 +147,14 @@ fn run_with_invalid_arguments_exits_2_before_starting() {
     for (args, names) in cases {
         let mut all = vec!["run"];
         all.extend_from_slice(args);
-        let out = heartbeat(&all);
+        let out = run_agent(&all);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "run {args:?}: {err}");
         assert!(!err.contains("starting"), "run {args:?} started before checking: {err}");
         assert!(err.contains(names), "run {args:?} does not name {names}: {err}");
         assert!(err.contains("heartbeat run --help"), "run {args:?}: {err}");
     }
-    let help = String::from_utf8_lossy(&heartbeat(&["run", "--help"]).stdout).into_owned();
+    let help = String::from_utf8_lossy(&run_agent(&["run", "--help"]).stdout).into_owned();
     assert!(help.contains("2 for invalid arguments"), "{help}");
 }
 
@@ -240,11 +218,11 @@ fn log_lines_have_fixed_width_stamps_and_say_protocol() {
 fn a_fatal_refusal_exits_78() {
     let daemon = Daemon::start(&config("20ms", "", &[native("main", "tokens = [\"s3cret\"]\n")]));
     let server = daemon.addr("main").to_string();
-    let out = heartbeat(&["run", "--server", &server, "--id", "no-token"]);
+    let out = run_agent(&["run", "--server", &server, "--id", "no-token"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(err.contains("authentication failed"), "{err}");
-    let help = String::from_utf8_lossy(&heartbeat(&["run", "--help"]).stdout).into_owned();
+    let help = String::from_utf8_lossy(&run_agent(&["run", "--help"]).stdout).into_owned();
     assert!(help.contains("78 if the daemon refused the agent for good"), "{help}");
 }
 
@@ -256,7 +234,7 @@ fn a_fifo_token_file_is_refused_at_once() {
     let fifo = dir.path().join("token");
     let status = Command::new("mkfifo").arg(&fifo).status().expect("running mkfifo");
     assert!(status.success(), "mkfifo {}: {status}", fifo.display());
-    let out = heartbeat(&[
+    let out = run_agent(&[
         "check",
         "--server",
         &dead_port().to_string(),

@@ -67,27 +67,6 @@ fn curl(api: SocketAddr, path: &str, ca: &CertFiles, extra: &[&str]) -> (Output,
     (out.clone(), code, body.to_owned())
 }
 
-/// Runs `heartbeat args…` to completion within [`DEADLINE`].
-fn heartbeat(args: &[&str]) -> Output {
-    let mut child = Command::new(bin("heartbeat"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn heartbeat");
-    let deadline = Instant::now() + DEADLINE;
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!("heartbeat {args:?} did not exit within {DEADLINE:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("output")
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -163,22 +142,22 @@ fn heartbeat_status_speaks_https_with_ca_and_token() {
     let token = t.d.dir.join("api.token");
     let token = token.to_str().expect("utf-8");
 
-    let out = heartbeat(&["status", "--server", &api, "--tls", "--ca", ca, "--token-file", token, "--json"]);
+    let out = run_agent(&["status", "--server", &api, "--tls", "--ca", ca, "--token-file", token, "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("status --json");
     assert_eq!(list.len(), 1, "{}", text(&out.stdout));
     assert_eq!(list[0]["id"], "dev-1");
 
-    let out = heartbeat(&["status", "--server", &api, "--tls", "--ca", ca]);
+    let out = run_agent(&["status", "--server", &api, "--tls", "--ca", ca]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("HTTP 401") && text(&out.stderr).contains("https://"), "{}", text(&out.stderr));
 
     // Plain HTTP to the HTTPS port: a failure that says it is not HTTP.
-    let out = heartbeat(&["status", "--server", &api, "--token-file", token, "--timeout", "2s"]);
+    let out = run_agent(&["status", "--server", &api, "--token-file", token, "--timeout", "2s"]);
     assert!(!out.status.success(), "{}", text(&out.stdout));
 
     // --ca without --tls is a usage error.
-    let out = heartbeat(&["status", "--server", &api, "--ca", ca]);
+    let out = run_agent(&["status", "--server", &api, "--ca", ca]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
 

@@ -30,9 +30,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use heartbeatd_harness::netns::scenarios::{Outcome, TICK};
+use heartbeatd_harness::netns::scenarios::{count, mass_online, Outcome, TICK};
 use heartbeatd_harness::netns::{raise_nofile, Topology};
-use heartbeatd_harness::{config, ev, listener, ms, Daemon, Line, NativeClient, TempDir, When, PONG, SLACK};
+use heartbeatd_harness::{config, ev, listener, ms, Line, NativeClient, TempDir, When, PONG, SLACK};
 
 /// Healthy clients on loopback in the daemon's namespace.
 pub const HEALTHY: usize = 20;
@@ -160,11 +160,6 @@ fn read_hook_log(text: &str) -> HookLog {
     log
 }
 
-/// Lines of `d` that are `event` on `listener`.
-fn count(d: &Daemon, event: &str, listener: &str) -> usize {
-    d.lines().iter().filter(|l: &&Line| l.is(event) && l.get("listener") == Some(listener)).count()
-}
-
 /// Fault 7h. `n` clients lose their cable with a hook on `offline` and
 /// `mass-offline` configured; [`HEALTHY`] loopback clients keep PINGing.
 pub fn mass_loss_hooks(n: usize) -> Vec<Outcome> {
@@ -206,22 +201,7 @@ pub fn mass_loss_hooks(n: usize) -> Vec<Outcome> {
         })
         .collect();
 
-    let mut clients: Vec<NativeClient> =
-        topo.clients[0].run(|| (0..n).map(|_| NativeClient::connect(mass_addr)).collect());
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.hello(&format!("mass-{i}"), "");
-    }
-    // Keep everyone alive while the daemon brings them all online.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last_round = Instant::now();
-    while count(&d, "online", "mass") < n {
-        assert!(Instant::now() < deadline, "only {} of {n} clients online after 60 s", count(&d, "online", "mass"));
-        if last_round.elapsed() >= INTERVAL / 2 {
-            clients.iter_mut().for_each(|c| c.ping(b"keep"));
-            last_round = Instant::now();
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    let mut clients = mass_online(&d, &topo.clients[0], mass_addr, n, INTERVAL);
     for c in clients.iter_mut() {
         c.ping(b"last");
     }

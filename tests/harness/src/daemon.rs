@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
 use std::thread;
@@ -61,14 +61,26 @@ pub fn listener(name: &str, protocol: &str, address: impl std::fmt::Display, ext
 /// Runs the daemon binary with `args` to completion (for `--check-config`,
 /// `--version`), failing the test if it does not exit within [`DEADLINE`].
 pub fn run_cli(args: &[&str]) -> Output {
-    let bin = daemon_bin();
-    let mut child = Command::new(bin)
+    run_to_end(daemon_bin(), args)
+}
+
+/// Runs the `heartbeat` agent with `args` to completion (`status`, `check`,
+/// `watch` with an end), failing the test if it does not exit within
+/// [`DEADLINE`].
+pub fn run_agent(args: &[&str]) -> Output {
+    run_to_end(&crate::bin("heartbeat"), args)
+}
+
+/// Runs `program args…` with stdin closed to completion, failing the test
+/// with its output if it does not exit within [`DEADLINE`].
+fn run_to_end(program: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawning {} {args:?}: {e}", bin.display()));
+        .unwrap_or_else(|e| panic!("spawning {} {args:?}: {e}", program.display()));
     let deadline = Instant::now() + DEADLINE;
     loop {
         match child.try_wait() {
@@ -78,13 +90,13 @@ pub fn run_cli(args: &[&str]) -> Output {
                 let out = child.wait_with_output().expect("collecting output of a killed child");
                 panic!(
                     "{} {args:?} did not exit within {DEADLINE:?}\nstdout: {}\nstderr: {}",
-                    bin.display(),
+                    program.display(),
                     String::from_utf8_lossy(&out.stdout),
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
             Ok(None) => thread::sleep(Duration::from_millis(10)),
-            Err(e) => panic!("waiting for {} {args:?}: {e}", bin.display()),
+            Err(e) => panic!("waiting for {} {args:?}: {e}", program.display()),
         }
     }
     child.wait_with_output().expect("collecting the child's output")

@@ -52,7 +52,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 pub use audit::{ms, signed_ms, Audit};
-pub use daemon::{config, legacy, listener, native, raw, reap, run_cli, Daemon};
+pub use daemon::{config, legacy, listener, native, raw, reap, run_agent, run_cli, Daemon};
 pub use log::{ev, message_of, parse_logfmt, Ev, Line, Pred, When};
 pub use native::*;
 pub use proc::{cpu_ticks, limit_open_files, Output, Proc};

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{helper_command, instant_of, tcp_ext, Topology, HELPER_PREFIX};
+use super::{helper_command, instant_of, tcp_ext, Netns, Topology, HELPER_PREFIX};
 use crate::{
     config, ev, frame, listener, ms, signed_ms, Audit, Daemon, End, Line, NativeClient, Output, PlainClient, Proc,
     When, PING, PONG, SLACK,
@@ -636,8 +636,29 @@ fn monitor(mut c: NativeClient, stop: Arc<AtomicBool>) -> MonitorStats {
 }
 
 /// Counts the lines of `d` matching `event` on `listener`.
-fn count(d: &Daemon, event: &str, listener: &str) -> usize {
+pub fn count(d: &Daemon, event: &str, listener: &str) -> usize {
     d.lines().iter().filter(|l| l.is(event) && l.get("listener") == Some(listener)).count()
+}
+
+/// Connects `n` native clients from `ns` to the `mass` listener at `addr`
+/// as `mass-0`, `mass-1`, …, and keeps them PINGing every half `interval`
+/// until the daemon has logged all `n` online (60 s at most).
+pub fn mass_online(d: &Daemon, ns: &Netns, addr: SocketAddr, n: usize, interval: Duration) -> Vec<NativeClient> {
+    let mut clients: Vec<NativeClient> = ns.run(|| (0..n).map(|_| NativeClient::connect(addr)).collect());
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.hello(&format!("mass-{i}"), "");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last_round = Instant::now();
+    while count(d, "online", "mass") < n {
+        assert!(Instant::now() < deadline, "only {} of {n} clients online after 60 s", count(d, "online", "mass"));
+        if last_round.elapsed() >= interval / 2 {
+            clients.iter_mut().for_each(|c| c.ping(b"keep"));
+            last_round = Instant::now();
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    clients
 }
 
 /// Fault 7. Mass loss: `n` clients behind one link that goes down together →
@@ -659,22 +680,7 @@ pub fn mass_loss(n: usize) -> Vec<Outcome> {
     let watcher = thread::spawn(move || monitor(steady, stop2));
 
     let connect_started = Instant::now();
-    let mut clients: Vec<NativeClient> =
-        topo.clients[0].run(|| (0..n).map(|_| NativeClient::connect(mass_addr)).collect());
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.hello(&format!("mass-{i}"), "");
-    }
-    // Keep everyone alive while the daemon brings them all online.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last_round = Instant::now();
-    while count(&d, "online", "mass") < n {
-        assert!(Instant::now() < deadline, "only {} of {n} clients online after 60 s", count(&d, "online", "mass"));
-        if last_round.elapsed() >= MASS_INTERVAL / 2 {
-            clients.iter_mut().for_each(|c| c.ping(b"keep"));
-            last_round = Instant::now();
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    let mut clients = mass_online(&d, &topo.clients[0], mass_addr, n, MASS_INTERVAL);
     let online_after = connect_started.elapsed();
     // The last frame of each, then the link goes down under all of them.
     let mut last_sent = Vec::with_capacity(n);
