@@ -266,13 +266,26 @@ fn check_config_warns_about_what_is_open_to_the_network_and_still_accepts_it() {
     assert!(warnings[2].contains("status API") && warnings[2].contains("http.token_file"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
 
-    // Closed again: per-id tokens on the wide listener, a token on the API.
+    // Per-id tokens on the wide listener, a token on the API: the token
+    // would still cross the network in clear, which is the one warning left.
     dir.write("tokens", &bind("dev-1", "dev-1-s3cret"));
     dir.write("api-token", "api-s3cret\n");
     let closed =
         config("100ms", "", &[listener("wide", "native", "0.0.0.0:0", &format!("{SLOW}tokens_file = \"tokens\""))]);
-    let path =
-        dir.write("closed.toml", &format!("{closed}\n[http]\naddress = \"0.0.0.0:0\"\ntoken_file = \"api-token\"\n"));
+    let http = "[http]\naddress = \"0.0.0.0:0\"\ntoken_file = \"api-token\"\n";
+    let path = dir.write("tokened.toml", &format!("{closed}\n{http}"));
+    let out = run_cli(&["--check-config", "--config", path.to_str().expect("a UTF-8 path")]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("heartbeatd: warning: ")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(warnings[0].contains("status API") && warnings[0].contains("[http.tls]"), "{err}");
+
+    // Closed: the API over HTTPS too.
+    let pki = Pki::new(dir.path());
+    let server = pki.server(&pki.ca("ca"), "server");
+    let tls = format!("[http.tls]\ncert = {:?}\nkey = {:?}\n", server.cert, server.key);
+    let path = dir.write("closed.toml", &format!("{closed}\n{http}\n{tls}"));
     let out = run_cli(&["--check-config", "--config", path.to_str().expect("a UTF-8 path")]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{out:?}");
