@@ -396,3 +396,67 @@ fn library_rejects_an_invalid_config() {
     let err = client::start(AgentConfig::new("no-port", "ok")).err().expect("invalid server");
     assert!(err.to_string().contains("HOST:PORT"), "{err}");
 }
+
+/// `heartbeat run … 2>&1 | slow-reader`: lines the agent queued while its
+/// stderr pipe was full still reach the reader when it stops on SIGTERM,
+/// its last `stopped` line among them (the agent flushes at exit, up to
+/// 1 s), rather than dying with the queue.
+#[test]
+fn agent_lines_queued_behind_a_full_stderr_are_written_at_exit() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::process::Stdio;
+
+    let daemon = start_daemon(&main_listener("127.0.0.1:0", Duration::from_millis(20), "", ""));
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0, "pipe2");
+    // SAFETY: both descriptors were just created and are owned here only.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The smallest pipe (a page), so a few dozen debug lines fill it.
+    // SAFETY: fcntl on a descriptor owned here, with an integer argument.
+    let size = unsafe { libc::fcntl(fds[0], libc::F_SETPIPE_SZ, 4096) };
+    assert!(size > 0, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+    let mut child = Command::new(bin("heartbeat"))
+        .args(["run", "--server", &address(&daemon), "--id", "piped", "--log-level", "debug"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(write_end))
+        .spawn()
+        .expect("spawning heartbeat run");
+    daemon.wait(heartbeatd_harness::ev("online").kv("client", "piped"));
+    // Nearly full once FIONREAD says the pipe holds all but 256 bytes (a
+    // line is written whole or not at all, so the pipe may never hold
+    // exactly its size); the next 100 ms of lines (a ping and a pong every
+    // 20 ms, some 600 bytes) cannot all fit, and wait in the agent's queue.
+    let deadline = Instant::now() + SOON;
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD stores an int through the pointer it is given.
+        assert_eq!(unsafe { libc::ioctl(fds[0], libc::FIONREAD, &mut queued) }, 0, "FIONREAD");
+        if queued >= size - 256 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent's stderr pipe did not fill ({queued} of {size} bytes)");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Lines queue behind the full pipe for a while, then the agent stops.
+    let queued_from = Instant::now();
+    while queued_from.elapsed() < Duration::from_millis(100) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill with our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0, "kill");
+    // The reader comes back a little later: by then an agent that does not
+    // flush at exit is gone with its queue; one that does is still waiting.
+    let signalled = Instant::now();
+    while signalled.elapsed() < Duration::from_millis(300) && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut text = String::new();
+    std::fs::File::from(read_end).read_to_string(&mut text).expect("reading the agent's stderr");
+    let status = child.wait().expect("waiting for heartbeat run");
+    assert!(status.success(), "{status:?}\n{text}");
+    assert!(text.contains("stopping signal=15"), "no `stopping` line:\n{text}");
+    assert!(text.lines().last().is_some_and(|l| l.contains("stopped ") && l.contains("id=piped")), "{text}");
+}

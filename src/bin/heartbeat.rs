@@ -28,7 +28,14 @@ use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => {
+            let code = run(args);
+            // Lines queued behind a full stderr (a slow reader of `heartbeat
+            // run 2>&1 | …`) go out before the process ends, up to
+            // logging::EXIT_WAIT, its last `stopped` line among them.
+            logging::finish();
+            code
+        }
         Command::Check(args) => check(args),
         Command::Status(args) => status(args),
         Command::Watch(args) => watch(args),
