@@ -140,12 +140,28 @@ impl Conn {
         self.extra.as_ref().is_some_and(|e| !e.queue.is_empty())
     }
 
-    /// The TLS state, on a TLS listener.
     /// True when the connection runs over TLS.
     pub fn is_tls(&self) -> bool {
         self.tls().is_some()
     }
 
+    /// Ends the TLS stream of a connection that is closing with a
+    /// `close_notify` alert, after all earlier output, so the client can
+    /// tell the end from a truncation (a client that checks treats a bare
+    /// FIN as an attack). Only once the handshake is complete: before, the
+    /// handshake's own alert says why. Best effort, as the connection is
+    /// closing: what the socket does not take is queued like any output,
+    /// and a failed write changes nothing. Plain connections: nothing.
+    pub fn close_notify(&mut self) {
+        let mut alert = Vec::new();
+        match self.extra.as_mut().and_then(|e| e.tls.as_mut()) {
+            Some(tls) if !tls.is_handshaking() => tls.close(&mut alert),
+            _ => return,
+        }
+        self.write_out(Next::Continue, &mut alert);
+    }
+
+    /// The TLS state, on a TLS listener.
     fn tls(&self) -> Option<&Tls> {
         self.extra.as_ref().and_then(|e| e.tls.as_ref())
     }

@@ -325,3 +325,20 @@ fn a_reload_with_a_broken_certificate_keeps_the_running_one() {
     kept.wait_from(pongs + 3, ev("pong"), DEADLINE);
     t.d.assert_none(ev("offline").kv("client", "kept"));
 }
+
+/// The daemon ends a TLS connection with a `close_notify` alert, so the
+/// client can tell the end from a truncation: Python's `ssl` reads a clean
+/// end (`recv` gives b"") rather than `UNEXPECTED_EOF_WHILE_READING`. Here
+/// for a client replaced by a newer HELLO of its id (ERROR 6, then close).
+#[test]
+fn a_tls_connection_the_daemon_ends_ends_with_close_notify() {
+    let t = start("", None);
+    let first = py_client(t.d.addr("main"), &t.ca, None, "twin", 50);
+    first.wait_next(ev("welcome"), DEADLINE);
+    t.d.wait(ev("online").kv("client", "twin"));
+    let second = py_client(t.d.addr("main"), &t.ca, None, "twin", 50);
+    second.wait_next(ev("welcome"), DEADLINE);
+    first.wait_next(ev("error").kv("code", 6), DEADLINE);
+    let end = first.wait_next(When("tls-error or closed", |l: &Line| l.is("tls-error") || l.is("closed")), DEADLINE);
+    assert!(end.is("closed"), "the replaced client saw no close_notify: {}", end.text);
+}

@@ -932,6 +932,11 @@ impl Server {
                 self.per_address.remove(&ip);
             }
         }
+        // A socket that failed (reset, retransmissions unacknowledged, an
+        // error) takes no alert; any other end is announced over TLS.
+        if !matches!(reason, OfflineReason::Reset | OfflineReason::TcpTimeout | OfflineReason::Error) {
+            slot.conn.close_notify();
+        }
         // While stopping, a BYE that did not fit the socket buffer gets the
         // rest of the grace period to drain.
         if self.stop_by.is_some() && slot.conn.wants_write() {

@@ -174,7 +174,7 @@ def frame(s):
     return ty, read_exact(s, length)
 try:
     raw = socket.create_connection((host, int(port)))
-    s = ctx.wrap_socket(raw, server_hostname="localhost")
+    s = ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
     say("handshake version=%s" % s.version())
     idb = ident.encode()
     s.sendall(struct.pack(">BBH", 1, 0, 3 + len(idb)) + bytes([1, len(idb)]) + idb + bytes([0]))
