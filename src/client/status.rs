@@ -284,22 +284,7 @@ pub fn presence_table(clients: &[PresenceView], now: SystemTime) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[&str]| {
-        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(padded.join("  ").trim_end());
-        out.push('\n');
-    };
-    line(&header);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str));
-    }
+    let mut out = columns(&header, &rows);
     let online = clients.iter().filter(|c| c.state == "online").count();
     let expected = clients.iter().filter(|c| c.expected).count();
     let missing = clients.iter().filter(|c| c.expected && c.state != "online").count();
@@ -355,6 +340,28 @@ pub fn follow(
     Ok(())
 }
 
+/// `header` and `rows` as left-aligned columns two spaces apart, one line
+/// each, without trailing blanks.
+fn columns<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header);
+    for row in rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    out
+}
+
 /// The `heartbeat status` table: one row per client.
 pub fn table(clients: &[ClientView], now: SystemTime) -> String {
     let header = ["ID", "PEER", "LISTENER", "PROTO", "SESSION", "ONLINE FOR", "LAST SEEN", "RTT"];
@@ -375,22 +382,7 @@ pub fn table(clients: &[ClientView], now: SystemTime) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[&str]| {
-        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(padded.join("  ").trim_end());
-        out.push('\n');
-    };
-    line(&header);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str));
-    }
+    let mut out = columns(&header, &rows);
     out.push_str(&format!("{} online\n", clients.len()));
     out
 }
