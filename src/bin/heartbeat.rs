@@ -53,32 +53,27 @@ fn status(args: StatusArgs) -> ExitCode {
     if args.all {
         return status_all(&args, &api, token.as_deref());
     }
-    match client::status::clients(&api, args.listener.as_deref(), args.timeout, token.as_deref()) {
-        Ok(clients) if args.json => match serde_json::to_string_pretty(&clients) {
-            Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("heartbeat: encoding JSON: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Ok(clients) => {
-            print!("{}", client::status::table(&clients, SystemTime::now()));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("heartbeat: reading {api}/clients: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let clients = client::status::clients(&api, args.listener.as_deref(), args.timeout, token.as_deref());
+    print_reply(clients, args.json, client::status::table, &format!("{api}/clients"))
 }
 
 /// `heartbeat status --all`: online and expected clients with their state.
 fn status_all(args: &StatusArgs, api: &client::status::Endpoint, token: Option<&str>) -> ExitCode {
-    match client::status::presence(api, args.listener.as_deref(), args.timeout, token) {
-        Ok(clients) if args.json => match serde_json::to_string_pretty(&clients) {
+    let clients = client::status::presence(api, args.listener.as_deref(), args.timeout, token);
+    print_reply(clients, args.json, client::status::presence_table, &format!("{api}/clients?state=all"))
+}
+
+/// Prints what `heartbeat status` read: pretty JSON with `--json`, else
+/// the `table` of it at the current time; a reply that could not be read
+/// from `what` is an error exit.
+fn print_reply<T: serde::Serialize>(
+    reply: Result<Vec<T>, client::status::StatusError>,
+    json: bool,
+    table: fn(&[T], SystemTime) -> String,
+    what: &str,
+) -> ExitCode {
+    match reply {
+        Ok(clients) if json => match serde_json::to_string_pretty(&clients) {
             Ok(json) => {
                 println!("{json}");
                 ExitCode::SUCCESS
@@ -89,11 +84,11 @@ fn status_all(args: &StatusArgs, api: &client::status::Endpoint, token: Option<&
             }
         },
         Ok(clients) => {
-            print!("{}", client::status::presence_table(&clients, SystemTime::now()));
+            print!("{}", table(&clients, SystemTime::now()));
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("heartbeat: reading {api}/clients?state=all: {e}");
+            eprintln!("heartbeat: reading {what}: {e}");
             ExitCode::FAILURE
         }
     }
