@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::span::Source;
+use super::span::{Source, Table};
 use super::{ConfigError, ListenerConfig};
 use crate::event::OfflineReason;
 
@@ -170,12 +170,12 @@ pub(super) fn hooks(
     let mut out = Vec::new();
     for (position, raw) in tables.into_inner().into_iter().enumerate() {
         let number = numbers.entry(source.file_index(raw.span().start)).or_insert(0);
-        let ctx = HookSource { source, prefix: format!("hook[{number}]") };
+        let ctx = HookSource { table: Table { source, prefix: format!("hook[{number}]") } };
         *number += 1;
         let span = raw.span();
         let hook = ctx.hook(raw.into_inner(), &span, position, listeners)?;
         if let Some(first) = names.insert(hook.name.clone(), span.start) {
-            return Err(ctx.error_at(
+            return Err(ctx.table.error_at(
                 span,
                 "name",
                 format!("duplicate hook name {:?}: already used by the hook {}", hook.name, source.place(first, first)),
@@ -188,23 +188,11 @@ pub(super) fn hooks(
 
 /// Validates one `[[hook]]` table.
 struct HookSource<'a> {
-    source: &'a Source<'a>,
-    prefix: String,
+    /// `hook[i]`.
+    table: Table<'a>,
 }
 
 impl HookSource<'_> {
-    fn key(&self, field: &str) -> String {
-        format!("{}.{field}", self.prefix)
-    }
-
-    fn at<T>(&self, value: &Spanned<T>, field: &str, message: String) -> ConfigError {
-        self.source.at(value, &self.key(field), message)
-    }
-
-    fn error_at(&self, span: Range<usize>, field: &str, message: String) -> ConfigError {
-        self.source.error(Some(span), Some(self.key(field)), message)
-    }
-
     fn hook(
         &self,
         raw: RawHook,
@@ -221,8 +209,12 @@ impl HookSource<'_> {
         let listeners = self.listeners(raw.listeners.as_ref(), listeners)?;
         let reasons = self.reasons(raw.reasons.as_ref(), &events)?;
         let clients = self.strings(raw.clients.as_ref(), "clients")?;
-        let timeout =
-            self.source.duration_in(raw.timeout.as_ref(), &self.key("timeout"), HOOK_TIMEOUT, DEFAULT_HOOK_TIMEOUT)?;
+        let timeout = self.table.source.duration_in(
+            raw.timeout.as_ref(),
+            &self.table.key("timeout"),
+            HOOK_TIMEOUT,
+            DEFAULT_HOOK_TIMEOUT,
+        )?;
         Ok(HookConfig { name, events, listeners, reasons, clients, command, timeout })
     }
 
@@ -231,7 +223,7 @@ impl HookSource<'_> {
         let ok = (1..=MAX_NAME_LEN).contains(&text.chars().count())
             && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if !ok {
-            return Err(self.at(
+            return Err(self.table.at(
                 name,
                 "name",
                 format!("{text:?} is not a hook name: 1..=64 characters from A-Z a-z 0-9 _ . -"),
@@ -246,7 +238,7 @@ impl HookSource<'_> {
         span: &Range<usize>,
     ) -> Result<Vec<HookEvent>, ConfigError> {
         let Some(list) = raw.filter(|l| !l.get_ref().is_empty()) else {
-            return Err(self.error_at(
+            return Err(self.table.error_at(
                 raw.map_or(span.clone(), Spanned::span),
                 "events",
                 "required: the events to run for, e.g. [\"offline\"] (online, offline, mass-offline, missing)".into(),
@@ -254,9 +246,9 @@ impl HookSource<'_> {
         };
         let mut events = Vec::new();
         for value in list.get_ref() {
-            let event: HookEvent = value.get_ref().parse().map_err(|e| self.at(value, "events", e))?;
+            let event: HookEvent = value.get_ref().parse().map_err(|e| self.table.at(value, "events", e))?;
             if events.contains(&event) {
-                return Err(self.at(value, "events", format!("{event} is listed twice")));
+                return Err(self.table.at(value, "events", format!("{event} is listed twice")));
             }
             events.push(event);
         }
@@ -269,7 +261,7 @@ impl HookSource<'_> {
         span: &Range<usize>,
     ) -> Result<Vec<String>, ConfigError> {
         let Some(list) = raw.filter(|l| !l.get_ref().is_empty()) else {
-            return Err(self.error_at(
+            return Err(self.table.error_at(
                 raw.map_or(span.clone(), Spanned::span),
                 "command",
                 "required: the program and its arguments, e.g. [\"/usr/local/bin/page\", \"--team\", \"ops\"] \
@@ -279,14 +271,14 @@ impl HookSource<'_> {
         };
         let program = &list.get_ref()[0];
         if !program.get_ref().starts_with('/') {
-            return Err(self.at(
+            return Err(self.table.at(
                 program,
                 "command",
                 format!("{:?} is not an absolute path: hooks run without a shell or PATH search", program.get_ref()),
             ));
         }
         if let Some(bad) = list.get_ref().iter().find(|a| a.get_ref().contains('\0')) {
-            return Err(self.at(bad, "command", "an argument contains a NUL byte".into()));
+            return Err(self.table.at(bad, "command", "an argument contains a NUL byte".into()));
         }
         Ok(list.get_ref().iter().map(|a| a.get_ref().clone()).collect())
     }
@@ -299,7 +291,7 @@ impl HookSource<'_> {
         let Some(list) = raw else { return Ok(Vec::new()) };
         for value in list.get_ref() {
             if !known.iter().any(|l| &l.name == value.get_ref()) {
-                return Err(self.at(value, "listeners", format!("no listener is named {:?}", value.get_ref())));
+                return Err(self.table.at(value, "listeners", format!("no listener is named {:?}", value.get_ref())));
             }
         }
         Ok(list.get_ref().iter().map(|v| v.get_ref().clone()).collect())
@@ -312,14 +304,18 @@ impl HookSource<'_> {
     ) -> Result<Vec<OfflineReason>, ConfigError> {
         let Some(list) = raw else { return Ok(Vec::new()) };
         if !list.get_ref().is_empty() && !events.contains(&HookEvent::Offline) {
-            return Err(self.at(list, "reasons", "reasons filter offline events: add \"offline\" to events".into()));
+            return Err(self.table.at(
+                list,
+                "reasons",
+                "reasons filter offline events: add \"offline\" to events".into(),
+            ));
         }
         list.get_ref()
             .iter()
             .map(|value| {
                 OfflineReason::ALL.into_iter().find(|r| r.as_str() == value.get_ref()).ok_or_else(|| {
                     let all: Vec<&str> = OfflineReason::ALL.iter().map(|r| r.as_str()).collect();
-                    self.at(
+                    self.table.at(
                         value,
                         "reasons",
                         format!("unknown offline reason {:?}: use one of {}", value.get_ref(), all.join(", ")),
@@ -332,7 +328,7 @@ impl HookSource<'_> {
     fn strings(&self, raw: Option<&Spanned<Vec<Spanned<String>>>>, field: &str) -> Result<Vec<String>, ConfigError> {
         let Some(list) = raw else { return Ok(Vec::new()) };
         if let Some(empty) = list.get_ref().iter().find(|v| v.get_ref().is_empty()) {
-            return Err(self.at(empty, field, "an empty pattern matches no client id".into()));
+            return Err(self.table.at(empty, field, "an empty pattern matches no client id".into()));
         }
         Ok(list.get_ref().iter().map(|v| v.get_ref().clone()).collect())
     }

@@ -21,7 +21,7 @@ use toml::Spanned;
 
 use super::check::{show, socket_addr, MAX_DURATION, MAX_DURATION_TEXT};
 use super::raw::{RawListener, RawTcp};
-use super::span::Source;
+use super::span::{Source, Table};
 use super::tokens::{self, Tokens};
 use super::{ConfigError, ListenerConfig, TcpConfig};
 use crate::wire::Protocol;
@@ -84,7 +84,7 @@ pub(super) fn listeners(
             let number = numbers.entry(source.file_index(raw.span().start)).or_insert(0);
             let index = *number;
             *number += 1;
-            let ctx = ListenerSource { source, prefix: format!("listener[{index}]"), tick, base_dir };
+            let ctx = ListenerSource { table: Table { source, prefix: format!("listener[{index}]") }, tick, base_dir };
             let listener = ctx.listener(raw)?;
             seen.check(&ctx, &listener)?;
             Ok(listener.config)
@@ -101,8 +101,8 @@ struct CheckedListener {
 
 /// Validates one `[[listener]]` table; keys are prefixed `listener[i]`.
 struct ListenerSource<'a> {
-    source: &'a Source<'a>,
-    prefix: String,
+    /// `listener[i]`.
+    table: Table<'a>,
     /// The daemon's tick: a timeout must span at least two.
     tick: Duration,
     /// Where relative `tokens_file` paths start.
@@ -110,21 +110,6 @@ struct ListenerSource<'a> {
 }
 
 impl ListenerSource<'_> {
-    /// `listener[i].field`.
-    fn key(&self, field: &str) -> String {
-        format!("{}.{field}", self.prefix)
-    }
-
-    /// An error about `value` of `field`.
-    fn at<T>(&self, value: &Spanned<T>, field: &str, message: String) -> ConfigError {
-        self.source.at(value, &self.key(field), message)
-    }
-
-    /// An error about `field` at `span`.
-    fn error_at(&self, span: Range<usize>, field: &str, message: String) -> ConfigError {
-        self.source.error(Some(span), Some(self.key(field)), message)
-    }
-
     /// Validates the whole listener table. The checks run in a fixed order,
     /// so which error is reported first never depends on the key order.
     fn listener(&self, raw: Spanned<RawListener>) -> Result<CheckedListener, ConfigError> {
@@ -134,26 +119,27 @@ impl ListenerSource<'_> {
         self.check_name(name)?;
         let address = self.required(raw.address.as_ref(), &table_span, "address", ADDRESS_RULE)?;
         let socket_address = self.address(address)?;
-        let protocol = self.source.parsed(raw.protocol.as_ref(), &self.key("protocol"), Protocol::Native)?;
+        let protocol =
+            self.table.source.parsed(raw.protocol.as_ref(), &self.table.key("protocol"), Protocol::Native)?;
         self.reject_unused(&raw, protocol)?;
-        let interval = self.source.duration_in(
+        let interval = self.table.source.duration_in(
             raw.interval.as_ref(),
-            &self.key("interval"),
+            &self.table.key("interval"),
             Duration::from_millis(1)..=MAX_DURATION,
             DEFAULT_INTERVAL,
         )?;
         let timeout = self.timeout(&raw, protocol, interval)?;
-        let handshake_timeout = self.source.duration_in(
+        let handshake_timeout = self.table.source.duration_in(
             raw.handshake_timeout.as_ref(),
-            &self.key("handshake_timeout"),
+            &self.table.key("handshake_timeout"),
             Duration::from_millis(1)..=MAX_DURATION,
             DEFAULT_HANDSHAKE_TIMEOUT,
         )?;
         let max_frame = self.max_frame(raw.max_frame.as_ref(), protocol)?;
         let Tokens { plain: tokens, credentials } = self.tokens(&raw)?;
         let expect = super::expect::expected(
-            self.source,
-            &self.prefix,
+            self.table.source,
+            &self.table.prefix,
             super::expect::RawExpect { list: raw.expect.as_ref(), file: raw.expect_file.as_ref() },
             protocol,
             self.base_dir,
@@ -161,7 +147,7 @@ impl ListenerSource<'_> {
         let path = raw.path.as_ref().map(|p| self.path(p)).transpose()?;
         let allowed_origins = raw.allowed_origins.as_ref().map(|o| self.origins(o)).transpose()?.unwrap_or_default();
         let tcp = self.tcp(raw.tcp.unwrap_or_default())?;
-        let tls = super::tls::check(self.source, &self.prefix, raw.tls, protocol, self.base_dir)?;
+        let tls = super::tls::check(self.table.source, &self.table.prefix, raw.tls, protocol, self.base_dir)?;
         Ok(CheckedListener {
             config: ListenerConfig {
                 name: name.get_ref().clone(),
@@ -195,7 +181,7 @@ impl ListenerSource<'_> {
         field: &str,
         rule: &str,
     ) -> Result<&'r Spanned<T>, ConfigError> {
-        value.ok_or_else(|| self.error_at(table.clone(), field, format!("{field} is required: {rule}")))
+        value.ok_or_else(|| self.table.error_at(table.clone(), field, format!("{field} is required: {rule}")))
     }
 
     /// Checks a listener name: it appears in every log line, so it must not
@@ -204,7 +190,7 @@ impl ListenerSource<'_> {
         let text = name.get_ref();
         let valid_chars = text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if text.is_empty() || text.chars().count() > MAX_NAME_LEN || !valid_chars {
-            return Err(self.at(
+            return Err(self.table.at(
                 name,
                 "name",
                 format!("invalid name {text:?}: use 1..=64 characters from A-Z a-z 0-9 _ . -"),
@@ -216,7 +202,7 @@ impl ListenerSource<'_> {
     /// The listen address: a literal `ip:port`, never a host name.
     fn address(&self, address: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
         socket_addr(address.get_ref(), "\"127.0.0.1:7700\" or \"[::1]:7700\"")
-            .map_err(|e| self.at(address, "address", e))
+            .map_err(|e| self.table.at(address, "address", e))
     }
 
     /// Rejects options `protocol` does not use: silently ignoring them
@@ -240,7 +226,7 @@ impl ListenerSource<'_> {
         ];
         for (field, span, (allowed, users)) in protocol_only {
             if let Some(span) = span.filter(|_| !allowed.contains(&protocol)) {
-                return Err(self.error_at(
+                return Err(self.table.error_at(
                     span,
                     field,
                     format!("{field} applies only to {users} listeners, not {protocol}"),
@@ -258,8 +244,8 @@ impl ListenerSource<'_> {
             // Raw never reaches the check: max_frame was rejected before.
             Protocol::Native | Protocol::Raw => (NATIVE_MAX_FRAME, DEFAULT_MAX_FRAME),
         };
-        let key = self.key("max_frame");
-        self.source.int_in(value, &key, range, default).map_err(|mut e| {
+        let key = self.table.key("max_frame");
+        self.table.source.int_in(value, &key, range, default).map_err(|mut e| {
             if protocol == Protocol::Native && value.is_some_and(|v| *v.get_ref() < HELLO_64_64) {
                 e.message.push_str(&format!(
                     ": a HELLO with a 64-byte id and a 64-byte token needs {HELLO_64_64} payload bytes"
@@ -272,18 +258,18 @@ impl ListenerSource<'_> {
     /// The silence timeout: `timeout` as given, or `interval * misses`.
     fn timeout(&self, raw: &RawListener, protocol: Protocol, interval: Duration) -> Result<Duration, ConfigError> {
         if let (Some(misses), Some(timeout)) = (&raw.misses, &raw.timeout) {
-            return Err(self.at(
+            return Err(self.table.at(
                 timeout,
                 "timeout",
                 format!(
                     "give either misses (line {}) or timeout, not both; \
                      timeout = interval * misses",
-                    self.source.line_of(misses.span().start)
+                    self.table.source.line_of(misses.span().start)
                 ),
             ));
         }
         if let Some(value) = &raw.timeout {
-            let timeout = self.source.duration(value, &self.key("timeout"))?;
+            let timeout = self.table.source.duration(value, &self.table.key("timeout"))?;
             let shown = format!("timeout {}", show(timeout));
             return self.check_timeout(timeout, shown, value.span(), "timeout", protocol, interval);
         }
@@ -297,7 +283,8 @@ impl ListenerSource<'_> {
         protocol: Protocol,
         interval: Duration,
     ) -> Result<Duration, ConfigError> {
-        let misses = self.source.int_in(raw.misses.as_ref(), &self.key("misses"), MISSES, DEFAULT_MISSES)?;
+        let misses =
+            self.table.source.int_in(raw.misses.as_ref(), &self.table.key("misses"), MISSES, DEFAULT_MISSES)?;
         // Blame what the operator wrote: misses if given, else interval.
         // The defaults alone (15s) always pass, as a tick is at most 1s.
         let (span, field) = match (&raw.misses, &raw.interval) {
@@ -308,7 +295,7 @@ impl ListenerSource<'_> {
         let timeout = interval * misses;
         let shown = format!("timeout = interval {} * misses {misses} = {}", show(interval), show(timeout));
         if timeout > MAX_DURATION {
-            return Err(self.error_at(span, field, format!("{shown} is too long: at most {MAX_DURATION_TEXT}")));
+            return Err(self.table.error_at(span, field, format!("{shown} is too long: at most {MAX_DURATION_TEXT}")));
         }
         self.check_timeout(timeout, shown, span, field, protocol, interval)
     }
@@ -324,7 +311,7 @@ impl ListenerSource<'_> {
         protocol: Protocol,
         interval: Duration,
     ) -> Result<Duration, ConfigError> {
-        let error = |message: String| self.error_at(span.clone(), field, message);
+        let error = |message: String| self.table.error_at(span.clone(), field, message);
         if timeout.is_zero() {
             // Only raw may rely on TCP alone: native and legacy clients are
             // required to send, so their silence must be detected.
@@ -360,7 +347,7 @@ impl ListenerSource<'_> {
     fn tokens(&self, raw: &RawListener) -> Result<Tokens, ConfigError> {
         match (&raw.tokens, &raw.tokens_file) {
             (Some(_), Some(file)) => {
-                Err(self.at(file, "tokens_file", "give either tokens or tokens_file, not both".to_owned()))
+                Err(self.table.at(file, "tokens_file", "give either tokens or tokens_file, not both".to_owned()))
             }
             (Some(list), None) => self.inline_tokens(list),
             (None, Some(file)) => self.tokens_file(file),
@@ -373,7 +360,7 @@ impl ListenerSource<'_> {
     fn inline_tokens(&self, list: &Spanned<Vec<Spanned<String>>>) -> Result<Tokens, ConfigError> {
         // An empty list would silently turn authentication off.
         if list.get_ref().is_empty() {
-            return Err(self.at(
+            return Err(self.table.at(
                 list,
                 "tokens",
                 "tokens is empty: list at least one token, or leave tokens out \
@@ -384,7 +371,7 @@ impl ListenerSource<'_> {
         let mut tokens = Tokens::default();
         for (i, token) in list.get_ref().iter().enumerate() {
             let entry = tokens::entry(token.get_ref().as_bytes())
-                .map_err(|message| self.at(token, &format!("tokens[{i}]"), message))?;
+                .map_err(|message| self.table.at(token, &format!("tokens[{i}]"), message))?;
             tokens.add(entry);
         }
         Ok(tokens)
@@ -396,13 +383,13 @@ impl ListenerSource<'_> {
         let path = self.base_dir.join(file.get_ref());
         let shown = path.display();
         let contents = super::file::read_capped(&path, super::file::MAX_TOKENS_FILE_BYTES)
-            .map_err(|e| self.at(file, "tokens_file", format!("cannot read tokens file {shown}: {e}")))?;
+            .map_err(|e| self.table.at(file, "tokens_file", format!("cannot read tokens file {shown}: {e}")))?;
         tokens::parse(&contents).map_err(|e| {
             let message = match e.line {
                 0 => format!("tokens file {shown} {}", e.message),
                 line => format!("tokens file {shown} line {line}: {}", e.message),
             };
-            self.at(file, "tokens_file", message)
+            self.table.at(file, "tokens_file", message)
         })
     }
 
@@ -412,7 +399,7 @@ impl ListenerSource<'_> {
         let text = path.get_ref();
         let printable = text.bytes().all(|b| (0x21..=0x7E).contains(&b) && b != b'?' && b != b'#');
         if !text.starts_with('/') || !printable || text.len() > MAX_PATH_LEN {
-            return Err(self.at(
+            return Err(self.table.at(
                 path,
                 "path",
                 format!(
@@ -429,7 +416,7 @@ impl ListenerSource<'_> {
     fn origins(&self, list: &Spanned<Vec<Spanned<String>>>) -> Result<Vec<String>, ConfigError> {
         // An empty list would silently allow every origin.
         if list.get_ref().is_empty() {
-            return Err(self.at(
+            return Err(self.table.at(
                 list,
                 "allowed_origins",
                 "allowed_origins is empty: list at least one origin, or leave allowed_origins out \
@@ -446,7 +433,7 @@ impl ListenerSource<'_> {
                 let valid =
                     host.is_some_and(|h| !h.is_empty() && h.bytes().all(|b| (0x21..=0x7E).contains(&b) && b != b'/'));
                 if !valid {
-                    return Err(self.at(
+                    return Err(self.table.at(
                         origin,
                         &format!("allowed_origins[{i}]"),
                         format!(
@@ -462,21 +449,21 @@ impl ListenerSource<'_> {
 
     /// Validates the `[listener.tcp]` table.
     fn tcp(&self, raw: RawTcp) -> Result<TcpConfig, ConfigError> {
-        let key = |field: &str| self.key(&format!("tcp.{field}"));
+        let key = |field: &str| self.table.key(&format!("tcp.{field}"));
         let mut tcp = TcpConfig {
-            keepalive_idle: self.source.duration_in(
+            keepalive_idle: self.table.source.duration_in(
                 raw.keepalive_idle.as_ref(),
                 &key("keepalive_idle"),
                 Duration::ZERO..=MAX_DURATION,
                 DEFAULT_KEEPALIVE_IDLE,
             )?,
-            keepalive_interval: self.source.duration_in(
+            keepalive_interval: self.table.source.duration_in(
                 raw.keepalive_interval.as_ref(),
                 &key("keepalive_interval"),
                 Duration::ZERO..=MAX_DURATION,
                 DEFAULT_KEEPALIVE_INTERVAL,
             )?,
-            keepalive_count: self.source.int_in(
+            keepalive_count: self.table.source.int_in(
                 raw.keepalive_count.as_ref(),
                 &key("keepalive_count"),
                 KEEPALIVE_COUNT,
@@ -508,10 +495,10 @@ impl ListenerSource<'_> {
         let Some(value) = value else {
             return Ok(probes);
         };
-        let user_timeout = self.source.duration(value, key)?;
+        let user_timeout = self.table.source.duration(value, key)?;
         // Zero keeps the kernel default, which never cuts probes.
         if tcp.keepalive() && !user_timeout.is_zero() && user_timeout < probes {
-            return Err(self.source.at(
+            return Err(self.table.source.at(
                 value,
                 key,
                 format!(
@@ -534,7 +521,7 @@ impl ListenerSource<'_> {
     fn keepalive_time(&self, value: Option<&Spanned<String>>, time: Duration, key: &str) -> Result<(), ConfigError> {
         match value {
             Some(value) if time.is_zero() || time.subsec_nanos() != 0 || time > MAX_KEEPALIVE_TIME => {
-                Err(self.source.at(
+                Err(self.table.source.at(
                     value,
                     key,
                     format!(
@@ -563,10 +550,10 @@ impl Seen {
     /// Rejects a listener whose name or address an earlier one has.
     fn check(&mut self, ctx: &ListenerSource<'_>, listener: &CheckedListener) -> Result<(), ConfigError> {
         let config = &listener.config;
-        let here = |span: &Range<usize>| (ctx.prefix.clone(), span.start);
+        let here = |span: &Range<usize>| (ctx.table.prefix.clone(), span.start);
         let duplicate = |field: &str, value: String, span: &Range<usize>, (first, at): (String, usize)| {
-            let place = ctx.source.place(at, span.start);
-            ctx.error_at(
+            let place = ctx.table.source.place(at, span.start);
+            ctx.table.error_at(
                 span.clone(),
                 field,
                 format!("duplicate listener {field} {value}: already used by {first} {place}"),

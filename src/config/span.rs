@@ -165,6 +165,31 @@ impl<'a> Source<'a> {
     }
 }
 
+/// One table of the config being validated (`listener[0]`, `hook[2]`):
+/// its errors name `prefix.field`.
+pub(super) struct Table<'a> {
+    pub(super) source: &'a Source<'a>,
+    /// The table's name in keys, `listener[0]`.
+    pub(super) prefix: String,
+}
+
+impl Table<'_> {
+    /// `prefix.field`.
+    pub(super) fn key(&self, field: &str) -> String {
+        format!("{}.{field}", self.prefix)
+    }
+
+    /// An error about `value` of `field`.
+    pub(super) fn at<T>(&self, value: &Spanned<T>, field: &str, message: String) -> ConfigError {
+        self.source.at(value, &self.key(field), message)
+    }
+
+    /// An error about `field` at `span`.
+    pub(super) fn error_at(&self, span: Range<usize>, field: &str, message: String) -> ConfigError {
+        self.source.error(Some(span), Some(self.key(field)), message)
+    }
+}
+
 /// A table header line: `[name]`, or `[[name]]` for an array entry.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Header<'t> {
