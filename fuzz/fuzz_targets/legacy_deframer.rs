@@ -11,7 +11,7 @@
 
 use heartbeatd::wire::deframe::{LegacyDeframer, LegacyItem};
 use heartbeatd::wire::legacy::{self, HEADER_LEN};
-use heartbeatd_fuzz::chunks;
+use heartbeatd_fuzz::{chunks, deframe_reads, deframer_input, shown};
 use libfuzzer_sys::fuzz_target;
 
 /// The items of `stream` read whole.
@@ -38,36 +38,10 @@ fn whole(stream: &[u8], max_frame: usize) -> Vec<String> {
     }
 }
 
-/// The same, through the deframer, one read per piece.
-fn split(pieces: &[&[u8]], max_frame: usize) -> Vec<String> {
-    let mut d = LegacyDeframer::default();
-    let mut items = Vec::new();
-    for &piece in pieces {
-        let mut rest = piece;
-        loop {
-            let (result, used) = d.next(rest, max_frame);
-            assert!(used <= rest.len(), "used {used} of {}", rest.len());
-            rest = &rest[used..];
-            match result {
-                Ok(Some(item)) => items.push(format!("{item:?}")),
-                Ok(None) => {
-                    assert!(rest.is_empty(), "need-more left {} bytes unused", rest.len());
-                    break;
-                }
-                Err(e) => {
-                    items.push(format!("error {e}"));
-                    return items;
-                }
-            }
-        }
-    }
-    items
-}
-
 fuzz_target!(|data: &[u8]| {
-    let Some((&n, rest)) = data.split_first() else { return };
-    let Some((sizes, rest)) = rest.split_at_checked(usize::from(n)) else { return };
-    let Some((&[a, b, c], stream)) = rest.split_first_chunk::<3>() else { return };
+    let Some((sizes, &[a, b, c], stream)) = deframer_input::<3>(data) else { return };
     let max_frame = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
-    assert_eq!(split(&chunks(stream, sizes), max_frame), whole(stream, max_frame));
+    let mut d = LegacyDeframer::default();
+    let split = deframe_reads(&chunks(stream, sizes), |bytes| shown(d.next(bytes, max_frame)));
+    assert_eq!(split, whole(stream, max_frame));
 });

@@ -10,7 +10,7 @@
 
 use heartbeatd::wire::deframe::NativeDeframer;
 use heartbeatd::wire::native;
-use heartbeatd_fuzz::chunks;
+use heartbeatd_fuzz::{chunks, deframe_reads, deframer_input, shown};
 use libfuzzer_sys::fuzz_target;
 
 /// The frames of `stream` decoded whole, then the error if one ends it.
@@ -32,36 +32,10 @@ fn whole(stream: &[u8], max_frame: usize) -> Vec<String> {
     }
 }
 
-/// The same, through the deframer, one read per piece.
-fn split(pieces: &[&[u8]], max_frame: usize) -> Vec<String> {
-    let mut d = NativeDeframer::default();
-    let mut items = Vec::new();
-    for &piece in pieces {
-        let mut rest = piece;
-        loop {
-            let (result, used) = d.next(rest, max_frame);
-            assert!(used <= rest.len(), "used {used} of {}", rest.len());
-            match result {
-                Ok(Some(frame)) => items.push(format!("{frame:?}")),
-                Ok(None) => {
-                    assert_eq!(used, rest.len(), "need-more left bytes unused");
-                    break;
-                }
-                Err(e) => {
-                    items.push(format!("error {e}"));
-                    return items;
-                }
-            }
-            rest = &rest[used..];
-        }
-    }
-    items
-}
-
 fuzz_target!(|data: &[u8]| {
-    let Some((&n, rest)) = data.split_first() else { return };
-    let Some((sizes, rest)) = rest.split_at_checked(usize::from(n)) else { return };
-    let Some((&[hi, lo], stream)) = rest.split_first_chunk::<2>() else { return };
+    let Some((sizes, &[hi, lo], stream)) = deframer_input::<2>(data) else { return };
     let max_frame = usize::from(u16::from_be_bytes([hi, lo]));
-    assert_eq!(split(&chunks(stream, sizes), max_frame), whole(stream, max_frame));
+    let mut d = NativeDeframer::default();
+    let split = deframe_reads(&chunks(stream, sizes), |bytes| shown(d.next(bytes, max_frame)));
+    assert_eq!(split, whole(stream, max_frame));
 });

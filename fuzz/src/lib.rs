@@ -1,6 +1,6 @@
-//! What the fuzz targets share: cutting a stream into arbitrary reads, a
-//! status view with nothing in it, and a scratch directory for the parsers
-//! that only read files.
+//! What the fuzz targets share: cutting a stream into arbitrary reads and
+//! running a deframer over them, a status view with nothing in it, and a
+//! scratch directory for the parsers that only read files.
 //!
 //! Each target states its own invariants; the config targets share
 //! [`check_config`], the invariants `config/mod.rs` promises.
@@ -32,6 +32,53 @@ pub fn chunks<'a>(stream: &'a [u8], sizes: &[u8]) -> Vec<&'a [u8]> {
         i += 1;
     }
     pieces
+}
+
+/// A deframer target's input cut in its parts: 1 byte `n`, `n` read
+/// sizes, `N` bytes of frame limit, then the stream; `None` when too short.
+pub fn deframer_input<const N: usize>(data: &[u8]) -> Option<(&[u8], &[u8; N], &[u8])> {
+    let (&n, rest) = data.split_first()?;
+    let (sizes, rest) = rest.split_at_checked(usize::from(n))?;
+    let (limit, stream) = rest.split_first_chunk::<N>()?;
+    Some((sizes, limit, stream))
+}
+
+/// One deframer step, `(result, bytes used)`, with the item `{:?}`- and
+/// the error `{}`-formatted: owned, so a frame that borrows the deframer
+/// can leave the step.
+pub type Shown = (Result<Option<String>, String>, usize);
+
+/// [`Shown`] of a deframer step.
+pub fn shown<T: std::fmt::Debug, E: std::fmt::Display>((result, used): (Result<Option<T>, E>, usize)) -> Shown {
+    (result.map(|item| item.map(|item| format!("{item:?}"))).map_err(|e| e.to_string()), used)
+}
+
+/// What a deframer makes of `pieces`, one read per piece: `next(bytes)`
+/// is its step. The items in order; an error, `error {e}`, ends the list.
+/// Checks that a step uses at most the bytes it is given, and that "need
+/// more" (`Ok(None)`) used them all.
+pub fn deframe_reads(pieces: &[&[u8]], mut next: impl FnMut(&[u8]) -> Shown) -> Vec<String> {
+    let mut items = Vec::new();
+    for &piece in pieces {
+        let mut rest = piece;
+        loop {
+            let (result, used) = next(rest);
+            assert!(used <= rest.len(), "used {used} of {}", rest.len());
+            rest = &rest[used..];
+            match result {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => {
+                    assert!(rest.is_empty(), "need-more left {} bytes unused", rest.len());
+                    break;
+                }
+                Err(e) => {
+                    items.push(format!("error {e}"));
+                    return items;
+                }
+            }
+        }
+    }
+    items
 }
 
 /// A daemon with no client online: every route answers from it.
