@@ -30,6 +30,11 @@
 //! - Session numbers are never reused: the next number lives in the header
 //!   and, under systemd, in a reserve file in `$STATE_DIRECTORY` that is
 //!   always ahead of every number handed out ([`SessionReserve`]).
+//! - The store never holds more connections than systemd 252 can hand
+//!   back to the next process ([`Budget`]): past that, the next start
+//!   fails and every connection is lost without an offline event.
+//!   Connections past the budget are served but not kept; a restart ends
+//!   them as a stop does.
 
 use std::collections::VecDeque;
 use std::io;
@@ -40,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
+use crate::event::Logfmt;
 use crate::session::Snapshot;
 use crate::systemd::{self, Notifier, SharedMap};
 use crate::trust::Auth;
@@ -64,6 +70,54 @@ const NAME_MAX: usize = 64;
 /// Sessions reserved in the state directory's file at a time: the file is
 /// written once per this many accepts.
 const RESERVE_BLOCK: u64 = 4096;
+
+/// How many connections the store may hold so that systemd 252 can pass
+/// them all to the next process. Two limits:
+/// - the fd limit: systemd moves the passed fds to 3, 4, … in the new
+///   process (`shift_fds()`, one `F_DUPFD` each), which fails with
+///   `EMFILE` ("Failed to adjust passed file descriptors", `202/FDS`)
+///   when no fd number is free above the one it wants. With n fds open
+///   and a limit over 2n + the few it keeps for itself, one always is.
+///   Seen in the container of `tests/systemd_e2e.rs`: 300 fds under
+///   `LimitNOFILE=400`, and 19,502 under 20,000, failed; 10,000 under
+///   20,000 passed, its layout being kinder than the worst case.
+/// - `LISTEN_FDNAMES`: systemd joins every stored name with `:` into one
+///   environment string, which `execve` refuses past 128 KiB
+///   (`MAX_ARG_STRLEN`, `E2BIG`): some 18,000 `cSESSION` names. From
+///   systemd's `build_environment()` and the kernel's limit; not seen
+///   here, where the fd limit (20,000) binds first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Most connections kept.
+    pub conns: usize,
+    /// Bytes of their names, with one `:` each.
+    pub name_bytes: usize,
+}
+
+/// `MAX_ARG_STRLEN` (32 pages) less `LISTEN_FDNAMES=`, its NUL, and room
+/// for the names of the listeners, the state and a socket unit's fds.
+const NAME_BYTES: usize = 32 * 4096 - 16 - 4096;
+
+/// Fds the new process's start needs besides the passed ones (systemd's
+/// own during the exec, and a margin).
+const START_FDS: u64 = 64;
+
+impl Budget {
+    /// The budget under an fd limit of `soft` (`None`: unlimited), with
+    /// `others` fds stored besides connections (listeners, the state).
+    pub fn under(soft: Option<u64>, others: usize) -> Budget {
+        let by_fds = soft.map_or(usize::MAX, |soft| {
+            usize::try_from(soft.saturating_sub(START_FDS) / 2).unwrap_or(usize::MAX).saturating_sub(others)
+        });
+        Budget { conns: by_fds, name_bytes: NAME_BYTES }
+    }
+}
+
+/// Bytes `conn_name(session)` adds to `LISTEN_FDNAMES`: `c`, the digits
+/// and a `:`.
+fn name_cost(session: u64) -> usize {
+    session.checked_ilog10().map_or(1, |digits| digits as usize + 1) + 2
+}
 
 /// The `FDNAME` of a client connection.
 pub fn conn_name(session: u64) -> String {
@@ -346,7 +400,13 @@ pub struct Keeper {
     pending: VecDeque<Op>,
     /// The memfd itself is in the store (its FDSTORE was taken).
     state_stored: bool,
-    /// A connection beyond `capacity` was not kept; said once.
+    /// What the store may hold ([`Budget`]).
+    budget: Budget,
+    /// Connections recorded (and so stored, or queued to be).
+    kept: usize,
+    /// Bytes their names take in `LISTEN_FDNAMES`.
+    name_bytes: usize,
+    /// A connection was not kept (past the budget or the memfd); said once.
     warned_capacity: bool,
     /// A retry timer is armed for the queue.
     retry_armed: bool,
@@ -356,9 +416,9 @@ pub struct Keeper {
 }
 
 impl Keeper {
-    /// A keeper for `capacity` connections: the memfd the previous process
-    /// left (`kept`, when its size fits), else a new one.
-    pub fn new(capacity: usize, kept: Option<SharedMap>) -> io::Result<Keeper> {
+    /// A keeper for `capacity` connections within `budget`: the memfd the
+    /// previous process left (`kept`, when its size fits), else a new one.
+    pub fn new(capacity: usize, budget: Budget, kept: Option<SharedMap>) -> io::Result<Keeper> {
         let len = HEADER + capacity.saturating_mul(RECORD);
         let (map, state_stored) = match kept {
             Some(map) if map.bytes().len() >= HEADER && &map.bytes()[..8] == MAGIC => (map, true),
@@ -371,6 +431,9 @@ impl Keeper {
             clock: Clock::now(),
             pending: VecDeque::new(),
             state_stored,
+            budget,
+            kept: 0,
+            name_bytes: 0,
             warned_capacity: false,
             retry_armed: false,
             handed_over: false,
@@ -405,6 +468,8 @@ impl Keeper {
     /// written at their new keys.
     pub fn clear_records(&mut self) {
         self.map.bytes_mut()[HEADER..].fill(0);
+        self.kept = 0;
+        self.name_bytes = 0;
     }
 
     /// Marks the loop alive at `now` (each round).
@@ -424,31 +489,68 @@ impl Keeper {
     }
 
     fn slot(&mut self, key: usize) -> Option<&mut [u8]> {
-        if key >= self.capacity {
+        let at = HEADER + key.checked_mul(RECORD)?;
+        self.map.bytes_mut().get_mut(at..at + RECORD)
+    }
+
+    /// True when slot `key` holds `session`'s record: the connection is
+    /// kept.
+    pub fn holds(&self, key: usize, session: u64) -> bool {
+        let at = HEADER + key.saturating_mul(RECORD);
+        self.map.bytes().get(at..at + RECORD).is_some_and(|bytes| word(bytes, 0) == session)
+    }
+
+    /// A new connection in slot `key`: records it and counts it, true when
+    /// it is to be stored; false (said once, as `keep-capacity-exceeded`)
+    /// when it is past the memfd or the [`Budget`]: it is served but not
+    /// kept.
+    pub fn admit(&mut self, key: usize, record: &Record) -> bool {
+        let cost = name_cost(record.session);
+        let refused = if key >= self.capacity {
+            Some("max_clients was raised by a reload: connections past the start's max_clients are not kept across a restart until the next start")
+        } else if self.kept >= self.budget.conns {
+            Some("systemd could not pass more fds back under the fd limit (LimitNOFILE=): raise it to over twice the clients kept")
+        } else if self.name_bytes + cost > self.budget.name_bytes {
+            Some("systemd 252 passes at most 128 KiB of fd names (LISTEN_FDNAMES)")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
             if !self.warned_capacity {
                 self.warned_capacity = true;
                 warn!(
-                    "keep-capacity-exceeded capacity={} reason=\"max_clients was raised by a reload: connections \
-                     past the start's max_clients are not kept across a restart until the next start\"",
-                    self.capacity
+                    "keep-capacity-exceeded kept={} reason={} detail=\"the connections past it are ended at a restart \
+                     as at a stop\"",
+                    self.kept,
+                    Logfmt(reason)
                 );
             }
-            return None;
+            return false;
         }
-        let at = HEADER + key * RECORD;
-        Some(&mut self.map.bytes_mut()[at..at + RECORD])
+        self.adopt(key, record);
+        true
     }
 
-    /// Writes the whole record of the connection in slot `key`; false when
-    /// the slot is beyond the memfd (the connection is then not kept).
-    pub fn save(&mut self, key: usize, record: &Record) -> bool {
+    /// A connection the store already holds (restored) in slot `key`:
+    /// records and counts it, whatever the budget.
+    pub fn adopt(&mut self, key: usize, record: &Record) {
         let clock = self.clock;
-        match self.slot(key) {
-            Some(bytes) => {
-                record.encode(&clock, bytes);
-                true
-            }
-            None => false,
+        if let Some(bytes) = self.slot(key) {
+            record.encode(&clock, bytes);
+            self.kept += 1;
+            self.name_bytes += name_cost(record.session);
+        }
+    }
+
+    /// Rewrites the record of a kept connection in slot `key`; nothing for
+    /// one that is not kept.
+    pub fn save(&mut self, key: usize, record: &Record) {
+        if !self.holds(key, record.session) {
+            return;
+        }
+        let clock = self.clock;
+        if let Some(bytes) = self.slot(key) {
+            record.encode(&clock, bytes);
         }
     }
 
@@ -468,11 +570,14 @@ impl Keeper {
 
     /// Empties slot `key` if it holds `session`.
     pub fn clear(&mut self, key: usize, session: u64) {
-        if let Some(bytes) = self.slot(key) {
-            if word(bytes, 0) == session {
-                bytes.fill(0);
-            }
+        if !self.holds(key, session) {
+            return;
         }
+        if let Some(bytes) = self.slot(key) {
+            bytes.fill(0);
+        }
+        self.kept = self.kept.saturating_sub(1);
+        self.name_bytes = self.name_bytes.saturating_sub(name_cost(session));
     }
 
     /// Queues a store message; sends it now when nothing waits before it.
@@ -694,20 +799,24 @@ mod tests {
         assert_eq!(clock.instant(clock.usec + 5), clock.at + Duration::from_micros(5));
     }
 
+    fn unlimited() -> Budget {
+        Budget::under(None, 0)
+    }
+
     #[test]
     fn the_keeper_keeps_records_in_a_memfd_a_new_keeper_reads() {
-        let mut keeper = Keeper::new(8, None).expect("keeper");
+        let mut keeper = Keeper::new(8, unlimited(), None).expect("keeper");
         let clock = *keeper.clock();
         let r = record(&clock);
-        assert!(keeper.save(3, &r));
-        assert!(!keeper.save(8, &r), "past the capacity");
+        assert!(keeper.admit(3, &r));
+        assert!(!keeper.admit(8, &r), "past the capacity");
         keeper.touch(3, r.session, r.state.last_activity + Duration::from_secs(1), 43);
         keeper.touch(3, 999, r.state.last_activity, 0);
         keeper.set_next_session(77);
         keeper.alive(clock.at);
         let dup = keeper.map.fd().try_clone_to_owned().expect("dup");
         drop(keeper);
-        let again = Keeper::new(8, Some(SharedMap::open(dup).expect("map"))).expect("keeper");
+        let again = Keeper::new(8, unlimited(), Some(SharedMap::open(dup).expect("map"))).expect("keeper");
         assert_eq!(again.header(), Header { alive_at: clock.usec, next_session: 77, last_event_id: 0 });
         let records = again.records();
         assert_eq!(records.len(), 1);
@@ -716,8 +825,60 @@ mod tests {
     }
 
     #[test]
+    fn the_budget_leaves_systemd_room_to_hand_every_fd_back() {
+        // Twice the fds passed, plus what the start needs, under the limit.
+        assert_eq!(Budget::under(Some(400), 3).conns, 165);
+        assert_eq!(Budget::under(Some(20_000), 2).conns, 9_966);
+        assert_eq!(Budget::under(Some(524_288), 2).conns, 262_110);
+        assert_eq!(Budget::under(Some(10), 2).conns, 0);
+        assert_eq!(Budget::under(None, 2).conns, usize::MAX);
+        // `c`, the digits, `:`.
+        assert_eq!((name_cost(0), name_cost(9), name_cost(10), name_cost(1_234_567)), (3, 3, 4, 9));
+        assert_eq!(conn_name(1_234_567).len() + 1, name_cost(1_234_567));
+    }
+
+    #[test]
+    fn connections_past_the_budget_are_served_but_not_kept_and_a_closed_one_frees_its_room() {
+        let budget = Budget { conns: 2, name_bytes: usize::MAX };
+        let mut keeper = Keeper::new(8, budget, None).expect("keeper");
+        let clock = *keeper.clock();
+        let with = |session| Record { session, ..record(&clock) };
+        assert!(keeper.admit(0, &with(10)));
+        assert!(keeper.admit(1, &with(11)));
+        assert!(!keeper.admit(2, &with(12)), "past the budget");
+        assert!(keeper.holds(0, 10) && keeper.holds(1, 11) && !keeper.holds(2, 12));
+        // A rewrite of one not kept does not keep it.
+        keeper.save(2, &with(12));
+        assert!(!keeper.holds(2, 12));
+        keeper.clear(2, 12);
+        keeper.clear(0, 10);
+        assert!(!keeper.holds(0, 10));
+        assert!(keeper.admit(2, &with(12)), "the closed one's room");
+        assert_eq!(keeper.records().len(), 2);
+        // Restored connections are in the store already: counted whatever
+        // the budget.
+        keeper.adopt(3, &with(13));
+        assert!(keeper.holds(3, 13));
+        keeper.clear(1, 11);
+        assert!(!keeper.admit(4, &with(14)), "three kept, budget two: no room yet");
+    }
+
+    #[test]
+    fn the_names_budget_counts_each_name_and_its_colon() {
+        let budget = Budget { conns: usize::MAX, name_bytes: 3 + 4 };
+        let mut keeper = Keeper::new(8, budget, None).expect("keeper");
+        let clock = *keeper.clock();
+        let with = |session| Record { session, ..record(&clock) };
+        assert!(keeper.admit(0, &with(7)), "c7: 3 bytes");
+        assert!(!keeper.admit(1, &with(100)), "c100: 5 more bytes, 8 > 7");
+        assert!(keeper.admit(1, &with(42)), "c42: 4 more bytes, 7");
+        keeper.clear(0, 7);
+        assert!(keeper.admit(0, &with(8)));
+    }
+
+    #[test]
     fn queued_messages_wait_in_order_and_a_closed_connection_leaves_the_queue() {
-        let mut keeper = Keeper::new(4, None).expect("keeper");
+        let mut keeper = Keeper::new(4, unlimited(), None).expect("keeper");
         let notifier = Notifier::from_env();
         keeper.pending.push_back(Op::Conn { key: 0, session: 5 });
         keeper.pending.push_back(Op::Remove(conn_name(4)));

@@ -31,7 +31,8 @@ use super::{publish, serves_configured, Listener, Server, Sinks, Slot, Timer};
 use crate::config::ListenerConfig;
 use crate::conn::Conn;
 use crate::event::{Client, Event, Logfmt, OfflineReason};
-use crate::fdstore::{self, Keeper, Op, Record, SessionReserve};
+use crate::fdstore::{self, Budget, Keeper, Op, Record, SessionReserve};
+use crate::limits;
 use crate::session::{self, Session};
 use crate::stopping;
 use crate::systemd::{ActivatedSocket, SharedMap};
@@ -117,9 +118,15 @@ impl Server {
         let map = kept.state.take().and_then(|fd| {
             SharedMap::open(fd).map_err(|e| warn!("keep-state-unreadable error={}", Logfmt(&e.to_string()))).ok()
         });
-        match Keeper::new(self.config.daemon.max_clients, map) {
+        // The listeners and the state memfd are stored besides connections.
+        let budget = Budget::under(limits::fd_limit().and_then(|l| l.soft), self.config.listeners.len() + 1);
+        match Keeper::new(self.config.daemon.max_clients, budget, map) {
             Ok(keeper) => {
-                info!("keep-connections mode=fdstore capacity={}", self.config.daemon.max_clients);
+                info!(
+                    "keep-connections mode=fdstore capacity={} fd_limit_allows={}",
+                    self.config.daemon.max_clients,
+                    budget.conns.min(self.config.daemon.max_clients)
+                );
                 self.keep = Some(keeper);
             }
             Err(e) => warn!("keep-connections mode=off reason={}", Logfmt(&format!("no memfd: {e}"))),
@@ -183,7 +190,7 @@ impl Server {
         }
         let record = self.record_of(key);
         let session = record.session;
-        if self.keep.as_mut().is_some_and(|keep| keep.save(key, &record)) {
+        if self.keep.as_mut().is_some_and(|keep| keep.admit(key, &record)) {
             self.keep_push(Op::Conn { key, session }, now);
         }
     }
@@ -207,7 +214,17 @@ impl Server {
         keep.touch(key, slot.session, session.last_activity(), session.heartbeats());
     }
 
-    /// The connection closed: its record goes, then its fd leaves the store.
+    /// A restored connection, already in the store: its record at its new
+    /// slot.
+    fn keep_adopt(&mut self, key: usize) {
+        let record = self.record_of(key);
+        if let Some(keep) = &mut self.keep {
+            keep.adopt(key, &record);
+        }
+    }
+
+    /// The connection closed: its record goes, then its fd leaves the store
+    /// (a removal of a name never stored costs systemd a look, no more).
     pub(super) fn keep_forget(&mut self, key: usize, now: Instant) {
         let Some(keep) = &mut self.keep else { return };
         let session = self.conns[key].session;
@@ -257,11 +274,13 @@ impl Server {
                 // backlog for the next process.
             }
         }
-        // TLS sessions cannot be continued by another process: those
-        // clients get the stop's BYE and offline event.
-        let tls: Vec<usize> =
-            self.conns.iter().filter(|(_, s)| !s.is_closing() && s.conn.is_tls()).map(|(k, _)| k).collect();
-        for key in tls {
+        // Connections not kept get the stop's BYE and offline event: TLS
+        // sessions (another process cannot continue them) and those past
+        // the store's budget.
+        let Some(keep) = &self.keep else { return false };
+        let unkept: Vec<usize> =
+            self.conns.iter().filter(|(k, s)| !s.is_closing() && !keep.holds(*k, s.session)).map(|(k, _)| k).collect();
+        for key in unkept {
             self.say_bye(key);
             self.close(key, OfflineReason::Shutdown, None, now);
         }
@@ -403,7 +422,7 @@ impl Server {
             self.settle(key, next, now);
         }
         if !self.conns[key].is_closing() {
-            self.keep_save(key);
+            self.keep_adopt(key);
             self.arm(key);
         }
         Ok(())
@@ -441,7 +460,7 @@ impl Server {
     /// each is told BYE `shutdown` and goes offline, as at a stop.
     fn close_handed_over(&mut self, mut kept: Kept, now: Instant) {
         let Some(map) = kept.state.take().and_then(|fd| SharedMap::open(fd).ok()) else { return };
-        let Ok(previous) = Keeper::new(0, Some(map)) else { return };
+        let Ok(previous) = Keeper::new(0, Budget::under(None, 0), Some(map)) else { return };
         let records = previous.records();
         let count = records.len();
         for record in records {
