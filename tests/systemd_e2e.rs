@@ -391,11 +391,9 @@ interval = \"3s\"\\nmisses = 5\\n' > /etc/heartbeatd/conf.d/20-plain.toml \
 #[test]
 #[ignore = "a measurement: cargo test --test systemd_e2e -- --ignored fd_store_costs --nocapture"]
 fn fd_store_costs() {
-    let load = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/heartbeat-load");
-    assert!(load.exists(), "build it: cargo build --release --bin heartbeat-load");
+    let load = release_load();
     in_container(|c, deb| {
-        install(c, deb);
-        fs::copy(&load, c.host_path("/root/heartbeat-load")).expect("copy the load generator");
+        install_with_load(c, deb, &load);
         // HEARTBEATD_FD_STORE_CLIENTS: another burst size (this machine's
         // fd limit, 20,000, allows about 19,500 with PID 1's own fds).
         let clients: usize = env::var("HEARTBEATD_FD_STORE_CLIENTS").map_or(10_000, |n| n.parse().expect("a count"));
@@ -460,11 +458,9 @@ fn fd_store_costs() {
 #[test]
 #[ignore = "a measurement: cargo test --test systemd_e2e -- --ignored fd_store_restores_a_full_store --nocapture"]
 fn fd_store_restores_a_full_store() {
-    let load = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/heartbeat-load");
-    assert!(load.exists(), "build it: cargo build --release --bin heartbeat-load");
+    let load = release_load();
     in_container(|c, deb| {
-        install(c, deb);
-        fs::copy(&load, c.host_path("/root/heartbeat-load")).expect("copy the load generator");
+        install_with_load(c, deb, &load);
         // A listener whose timeout outlasts the connect phase: the load
         // generator heartbeats only once every client is connected.
         restart_until(
@@ -525,6 +521,20 @@ interval = \"20s\"\\nmisses = 6\\n' > /etc/heartbeatd/conf.d/30-fleet.toml \
     });
 }
 
+/// The release build of the load generator, which the measurements need.
+fn release_load() -> PathBuf {
+    let load = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/heartbeat-load");
+    assert!(load.exists(), "build it: cargo build --release --bin heartbeat-load");
+    load
+}
+
+/// Installs the package, and the load generator `load` as
+/// `/root/heartbeat-load`.
+fn install_with_load(c: &Container, deb: &Path, load: &Path) {
+    install(c, deb);
+    fs::copy(load, c.host_path("/root/heartbeat-load")).expect("copy the load generator");
+}
+
 /// Starts `heartbeat-load ARGS` in the background in the container and
 /// returns its connect line once every client is connected (or failed).
 fn start_load(c: &Container, args: &str) -> String {
@@ -575,9 +585,7 @@ fn restart_until(c: &Container, what: &str, script: &str, prefix: &str) -> (Dura
 #[test]
 fn a_store_systemd_could_not_hand_back_is_not_filled() {
     in_container(|c, deb| {
-        install(c, deb);
-        fs::copy(env!("CARGO_BIN_EXE_heartbeat-load"), c.host_path("/root/heartbeat-load"))
-            .expect("copy the load generator");
+        install_with_load(c, deb, Path::new(env!("CARGO_BIN_EXE_heartbeat-load")));
         restart_until(
             c,
             "the lower fd limit",
