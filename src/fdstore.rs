@@ -83,7 +83,8 @@ const RESERVE_BLOCK: u64 = 4096;
 ///   20,000 passed, its layout being kinder than the worst case.
 /// - `LISTEN_FDNAMES`: systemd joins every stored name with `:` into one
 ///   environment string, which `execve` refuses past 128 KiB
-///   (`MAX_ARG_STRLEN`, `E2BIG`): some 18,000 `cSESSION` names. From
+///   (`MAX_ARG_STRLEN`, `E2BIG`): some 18,000 `cSESSION` names with
+///   5-digit sessions, 14,000 with 7. From
 ///   systemd's `build_environment()` and the kernel's limit; not seen
 ///   here, where the fd limit (20,000) binds first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
