@@ -557,13 +557,11 @@ impl Keeper {
 
     /// Updates the per-heartbeat words of slot `key`: two 8-byte stores.
     pub fn touch(&mut self, key: usize, session: u64, last_activity: Instant, heartbeats: u64) {
-        let usec = self.clock.usec(last_activity);
-        if key >= self.capacity {
+        if !self.holds(key, session) {
             return;
         }
-        let at = HEADER + key * RECORD;
-        let bytes = &mut self.map.bytes_mut()[at..at + RECORD];
-        if word(bytes, 0) == session {
+        let usec = self.clock.usec(last_activity);
+        if let Some(bytes) = self.slot(key) {
             bytes[8..16].copy_from_slice(&usec.to_le_bytes());
             bytes[16..24].copy_from_slice(&heartbeats.to_le_bytes());
         }
